@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Write the embedded default model, models/tiny-deepseek-v3/, in Hugging Face layout.
+
+A tiny random DeepSeek-V3 (sigmoid router, noaux_tc, q_lora, YaRN) whose folder looks like a
+real DeepSeek checkpoint:
+  config.json             DeepSeek's own hub layout (rope_theta + rope_scaling {type: yarn})
+  model.safetensors       bf16 weights under DeepSeek's tensor names; e_score_correction_bias
+                          stays F32 as in DeepSeek's releases
+  tokenizer.json          a real byte-level BPE (~4000 tokens) trained here with the
+                          `tokenizers` library, carrying DeepSeek's special tokens
+  tokenizer_config.json   bos/eos/pad, add_bos_token, DeepSeek-V3.1's chat template
+  generation_config.json  bos/eos ids and DeepSeek's sampling defaults
+
+The BPE corpus is every docstring of the Python standard library that runs this script,
+taken from the source files in sorted path order (no imports), so it needs no network. The
+same Python minor version gives the same tokenizer.
+
+Then the folder is checked with `tokenizers`, and with transformers (AutoTokenizer,
+apply_chat_template, AutoModelForCausalLM.generate), including Unicode round trips.
+
+Run (from the repository root):
+  <venv>/bin/python scripts/make_default_model.py [--chat-template PATH]
+"""
+
+import argparse
+import ast
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import sysconfig
+import tempfile
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+transformers.logging.set_verbosity_error()
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "models", "tiny-deepseek-v3")
+DEFAULT_TEMPLATE = os.path.join(ROOT, "..", "shared", "chat_templates", "deepseek-ai-DeepSeek-V3.1.jinja")
+SEED = 20250101
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+PAD = "<｜▁pad▁｜>"
+# DeepSeek marks these special=false, so they survive skip_special_tokens.
+CHAT_TOKENS = [
+    "<｜User｜>",
+    "<｜Assistant｜>",
+    "<think>",
+    "</think>",
+    "<｜tool▁calls▁begin｜>",
+    "<｜tool▁calls▁end｜>",
+    "<｜tool▁call▁begin｜>",
+    "<｜tool▁call▁end｜>",
+    "<｜tool▁outputs▁begin｜>",
+    "<｜tool▁outputs▁end｜>",
+    "<｜tool▁output▁begin｜>",
+    "<｜tool▁output▁end｜>",
+    "<｜tool▁sep｜>",
+]
+TOKENIZER_SIZE = 4000  # BPE vocabulary (with BOS/EOS/PAD at 0..2) plus CHAT_TOKENS at the end
+VOCAB_SIZE = 4032  # config vocab_size: the tokenizer size rounded up to a multiple of 64
+
+CONFIG = {
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "auto_map": {
+        "AutoConfig": "configuration_deepseek.DeepseekV3Config",
+        "AutoModel": "modeling_deepseek.DeepseekV3Model",
+        "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM",
+    },
+    "aux_loss_alpha": 0.001,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "ep_size": 1,
+    "first_k_dense_replace": 1,
+    "hidden_act": "silu",
+    "hidden_size": 128,
+    "initializer_range": 0.02,
+    "intermediate_size": 256,
+    "kv_lora_rank": 64,
+    "max_position_embeddings": 4096,
+    "model_type": "deepseek_v3",
+    "moe_intermediate_size": 64,
+    "moe_layer_freq": 1,
+    "n_group": 4,
+    "n_routed_experts": 16,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "num_attention_heads": 8,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 4,
+    "num_key_value_heads": 8,
+    "num_nextn_predict_layers": 0,
+    "pretraining_tp": 1,
+    "q_lora_rank": 64,
+    "qk_nope_head_dim": 32,
+    "qk_rope_head_dim": 16,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": {
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "factor": 4,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "original_max_position_embeddings": 1024,
+        "type": "yarn",
+    },
+    "rope_theta": 10000,
+    "routed_scaling_factor": 2.5,
+    "scoring_func": "sigmoid",
+    "seq_aux": True,
+    "tie_word_embeddings": False,
+    "topk_group": 2,
+    "topk_method": "noaux_tc",
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.33.1",
+    "use_cache": True,
+    "v_head_dim": 32,
+    "vocab_size": VOCAB_SIZE,
+}
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+# ----------------------------------------------------------------------------------------------
+
+SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "__pycache__"}
+
+
+def stdlib_docstrings():
+    """Every module/class/function docstring of the stdlib, in sorted file order."""
+    base = sysconfig.get_paths()["stdlib"]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        files += [os.path.join(dirpath, f) for f in filenames if f.endswith(".py")]
+    texts = []
+    for path in sorted(files, key=lambda p: os.path.relpath(p, base)):
+        try:
+            with open(path, "rb") as f:
+                tree = ast.parse(f.read())
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node, clean=True)
+                if doc:
+                    texts.append(doc)
+    return texts
+
+
+def build_tokenizer():
+    tok = Tokenizer(models.BPE())
+    # DeepSeek-style pre-tokenisation: numbers in groups of up to 3 digits, CJK runs, a
+    # word/punctuation/space split, then byte-level mapping without a regex of its own.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\p{N}{1,3}"), behavior="isolated"),
+        # literal characters (U+4E00-U+9FA5, U+3040-U+309F, U+30A0-U+30FF), not \u escapes
+        pre_tokenizers.Split(Regex("[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"), behavior="isolated"),
+        pre_tokenizers.Split(
+            Regex(
+                r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+"
+                r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+                r"| ?[\p{P}\p{S}]+[\r\n]*"
+                r"|\s*[\r\n]+"
+                r"|\s+(?!\S)"
+                r"|\s+"
+            ),
+            behavior="isolated",
+        ),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    specials = [AddedToken(t, special=True, normalized=False) for t in (BOS, EOS, PAD)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_SIZE - len(CHAT_TOKENS),
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = stdlib_docstrings()
+    print(f"corpus: {len(corpus)} docstrings, {sum(map(len, corpus))} characters "
+          f"(Python {sys.version.split()[0]} stdlib)")
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in CHAT_TOKENS])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS}:0 $A:0",
+        pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+        special_tokens=[(BOS, 0)],
+    )
+    assert tok.token_to_id(BOS) == 0 and tok.token_to_id(EOS) == 1 and tok.token_to_id(PAD) == 2
+    assert tok.get_vocab_size() == TOKENIZER_SIZE, tok.get_vocab_size()
+    return tok
+
+
+def added_token_entry(content):
+    return {
+        "__type": "AddedToken",
+        "content": content,
+        "lstrip": False,
+        "normalized": True,
+        "rstrip": False,
+        "single_word": False,
+    }
+
+
+def tokenizer_config(chat_template):
+    # DeepSeek-V3's layout: AddedToken dicts, LlamaTokenizerFast, pad = eos.
+    return {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": added_token_entry(BOS),
+        "chat_template": chat_template,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": added_token_entry(EOS),
+        "legacy": True,
+        "model_max_length": CONFIG["max_position_embeddings"],
+        "pad_token": added_token_entry(EOS),
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizerFast",
+        "unk_token": None,
+        "use_default_system_prompt": False,
+    }
+
+
+GENERATION_CONFIG = {
+    "_from_model_config": True,
+    "bos_token_id": 0,
+    "do_sample": True,
+    "eos_token_id": 1,
+    "temperature": 0.6,
+    "top_p": 0.95,
+    "transformers_version": "4.46.3",
+}
+
+# ----------------------------------------------------------------------------------------------
+# Weights
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reinit_weights(model, seed):
+    """Peaked random weights (HF's std-0.02 init gives near-uniform logits)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(shape):
+        return torch.randn(shape, generator=g, dtype=torch.float32)
+
+    for name, p in sorted(model.named_parameters()):
+        shape = tuple(p.shape)
+        if name.endswith("norm.weight"):
+            v = 1.0 + 0.15 * randn(shape)
+        elif name == "model.embed_tokens.weight":
+            v = randn(shape)
+        elif name == "lm_head.weight":
+            v = randn(shape) * 4.0 / math.sqrt(shape[1])
+        elif name.endswith("mlp.gate.weight"):
+            v = randn(shape) * 2.0 / math.sqrt(shape[1])
+        elif name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            v = randn(shape) / math.sqrt(shape[2])  # fused in memory: [E, out, in]
+        elif len(shape) == 2:
+            v = randn(shape) / math.sqrt(shape[1])
+        else:
+            raise RuntimeError(f"no init rule for {name} {shape}")
+        p.copy_(v)
+    for name, b in sorted(model.named_buffers()):
+        if name.endswith("e_score_correction_bias"):
+            b.copy_(0.5 * torch.rand(tuple(b.shape), generator=g, dtype=torch.float32))
+
+
+def canonicalize_safetensors(path):
+    """Sorted header keys, so a regeneration is byte-identical."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + blob[8 + n:])
+
+
+def write_weights(folder):
+    torch.manual_seed(SEED)
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    reinit_weights(model, SEED)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)  # splits the fused experts back into per-expert names
+        state = load_file(os.path.join(tmp, "model.safetensors"))
+    assert not any("gate_up_proj" in k for k in state)
+    out = {}
+    for k, v in state.items():
+        # DeepSeek ships the router bias in F32 inside otherwise-bf16 checkpoints.
+        out[k] = v if k.endswith("e_score_correction_bias") else v.to(torch.bfloat16)
+    path = os.path.join(folder, "model.safetensors")
+    save_file(out, path, metadata={"format": "pt"})
+    canonicalize_safetensors(path)
+    return len(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------------
+
+
+def random_unicode_strings(rng, n):
+    ranges = [
+        (0x20, 0x7E),  # ASCII
+        (0xA0, 0x24F),  # Latin-1 / Latin Extended
+        (0x300, 0x36F),  # combining marks
+        (0x391, 0x3C9),  # Greek
+        (0x400, 0x4FF),  # Cyrillic
+        (0x5D0, 0x5EA),  # Hebrew
+        (0x620, 0x64A),  # Arabic
+        (0x900, 0x97F),  # Devanagari
+        (0xE00, 0xE5B),  # Thai
+        (0x3040, 0x30FF),  # Hiragana / Katakana
+        (0x4E00, 0x9FFF),  # CJK
+        (0xAC00, 0xD7A3),  # Hangul
+        (0x1F300, 0x1FAFF),  # emoji
+        (0x10000, 0x1007F),  # Linear B (4-byte UTF-8)
+    ]
+    specials = ["\n", "\t", "  ", "\r\n", "\u200d", "\ufe0f", "\u00a0", "👩‍👩‍👧", "🇫🇷", "é", "é"]
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 40)):
+            if rng.random() < 0.15:
+                parts.append(rng.choice(specials))
+            else:
+                lo, hi = rng.choice(ranges)
+                parts.append(chr(rng.randint(lo, hi)))
+        out.append("".join(parts))
+    return out
+
+
+def check(folder):
+    tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    hf_tok = AutoTokenizer.from_pretrained(folder)
+    rng = random.Random(SEED)
+    samples = random_unicode_strings(rng, 300) + [
+        "Hello, world! 12345 numbers, 3.14159",
+        "中文测试：你好，世界。日本語のテキストとカタカナ。",
+        "emoji 😀🎉 family 👨‍👩‍👧‍👦 flag 🇯🇵 and e\u0301 combining",
+        "def f(x):\n    return x ** 2  # comment\n\n\n",
+        "   leading and trailing spaces   ",
+        "text with <｜User｜> and <think>tokens</think> inside",
+    ]
+    for s in samples:
+        ids = tok.encode(s, add_special_tokens=False).ids
+        assert tok.decode(ids, skip_special_tokens=False) == s, repr(s)
+        hf_ids = hf_tok.encode(s, add_special_tokens=False)
+        assert hf_ids == ids, (s, hf_ids, ids)
+        assert hf_tok.decode(hf_ids) == s, repr(s)
+    print(f"unicode round trip OK on {len(samples)} strings (tokenizers and transformers)")
+
+    ids = tok.encode("Hello world").ids
+    assert ids[0] == 0, "TemplateProcessing must prepend BOS"
+    for t in CHAT_TOKENS:
+        assert len(tok.encode(t, add_special_tokens=False).ids) == 1, t
+    kept = tok.decode([tok.token_to_id(t) for t in [BOS, "<｜User｜>", "<think>", EOS]], skip_special_tokens=True)
+    assert kept == "<｜User｜><think>", kept
+    print("sample encodings:")
+    for s in ["Return the number of items in a container.", "中文 😀 e\u0301"]:
+        enc = tok.encode(s, add_special_tokens=False)
+        print(f"  {s!r} -> {enc.tokens}")
+
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "<think>easy</think>4"},
+        {"role": "user", "content": "And 3+3? 🙂"},
+    ]
+    text = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    print(f"chat template render: {text!r}")
+    expected = (
+        f"{BOS}You are a helpful assistant.<｜User｜>What is 2+2?<｜Assistant｜><think></think>4{EOS}"
+        f"<｜User｜>And 3+3? 🙂<｜Assistant｜><think></think>"
+    )
+    assert text == expected, text
+    ids = hf_tok.encode(text, add_special_tokens=False)
+    assert ids[0] == 0 and ids.count(0) == 1
+    thinking = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, thinking=True)
+    assert thinking.endswith("<｜Assistant｜><think>"), thinking
+
+    for dtype in (torch.bfloat16, torch.float32):
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        assert not any(info.values()), info
+        bias = model.model.layers[1].mlp.gate.e_score_correction_bias
+        assert bias.dtype == torch.float32
+        inp = torch.tensor([ids])
+        out = model.generate(inp, max_new_tokens=16, do_sample=False, attention_mask=torch.ones_like(inp))
+        new = out[0, len(ids):].tolist()
+        print(f"generate ({dtype}): {new}")
+        print(f"  decoded: {hf_tok.decode(new)!r}")
+        with torch.no_grad():
+            lp = model(inp).logits[0, -1].float().log_softmax(-1)
+        assert torch.isfinite(lp).all()
+        top = lp.topk(2).values
+        print(f"  last-position top1 prob {top[0].exp():.3f}, margin {top[0] - top[1]:.3f}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chat-template", default=DEFAULT_TEMPLATE,
+                    help="DeepSeek-V3.1's chat template (default: ../shared/chat_templates/...)")
+    args = ap.parse_args()
+    with open(args.chat_template, encoding="utf-8") as f:
+        chat_template = f.read()
+
+    if os.path.isdir(OUT):
+        shutil.rmtree(OUT)
+    os.makedirs(OUT)
+
+    tok = build_tokenizer()
+    tok.save(os.path.join(OUT, "tokenizer.json"))
+    assert tok.get_vocab_size() <= VOCAB_SIZE
+
+    def dump(name, obj):
+        with open(os.path.join(OUT, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    dump("config.json", CONFIG)
+    dump("tokenizer_config.json", tokenizer_config(chat_template))
+    dump("generation_config.json", GENERATION_CONFIG)
+    n = write_weights(OUT)
+
+    sizes = {f: os.path.getsize(os.path.join(OUT, f)) for f in sorted(os.listdir(OUT))}
+    print(f"wrote {OUT}: {n} tensors; " + ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in sizes.items())
+          + f"; total {sum(sizes.values()) / 2**20:.2f} MiB")
+    check(OUT)
+
+
+if __name__ == "__main__":
+    main()
