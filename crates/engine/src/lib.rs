@@ -1,0 +1,20 @@
+//! ferroseek-engine: everything between an HTTP request and the model's
+//! forward pass. This part turns conversations into token ids (the
+//! tokenizer and the model's chat template, rendered as Hugging Face
+//! transformers renders it) and generated ids back into streamed text
+//! (incremental detokenization and stop strings). The engine knows nothing
+//! of HTTP or JSON request types: the server converts its OpenAI types into
+//! the plain types here.
+
+pub mod detokenizer;
+pub mod error;
+pub mod template;
+pub mod tokenizer;
+
+pub use detokenizer::{IncrementalDecoder, StopMatcher, StopOutcome};
+pub use error::{Error, Result};
+pub use template::{
+    ChatInput, ChatMessage, ChatTemplate, ContentPart, MessageContent, Role, SpecialTokens,
+    TemplateSource, ToolCall,
+};
+pub use tokenizer::{Tokenizer, TokenizerFiles};

@@ -1,0 +1,170 @@
+//! Chat templates render byte for byte as Hugging Face transformers renders
+//! them. The expected texts come from `scripts/make_template_fixtures.py`
+//! (`apply_chat_template(..., tokenize=False)`), stored in
+//! `tests/fixtures/chat_templates.json`.
+//!
+//! The real DeepSeek/Kimi templates are read from `../shared/chat_templates`
+//! next to the repository (their README asks that they are not copied into
+//! the project), or from `$FERROSEEK_CHAT_TEMPLATES`. Where that folder is
+//! missing those cases are skipped with a notice, unless
+//! `FERROSEEK_REQUIRE_CHAT_TEMPLATES=1`; the cases on the templates stored in
+//! the fixture itself always run.
+
+mod common;
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use ferroseek_engine::{ChatInput, ChatTemplate, Error, SpecialTokens};
+use serde_json::{Map, Value};
+
+fn template_dir() -> PathBuf {
+    match std::env::var_os("FERROSEEK_CHAT_TEMPLATES") {
+        Some(dir) => PathBuf::from(dir),
+        None => common::repo_dir().join("../shared/chat_templates"),
+    }
+}
+
+struct Outcome {
+    checked: usize,
+    failures: Vec<String>,
+}
+
+fn run_case(fixture: &Value, case: &Value, special: &SpecialTokens) -> Result<Option<String>> {
+    let source = if let Some(file) = case["template_file"].as_str() {
+        let path = template_dir().join(file);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        let name = case["template"]
+            .as_str()
+            .ok_or_else(|| anyhow!("case without template"))?;
+        fixture["synthetic_templates"][name]
+            .as_str()
+            .ok_or_else(|| anyhow!("no synthetic template {name}"))?
+            .to_owned()
+    };
+    let conv = &fixture["conversations"][case["conversation"].as_str().unwrap_or_default()];
+    let messages = common::messages(&conv["messages"])?;
+    let tools: Option<Vec<Value>> = conv.get("tools").and_then(Value::as_array).cloned();
+    // As the generator: the conversation's variables, then the case's.
+    let mut kwargs = Map::new();
+    for source in [&conv["kwargs"], &case["kwargs"]] {
+        if let Some(map) = source.as_object() {
+            kwargs.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    let input = ChatInput {
+        messages: &messages,
+        tools: tools.as_deref(),
+        add_generation_prompt: case["add_generation_prompt"].as_bool().unwrap_or(false),
+        kwargs: Some(&kwargs),
+        template_name: None,
+    };
+    let rendered = ChatTemplate::from_text(source, special.clone()).and_then(|t| t.render(&input));
+
+    match (case.get("expected").and_then(Value::as_str), rendered) {
+        (Some(want), Ok(got)) if want == got => Ok(None),
+        (Some(want), Ok(got)) => Ok(Some(common::first_difference(want, &got))),
+        (Some(_), Err(e)) => Ok(Some(format!("HF renders it, we fail: {e}"))),
+        (None, Ok(got)) => Ok(Some(format!(
+            "HF fails with {:?}, we render {got:?}",
+            case["error"].as_str().unwrap_or_default()
+        ))),
+        (None, Err(e)) => {
+            // A template's own raise_exception must reach the client verbatim.
+            let hf = case["error"].as_str().unwrap_or_default();
+            match (hf.strip_prefix("TemplateError: "), &e) {
+                (Some(msg), Error::TemplateRaised(ours)) if msg == ours => Ok(None),
+                (Some(msg), _) => Ok(Some(format!("HF raises {msg:?}, we fail with {e}"))),
+                (None, _) => Ok(None),
+            }
+        }
+    }
+}
+
+/// Check the cases on the real templates (`real`) or on the fixture's own.
+fn check_all(real: bool) -> Result<Outcome> {
+    let fixture = common::read_json("tests/fixtures/chat_templates.json")?;
+    let special = SpecialTokens {
+        bos_token: fixture["special_tokens"]["bos_token"]
+            .as_str()
+            .map(str::to_owned),
+        eos_token: fixture["special_tokens"]["eos_token"]
+            .as_str()
+            .map(str::to_owned),
+        ..SpecialTokens::default()
+    };
+    let have_dir = template_dir().is_dir();
+    let mut outcome = Outcome {
+        checked: 0,
+        failures: Vec::new(),
+    };
+    for case in fixture["cases"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no cases"))?
+    {
+        if case.get("template_file").is_some() != real || (real && !have_dir) {
+            continue;
+        }
+        outcome.checked += 1;
+        if let Some(why) = run_case(&fixture, case, &special)? {
+            let name = case["template_file"]
+                .as_str()
+                .or(case["template"].as_str())
+                .unwrap_or_default();
+            outcome.failures.push(format!(
+                "{name} / {} / kwargs {} / add_generation_prompt={}: {why}",
+                case["conversation"].as_str().unwrap_or_default(),
+                case["kwargs"],
+                case["add_generation_prompt"]
+            ));
+        }
+    }
+    Ok(outcome)
+}
+
+#[test]
+fn real_templates_render_like_hugging_face() -> Result<()> {
+    let dir = template_dir();
+    if !dir.is_dir() {
+        let required = std::env::var("FERROSEEK_REQUIRE_CHAT_TEMPLATES").is_ok_and(|v| v == "1");
+        assert!(!required, "chat templates not found at {}", dir.display());
+        eprintln!(
+            "SKIPPED: chat templates not found at {} (set FERROSEEK_CHAT_TEMPLATES)",
+            dir.display()
+        );
+        return Ok(());
+    }
+    let outcome = check_all(true)?;
+    assert!(
+        outcome.checked > 500,
+        "only {} cases checked",
+        outcome.checked
+    );
+    assert!(
+        outcome.failures.is_empty(),
+        "{} of {} cases differ from HF:\n{}",
+        outcome.failures.len(),
+        outcome.checked,
+        outcome.failures.join("\n\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn python_behaviour_templates_render_like_hugging_face() -> Result<()> {
+    let outcome = check_all(false)?;
+    assert!(
+        outcome.checked >= 30,
+        "only {} cases checked",
+        outcome.checked
+    );
+    assert!(
+        outcome.failures.is_empty(),
+        "{} of {} cases differ from HF:\n{}",
+        outcome.failures.len(),
+        outcome.checked,
+        outcome.failures.join("\n\n")
+    );
+    Ok(())
+}
