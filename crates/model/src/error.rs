@@ -1,0 +1,58 @@
+//! The model crate's error type: every failure names what was wrong and where.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A `config.json` field has a value this implementation does not support,
+    /// or values that contradict each other.
+    #[error("config.json: `{field}` {message}")]
+    Config { field: String, message: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("tensor `{name}` is missing from the checkpoint ({searched})")]
+    MissingTensor { name: String, searched: String },
+
+    #[error("tensor `{name}` in {file} has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        file: PathBuf,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    #[error("model `{model}`: {message}")]
+    Hub { model: String, message: String },
+
+    /// The caller handed the forward pass a batch that does not fit the cache
+    /// or the model (a bug in the caller, reported rather than panicking).
+    #[error("invalid batch: {0}")]
+    Batch(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+impl ModelError {
+    pub(crate) fn config(field: &str, message: impl Into<String>) -> Self {
+        ModelError::Config {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Multi-head Latent Attention (DeepSeek-V2 paper, §2.1), mirroring the
+//! checkpoint's `self_attn` module.
+//!
+//! Per token: `q` from `q_proj` or `q_b_proj(q_a_layernorm(q_a_proj(x)))`, split per
+//! head into a no-rope and a rope part; `kv_a_proj_with_mqa` gives the latent
+//! `c_kv` (normalised by `kv_a_layernorm`) and one rope key shared by all heads.
+//! Only `[c_kv | rotated k_pe]` is written to the cache. Attention then runs either
+//!
+//! * **absorbed** (default, always used for decode): `kv_b_proj`'s key slice is
+//!   folded into the query and its value slice applied after attention, so per-head
+//!   K and V are never materialised; or
+//! * **expanded**: per-head K and V are rebuilt from the cached latents through
+//!   `kv_b_proj`, as the reference implementation does. Kept as the
+//!   cross-check of the absorbed path.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
+use super::linear::Linear;
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use crate::config::DeepSeekConfig;
+
+/// DeepSeek's inner norms use a fixed epsilon, whatever `rms_norm_eps` says.
+const LORA_NORM_EPS: f64 = 1e-6;
+
+/// How attention is computed from the latent cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionMode {
+    #[default]
+    Absorbed,
+    Expanded,
+}
+
+#[derive(Debug, Clone)]
+pub enum QProj {
+    Plain {
+        q_proj: Linear,
+    },
+    LowRank {
+        q_a_proj: Linear,
+        q_a_layernorm: RmsNorm,
+        q_b_proj: Linear,
+    },
+}
+
+impl QProj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            QProj::Plain { q_proj } => q_proj.forward(x),
+            QProj::LowRank {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => q_b_proj.forward(&q_a_layernorm.forward(&q_a_proj.forward(x)?)?),
+        }
+    }
+}
+
+/// Everything a layer's attention needs to know about the batch; built once per
+/// forward and shared by all layers.
+pub struct BatchLayout<'a> {
+    pub seqs: Vec<SeqSpan<'a>>,
+    /// Per token: its absolute position and its cache slot.
+    pub positions: Vec<usize>,
+    pub slots: Vec<usize>,
+    pub block_size: usize,
+    pub device: Device,
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q: QProj,
+    kv_a_proj_with_mqa: Linear,
+    kv_a_layernorm: RmsNorm,
+    /// `kv_b_proj`'s key slices `[heads, nope, rank]` (absorbed into queries).
+    w_uk: Tensor,
+    /// `kv_b_proj`'s value slices, transposed: `[heads, rank, v_head_dim]`.
+    w_uv_t: Tensor,
+    o_proj: Linear,
+    heads: usize,
+    nope: usize,
+    rope_dim: usize,
+    rank: usize,
+    v_dim: usize,
+    scale: f32,
+}
+
+impl Attention {
+    pub fn new(cfg: &DeepSeekConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, heads) = (cfg.hidden_size, cfg.num_attention_heads);
+        let (nope, rope_dim, rank, v_dim) = (
+            cfg.qk_nope_head_dim,
+            cfg.qk_rope_head_dim,
+            cfg.kv_lora_rank,
+            cfg.v_head_dim,
+        );
+        let q_out = heads * cfg.qk_head_dim();
+        let q = match cfg.q_lora_rank {
+            None => QProj::Plain {
+                q_proj: Linear::new(h, q_out, vb.pp("q_proj"))?,
+            },
+            Some(r) => QProj::LowRank {
+                q_a_proj: Linear::new(h, r, vb.pp("q_a_proj"))?,
+                q_a_layernorm: RmsNorm::new(r, LORA_NORM_EPS, vb.pp("q_a_layernorm"))?,
+                q_b_proj: Linear::new(r, q_out, vb.pp("q_b_proj"))?,
+            },
+        };
+        let kv_b = vb
+            .pp("kv_b_proj")
+            .get((heads * (nope + v_dim), rank), "weight")?
+            .reshape((heads, nope + v_dim, rank))?;
+        Ok(Attention {
+            q,
+            kv_a_proj_with_mqa: Linear::new(h, rank + rope_dim, vb.pp("kv_a_proj_with_mqa"))?,
+            kv_a_layernorm: RmsNorm::new(rank, LORA_NORM_EPS, vb.pp("kv_a_layernorm"))?,
+            w_uk: kv_b.narrow(1, 0, nope)?.contiguous()?,
+            w_uv_t: kv_b.narrow(1, nope, v_dim)?.transpose(1, 2)?.contiguous()?,
+            o_proj: Linear::new(heads * v_dim, h, vb.pp("o_proj"))?,
+            heads,
+            nope,
+            rope_dim,
+            rank,
+            v_dim,
+            scale: cfg.softmax_scale() as f32,
+        })
+    }
+
+    fn shape(&self, block_size: usize) -> LatentShape {
+        LatentShape {
+            heads: self.heads,
+            rank: self.rank,
+            width: self.rank + self.rope_dim,
+            block_size,
+        }
+    }
+
+    /// `x`: `[tokens, hidden]` (already normalised). Writes the new latents into
+    /// `cache` (this layer's `[slots, width]` rows) and returns `[tokens, hidden]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        layout: &BatchLayout,
+        rope: &Rope,
+        cache: &mut [f32],
+        mode: AttentionMode,
+    ) -> Result<Tensor> {
+        let tokens = x.dim(0)?;
+        let width = self.rank + self.rope_dim;
+        let dtype = x.dtype();
+
+        // New cache rows: [normalised c_kv | rotated k_pe].
+        let kv = self.kv_a_proj_with_mqa.forward(x)?;
+        let c_kv = self.kv_a_layernorm.forward(&kv.narrow(1, 0, self.rank)?)?;
+        let rows = Tensor::cat(&[&c_kv, &kv.narrow(1, self.rank, self.rope_dim)?], 1)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (t, row) in rows.chunks_exact(width).enumerate() {
+            let dst = &mut cache[layout.slots[t] * width..][..width];
+            dst.copy_from_slice(row);
+            rope.rotate(&mut dst[self.rank..], layout.positions[t]);
+        }
+
+        let q = self
+            .q
+            .forward(x)?
+            .reshape((tokens, self.heads, self.nope + self.rope_dim))?;
+        // Rotated rope part of the queries, `[tokens, heads, rope]`, on the host.
+        let mut q_pe = q
+            .narrow(2, self.nope, self.rope_dim)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (i, v) in q_pe.chunks_exact_mut(self.rope_dim).enumerate() {
+            rope.rotate(v, layout.positions[i / self.heads]);
+        }
+        let q_nope = q.narrow(2, 0, self.nope)?.transpose(0, 1)?.contiguous()?;
+
+        let attended = match mode {
+            AttentionMode::Absorbed => {
+                self.absorbed(&q_nope, &q_pe, layout, cache, tokens, dtype)?
+            }
+            AttentionMode::Expanded => self.expanded(&q_nope, &q_pe, layout, cache, dtype)?,
+        };
+        // `[heads, tokens, v]` -> `[tokens, heads * v]`.
+        let out = attended
+            .transpose(0, 1)?
+            .reshape((tokens, self.heads * self.v_dim))?;
+        self.o_proj.forward(&out)
+    }
+
+    /// Returns `[heads, tokens, v_head_dim]`.
+    fn absorbed(
+        &self,
+        q_nope: &Tensor,
+        q_pe: &[f32],
+        layout: &BatchLayout,
+        cache: &[f32],
+        tokens: usize,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let width = self.rank + self.rope_dim;
+        // q_lat = W_UKᵀ q_nope per head: `[heads, tokens, rank]` -> `[tokens, heads, rank]`.
+        let q_lat = q_nope
+            .matmul(&self.w_uk)?
+            .transpose(0, 1)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut queries = vec![0f32; tokens * self.heads * width];
+        for ((dst, lat), pe) in queries
+            .chunks_exact_mut(width)
+            .zip(q_lat.chunks_exact(self.rank))
+            .zip(q_pe.chunks_exact(self.rope_dim))
+        {
+            dst[..self.rank].copy_from_slice(lat);
+            dst[self.rank..].copy_from_slice(pe);
+        }
+        let latent = absorbed_attention(
+            &queries,
+            cache,
+            &layout.seqs,
+            self.shape(layout.block_size),
+            self.scale,
+        );
+        let latent = Tensor::from_vec(latent, (tokens, self.heads, self.rank), &layout.device)?
+            .to_dtype(dtype)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        latent.matmul(&self.w_uv_t)
+    }
+
+    /// The reference formulation: per sequence, rebuild per-head K and V of its
+    /// whole context from the cached latents. Returns `[heads, tokens, v_head_dim]`.
+    fn expanded(
+        &self,
+        q_nope: &Tensor,
+        q_pe: &[f32],
+        layout: &BatchLayout,
+        cache: &[f32],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let width = self.rank + self.rope_dim;
+        let dev = &layout.device;
+        let q_pe_all = Tensor::from_slice(
+            q_pe,
+            (
+                q_pe.len() / (self.heads * self.rope_dim),
+                self.heads,
+                self.rope_dim,
+            ),
+            dev,
+        )?
+        .transpose(0, 1)?;
+        let mut outputs = Vec::with_capacity(layout.seqs.len());
+        for span in &layout.seqs {
+            let context = span.num_cached + span.num_new;
+            let mut rows = Vec::with_capacity(context * width);
+            for t in 0..context {
+                let block = span.block_table[t / layout.block_size] as usize;
+                let slot = block * layout.block_size + t % layout.block_size;
+                rows.extend_from_slice(&cache[slot * width..(slot + 1) * width]);
+            }
+            let rows = Tensor::from_vec(rows, (context, width), dev)?;
+            let c = rows.narrow(1, 0, self.rank)?.to_dtype(dtype)?;
+            let k_pe = rows.narrow(1, self.rank, self.rope_dim)?.contiguous()?;
+            // [heads, context, nope] and [heads, context, v]
+            let c = c
+                .unsqueeze(0)?
+                .broadcast_as((self.heads, context, self.rank))?
+                .contiguous()?;
+            let k_nope = c
+                .matmul(&self.w_uk.transpose(1, 2)?)?
+                .to_dtype(DType::F32)?;
+            let v = c.matmul(&self.w_uv_t)?.to_dtype(DType::F32)?;
+            let q_n = q_nope
+                .narrow(1, span.start, span.num_new)?
+                .to_dtype(DType::F32)?;
+            let q_p = q_pe_all.narrow(1, span.start, span.num_new)?.contiguous()?;
+            let scores = (q_n.matmul(&k_nope.transpose(1, 2)?)?
+                + q_p.broadcast_matmul(&k_pe.t()?)?)?
+            .affine(self.scale as f64, 0.0)?;
+            let mask: Vec<f32> = (0..span.num_new)
+                .flat_map(|j| {
+                    (0..context).map(move |t| {
+                        if t <= span.num_cached + j {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (span.num_new, context), dev)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+            outputs.push(probs.matmul(&v)?);
+        }
+        Tensor::cat(&outputs, 1)?.to_dtype(dtype)
+    }
+}

@@ -1,0 +1,8 @@
+//! The building blocks of a DeepSeek decoder, one struct per Hugging Face module.
+
+pub mod attention_kernel;
+pub mod linear;
+pub mod mla;
+pub mod moe;
+pub mod norm;
+pub mod rope;

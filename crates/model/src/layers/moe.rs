@@ -1,0 +1,210 @@
+//! The feed-forward blocks: the dense `Mlp` and DeepSeekMoE (DeepSeek-V2 paper
+//! §2.2; DeepSeek-V3 report §2.1.2 for sigmoid scores and the auxiliary-loss-free
+//! bias), mirroring the checkpoint's `mlp`, `mlp.gate`, `mlp.experts.E` and
+//! `mlp.shared_experts` modules.
+//!
+//! Routing is computed on the host once per layer and step for the whole batch;
+//! dispatch then groups the (token, expert) pairs by expert, runs each active
+//! expert once on its gathered rows, and adds every weighted output back with a
+//! single `index_add`. Experts without tokens cost nothing.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::linear::Linear;
+use crate::config::{Arch, MoeConfig, ScoringFunc, TopkMethod};
+
+/// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(hidden: usize, intermediate: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Mlp {
+            gate_proj: Linear::new(hidden, intermediate, vb.pp("gate_proj"))?,
+            up_proj: Linear::new(hidden, intermediate, vb.pp("up_proj"))?,
+            down_proj: Linear::new(intermediate, hidden, vb.pp("down_proj"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+/// The router. Its weight and bias stay in f32 whatever the model dtype, as the
+/// reference keeps them.
+#[derive(Debug, Clone)]
+pub struct MoeGate {
+    weight: Tensor,
+    e_score_correction_bias: Option<Vec<f32>>,
+    cfg: MoeConfig,
+    arch: Arch,
+}
+
+/// The experts chosen for each token, with their weights, `top_k` per token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    pub top_k: usize,
+    pub experts: Vec<usize>,
+    pub weights: Vec<f32>,
+}
+
+fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    // Stable sort by descending value: ties go to the lower index.
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    idx.truncate(k);
+    idx
+}
+
+impl MoeGate {
+    pub fn new(hidden: usize, cfg: &MoeConfig, arch: Arch, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.set_dtype(DType::F32);
+        let e = cfg.n_routed_experts;
+        let bias = if cfg.topk_method == TopkMethod::NoauxTc {
+            Some(vb.get(e, "e_score_correction_bias")?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        Ok(MoeGate {
+            weight: vb.get((e, hidden), "weight")?,
+            e_score_correction_bias: bias,
+            cfg: cfg.clone(),
+            arch,
+        })
+    }
+
+    /// Routes every row of `x` (`[tokens, hidden]`).
+    pub fn route(&self, x: &Tensor) -> Result<Routing> {
+        let logits = x
+            .to_dtype(DType::F32)?
+            .matmul(&self.weight.t()?)?
+            .to_vec2::<f32>()?;
+        let k = self.cfg.num_experts_per_tok;
+        let mut routing = Routing {
+            top_k: k,
+            experts: Vec::with_capacity(logits.len() * k),
+            weights: Vec::with_capacity(logits.len() * k),
+        };
+        for row in &logits {
+            self.route_row(row, &mut routing);
+        }
+        Ok(routing)
+    }
+
+    fn route_row(&self, logits: &[f32], out: &mut Routing) {
+        let cfg = &self.cfg;
+        let scores: Vec<f32> = match cfg.scoring_func {
+            ScoringFunc::Softmax => {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+                let sum: f32 = exp.iter().sum();
+                exp.iter().map(|e| e / sum).collect()
+            }
+            ScoringFunc::Sigmoid => logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect(),
+        };
+        let mut choice = match &self.e_score_correction_bias {
+            Some(bias) => scores.iter().zip(bias).map(|(s, b)| s + b).collect(),
+            None => scores.clone(),
+        };
+        if cfg.topk_method != TopkMethod::Greedy && cfg.n_group > 1 {
+            let per_group = cfg.n_routed_experts / cfg.n_group;
+            let group_scores: Vec<f32> = choice
+                .chunks_exact(per_group)
+                .map(|g| match cfg.topk_method {
+                    TopkMethod::NoauxTc => top_indices(g, 2).iter().map(|&i| g[i]).sum(),
+                    _ => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                })
+                .collect();
+            let kept = top_indices(&group_scores, cfg.topk_group);
+            for (g, chunk) in choice.chunks_exact_mut(per_group).enumerate() {
+                if !kept.contains(&g) {
+                    chunk.fill(f32::NEG_INFINITY);
+                }
+            }
+        }
+        let chosen = top_indices(&choice, cfg.num_experts_per_tok);
+        let mut weights: Vec<f32> = chosen.iter().map(|&e| scores[e]).collect();
+        let normalise = cfg.num_experts_per_tok > 1 && cfg.norm_topk_prob;
+        if normalise {
+            let sum = weights.iter().sum::<f32>() + 1e-20;
+            weights.iter_mut().for_each(|w| *w /= sum);
+        }
+        // DeepSeek-V2 scales only unnormalised weights; V3 always scales.
+        if !normalise || self.arch == Arch::V3 {
+            let factor = cfg.routed_scaling_factor as f32;
+            weights.iter_mut().for_each(|w| *w *= factor);
+        }
+        out.experts.extend(chosen);
+        out.weights.extend(weights);
+    }
+}
+
+/// Routed experts plus the shared experts (one MLP `n_shared_experts` wide).
+#[derive(Debug, Clone)]
+pub struct Moe {
+    gate: MoeGate,
+    experts: Vec<Mlp>,
+    shared_experts: Option<Mlp>,
+}
+
+impl Moe {
+    pub fn new(hidden: usize, cfg: &MoeConfig, arch: Arch, vb: VarBuilder) -> Result<Self> {
+        let inter = cfg.moe_intermediate_size;
+        let experts = (0..cfg.n_routed_experts)
+            .map(|e| Mlp::new(hidden, inter, vb.pp("experts").pp(e)))
+            .collect::<Result<Vec<_>>>()?;
+        let shared_experts = match cfg.n_shared_experts {
+            0 => None,
+            n => Some(Mlp::new(hidden, inter * n, vb.pp("shared_experts"))?),
+        };
+        Ok(Moe {
+            gate: MoeGate::new(hidden, cfg, arch, vb.pp("gate"))?,
+            experts,
+            shared_experts,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let routing = self.gate.route(x)?;
+        let device = x.device();
+        // Group (row, weight) pairs by expert.
+        let mut per_expert: Vec<Vec<(u32, f32)>> = vec![Vec::new(); self.experts.len()];
+        for (i, (&e, &w)) in routing.experts.iter().zip(&routing.weights).enumerate() {
+            per_expert[e].push(((i / routing.top_k) as u32, w));
+        }
+        let mut rows = Vec::with_capacity(routing.experts.len());
+        let mut weights = Vec::with_capacity(routing.experts.len());
+        let mut outputs = Vec::new();
+        for (expert, pairs) in self.experts.iter().zip(&per_expert) {
+            if pairs.is_empty() {
+                continue;
+            }
+            let ids: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+            let ids_t = Tensor::new(ids.as_slice(), device)?;
+            outputs.push(expert.forward(&x.index_select(&ids_t, 0)?)?);
+            rows.extend(ids);
+            weights.extend(pairs.iter().map(|p| p.1));
+        }
+        let n = weights.len();
+        let weights = Tensor::from_vec(weights, (n, 1), device)?;
+        let weighted = Tensor::cat(&outputs, 0)?
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&weights)?
+            .to_dtype(x.dtype())?;
+        let rows = Tensor::from_vec(rows, n, device)?;
+        let routed = x.zeros_like()?.index_add(&rows, &weighted, 0)?;
+        match &self.shared_experts {
+            Some(shared) => routed + shared.forward(x)?,
+            None => Ok(routed),
+        }
+    }
+}
