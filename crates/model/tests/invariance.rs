@@ -1,0 +1,128 @@
+//! The cache and batching must not change the numbers: prefill-then-decode,
+//! chunked prefill, batching with other sequences and the expanded attention
+//! form all give the logits of one plain prefill.
+
+mod common;
+
+use candle_core::{IndexOp, Tensor};
+use common::*;
+use ferroseek_model::{AttentionMode, Batch, DTypeChoice, LogitsRows, SeqInput};
+
+/// Matmuls of different shapes sum in different orders: f32 rounding of
+/// ~2e-5 nats is expected; a real error (a wrong position, a missed token) is
+/// orders of magnitude larger. Same bound as the reference parity.
+const TOLERANCE: f32 = 1e-4;
+
+fn prompt(name: &str) -> Vec<u32> {
+    reference(name).remove(2).prompt
+}
+
+fn one_piece(name: &str, mode: AttentionMode) -> Tensor {
+    let mut model = load(name, DTypeChoice::F32);
+    model.set_attention_mode(mode);
+    let tokens = prompt(name);
+    let mut cache = cache_for(&model, 16);
+    run_in_chunks(&model, &mut cache, &blocks(0, 16), &tokens, &[tokens.len()])
+}
+
+#[test]
+fn chunked_prefill_and_decode_equal_one_prefill() {
+    for name in FIXTURES {
+        let model = load(name, DTypeChoice::F32);
+        let tokens = prompt(name);
+        let whole = one_piece(name, AttentionMode::Absorbed);
+        let n = tokens.len();
+        // Odd chunk sizes that straddle block boundaries, then one token at a time.
+        let mut chunks = vec![3, 6, 1];
+        chunks.extend(std::iter::repeat_n(1, n - 10));
+        let mut cache = cache_for(&model, 16);
+        // A non-contiguous, shuffled block table.
+        let table: Vec<u32> = vec![9, 2, 14, 5, 0, 11, 7, 3];
+        let chunked = run_in_chunks(&model, &mut cache, &table, &tokens, &chunks);
+        let diff = max_abs_diff(&whole, &chunked);
+        assert!(diff < TOLERANCE, "{name}: chunked differs by {diff}");
+    }
+}
+
+#[test]
+fn expanded_attention_equals_absorbed() {
+    for name in FIXTURES {
+        let a = one_piece(name, AttentionMode::Absorbed);
+        let e = one_piece(name, AttentionMode::Expanded);
+        let diff = max_abs_diff(&a, &e);
+        assert!(
+            diff < TOLERANCE,
+            "{name}: absorbed vs expanded differ by {diff}"
+        );
+    }
+}
+
+#[test]
+fn a_sequence_in_a_mixed_batch_equals_it_alone() {
+    for name in FIXTURES {
+        let model = load(name, DTypeChoice::F32);
+        let cases = reference(name);
+        let alone: Vec<Tensor> = cases
+            .iter()
+            .map(|c| {
+                let mut cache = cache_for(&model, 16);
+                let n = c.prompt.len();
+                run_in_chunks(&model, &mut cache, &blocks(0, 8), &c.prompt, &[n])
+            })
+            .collect();
+        // Sequence 0 decodes its last token (rest cached), 1 prefills all at once,
+        // 2 prefills its second half: three lengths and positions in one forward.
+        let mut cache = cache_for(&model, 32);
+        let p = |k: usize| cases[k].prompt.clone();
+        let n0 = p(0).len();
+        run_in_chunks(
+            &model,
+            &mut cache,
+            &blocks(0, 8),
+            &p(0)[..n0 - 1],
+            &[n0 - 1],
+        );
+        let half = p(2).len() / 2;
+        run_in_chunks(&model, &mut cache, &blocks(16, 8), &p(2)[..half], &[half]);
+        let batch = Batch {
+            seqs: vec![
+                SeqInput {
+                    tokens: p(0)[n0 - 1..].to_vec(),
+                    num_cached: n0 - 1,
+                    block_table: blocks(0, 8),
+                    logits: LogitsRows::Last,
+                },
+                SeqInput {
+                    tokens: p(1),
+                    num_cached: 0,
+                    block_table: blocks(8, 8),
+                    logits: LogitsRows::All,
+                },
+                SeqInput {
+                    tokens: p(2)[half..].to_vec(),
+                    num_cached: half,
+                    block_table: blocks(16, 8),
+                    logits: LogitsRows::All,
+                },
+            ],
+        };
+        let got = log_softmax(&model.forward(&batch, &mut cache).unwrap());
+        let n1 = p(1).len();
+        let n2 = p(2).len() - half;
+        let pairs = [
+            (got.i(0..1).unwrap(), alone[0].i(n0 - 1..n0).unwrap()),
+            (got.i(1..1 + n1).unwrap(), alone[1].clone()),
+            (
+                got.i(1 + n1..1 + n1 + n2).unwrap(),
+                alone[2].i(half..).unwrap(),
+            ),
+        ];
+        for (k, (a, b)) in pairs.iter().enumerate() {
+            let diff = max_abs_diff(a, b);
+            assert!(
+                diff < TOLERANCE,
+                "{name}: sequence {k} differs by {diff} in a batch"
+            );
+        }
+    }
+}
