@@ -522,9 +522,9 @@ impl DeepSeekConfig {
 
     /// Whether decoder layer `layer` uses experts (DeepSeek's rule).
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        self.moe
-            .as_ref()
-            .is_some_and(|m| layer >= m.first_k_dense_replace && layer % m.moe_layer_freq == 0)
+        self.moe.as_ref().is_some_and(|m| {
+            layer >= m.first_k_dense_replace && layer.is_multiple_of(m.moe_layer_freq)
+        })
     }
 
     /// Softmax scale of attention, including YaRN's `mscale_all_dim` correction.

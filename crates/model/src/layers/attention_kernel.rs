@@ -63,7 +63,7 @@ fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
 fn heads_per_item(heads: usize, tokens: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let mut groups = 1;
-    while tokens * groups < 2 * threads && groups * 2 <= heads && heads % (groups * 2) == 0 {
+    while tokens * groups < 2 * threads && groups * 2 <= heads && heads.is_multiple_of(groups * 2) {
         groups *= 2;
     }
     heads / groups
