@@ -8,7 +8,8 @@ real DeepSeek checkpoint:
                           stays F32 as in DeepSeek's releases
   tokenizer.json          a real byte-level BPE (~4000 tokens) trained here with the
                           `tokenizers` library, carrying DeepSeek's special tokens
-  tokenizer_config.json   bos/eos/pad, add_bos_token, DeepSeek-V3.1's chat template
+  tokenizer_config.json   bos/eos/pad, add_bos_token, and our own DeepSeek-style chat template
+                          (scripts/default_chat_template.jinja, V3.1's token conventions)
   generation_config.json  bos/eos ids and DeepSeek's sampling defaults
 
 The BPE corpus is every docstring of the Python standard library that runs this script,
@@ -45,7 +46,9 @@ transformers.logging.set_verbosity_error()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "models", "tiny-deepseek-v3")
-DEFAULT_TEMPLATE = os.path.join(ROOT, "..", "shared", "chat_templates", "deepseek-ai-DeepSeek-V3.1.jinja")
+# Written for this project (the real DeepSeek templates in ../shared are test data, not to be
+# copied into the repository).
+DEFAULT_TEMPLATE = os.path.join(ROOT, "scripts", "default_chat_template.jinja")
 SEED = 20250101
 
 BOS = "<｜begin▁of▁sentence｜>"
@@ -346,7 +349,120 @@ def random_unicode_strings(rng, n):
     return out
 
 
-def check(folder):
+A = "<｜Assistant｜>"
+U = "<｜User｜>"
+TOOL_INTRO = (
+    "## Tools\n"
+    "You can call the functions below. Write a call as "
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>ARGUMENTS<｜tool▁call▁end｜><｜tool▁calls▁end｜>, "
+    "with the arguments as a JSON object; several calls go one after another between "
+    "<｜tool▁calls▁begin｜> and <｜tool▁calls▁end｜>.\n"
+)
+
+
+def check_chat_template(hf_tok):
+    """scripts/default_chat_template.jinja renders what it is meant to, under transformers."""
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+    weather_json = json.dumps(weather, ensure_ascii=False)
+    multi_turn = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "<think>easy</think>4", "reasoning_content": "dropped"},
+        {"role": "user", "content": "And 3+3? 🙂"},
+    ]
+    multi_turn_text = (
+        f"{BOS}You are a helpful assistant.{U}What is 2+2?{A}</think>4{EOS}{U}And 3+3? 🙂{A}"
+    )
+    tool_turns = [
+        {"role": "user", "content": "Weather in Paris and Zürich?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+                {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "18°C"},
+        {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "12°C"}]},
+    ]
+    tool_calls_text = (
+        f"{U}Weather in Paris and Zürich?{A}</think><｜tool▁calls▁begin｜>"
+        '<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>'
+        '<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Zürich"}<｜tool▁call▁end｜>'
+        f"<｜tool▁calls▁end｜>{EOS}"
+        "<｜tool▁output▁begin｜>18°C<｜tool▁output▁end｜><｜tool▁output▁begin｜>12°C<｜tool▁output▁end｜>"
+    )
+    # (name, messages, tools, add_generation_prompt, extra variables, expected text)
+    cases = [
+        ("user only", [{"role": "user", "content": "Hi"}], None, False, {}, f"{BOS}{U}Hi"),
+        (
+            "system + user",
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+            None, True, {}, f"{BOS}Be brief.{U}Hi{A}</think>",
+        ),
+        (
+            "system + developer, list-of-parts content",
+            [
+                {"role": "system", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
+                {"role": "developer", "content": "Answer in French."},
+                {"role": "user", "content": [{"type": "text", "text": "Describe "}, {"type": "image_url"},
+                                             {"type": "text", "text": "this."}]},
+            ],
+            None, True, {"thinking": False}, f"{BOS}Be brief.\n\nAnswer in French.{U}Describe this.{A}</think>",
+        ),
+        ("multi-turn, thinking off", multi_turn, None, True, {}, multi_turn_text + "</think>"),
+        ("multi-turn, thinking", multi_turn, None, True, {"thinking": True}, multi_turn_text + "<think>"),
+        ("multi-turn, enable_thinking", multi_turn, None, True, {"enable_thinking": True}, multi_turn_text + "<think>"),
+        (
+            "multi-turn, ends with the assistant",
+            multi_turn[:3], None, False, {},
+            f"{BOS}You are a helpful assistant.{U}What is 2+2?{A}</think>4{EOS}",
+        ),
+        (
+            "tool calls + results, reasoning effort",
+            tool_turns, [weather], True, {"thinking": True, "reasoning_effort": "high"},
+            f"{BOS}Reasoning effort: high\n\n{TOOL_INTRO}\n{weather_json}" + tool_calls_text + f"{A}<think>",
+        ),
+        (
+            "tool calls + results + answer, with a system prompt",
+            [{"role": "system", "content": "You are a weather bot."}, *tool_turns,
+             {"role": "assistant", "content": "Sunny in Paris, <b>cooler</b> in Zürich."}],
+            [weather, weather], False, {},
+            f"{BOS}You are a weather bot.\n\n{TOOL_INTRO}\n{weather_json}\n{weather_json}" + tool_calls_text
+            + f"{A}</think>Sunny in Paris, <b>cooler</b> in Zürich.{EOS}",
+        ),
+        (
+            "content next to a tool call",
+            [{"role": "user", "content": "Go"},
+             {"role": "assistant", "content": "Searching.",
+              "tool_calls": [{"type": "function", "function": {"name": "s", "arguments": "{}"}}]}],
+            None, False, {},
+            f"{BOS}{U}Go{A}</think>Searching.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>s<｜tool▁sep｜>{{}}"
+            f"<｜tool▁call▁end｜><｜tool▁calls▁end｜>{EOS}",
+        ),
+    ]
+    for name, msgs, tools, gen, kwargs, expected in cases:
+        text = hf_tok.apply_chat_template(msgs, tools=tools, add_generation_prompt=gen, tokenize=False, **kwargs)
+        assert text == expected, f"{name}:\n  got      {text!r}\n  expected {expected!r}"
+        print(f"  chat template, {name}: {text!r}")
+    try:
+        hf_tok.apply_chat_template([{"role": "robot", "content": "x"}], tokenize=False)
+    except Exception as e:  # jinja2's TemplateError, as HF raises it
+        assert "Unknown message role: robot" in str(e), e
+    else:
+        raise AssertionError("an unknown role must raise")
+    print(f"chat template OK on {len(cases)} conversations and an unknown role")
+
+
+def check(folder, check_template):
     tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
     hf_tok = AutoTokenizer.from_pretrained(folder)
     rng = random.Random(SEED)
@@ -385,15 +501,12 @@ def check(folder):
     ]
     text = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     print(f"chat template render: {text!r}")
-    expected = (
-        f"{BOS}You are a helpful assistant.<｜User｜>What is 2+2?<｜Assistant｜><think></think>4{EOS}"
-        f"<｜User｜>And 3+3? 🙂<｜Assistant｜><think></think>"
-    )
-    assert text == expected, text
+    if check_template:
+        check_chat_template(hf_tok)
+    else:
+        print("chat template: not the default one, its renders are not checked")
     ids = hf_tok.encode(text, add_special_tokens=False)
     assert ids[0] == 0 and ids.count(0) == 1
-    thinking = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, thinking=True)
-    assert thinking.endswith("<｜Assistant｜><think>"), thinking
 
     for dtype in (torch.bfloat16, torch.float32):
         model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
@@ -415,7 +528,7 @@ def check(folder):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--chat-template", default=DEFAULT_TEMPLATE,
-                    help="DeepSeek-V3.1's chat template (default: ../shared/chat_templates/...)")
+                    help="the Jinja chat template to embed (default: scripts/default_chat_template.jinja)")
     args = ap.parse_args()
     with open(args.chat_template, encoding="utf-8") as f:
         chat_template = f.read()
@@ -441,7 +554,7 @@ def main():
     sizes = {f: os.path.getsize(os.path.join(OUT, f)) for f in sorted(os.listdir(OUT))}
     print(f"wrote {OUT}: {n} tensors; " + ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in sizes.items())
           + f"; total {sum(sizes.values()) / 2**20:.2f} MiB")
-    check(OUT)
+    check(OUT, check_template=os.path.samefile(args.chat_template, DEFAULT_TEMPLATE))
 
 
 if __name__ == "__main__":

@@ -441,7 +441,28 @@ TOKENIZER_TEXTS = [
     "",
 ]
 
-TINY_CONVERSATIONS = ["system_user", "multi_turn", "tool_calls_answered", "reasoning_in_history"]
+# The tiny model carries ferroseek's own template (scripts/default_chat_template.jinja): these
+# cover its branches (system/developer, content parts, tools, reasoning left out of history).
+TINY_CONVERSATIONS = {
+    **{
+        name: CONVERSATIONS[name]
+        for name in [
+            "system_user",
+            "multi_turn",
+            "tool_calls_answered",
+            "reasoning_in_history",
+            "think_tags_in_content",
+            "tool_declarations_only",
+            "tool_call_with_content_and_reasoning",
+            "content_parts",
+            "unicode_and_escapes",
+        ]
+    },
+    "developer_and_system": {
+        "messages": [system("First rule."), {"role": "developer", "content": "Second rule."}, user("Go.")]
+    },
+}
+TINY_KWARGS = [{}, {"thinking": True}, {"enable_thinking": True, "reasoning_effort": "high"}]
 
 
 def tokenizer_fixture():
@@ -462,10 +483,9 @@ def tokenizer_fixture():
             }
         )
     chats = []
-    for conv_name in TINY_CONVERSATIONS:
-        conv = CONVERSATIONS[conv_name]
+    for conv_name, conv in TINY_CONVERSATIONS.items():
         for gen in (False, True):
-            for kwargs in ({}, {"thinking": True}):
+            for kwargs in TINY_KWARGS:
                 messages = json.loads(json.dumps(conv["messages"]))
                 tools = conv.get("tools")
                 text = tok.apply_chat_template(
@@ -485,7 +505,7 @@ def tokenizer_fixture():
         "bos_token_id": tok.bos_token_id,
         "eos_token_id": tok.eos_token_id,
         "encodings": encodings,
-        "conversations": {name: CONVERSATIONS[name] for name in TINY_CONVERSATIONS},
+        "conversations": TINY_CONVERSATIONS,
         "chats": chats,
     }
 
