@@ -25,7 +25,7 @@ use candle_core::DType;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{ModelError, Result};
+use crate::error::{read_json, ModelError, Result};
 
 /// Which DeepSeek generation's routing rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,15 +416,7 @@ fn parse_moe(raw: &RawConfig, arch: Arch) -> Result<Option<MoeConfig>> {
 
 impl DeepSeekConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let raw: RawConfig = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_raw(raw)
+        Self::from_raw(read_json(path)?)
     }
 
     pub fn from_json(text: &str) -> Result<Self> {

@@ -17,7 +17,7 @@ use hf_hub::{Repo, RepoType};
 use serde::Deserialize;
 
 use crate::config::Fp8BlockQuant;
-use crate::error::{ModelError, Result};
+use crate::error::{read_json, ModelError, Result};
 
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
@@ -69,14 +69,7 @@ struct ShardIndex {
 }
 
 fn read_shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
-        path: index.to_path_buf(),
-        source,
-    })?;
-    let parsed: ShardIndex = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        path: index.to_path_buf(),
-        source,
-    })?;
+    let parsed: ShardIndex = read_json(index)?;
     let mut shards: Vec<String> = parsed.weight_map.into_values().collect();
     shards.sort();
     shards.dedup();
