@@ -56,6 +56,11 @@ impl IncrementalDecoder {
         }
     }
 
+    /// Whether special tokens are left out of the text.
+    pub fn skip_special_tokens(&self) -> bool {
+        self.skip_special_tokens
+    }
+
     /// Add one id; returns the text it completes, if any.
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);

@@ -44,6 +44,10 @@ pub enum Error {
     /// undefined attribute, a missing filter); the message says where.
     #[error("chat template `{name}` failed to render: {message}")]
     TemplateRender { name: String, message: String },
+
+    /// The engine's configuration cannot work (the message says why).
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
 }
 
 /// Result with the engine's [`Error`].

@@ -6,13 +6,23 @@
 //! of HTTP or JSON request types: the server converts its OpenAI types into
 //! the plain types here.
 
+pub mod block_manager;
 pub mod detokenizer;
+pub mod engine;
 pub mod error;
+pub mod request;
+pub mod sampling;
+pub mod scheduler;
 pub mod template;
 pub mod tokenizer;
 
 pub use detokenizer::{IncrementalDecoder, StopMatcher, StopOutcome};
+pub use engine::{Engine, EngineConfig, EngineStats, RequestStream};
 pub use error::{Error, Result};
+pub use request::{
+    Event, FinishReason, Request, SamplingParams, StopConditions, SubmitError, TokenLogprob,
+    MAX_TOP_LOGPROBS,
+};
 pub use template::{
     ChatInput, ChatMessage, ChatTemplate, ContentPart, MessageContent, Role, SpecialTokens,
     TemplateSource, ToolCall,

@@ -1,0 +1,406 @@
+//! Iteration-level continuous batching: which tokens of which sequences go
+//! into the next forward pass.
+//!
+//! Every sequence is a list of tokens (prompt, then generated) of which the
+//! first `num_computed` are in the KV cache. A step schedules, for each
+//! sequence, the next tokens not yet in the cache: a whole prompt, a chunk
+//! of it, one decode token, or — after a preemption — the prompt and the
+//! generated tokens again (recompute). Running sequences go first, oldest
+//! first; then waiting ones are admitted in arrival order while the token
+//! budget, `max_num_seqs` and the free blocks allow. When a running
+//! sequence needs a block and none is free, the newest running sequence is
+//! preempted: its blocks go back to the pool and it returns to the front of
+//! the queue, to be recomputed when there is room.
+//!
+//! A request with `n > 1` choices is one sequence until its prompt is in the
+//! cache; then [`Scheduler::fork`] makes the other choices, which share the
+//! prompt's full blocks and recompute only the tokens of its last, partly
+//! filled block (so no block is ever written by two sequences).
+//!
+//! The scheduler is generic over what the engine keeps per sequence (`T`).
+
+use std::collections::VecDeque;
+
+use crate::block_manager::BlockManager;
+
+/// Orders sequences by arrival: request number, then choice.
+pub type SeqKey = (u64, usize);
+
+/// One sequence: its tokens and where they stand in the cache.
+#[derive(Debug, Clone)]
+pub struct Sequence<T> {
+    pub key: SeqKey,
+    /// Prompt then generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens whose latent rows are in the cache (`tokens[..num_computed]`).
+    pub num_computed: usize,
+    pub block_table: Vec<u32>,
+    /// Choices still to fork from this sequence once its prompt is computed.
+    pub pending_forks: usize,
+    /// The engine's per-sequence state.
+    pub data: T,
+}
+
+impl<T> Sequence<T> {
+    pub fn new(key: SeqKey, prompt: Vec<u32>, n: usize, data: T) -> Self {
+        Sequence {
+            key,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            num_computed: 0,
+            block_table: Vec::new(),
+            pending_forks: n.saturating_sub(1),
+            data,
+        }
+    }
+
+    /// Tokens generated so far.
+    pub fn num_generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Sequences this one will count as once forked.
+    fn width(&self) -> usize {
+        1 + self.pending_forks
+    }
+}
+
+/// The limits of one step.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerLimits {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+}
+
+/// The work of one step: `(index into running, tokens to compute)`, in the
+/// order of `running`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    pub work: Vec<(usize, usize)>,
+    /// Keys of sequences preempted during this step's scheduling.
+    pub preempted: Vec<SeqKey>,
+}
+
+impl Step {
+    pub fn num_tokens(&self) -> usize {
+        self.work.iter().map(|w| w.1).sum()
+    }
+}
+
+#[derive(Debug)]
+pub struct Scheduler<T> {
+    limits: SchedulerLimits,
+    /// Not in the cache; arrival order (preempted sequences come back in order).
+    pub waiting: VecDeque<Sequence<T>>,
+    /// Being computed; arrival order.
+    pub running: Vec<Sequence<T>>,
+    pub blocks: BlockManager,
+    preemptions: u64,
+}
+
+impl<T> Scheduler<T> {
+    pub fn new(limits: SchedulerLimits, blocks: BlockManager) -> Self {
+        assert!(limits.max_num_seqs > 0 && limits.max_num_batched_tokens > 0);
+        Scheduler {
+            limits,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            blocks,
+            preemptions: 0,
+        }
+    }
+
+    pub fn limits(&self) -> SchedulerLimits {
+        self.limits
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
+    }
+
+    /// Queues a new sequence behind every other.
+    pub fn add(&mut self, seq: Sequence<T>) {
+        debug_assert!(seq.block_table.is_empty() && seq.num_computed == 0);
+        self.waiting.push_back(seq);
+    }
+
+    /// Chooses the work of the next step.
+    pub fn schedule(&mut self) -> Step {
+        let mut step = Step::default();
+        let mut budget = self.limits.max_num_batched_tokens;
+        let mut i = 0;
+        while i < self.running.len() {
+            if budget == 0 {
+                break;
+            }
+            let seq = &self.running[i];
+            let want = (seq.tokens.len() - seq.num_computed).min(budget);
+            if want == 0 {
+                i += 1;
+                continue;
+            }
+            let target = seq.num_computed + want;
+            // Make room, preempting from the newest end; maybe this one.
+            loop {
+                let seq = &mut self.running[i];
+                if self.blocks.grow(&mut seq.block_table, target).is_ok() {
+                    step.work.push((i, want));
+                    budget -= want;
+                    i += 1;
+                    break;
+                }
+                let last = self.running.len() - 1;
+                step.preempted.push(self.running[last].key);
+                self.preempt(last);
+                if last == i {
+                    break;
+                }
+            }
+        }
+        if !step.preempted.is_empty() {
+            // Out of blocks: admitting more would only preempt again.
+            return step;
+        }
+        while budget > 0 {
+            let Some(seq) = self.waiting.front() else {
+                break;
+            };
+            if !self.running.is_empty()
+                && self.running.len() + seq.width() > self.limits.max_num_seqs
+            {
+                break;
+            }
+            let want = (seq.tokens.len() - seq.num_computed).min(budget);
+            let mut seq = self.waiting.pop_front().expect("front exists");
+            if self.blocks.grow(&mut seq.block_table, want).is_err() {
+                self.waiting.push_front(seq);
+                break;
+            }
+            budget -= want;
+            let at = self.running.partition_point(|r| r.key < seq.key);
+            // Indices of work already chosen shift past the insertion point.
+            for w in step.work.iter_mut() {
+                if w.0 >= at {
+                    w.0 += 1;
+                }
+            }
+            self.running.insert(at, seq);
+            step.work.push((at, want));
+        }
+        step.work.sort_unstable();
+        step
+    }
+
+    /// Frees the blocks of running sequence `index` and puts it back in the queue.
+    fn preempt(&mut self, index: usize) {
+        let mut seq = self.running.remove(index);
+        self.blocks.release(&mut seq.block_table);
+        seq.num_computed = 0;
+        self.preemptions += 1;
+        let at = self.waiting.partition_point(|w| w.key < seq.key);
+        self.waiting.insert(at, seq);
+    }
+
+    /// Records that `tokens` more of running sequence `index` are in the cache.
+    pub fn advance(&mut self, index: usize, tokens: usize) {
+        let seq = &mut self.running[index];
+        seq.num_computed += tokens;
+        debug_assert!(seq.num_computed <= seq.tokens.len());
+    }
+
+    /// Makes choices `1..=pending_forks` of running sequence `index`, each
+    /// starting with its first generated token (`first_tokens[c - 1]`) and
+    /// sharing the full blocks of the prompt. `data(c)` builds choice `c`'s
+    /// engine state. The new sequences join `running` right after `index`.
+    pub fn fork(&mut self, index: usize, first_tokens: &[u32], mut data: impl FnMut(usize) -> T) {
+        let parent = &mut self.running[index];
+        let forks = std::mem::take(&mut parent.pending_forks);
+        debug_assert_eq!(first_tokens.len(), forks);
+        let block_size = self.blocks.block_size();
+        let full = parent.prompt_len / block_size;
+        let shared_table = parent.block_table[..full].to_vec();
+        let prompt = parent.tokens[..parent.prompt_len].to_vec();
+        let (request, _) = parent.key;
+        let mut children = Vec::with_capacity(forks);
+        for (c, &first) in (1..=forks).zip(first_tokens) {
+            let mut tokens = prompt.clone();
+            tokens.push(first);
+            children.push(Sequence {
+                key: (request, c),
+                prompt_len: prompt.len(),
+                tokens,
+                num_computed: full * block_size,
+                block_table: self.blocks.share(&shared_table),
+                pending_forks: 0,
+                data: data(c),
+            });
+        }
+        let at = index + 1;
+        self.running.splice(at..at, children);
+    }
+
+    /// Removes running sequence `index` (finished), freeing its blocks.
+    pub fn finish(&mut self, index: usize) -> Sequence<T> {
+        let mut seq = self.running.remove(index);
+        self.blocks.release(&mut seq.block_table);
+        seq
+    }
+
+    /// Removes every sequence, running or waiting, for which `drop` says so,
+    /// freeing their blocks; returns how many went.
+    pub fn remove_where(&mut self, mut drop: impl FnMut(&Sequence<T>) -> bool) -> usize {
+        let before = self.running.len() + self.waiting.len();
+        let blocks = &mut self.blocks;
+        self.running.retain_mut(|s| {
+            if drop(s) {
+                blocks.release(&mut s.block_table);
+                false
+            } else {
+                true
+            }
+        });
+        self.waiting.retain(|s| !drop(s));
+        before - self.running.len() - self.waiting.len()
+    }
+
+    /// Tokens in the cache over all running sequences (shared blocks counted once
+    /// per owner).
+    pub fn cached_tokens(&self) -> usize {
+        self.running.iter().map(|s| s.num_computed).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched(seqs: usize, tokens: usize, blocks: usize, block_size: usize) -> Scheduler<()> {
+        Scheduler::new(
+            SchedulerLimits {
+                max_num_seqs: seqs,
+                max_num_batched_tokens: tokens,
+            },
+            BlockManager::new(blocks, block_size),
+        )
+    }
+
+    fn seq(req: u64, len: usize, n: usize) -> Sequence<()> {
+        Sequence::new((req, 0), vec![7; len], n, ())
+    }
+
+    /// Runs one step's bookkeeping: every scheduled sequence computes its
+    /// tokens and, if caught up, "samples" token 1.
+    fn run(s: &mut Scheduler<()>) -> Step {
+        let step = s.schedule();
+        for &(i, n) in step.work.iter().rev() {
+            s.advance(i, n);
+            let seq = &mut s.running[i];
+            if seq.num_computed == seq.tokens.len() {
+                seq.tokens.push(1);
+            }
+        }
+        step
+    }
+
+    #[test]
+    fn budget_is_respected_and_long_prompts_are_chunked() {
+        let mut s = sched(8, 10, 100, 4);
+        s.add(seq(0, 25, 1));
+        s.add(seq(1, 3, 1));
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![(0, 10)]);
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![(0, 10)]);
+        // The last chunk of 5 leaves room for the second prompt, in one forward.
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![(0, 5), (1, 3)]);
+        // Both decode.
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![(0, 1), (1, 1)]);
+    }
+
+    #[test]
+    fn max_num_seqs_limits_admission() {
+        let mut s = sched(2, 100, 100, 4);
+        for r in 0..3 {
+            s.add(seq(r, 2, 1));
+        }
+        let step = run(&mut s);
+        assert_eq!(step.work.len(), 2);
+        assert_eq!(s.waiting.len(), 1);
+    }
+
+    #[test]
+    fn newest_is_preempted_when_blocks_run_out() {
+        // 4 blocks of 2 tokens: two sequences of 3 tokens take 2 blocks each.
+        let mut s = sched(8, 100, 4, 2);
+        s.add(seq(0, 3, 1));
+        s.add(seq(1, 3, 1));
+        run(&mut s); // both prefilled, each has 4 tokens now (3 computed)
+        run(&mut s); // decode: position 3 fits in block 2 of each
+                     // Now each has 5 tokens, 4 computed; the next needs a third block each.
+        let step = run(&mut s);
+        assert_eq!(step.preempted, vec![(1, 0)]);
+        assert_eq!(step.work, vec![(0, 1)]);
+        assert_eq!(s.waiting.len(), 1);
+        assert_eq!(s.waiting[0].num_computed, 0);
+        assert_eq!(s.blocks.num_used(), 3);
+        // Sequence 0 finishes; sequence 1 is recomputed: all 5 of its tokens.
+        s.finish(0);
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![(0, 5)]);
+    }
+
+    #[test]
+    fn a_sequence_that_cannot_grow_preempts_itself_last() {
+        let mut s = sched(8, 100, 2, 2);
+        s.add(seq(0, 4, 1));
+        run(&mut s);
+        let step = s.schedule();
+        assert_eq!(step.preempted, vec![(0, 0)]);
+        assert!(step.work.is_empty());
+        assert_eq!(s.blocks.num_free(), 2);
+    }
+
+    #[test]
+    fn forks_share_full_prompt_blocks() {
+        let mut s = sched(8, 100, 10, 4);
+        s.add(seq(0, 10, 3));
+        let step = s.schedule();
+        assert_eq!(step.work, vec![(0, 10)]);
+        s.advance(0, 10);
+        s.running[0].tokens.push(5);
+        s.fork(0, &[6, 7], |_| ());
+        assert_eq!(s.running.len(), 3);
+        let shared = s.running[0].block_table[..2].to_vec();
+        for c in 1..3 {
+            assert_eq!(s.running[c].block_table, shared);
+            assert_eq!(s.running[c].num_computed, 8);
+        }
+        assert_eq!(s.blocks.ref_count(shared[0]), 3);
+        // Children recompute the partial block's two prompt tokens plus their token.
+        let step = s.schedule();
+        assert_eq!(step.work, vec![(0, 1), (1, 3), (2, 3)]);
+        assert_eq!(s.blocks.num_used(), 3 + 2);
+        s.remove_where(|_| true);
+        assert_eq!(s.blocks.num_free(), 10);
+    }
+
+    #[test]
+    fn removing_frees_every_block() {
+        let mut s = sched(8, 100, 10, 4);
+        s.add(seq(0, 9, 1));
+        s.add(seq(1, 9, 1));
+        run(&mut s);
+        assert_eq!(s.blocks.num_used(), 6);
+        assert_eq!(s.remove_where(|q| q.key.0 == 0), 1);
+        assert_eq!(s.blocks.num_used(), 3);
+        assert_eq!(s.remove_where(|_| true), 1);
+        assert_eq!(s.blocks.num_used(), 0);
+    }
+}

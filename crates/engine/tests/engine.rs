@@ -1,0 +1,534 @@
+//! The engine end to end on the embedded default model: batching changes
+//! nothing a request sees, preemption and recompute change nothing,
+//! cancellation frees the cache, refusals are immediate, stop conditions
+//! end choices with the right reason.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferroseek_engine::{
+    Engine, EngineConfig, Event, FinishReason, Request, SamplingParams, SubmitError, Tokenizer,
+};
+use ferroseek_model::{
+    resolve_model, Batch, DeepSeekModel, HubOptions, LatentCache, LoadOptions, LogitsRows, SeqInput,
+};
+
+fn model_dir() -> std::path::PathBuf {
+    common::repo_dir().join("models/tiny-deepseek-v3")
+}
+
+fn load() -> (DeepSeekModel, Arc<Tokenizer>) {
+    let dir = model_dir();
+    let files = resolve_model(dir.to_str().unwrap(), &HubOptions::from_env(None)).unwrap();
+    let model = DeepSeekModel::load(&files, &LoadOptions::default()).unwrap();
+    let tokenizer = Tokenizer::from_dir(&dir).unwrap();
+    (model, Arc::new(tokenizer))
+}
+
+fn engine(config: EngineConfig) -> Engine {
+    let (model, tokenizer) = load();
+    Engine::start(model, tokenizer, config).unwrap()
+}
+
+fn small_config() -> EngineConfig {
+    EngineConfig {
+        kv_cache_bytes: 8 << 20,
+        ..Default::default()
+    }
+}
+
+/// Everything one request streamed.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Outcome {
+    tokens: Vec<Vec<u32>>,
+    text: Vec<String>,
+    reasons: Vec<Option<FinishReason>>,
+    completion_tokens: Vec<usize>,
+    prompt_events: usize,
+    prompt_logprobs: Option<Vec<Option<ferroseek_engine::TokenLogprob>>>,
+    logprobs: Vec<Vec<ferroseek_engine::TokenLogprob>>,
+}
+
+fn collect(mut stream: ferroseek_engine::RequestStream, n: usize) -> Outcome {
+    let mut o = Outcome {
+        tokens: vec![Vec::new(); n],
+        text: vec![String::new(); n],
+        reasons: vec![None; n],
+        completion_tokens: vec![0; n],
+        logprobs: vec![Vec::new(); n],
+        ..Default::default()
+    };
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            Event::Prompt { logprobs, .. } => {
+                assert!(
+                    o.tokens.iter().all(Vec::is_empty),
+                    "prompt event comes first"
+                );
+                o.prompt_events += 1;
+                o.prompt_logprobs = logprobs;
+            }
+            Event::Token {
+                choice,
+                token,
+                text,
+                logprob,
+            } => {
+                assert!(o.reasons[choice].is_none(), "token after finish");
+                o.tokens[choice].push(token);
+                o.text[choice].push_str(&text);
+                o.logprobs[choice].extend(logprob);
+            }
+            Event::Finished {
+                choice,
+                reason,
+                text,
+                completion_tokens,
+            } => {
+                assert!(o.reasons[choice].is_none(), "finished twice");
+                o.text[choice].push_str(&text);
+                o.reasons[choice] = Some(reason);
+                o.completion_tokens[choice] = completion_tokens;
+            }
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+    assert_eq!(o.prompt_events, 1, "exactly one prompt event");
+    assert!(
+        o.reasons.iter().all(Option::is_some),
+        "every choice finished"
+    );
+    o
+}
+
+fn prompt(seed: u32, len: usize) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| (i * 131 + seed * 977) % 3900 + 4)
+        .collect()
+}
+
+fn greedy(id: &str, prompt: Vec<u32>, max_tokens: usize) -> Request {
+    let mut r = Request::new(id, prompt);
+    r.sampling = SamplingParams::greedy();
+    r.stop.max_tokens = Some(max_tokens);
+    r.stop.ignore_eos = true;
+    r
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Stats are published after each step, so they may trail the last event.
+fn blocks_return(e: &Engine) {
+    wait_until("every KV block to return to the pool", || {
+        e.stats().blocks_used == 0
+    });
+}
+
+#[test]
+fn concurrent_greedy_requests_get_the_tokens_they_get_alone() {
+    let e = engine(small_config());
+    let requests: Vec<Request> = (0..8)
+        .map(|i| greedy(&format!("r{i}"), prompt(i, 5 + 7 * i as usize), 20))
+        .collect();
+    let alone: Vec<Outcome> = requests
+        .iter()
+        .map(|r| collect(e.submit(r.clone()).unwrap(), 1))
+        .collect();
+    let streams: Vec<_> = requests
+        .iter()
+        .map(|r| e.submit(r.clone()).unwrap())
+        .collect();
+    let together: Vec<Outcome> = streams.into_iter().map(|s| collect(s, 1)).collect();
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.tokens, t.tokens, "request {i}");
+        assert_eq!(a.tokens[0].len(), 20);
+        assert_eq!(a.reasons[0], Some(FinishReason::MaxTokens));
+        assert_eq!(a.completion_tokens[0], 20);
+    }
+    blocks_return(&e);
+}
+
+#[test]
+fn seeded_sampling_repeats_alone_and_under_load() {
+    let e = engine(small_config());
+    let seeded = |id: &str| {
+        let mut r = Request::new(id, prompt(3, 12));
+        r.sampling.temperature = 0.9;
+        r.sampling.top_p = 0.95;
+        r.sampling.seed = Some(1234);
+        r.stop.max_tokens = Some(24);
+        r.stop.ignore_eos = true;
+        r
+    };
+    let alone = collect(e.submit(seeded("alone")).unwrap(), 1);
+    // The same request among unseeded ones of other lengths.
+    let mut noise = Vec::new();
+    for i in 0..6 {
+        let mut r = Request::new(format!("noise{i}"), prompt(10 + i, 3 + 5 * i as usize));
+        r.stop.max_tokens = Some(30);
+        r.stop.ignore_eos = true;
+        noise.push(e.submit(r).unwrap());
+    }
+    let loaded = collect(e.submit(seeded("loaded")).unwrap(), 1);
+    for s in noise {
+        collect(s, 1);
+    }
+    assert_eq!(alone.tokens, loaded.tokens);
+    // A different seed takes a different path.
+    let mut other = seeded("other");
+    other.sampling.seed = Some(99);
+    let other = collect(e.submit(other).unwrap(), 1);
+    assert_ne!(alone.tokens, other.tokens);
+}
+
+#[test]
+fn preemption_and_recompute_give_the_same_tokens() {
+    // Room for 12 blocks of 4 tokens: 6 sequences of 8 + 16 tokens cannot all
+    // fit, so newer ones are preempted and recomputed.
+    let (model, _) = load();
+    let block_bytes = LatentCache::bytes_per_block(model.config(), 4);
+    drop(model);
+    let config = EngineConfig {
+        block_size: 4,
+        kv_cache_bytes: 12 * block_bytes,
+        ..Default::default()
+    };
+    let reference = engine(small_config());
+    let tight = engine(config);
+    let requests: Vec<Request> = (0..6)
+        .map(|i| greedy(&format!("p{i}"), prompt(20 + i, 8), 16))
+        .collect();
+    let alone: Vec<Outcome> = requests
+        .iter()
+        .map(|r| collect(reference.submit(r.clone()).unwrap(), 1))
+        .collect();
+    let streams: Vec<_> = requests
+        .iter()
+        .map(|r| tight.submit(r.clone()).unwrap())
+        .collect();
+    let squeezed: Vec<Outcome> = streams.into_iter().map(|s| collect(s, 1)).collect();
+    for (a, s) in alone.iter().zip(&squeezed) {
+        assert_eq!(a.tokens, s.tokens);
+        assert_eq!(a.text, s.text);
+    }
+    let stats = tight.stats();
+    assert!(
+        stats.preemptions_total > 0,
+        "the test must preempt: {stats:?}"
+    );
+    blocks_return(&tight);
+}
+
+#[test]
+fn chunked_prefill_gives_the_same_tokens_and_prompt_logprobs() {
+    let whole = engine(small_config());
+    let chunked = engine(EngineConfig {
+        max_num_batched_tokens: 7,
+        ..small_config()
+    });
+    let mut r = greedy("c", prompt(5, 40), 12);
+    r.prompt_logprobs = Some(3);
+    r.logprobs = Some(2);
+    let a = collect(whole.submit(r.clone()).unwrap(), 1);
+    let b = collect(chunked.submit(r.clone()).unwrap(), 1);
+    assert_eq!(a.tokens, b.tokens);
+    let (pa, pb) = (a.prompt_logprobs.unwrap(), b.prompt_logprobs.unwrap());
+    assert_eq!(pa.len(), 40);
+    assert!(pa[0].is_none() && pb[0].is_none());
+    for (x, y) in pa.iter().zip(&pb).skip(1) {
+        let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+        assert_eq!(x.token, y.token);
+        assert!((x.logprob - y.logprob).abs() < 1e-4);
+        assert_eq!(x.top.len(), 3);
+    }
+    // Greedy picks the most likely token: its log-probability tops the list.
+    for lp in &a.logprobs[0] {
+        assert_eq!(lp.top[0].0, lp.token);
+        assert_eq!(lp.top.len(), 2);
+    }
+}
+
+#[test]
+fn prompt_logprobs_match_a_direct_forward() {
+    let e = engine(small_config());
+    let p = prompt(9, 17);
+    let mut r = greedy("lp", p.clone(), 0);
+    r.prompt_logprobs = Some(1);
+    let o = collect(e.submit(r).unwrap(), 1);
+    assert_eq!(o.reasons[0], Some(FinishReason::MaxTokens));
+    assert!(o.tokens[0].is_empty());
+    let lps = o.prompt_logprobs.unwrap();
+
+    let (model, _) = load();
+    let mut cache = LatentCache::new(model.config(), 4, 16).unwrap();
+    let batch = Batch {
+        seqs: vec![SeqInput {
+            tokens: p.clone(),
+            num_cached: 0,
+            block_table: vec![0, 1],
+            logits: LogitsRows::All,
+        }],
+    };
+    let logits = model.forward(&batch, &mut cache).unwrap();
+    let log_probs = candle_nn::ops::log_softmax(&logits, 1)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for pos in 1..p.len() {
+        let expected = log_probs[pos - 1][p[pos] as usize];
+        let got = lps[pos].as_ref().unwrap().logprob;
+        assert!(
+            (expected - got).abs() < 1e-4,
+            "position {pos}: {expected} vs {got}"
+        );
+    }
+}
+
+#[test]
+fn n_choices_share_the_prompt_and_sample_independently() {
+    let e = engine(small_config());
+    // Greedy: every choice equals the single greedy answer.
+    let single = collect(e.submit(greedy("g1", prompt(4, 21), 10)).unwrap(), 1);
+    let mut r = greedy("g3", prompt(4, 21), 10);
+    r.n = 3;
+    let three = collect(e.submit(r).unwrap(), 3);
+    for c in 0..3 {
+        assert_eq!(three.tokens[c], single.tokens[0], "choice {c}");
+    }
+    // Seeded sampling: choices differ from each other, and repeat as a whole.
+    let mut r = Request::new("s3", prompt(4, 21));
+    r.n = 3;
+    r.sampling.seed = Some(5);
+    r.stop.max_tokens = Some(16);
+    r.stop.ignore_eos = true;
+    let a = collect(e.submit(r.clone()).unwrap(), 3);
+    let b = collect(e.submit(r).unwrap(), 3);
+    assert_eq!(a.tokens, b.tokens);
+    assert!(a.tokens[0] != a.tokens[1] || a.tokens[1] != a.tokens[2]);
+    blocks_return(&e);
+}
+
+#[test]
+fn streamed_text_is_the_decoded_tokens() {
+    let e = engine(small_config());
+    let (_, tokenizer) = load();
+    let mut r = Request::new(
+        "t",
+        tokenizer.encode("Hello there, how are", false).unwrap(),
+    );
+    r.sampling.seed = Some(3);
+    r.stop.max_tokens = Some(40);
+    r.stop.ignore_eos = true;
+    let o = collect(e.submit(r).unwrap(), 1);
+    assert_eq!(o.text[0], tokenizer.decode(&o.tokens[0], true).unwrap());
+}
+
+#[test]
+fn stop_strings_stop_ids_and_eos_end_choices() {
+    let e = engine(small_config());
+    let (_, tokenizer) = load();
+    let base = greedy("base", prompt(6, 9), 30);
+    let full = collect(e.submit(base.clone()).unwrap(), 1);
+    let text = full.text[0].clone();
+    assert!(text.chars().count() > 6, "need some text to cut: {text:?}");
+
+    // A stop string from the middle of the text: cut before it, reason stop.
+    let start = text.char_indices().nth(3).unwrap().0;
+    let end = text.char_indices().nth(6).unwrap().0;
+    let stop = text[start..end].to_string();
+    let mut r = base.clone();
+    r.stop.stop_strings = vec![stop.clone()];
+    let o = collect(e.submit(r).unwrap(), 1);
+    assert_eq!(o.reasons[0], Some(FinishReason::StopString(stop.clone())));
+    let first = text.find(&stop).unwrap();
+    assert_eq!(o.text[0], text[..first]);
+    assert!(o.tokens[0].len() < full.tokens[0].len());
+
+    // A stop token id: the choice ends on it, its text is not emitted.
+    let id = full.tokens[0][4];
+    let mut r = base.clone();
+    r.stop.stop_token_ids = vec![id];
+    let o = collect(e.submit(r).unwrap(), 1);
+    let at = full.tokens[0].iter().position(|&t| t == id).unwrap();
+    assert_eq!(o.tokens[0], full.tokens[0][..=at]);
+    assert_eq!(o.reasons[0], Some(FinishReason::EosToken(id)));
+    assert_eq!(
+        o.text[0],
+        tokenizer.decode(&full.tokens[0][..at], true).unwrap()
+    );
+
+    // The same id as the model's eos (via the tokenizer's list) unless ignored.
+    let eos = tokenizer.eos_token_ids()[0];
+    let mut r = base.clone();
+    r.stop.ignore_eos = false;
+    r.sampling.logit_bias = vec![(eos, 100.0)];
+    let o = collect(e.submit(r.clone()).unwrap(), 1);
+    assert_eq!(o.tokens[0], vec![eos]);
+    assert_eq!(o.reasons[0], Some(FinishReason::EosToken(eos)));
+    assert_eq!(o.reasons[0].as_ref().unwrap().as_openai(), "stop");
+    r.stop.ignore_eos = true;
+    r.stop.max_tokens = Some(3);
+    let o = collect(e.submit(r).unwrap(), 1);
+    assert_eq!(o.tokens[0], vec![eos; 3]);
+    assert_eq!(o.reasons[0].as_ref().unwrap().as_openai(), "length");
+}
+
+#[test]
+fn context_length_ends_generation_without_max_tokens() {
+    let e = engine(EngineConfig {
+        max_model_len: Some(24),
+        ..small_config()
+    });
+    let mut r = greedy("ctx", prompt(1, 20), 0);
+    r.stop.max_tokens = None;
+    let o = collect(e.submit(r).unwrap(), 1);
+    assert_eq!(o.tokens[0].len(), 4);
+    assert_eq!(o.reasons[0], Some(FinishReason::MaxTokens));
+    // Asking for more than fits is refused up front, naming the numbers.
+    let err = e.submit(greedy("long", prompt(1, 20), 5)).unwrap_err();
+    assert!(matches!(
+        err,
+        SubmitError::ContextTooLong {
+            prompt_tokens: 20,
+            max_tokens: 5,
+            max_model_len: 24
+        }
+    ));
+    assert!(err.to_string().contains("maximum context length is 24"));
+}
+
+#[test]
+fn impossible_requests_are_refused_up_front() {
+    let (model, tokenizer) = load();
+    let block_bytes = LatentCache::bytes_per_block(model.config(), 16);
+    let e = Engine::start(
+        model,
+        tokenizer,
+        EngineConfig {
+            kv_cache_bytes: 4 * block_bytes,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(e.stats().blocks_total, 4);
+    let err = e.submit(greedy("big", prompt(1, 60), 10)).unwrap_err();
+    assert_eq!(
+        err,
+        SubmitError::CacheTooSmall {
+            needed_tokens: 70,
+            capacity_tokens: 64
+        }
+    );
+    assert_eq!(
+        e.submit(Request::new("empty", vec![])).unwrap_err(),
+        SubmitError::EmptyPrompt
+    );
+    let mut r = greedy("bad", vec![5, 999_999], 1);
+    assert!(
+        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter(m)) if m.contains("999999"))
+    );
+    r.prompt = vec![5];
+    r.sampling.top_p = 0.0;
+    assert!(
+        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter(m)) if m.contains("`top_p`"))
+    );
+    r.sampling.top_p = 1.0;
+    r.logprobs = Some(21);
+    assert!(
+        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter(m)) if m.contains("`logprobs`"))
+    );
+    r.logprobs = None;
+    r.sampling.temperature = f32::NAN;
+    assert!(
+        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter(m)) if m.contains("`temperature`"))
+    );
+    r.sampling.temperature = 0.0;
+    r.n = 0;
+    assert!(matches!(e.submit(r), Err(SubmitError::InvalidParameter(m)) if m.contains("`n`")));
+}
+
+#[test]
+fn a_full_queue_refuses_at_once() {
+    let e = engine(EngineConfig {
+        max_num_seqs: 1,
+        max_queue: 2,
+        ..small_config()
+    });
+    let mut running = e.submit(greedy("a", prompt(1, 5), 2000)).unwrap();
+    // Wait until it runs, so that it has left the queue.
+    assert!(matches!(
+        running.blocking_next(),
+        Some(Event::Prompt { .. })
+    ));
+    let b = e.submit(greedy("b", prompt(2, 5), 2)).unwrap();
+    let c = e.submit(greedy("c", prompt(3, 5), 2)).unwrap();
+    assert_eq!(
+        e.submit(greedy("d", prompt(4, 5), 2)).unwrap_err(),
+        SubmitError::QueueFull { limit: 2 }
+    );
+    drop(running);
+    collect_after_prompt(b);
+    collect_after_prompt(c);
+    blocks_return(&e);
+    // With room again, requests are accepted.
+    collect(e.submit(greedy("e", prompt(5, 5), 2)).unwrap(), 1);
+}
+
+fn collect_after_prompt(s: ferroseek_engine::RequestStream) {
+    collect(s, 1);
+}
+
+#[test]
+fn a_dropped_stream_frees_its_blocks() {
+    let e = engine(small_config());
+    let mut streams: Vec<_> = (0..4)
+        .map(|i| {
+            let mut r = greedy(&format!("d{i}"), prompt(i, 40), 4000);
+            r.n = 2;
+            e.submit(r).unwrap()
+        })
+        .collect();
+    // Let them all start generating.
+    for s in streams.iter_mut() {
+        loop {
+            if let Some(Event::Token { .. }) = s.blocking_next() {
+                break;
+            }
+        }
+    }
+    wait_until("all 8 choices to run", || {
+        let s = e.stats();
+        s.running == 8 && s.blocks_used > 0
+    });
+    drop(streams);
+    wait_until("cancelled requests to leave", || {
+        let s = e.stats();
+        s.blocks_used == 0 && s.running == 0
+    });
+    // The engine goes on serving.
+    collect(e.submit(greedy("after", prompt(1, 5), 3)).unwrap(), 1);
+}
+
+#[test]
+fn shutdown_refuses_new_requests_and_finishes_running_ones() {
+    let e = engine(small_config());
+    let s = e.submit(greedy("last", prompt(1, 5), 5)).unwrap();
+    e.shutdown();
+    assert_eq!(
+        e.submit(greedy("late", prompt(1, 5), 5)).unwrap_err(),
+        SubmitError::ShuttingDown
+    );
+    let o = collect(s, 1);
+    assert_eq!(o.tokens[0].len(), 5);
+}
