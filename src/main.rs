@@ -1,1 +1,176 @@
-fn main() {}
+//! `ferroseek`: an OpenAI-compatible HTTP server for DeepSeek-architecture
+//! models. `main` parses the command line, starts listening at once (so
+//! `/health` answers 503 while the model loads), loads the model off the
+//! async runtime, and on SIGTERM/SIGINT stops taking requests, lets the
+//! running ones finish (bounded by `--shutdown-timeout`) and exits 0.
+
+mod chat_prompt;
+mod cli;
+mod embedded;
+mod error;
+mod extract;
+mod generate;
+mod load;
+mod logging;
+mod metrics;
+mod openai;
+mod reasoning;
+mod routes;
+mod state;
+mod tokens;
+mod validate;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use clap::Parser;
+use tokio::sync::watch;
+
+use crate::cli::{Cli, ServeArgs};
+use crate::state::{AppState, Settings};
+
+fn main() -> ExitCode {
+    let args = Cli::parse().into_serve();
+    logging::init(args.log_format);
+    if let Some(threads) = args.threads.filter(|&t| t > 0) {
+        // candle's CPU kernels and the engine both compute on rayon's pool.
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+        {
+            tracing::warn!("cannot set the compute threads: {e}");
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    // Do not wait for a model load still running on a blocking thread.
+    runtime.shutdown_background();
+    code
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let (served_names, root) = load::served_names(&args);
+    let settings = Settings {
+        served_names,
+        root,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_body_size: args.max_body_size,
+        max_num_seqs: args.max_num_seqs,
+        cors_allow_origin: args.cors_allow_origin.clone(),
+    };
+    let metrics = metrics::Metrics::new().context("cannot set up metrics")?;
+    let state = AppState::new(settings, metrics);
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(
+        models = ?state.settings().served_names,
+        auth = state.settings().api_key.is_some(),
+        "listening on http://{local}"
+    );
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let graceful = {
+        let state = state.clone();
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            state.begin_shutdown();
+        }
+    };
+    let mut server = tokio::spawn(
+        axum::serve(listener, routes::app(state.clone()))
+            .with_graceful_shutdown(graceful)
+            .into_future(),
+    );
+
+    let load_args = args.clone();
+    let mut loading = tokio::task::spawn_blocking(move || load::load(&load_args));
+    tokio::select! {
+        loaded = &mut loading => {
+            let ready = loaded.map_err(|e| anyhow!("model loading panicked: {e}"))??;
+            state.set_ready(ready);
+            if state.is_stopping() {
+                state.begin_shutdown();
+            }
+        }
+        _ = stop_rx.wait_for(|stop| *stop) => {
+            tracing::info!("stopped while loading");
+            return Ok(());
+        }
+        ended = &mut server => {
+            return Err(anyhow!("the HTTP server stopped: {:?}", ended));
+        }
+    }
+
+    tokio::select! {
+        ended = &mut server => return match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow!("the HTTP server failed: {e}")),
+            Err(e) => Err(anyhow!("the HTTP server panicked: {e}")),
+        },
+        _ = stop_rx.wait_for(|stop| *stop) => {}
+    }
+    let timeout = Duration::from_secs(args.shutdown_timeout);
+    tracing::info!(
+        timeout_seconds = args.shutdown_timeout,
+        "stopping: no new requests; waiting for running ones"
+    );
+    match tokio::time::timeout(timeout, server).await {
+        Ok(_) => tracing::info!("all requests finished; bye"),
+        Err(_) => tracing::warn!("running requests did not finish in time; exiting anyway"),
+    }
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

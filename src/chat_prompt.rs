@@ -1,0 +1,295 @@
+//! From an OpenAI conversation to prompt token ids: check and convert the
+//! messages, gather the template variables (`chat_template_kwargs`,
+//! DeepSeek's `thinking`, `reasoning_effort`), render the model's chat
+//! template and tokenize.
+
+use ferroseek_engine::{
+    ChatInput, ChatMessage, Error as EngineError, MessageContent, Role, ToolCall,
+};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::openai::chat::{ChatMessageIn, ContentIn, ThinkingOption};
+use crate::reasoning::prompt_opens_reasoning;
+use crate::state::Ready;
+
+/// A rendered and tokenized conversation.
+#[derive(Debug)]
+pub struct ChatPrompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+    /// The prompt ends inside `<think>`: the output starts as reasoning.
+    pub opens_reasoning: bool,
+}
+
+/// What shapes the prompt besides the messages.
+#[derive(Debug, Default)]
+pub struct TemplateOptions<'a> {
+    pub tools: Option<&'a [Value]>,
+    pub add_generation_prompt: bool,
+    pub chat_template_kwargs: Option<&'a Map<String, Value>>,
+    pub thinking: Option<&'a ThinkingOption>,
+    pub reasoning_effort: Option<&'a str>,
+}
+
+pub fn build(
+    ready: &Ready,
+    messages: &[ChatMessageIn],
+    options: &TemplateOptions<'_>,
+) -> Result<ChatPrompt, ApiError> {
+    let messages = convert_messages(messages)?;
+    let kwargs = template_kwargs(options)?;
+    let input = ChatInput {
+        messages: &messages,
+        tools: options.tools,
+        add_generation_prompt: options.add_generation_prompt,
+        kwargs: Some(&kwargs),
+        template_name: None,
+    };
+    let tokenizer = ready.engine.tokenizer();
+    let text = tokenizer
+        .apply_chat_template(&input)
+        .map_err(template_error)?;
+    let ids = tokenizer
+        .encode(&text, false)
+        .map_err(|e| ApiError::internal(format!("cannot tokenize the prompt: {e}")))?;
+    Ok(ChatPrompt {
+        opens_reasoning: ready.reasoning && prompt_opens_reasoning(&text),
+        text,
+        ids,
+    })
+}
+
+fn template_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::TemplateRaised(msg) => ApiError::invalid(
+            "messages",
+            format!("the model's chat template refused the conversation: {msg}"),
+        ),
+        EngineError::NoChatTemplate(msg) => ApiError::bad_request(format!(
+            "this model has no usable chat template ({msg}); use /v1/completions, or start the server with `--chat-template`"
+        )),
+        other => ApiError::invalid("messages", other.to_string()),
+    }
+}
+
+/// `chat_template_kwargs`, plus `thinking` from DeepSeek's `thinking` field
+/// and `reasoning_effort`, unless the kwargs already set them.
+fn template_kwargs(options: &TemplateOptions<'_>) -> Result<Map<String, Value>, ApiError> {
+    let mut kwargs = options.chat_template_kwargs.cloned().unwrap_or_default();
+    if let Some(thinking) = options.thinking {
+        let on = match thinking.kind.as_str() {
+            "enabled" => true,
+            "disabled" => false,
+            other => {
+                return Err(ApiError::invalid(
+                    "thinking.type",
+                    format!("`thinking.type` must be `enabled` or `disabled`, got `{other}`"),
+                ))
+            }
+        };
+        kwargs.entry("thinking").or_insert(Value::Bool(on));
+    }
+    if let Some(effort) = options.reasoning_effort {
+        if !matches!(effort, "minimal" | "low" | "medium" | "high") {
+            return Err(ApiError::invalid(
+                "reasoning_effort",
+                format!("`reasoning_effort` must be `minimal`, `low`, `medium` or `high`, got `{effort}`"),
+            ));
+        }
+        kwargs
+            .entry("reasoning_effort")
+            .or_insert(Value::String(effort.to_string()));
+    }
+    Ok(kwargs)
+}
+
+fn parse_role(i: usize, role: &str) -> Result<Role, ApiError> {
+    Ok(match role {
+        "system" => Role::System,
+        "developer" => Role::Developer,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].role"),
+                format!(
+                    "`messages[{i}].role` must be `system`, `developer`, `user`, `assistant` or `tool`, got `{other}`"
+                ),
+            ))
+        }
+    })
+}
+
+/// Text parts joined into one string (DeepSeek's templates raise on lists of
+/// parts, as they do under transformers); other part types are refused.
+fn content_text(i: usize, content: &ContentIn) -> Result<String, ApiError> {
+    match content {
+        ContentIn::Text(text) => Ok(text.clone()),
+        ContentIn::Parts(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for (j, part) in parts.iter().enumerate() {
+                match (part.kind.as_str(), &part.text) {
+                    ("text", Some(text)) => texts.push(text.as_str()),
+                    ("text", None) => {
+                        return Err(ApiError::invalid(
+                            format!("messages[{i}].content[{j}].text"),
+                            format!("`messages[{i}].content[{j}]` is a text part without `text`"),
+                        ))
+                    }
+                    (other, _) => {
+                        return Err(ApiError::invalid(
+                            format!("messages[{i}].content[{j}].type"),
+                            format!(
+                                "`messages[{i}].content[{j}].type` is `{other}`; this model reads only `text` parts"
+                            ),
+                        ))
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+    }
+}
+
+pub fn convert_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must hold at least one message",
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = parse_role(i, &m.role)?;
+            let content = m.content.as_ref().map(|c| content_text(i, c)).transpose()?;
+            let has_calls = m.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
+            if content.is_none() && !(role == Role::Assistant && has_calls) {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    format!(
+                        "`messages[{i}].content` is required for a `{}` message",
+                        role.as_str()
+                    ),
+                ));
+            }
+            if m.tool_calls.is_some() && role != Role::Assistant {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].tool_calls"),
+                    format!("`messages[{i}].tool_calls` is only allowed on `assistant` messages"),
+                ));
+            }
+            let tool_calls = m.tool_calls.as_ref().map(|calls| {
+                calls
+                    .iter()
+                    .enumerate()
+                    .map(|(j, call)| ToolCall {
+                        id: call.id.clone().unwrap_or_else(|| format!("call_{i}_{j}")),
+                        name: call.function.name.clone(),
+                        arguments: match &call.function.arguments {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        },
+                    })
+                    .collect()
+            });
+            Ok(ChatMessage {
+                role,
+                content: content.map(MessageContent::Text),
+                name: m.name.clone(),
+                tool_calls,
+                tool_call_id: m.tool_call_id.clone(),
+                reasoning_content: m.reasoning_content.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(json: &str) -> Vec<ChatMessageIn> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn param(json: &str) -> Option<String> {
+        convert_messages(&messages(json)).unwrap_err().detail.param
+    }
+
+    #[test]
+    fn bad_messages_name_the_field() {
+        assert_eq!(param("[]").as_deref(), Some("messages"));
+        assert_eq!(
+            param(r#"[{"role": "wizard", "content": "x"}]"#).as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            param(r#"[{"role": "user"}]"#).as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            param(r#"[{"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "image_url"}]}]"#)
+                .as_deref(),
+            Some("messages[1].content[0].type")
+        );
+        assert_eq!(
+            param(r#"[{"role": "user", "content": "a", "tool_calls": []}]"#).as_deref(),
+            Some("messages[0].tool_calls")
+        );
+    }
+
+    #[test]
+    fn parts_are_joined_and_tool_calls_kept() {
+        let out = convert_messages(&messages(
+            r#"[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                  "function": {"name": "f", "arguments": {"x": 1}}}]},
+                {"role": "tool", "content": "42", "tool_call_id": "c1"}]"#,
+        ))
+        .unwrap();
+        assert_eq!(out[0].content, Some(MessageContent::Text("a\nb".into())));
+        let calls = out[1].tool_calls.as_ref().unwrap();
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("f", r#"{"x":1}"#)
+        );
+        assert_eq!(out[2].tool_call_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn thinking_and_effort_become_template_variables() {
+        let thinking = ThinkingOption {
+            kind: "enabled".into(),
+        };
+        let kwargs = template_kwargs(&TemplateOptions {
+            thinking: Some(&thinking),
+            reasoning_effort: Some("high"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(kwargs["thinking"], Value::Bool(true));
+        assert_eq!(kwargs["reasoning_effort"], "high");
+        // Explicit kwargs win.
+        let explicit: Map<String, Value> = serde_json::from_str(r#"{"thinking": false}"#).unwrap();
+        let kwargs = template_kwargs(&TemplateOptions {
+            thinking: Some(&thinking),
+            chat_template_kwargs: Some(&explicit),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(kwargs["thinking"], Value::Bool(false));
+        let bad = ThinkingOption {
+            kind: "maybe".into(),
+        };
+        let e = template_kwargs(&TemplateOptions {
+            thinking: Some(&bad),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.detail.param.as_deref(), Some("thinking.type"));
+    }
+}

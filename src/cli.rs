@@ -1,0 +1,189 @@
+//! The command line: `ferroseek serve [flags]` (also what `ferroseek` alone
+//! runs). Every flag can also come from a `FERROSEEK_*` environment variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferroseek_model::DTypeChoice;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferroseek",
+    version,
+    about = "An OpenAI-compatible inference server for DeepSeek-architecture models",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, which runs when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model over the OpenAI HTTP API (the default).
+    Serve(ServeArgs),
+}
+
+impl Cli {
+    /// The serve flags, whether `serve` was written or not.
+    pub fn into_serve(self) -> ServeArgs {
+        match self.command {
+            Some(Command::Serve(args)) => args,
+            None => self.serve,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Model to serve: a Hugging Face hub id (`deepseek-ai/DeepSeek-V2-Lite-Chat`) or a
+    /// local folder. Default: the small model embedded in the binary.
+    #[arg(long, env = "FERROSEEK_MODEL")]
+    pub model: Option<String>,
+
+    /// Branch, tag or commit of a hub model.
+    #[arg(long, env = "FERROSEEK_REVISION")]
+    pub revision: Option<String>,
+
+    /// Precision of weights and compute: auto, f32, bf16 or f16.
+    #[arg(long, env = "FERROSEEK_DTYPE", default_value = "auto", value_parser = parse_dtype)]
+    pub dtype: DTypeChoice,
+
+    /// Name(s) clients use in `model` (comma-separated); the first is the one reported.
+    /// Default: the `--model` value (`tiny-deepseek-v3` for the embedded model).
+    #[arg(long, env = "FERROSEEK_SERVED_MODEL_NAME", value_delimiter = ',')]
+    pub served_model_name: Vec<String>,
+
+    /// Address to listen on; `0.0.0.0` exposes the server to the network.
+    #[arg(long, env = "FERROSEEK_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one and logs it).
+    #[arg(long, env = "FERROSEEK_PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Most sequences decoded together in one step.
+    #[arg(long, env = "FERROSEEK_MAX_NUM_SEQS", default_value_t = 64)]
+    pub max_num_seqs: usize,
+
+    /// Most tokens (prompt chunks and decode tokens) in one step.
+    #[arg(long, env = "FERROSEEK_MAX_NUM_BATCHED_TOKENS", default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+
+    /// Longest sequence (prompt + generated tokens); default: the model's.
+    #[arg(long, env = "FERROSEEK_MAX_MODEL_LEN")]
+    pub max_model_len: Option<usize>,
+
+    /// Memory for the latent KV cache, e.g. `512MiB`, `4GiB` or a number of bytes.
+    #[arg(long, env = "FERROSEEK_KV_CACHE_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    pub kv_cache_memory: usize,
+
+    /// Tokens per KV cache block.
+    #[arg(long, env = "FERROSEEK_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+
+    /// Most requests waiting for the engine; more are answered 429.
+    #[arg(long, env = "FERROSEEK_MAX_QUEUE", default_value_t = 1024)]
+    pub max_queue: usize,
+
+    /// Require `Authorization: Bearer <key>` on `/v1/*`, `/tokenize` and `/detokenize`.
+    #[arg(long, env = "FERROSEEK_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Compute threads (default: one per core).
+    #[arg(long, env = "FERROSEEK_THREADS")]
+    pub threads: Option<usize>,
+
+    /// A Jinja chat template file that replaces the model's.
+    #[arg(long, env = "FERROSEEK_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+
+    /// Largest request body accepted; larger ones are answered 413.
+    #[arg(long, env = "FERROSEEK_MAX_BODY_SIZE", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_body_size: usize,
+
+    /// Allow browser requests from these origins (comma-separated, or `*` for any).
+    #[arg(long, env = "FERROSEEK_CORS_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+
+    /// Seconds running requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "FERROSEEK_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+
+    /// Log format.
+    #[arg(long, env = "FERROSEEK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+fn parse_dtype(s: &str) -> Result<DTypeChoice, String> {
+    s.parse()
+}
+
+/// `1073741824`, `1GiB`, `1G`, `512MiB`, `512MB`, `64KiB` (K/M/G/T = 1024 powers,
+/// as memory is counted).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (examples: 512MiB, 4GiB, 1048576)"))?;
+    let power = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 1,
+        "m" | "mb" | "mib" => 2,
+        "g" | "gb" | "gib" => 3,
+        "t" | "tb" | "tib" => 4,
+        other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+    };
+    let bytes = number * 1024f64.powi(power);
+    if !bytes.is_finite() || bytes < 0.0 || bytes > usize::MAX as f64 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(bytes as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5k"), Ok(1536));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn serve_is_the_default_command() {
+        let cli = Cli::try_parse_from(["ferroseek", "--port", "9000"]).unwrap();
+        assert_eq!(cli.into_serve().port, 9000);
+        let cli = Cli::try_parse_from(["ferroseek", "serve", "--port", "9001"]).unwrap();
+        let args = cli.into_serve();
+        assert_eq!(args.port, 9001);
+        assert_eq!(args.host.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn served_model_names_split_on_commas() {
+        let cli = Cli::try_parse_from(["ferroseek", "--served-model-name", "a,b"]).unwrap();
+        assert_eq!(cli.into_serve().served_model_name, ["a", "b"]);
+    }
+}

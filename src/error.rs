@@ -1,0 +1,229 @@
+//! The server's one error type and its HTTP form: OpenAI's error body
+//! `{"error": {"message", "type", "param", "code"}}` with the status that
+//! fits. Every rejection the server makes — bad JSON, a bad field, a wrong
+//! key, an unknown model, a full queue — goes through [`ApiError`].
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use ferroseek_engine::SubmitError;
+
+/// OpenAI's error body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for the client.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A sentence that names the field in backticks.
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `not_found_error`,
+    /// `rate_limit_error`, `service_unavailable_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request field at fault, when there is one (`messages[0].role`).
+    pub param: Option<String>,
+    /// A machine-readable code (`model_not_found`, `invalid_api_key`, ...).
+    pub code: Option<String>,
+}
+
+/// An error answer: status plus OpenAI's body.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub detail: ErrorDetail,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            detail: ErrorDetail {
+                message: message.into(),
+                kind: kind.to_string(),
+                param: None,
+                code: None,
+            },
+        }
+    }
+
+    /// 400: the request is wrong; `param` names the field.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message).with_param(param)
+    }
+
+    /// 400 with no single field at fault (the body as a whole).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// 404 for a model this server does not serve.
+    pub fn model_not_found(model: &str, served: &[String]) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "the model `{model}` does not exist; this server serves {}",
+                served
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .with_param("model")
+        .with_code("model_not_found")
+    }
+
+    /// 404 for a path the server does not have.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("no route for {method} {path}"),
+        )
+        .with_code("unknown_url")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "this route does not accept that HTTP method",
+        )
+        .with_code("method_not_allowed")
+    }
+
+    /// 401: no key or a wrong key.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .with_code("invalid_api_key")
+    }
+
+    /// 413: the body is over `--max-body-size`.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than the server's limit of {limit} bytes"),
+        )
+        .with_code("request_too_large")
+    }
+
+    /// 503: the model is not loaded yet, or the server is stopping.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable_error",
+            message,
+        )
+        .with_code("service_unavailable")
+    }
+
+    /// 500: a failure that is the server's, not the request's.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.detail.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.detail.code = Some(code.into());
+        self
+    }
+
+    pub fn body(&self) -> ErrorResponse {
+        ErrorResponse {
+            error: self.detail.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.detail.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), "{}", self.detail.message);
+        } else {
+            tracing::info!(status = self.status.as_u16(), "{}", self.detail.message);
+        }
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let message = e.to_string();
+        match e {
+            SubmitError::QueueFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+                    .with_code("queue_full")
+            }
+            SubmitError::ShuttingDown => {
+                ApiError::unavailable("the server is shutting down and takes no new requests")
+            }
+            SubmitError::EmptyPrompt => ApiError::invalid("prompt", message),
+            SubmitError::ContextTooLong { .. } | SubmitError::CacheTooSmall { .. } => {
+                ApiError::bad_request(message).with_code("context_length_exceeded")
+            }
+            SubmitError::InvalidParameter(_) => match backticked(&message) {
+                Some(param) => ApiError::invalid(param, message),
+                None => ApiError::bad_request(message),
+            },
+        }
+    }
+}
+
+/// The first `name` in backticks of an engine message: the field at fault.
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string()).filter(|p| !p.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submit_errors_map_to_openai_statuses() {
+        let status = |e: SubmitError| ApiError::from(e).status;
+        assert_eq!(
+            status(SubmitError::QueueFull { limit: 3 }),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            status(SubmitError::ShuttingDown),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(SubmitError::EmptyPrompt), StatusCode::BAD_REQUEST);
+        let e = ApiError::from(SubmitError::InvalidParameter(
+            "`top_p` must be in (0, 1], got 2".into(),
+        ));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.detail.param.as_deref(), Some("top_p"));
+    }
+
+    #[test]
+    fn error_body_has_openai_fields() {
+        let body =
+            serde_json::to_value(ApiError::invalid("n", "`n` must be at least 1").body()).unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "n");
+        assert!(body["error"]["code"].is_null());
+        assert_eq!(body["error"]["message"], "`n` must be at least 1");
+    }
+}

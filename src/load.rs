@@ -1,0 +1,161 @@
+//! Loading: find the model (the embedded one, a folder or a hub id), read
+//! its tokenizer and chat template, load the weights, size the KV cache and
+//! start the engine — logging each step, since a real checkpoint takes a
+//! while.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use ferroseek_engine::{Engine, EngineConfig, Tokenizer, TokenizerFiles};
+use ferroseek_model::{resolve_model, DeepSeekModel, HubOptions, LoadOptions, ModelFiles};
+
+use crate::cli::ServeArgs;
+use crate::embedded;
+use crate::openai::common::unix_now;
+use crate::state::Ready;
+use crate::tokens::TokenTable;
+
+/// The names clients may use for the model, and the `root` to report.
+pub fn served_names(args: &ServeArgs) -> (Vec<String>, String) {
+    let root = args
+        .model
+        .clone()
+        .unwrap_or_else(|| embedded::NAME.to_string());
+    let names: Vec<String> = args
+        .served_model_name
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        (vec![root.clone()], root)
+    } else {
+        (names, root)
+    }
+}
+
+fn resolve(args: &ServeArgs) -> Result<ModelFiles> {
+    let hub = HubOptions::from_env(args.revision.clone());
+    match &args.model {
+        None => {
+            let dir = embedded::materialize()
+                .context("cannot write the embedded model to a cache folder")?;
+            tracing::info!(folder = %dir.display(), "using the embedded model {}", embedded::NAME);
+            resolve_model(&dir.to_string_lossy(), &hub).context("embedded model")
+        }
+        Some(model) => {
+            tracing::info!(model = %model, revision = %hub.revision, "resolving the model");
+            resolve_model(model, &hub).with_context(|| format!("cannot find the model `{model}`"))
+        }
+    }
+}
+
+/// The chat template file: `--chat-template`, else a `chat_template.jinja`
+/// beside `config.json` (newer checkpoints keep it there).
+fn chat_template_file(args: &ServeArgs, files: &ModelFiles) -> Result<Option<PathBuf>> {
+    if let Some(path) = &args.chat_template {
+        if !path.is_file() {
+            bail!(
+                "`--chat-template` {} is not a readable file",
+                path.display()
+            );
+        }
+        return Ok(Some(path.clone()));
+    }
+    Ok(files
+        .config
+        .parent()
+        .map(|dir| dir.join("chat_template.jinja"))
+        .filter(|p| p.is_file()))
+}
+
+fn total_size(paths: &[PathBuf]) -> u64 {
+    paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(Path::new(p)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Loads everything and starts the engine thread. Blocking: run it off the
+/// async runtime.
+pub fn load(args: &ServeArgs) -> Result<Ready> {
+    let started = Instant::now();
+    let files = resolve(args)?;
+    let tokenizer_json = files
+        .tokenizer
+        .clone()
+        .context("the model has no tokenizer.json")?;
+    let tokenizer = Tokenizer::from_files(&TokenizerFiles {
+        tokenizer_json,
+        tokenizer_config: files.tokenizer_config.clone(),
+        generation_config: files.generation_config.clone(),
+        chat_template: chat_template_file(args, &files)?,
+    })
+    .context("cannot load the tokenizer")?;
+    if tokenizer.chat_template().is_none() {
+        tracing::warn!("the model has no chat template: /v1/chat/completions will answer 400 (see `--chat-template`)");
+    }
+    tracing::info!(
+        vocab = tokenizer.vocab_size(),
+        eos = ?tokenizer.eos_token_ids(),
+        "tokenizer loaded"
+    );
+
+    let weights_mib = total_size(&files.weights) as f64 / (1 << 20) as f64;
+    tracing::info!(
+        files = files.weights.len(),
+        size_mib = format!("{weights_mib:.1}"),
+        dtype = ?args.dtype,
+        "loading weights"
+    );
+    let load_options = LoadOptions {
+        dtype: args.dtype,
+        max_positions: args.max_model_len,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let model = DeepSeekModel::load(&files, &load_options).context("cannot load the weights")?;
+    let vocab_size = model.config().vocab_size;
+    tracing::info!(
+        seconds = format!("{:.1}", t.elapsed().as_secs_f64()),
+        dtype = ?model.dtype(),
+        layers = model.config().num_hidden_layers,
+        "weights loaded"
+    );
+
+    let reasoning =
+        tokenizer.token_to_id("<think>").is_some() && tokenizer.token_to_id("</think>").is_some();
+    let tokenizer = Arc::new(tokenizer);
+    let engine = Engine::start(
+        model,
+        tokenizer.clone(),
+        EngineConfig {
+            max_num_seqs: args.max_num_seqs,
+            max_num_batched_tokens: args.max_num_batched_tokens,
+            block_size: args.block_size,
+            kv_cache_bytes: args.kv_cache_memory,
+            max_model_len: args.max_model_len,
+            max_queue: args.max_queue,
+        },
+    )
+    .context("cannot start the engine")?;
+    let stats = engine.stats();
+    tracing::info!(
+        blocks = stats.blocks_total,
+        block_size = stats.block_size,
+        max_model_len = engine.max_model_len(),
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "model ready"
+    );
+    let tokens = TokenTable::new(&tokenizer, vocab_size);
+    Ok(Ready {
+        engine,
+        tokens,
+        vocab_size,
+        reasoning,
+        created: unix_now(),
+    })
+}

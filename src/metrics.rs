@@ -1,0 +1,187 @@
+//! `/metrics` in Prometheus' text format. The server's own counters and
+//! latency histograms live in a `prometheus` registry; the engine's gauges
+//! and token counters are read from [`EngineStats`] at scrape time, so they
+//! are never out of date.
+
+use std::fmt::Write;
+
+use ferroseek_engine::EngineStats;
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Answers by route and status code.
+    pub requests: IntCounterVec,
+    /// Seconds from receiving a generation request to its first token.
+    pub time_to_first_token: Histogram,
+    /// Seconds between two tokens of one choice.
+    pub inter_token_latency: Histogram,
+    /// Seconds from receiving a generation request to its last event.
+    pub request_latency: HistogramVec,
+}
+
+/// Latency buckets from 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0, 20.0, 40.0, 60.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "ferroseek_http_requests_total",
+                "HTTP requests answered, by route and status code",
+            ),
+            &["route", "status"],
+        )?;
+        let time_to_first_token = Histogram::with_opts(
+            HistogramOpts::new(
+                "ferroseek_time_to_first_token_seconds",
+                "Seconds from receiving a generation request to its first generated token",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let inter_token_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ferroseek_inter_token_latency_seconds",
+                "Seconds between two consecutive tokens of one choice",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let request_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "ferroseek_request_duration_seconds",
+                "Seconds from receiving a generation request to its end, by endpoint",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["endpoint"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(time_to_first_token.clone()))?;
+        registry.register(Box::new(inter_token_latency.clone()))?;
+        registry.register(Box::new(request_latency.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            time_to_first_token,
+            inter_token_latency,
+            request_latency,
+        })
+    }
+
+    /// The whole exposition: the registry, then the engine's numbers when loaded.
+    pub fn render(&self, engine: Option<&EngineStats>) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!("cannot encode metrics: {e}");
+        }
+        let mut out = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(s) = engine {
+            write_engine(&mut out, s);
+        }
+        out
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn write_engine(out: &mut String, s: &EngineStats) {
+    let gauges: [(&str, &str, usize); 5] = [
+        (
+            "ferroseek_num_requests_waiting",
+            "Sequences waiting for the engine (the queue depth)",
+            s.waiting,
+        ),
+        (
+            "ferroseek_num_requests_running",
+            "Sequences in the running batch",
+            s.running,
+        ),
+        (
+            "ferroseek_kv_cache_blocks_used",
+            "KV cache blocks in use",
+            s.blocks_used,
+        ),
+        (
+            "ferroseek_kv_cache_blocks_total",
+            "KV cache blocks allocated at start-up",
+            s.blocks_total,
+        ),
+        (
+            "ferroseek_kv_cache_block_size",
+            "Tokens per KV cache block",
+            s.block_size,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        metric(out, name, "gauge", help, value);
+    }
+    let usage = if s.blocks_total == 0 {
+        0.0
+    } else {
+        s.blocks_used as f64 / s.blocks_total as f64
+    };
+    metric(
+        out,
+        "ferroseek_kv_cache_usage_ratio",
+        "gauge",
+        "Fraction of KV cache blocks in use",
+        usage,
+    );
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "ferroseek_prompt_tokens_total",
+            "Prompt tokens processed",
+            s.prompt_tokens_total,
+        ),
+        (
+            "ferroseek_generation_tokens_total",
+            "Tokens generated",
+            s.generation_tokens_total,
+        ),
+        (
+            "ferroseek_prefix_cache_hit_tokens_total",
+            "Prompt tokens served from cache blocks of earlier requests",
+            s.cached_tokens_total,
+        ),
+        (
+            "ferroseek_preemptions_total",
+            "Sequences preempted for lack of KV cache blocks",
+            s.preemptions_total,
+        ),
+    ];
+    for (name, help, value) in counters {
+        metric(out, name, "counter", help, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_server_and_engine_metrics() {
+        let m = Metrics::new().unwrap();
+        m.requests.with_label_values(&["/v1/models", "200"]).inc();
+        m.time_to_first_token.observe(0.02);
+        let stats = EngineStats {
+            blocks_total: 10,
+            blocks_used: 4,
+            ..Default::default()
+        };
+        let text = m.render(Some(&stats));
+        assert!(
+            text.contains(r#"ferroseek_http_requests_total{route="/v1/models",status="200"} 1"#)
+        );
+        assert!(text.contains("ferroseek_time_to_first_token_seconds_count 1"));
+        assert!(text.contains("ferroseek_kv_cache_blocks_used 4\n"));
+        assert!(text.contains("ferroseek_kv_cache_usage_ratio 0.4\n"));
+        assert!(text.contains("# TYPE ferroseek_generation_tokens_total counter"));
+    }
+}

@@ -1,0 +1,297 @@
+//! `POST /v1/chat/completions`: the request as clients send it, and the
+//! response and stream chunks in OpenAI's shape (with DeepSeek's
+//! `reasoning_content`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::common::{StopField, StreamOptions, Usage};
+
+/// A chat completion request. Unknown fields are ignored; `null` means
+/// "the default".
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    /// The served model name; may be left out when the server serves one model.
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessageIn>,
+    /// Most tokens to generate per choice (deprecated by OpenAI in favour of
+    /// `max_completion_tokens`, which wins when both are set). Default: until
+    /// the context is full.
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    /// [0, 2]; 0 is greedy. Default 1.
+    pub temperature: Option<f64>,
+    /// (0, 1]. Default 1.
+    pub top_p: Option<f64>,
+    /// Choices to generate. Default 1.
+    pub n: Option<i64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Up to 16 strings that end a choice (not included in the output).
+    pub stop: Option<StopField>,
+    /// [-2, 2].
+    pub presence_penalty: Option<f64>,
+    /// [-2, 2].
+    pub frequency_penalty: Option<f64>,
+    /// Token id (as a string) to a bias in [-100, 100] added to its logit.
+    pub logit_bias: Option<BTreeMap<String, f64>>,
+    /// Return the log-probability of each generated token.
+    pub logprobs: Option<bool>,
+    /// Alternatives per token, 0..=20; needs `logprobs: true`.
+    pub top_logprobs: Option<i64>,
+    /// Same seed, same parameters, same prompt: same output.
+    pub seed: Option<i64>,
+    /// An end-user id, logged.
+    pub user: Option<String>,
+    /// Keep only the `top_k` most likely tokens (vLLM extension; -1 or 0 = all).
+    pub top_k: Option<i64>,
+    /// Drop tokens less likely than `min_p` times the most likely, [0, 1] (vLLM extension).
+    pub min_p: Option<f64>,
+    /// > 1 discourages repeating prompt or output tokens (vLLM extension).
+    pub repetition_penalty: Option<f64>,
+    /// Keep generating past end-of-sequence tokens (vLLM extension).
+    pub ignore_eos: Option<bool>,
+    /// Token ids that end a choice, besides the model's eos (vLLM extension).
+    pub stop_token_ids: Option<Vec<u32>>,
+    /// Drop special tokens from the output text. Default true (vLLM extension).
+    pub skip_special_tokens: Option<bool>,
+    /// Tool definitions, passed to the chat template as given.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// Extra variables for the chat template, e.g. `{"thinking": true}` (vLLM extension).
+    #[schema(value_type = Option<Object>)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// DeepSeek's switch for thinking mode: `{"type": "enabled"}` or `{"type": "disabled"}`.
+    pub thinking: Option<ThinkingOption>,
+    /// `low`, `medium` or `high`; given to templates that read `reasoning_effort`.
+    pub reasoning_effort: Option<String>,
+    /// End the prompt with the assistant's turn opener. Default true (vLLM extension).
+    pub add_generation_prompt: Option<bool>,
+}
+
+/// DeepSeek's `thinking` field.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ThinkingOption {
+    /// `enabled` or `disabled`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ChatMessageIn {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    pub content: Option<ContentIn>,
+    pub name: Option<String>,
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    pub tool_call_id: Option<String>,
+    /// An assistant message's reasoning (DeepSeek's field).
+    pub reasoning_content: Option<String>,
+}
+
+/// A message's content: a string or a list of parts.
+#[derive(Debug, Clone, PartialEq, ToSchema)]
+#[serde(untagged)]
+pub enum ContentIn {
+    Text(String),
+    Parts(Vec<ContentPartIn>),
+}
+
+impl<'de> Deserialize<'de> for ContentIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ContentIn;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of content parts")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ContentIn, E> {
+                Ok(ContentIn::Text(s.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ContentIn, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(p) = seq.next_element::<ContentPartIn>()? {
+                    parts.push(p);
+                }
+                Ok(ContentIn::Parts(parts))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One content part; only `{"type": "text", "text": ...}` is served.
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
+pub struct ContentPartIn {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// A tool call in an assistant message of the history.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ToolCallIn {
+    pub id: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// The arguments as a JSON string (an object is accepted and serialized).
+    #[schema(value_type = String)]
+    pub arguments: serde_json::Value,
+}
+
+/// A chat completion.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatCompletionResponse {
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: ChatMessageOut,
+    pub logprobs: Option<ChatLogprobs>,
+    /// `stop` or `length`.
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatMessageOut {
+    /// Always `assistant`.
+    pub role: &'static str,
+    pub content: Option<String>,
+    /// Text the model wrote between `<think>` and `</think>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    pub refusal: Option<String>,
+}
+
+/// Log-probabilities of a choice's tokens.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    pub refusal: Option<Vec<ChatTokenLogprob>>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's UTF-8 bytes (a token may hold part of a character).
+    pub bytes: Option<Vec<u8>>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// One server-sent event of a streamed chat completion.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<ChunkChoice>,
+    /// Absent unless `stream_options.include_usage`; then `null` on every
+    /// chunk but the last, which carries the usage and no choices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Usage>)]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChunkChoice {
+    pub index: usize,
+    pub delta: Delta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+/// What a chunk adds to a choice.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_is_a_string_or_parts() {
+        let m: ChatMessageIn =
+            serde_json::from_str(r#"{"role": "user", "content": "hi"}"#).unwrap();
+        assert_eq!(m.content, Some(ContentIn::Text("hi".into())));
+        let m: ChatMessageIn = serde_json::from_str(
+            r#"{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(m.content, Some(ContentIn::Parts(p)) if p.len() == 2));
+        let m: ChatMessageIn =
+            serde_json::from_str(r#"{"role": "assistant", "content": null}"#).unwrap();
+        assert_eq!(m.content, None);
+        assert!(
+            serde_json::from_str::<ChatMessageIn>(r#"{"role": "user", "content": 3}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("a string or a list of content parts")
+        );
+    }
+
+    #[test]
+    fn nulls_mean_defaults_and_unknown_fields_are_ignored() {
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"model": null, "messages": [], "temperature": null, "frobnicate": {"x": 1}}"#,
+        )
+        .unwrap();
+        assert!(r.model.is_none() && r.temperature.is_none());
+    }
+
+    #[test]
+    fn final_chunk_has_an_empty_delta_and_null_usage_when_asked() {
+        let chunk = ChatCompletionChunk {
+            id: "c".into(),
+            object: "chat.completion.chunk",
+            created: 1,
+            model: "m".into(),
+            system_fingerprint: "fp".into(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta: Delta::default(),
+                logprobs: None,
+                finish_reason: Some("stop".into()),
+            }],
+            usage: Some(None),
+        };
+        let v = serde_json::to_value(&chunk).unwrap();
+        assert_eq!(v["choices"][0]["delta"], serde_json::json!({}));
+        assert!(v.as_object().unwrap().contains_key("usage") && v["usage"].is_null());
+    }
+}
