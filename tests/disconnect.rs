@@ -1,0 +1,89 @@
+//! Clients that go away mid-stream cancel their requests: the KV cache
+//! blocks they held return to the pool.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use futures_util::StreamExt;
+use serde_json::json;
+
+async fn metric(client: &reqwest::Client, server: &Server, name: &str) -> f64 {
+    let text = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cancelled_streams_free_their_kv_blocks() {
+    let server = Server::start(&[]);
+    let client = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for (i, path) in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/chat/completions",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = if path.contains("chat") {
+            json!({"messages": [{"role": "user", "content": format!("Story {i}")}],
+                   "max_tokens": 3000, "ignore_eos": true, "stream": true, "n": 2})
+        } else {
+            json!({"prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": true, "stream": true})
+        };
+        let resp = client
+            .post(server.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut bytes = resp.bytes_stream();
+        // Read until some tokens arrived: the request is running.
+        let mut seen = 0;
+        while seen < 3 {
+            let chunk = bytes.next().await.expect("the stream goes on").unwrap();
+            seen += String::from_utf8_lossy(&chunk).matches("data: ").count();
+        }
+        streams.push(bytes);
+    }
+    assert!(metric(&client, &server, "ferroseek_kv_cache_blocks_used").await > 0.0);
+    assert!(metric(&client, &server, "ferroseek_num_requests_running").await > 0.0);
+    drop(streams);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let used = metric(&client, &server, "ferroseek_kv_cache_blocks_used").await;
+        let running = metric(&client, &server, "ferroseek_num_requests_running").await;
+        if used == 0.0 && running == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blocks still used: {used}, running: {running}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.logs().contains("client went away mid-stream"));
+    // The server still serves.
+    let resp = client
+        .post(server.url("/v1/completions"))
+        .json(&json!({"prompt": "x", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
