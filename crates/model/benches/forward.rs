@@ -121,7 +121,7 @@ fn main() {
         "one sequence, {PREFILL}-token prefill and one decode step after it; median of {REPEATS}; threads: {}",
         candle_core::utils::get_num_threads()
     );
-    println!("| dtype | op | ferroseek (ms) | candle-transformers (ms) | their time / ours |");
+    println!("| dtype | op | ferroseek ms (tok/s) | candle-transformers ms (tok/s) | their time / ours |");
     println!("|---|---|---:|---:|---:|");
     for (name, choice, dtype) in [
         ("f32", DTypeChoice::F32, DType::F32),
@@ -151,12 +151,17 @@ fn main() {
             .zip(&tl)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
+        let rate = |tokens: usize, ms: f64| tokens as f64 * 1e3 / ms;
         println!(
-            "| {name} | prefill {PREFILL} | {op:.1} | {tp:.1} | {:.2}x |",
+            "| {name} | prefill {PREFILL} | {op:.1} ({:.0}) | {tp:.1} ({:.0}) | {:.2}x |",
+            rate(PREFILL, op),
+            rate(PREFILL, tp),
             tp / op
         );
         println!(
-            "| {name} | decode 1 | {od:.1} | {td:.1} | {:.2}x |",
+            "| {name} | decode 1 | {od:.1} ({:.1}) | {td:.1} ({:.1}) | {:.2}x |",
+            rate(1, od),
+            rate(1, td),
             td / od
         );
         println!("| {name} | max abs diff of last-token logits | {diff:.2e} | | |");
