@@ -14,23 +14,26 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::config::{DeepSeekConfig, TopkMethod};
 use crate::error::{ModelError, Result};
 
-/// The benchmark model: DeepSeek-V2-Lite's architecture (no q LoRA, 512-wide
-/// latent, 64-wide rope key, 128-wide heads, softmax greedy routing over
-/// fine-grained experts plus 2 shared ones, one dense first layer) at about
-/// 1/60 of its size: ~250M parameters, ~500 MB in bf16.
+/// The benchmark model: DeepSeek-V2-Lite's architecture (no q LoRA, 64-wide
+/// rope key, 128-wide heads, softmax greedy routing over fine-grained
+/// experts plus 2 shared ones, one dense first layer) scaled to 265M
+/// parameters (hidden 1024, 8 layers, 16 heads, kv_lora_rank 256, 32 routed
+/// experts top-4 of width 256): ~530 MB in bf16. A decode step reads ~103M
+/// of those parameters (attention, the dense layer, 4 routed + 2 shared
+/// experts per layer, lm_head).
 pub fn bench_config() -> serde_json::Value {
     serde_json::json!({
         "architectures": ["DeepseekV2ForCausalLM"],
         "model_type": "deepseek_v2",
-        "vocab_size": 32000,
+        "vocab_size": 8000,
         "hidden_size": 1024,
         "intermediate_size": 2816,
-        "moe_intermediate_size": 384,
-        "num_hidden_layers": 6,
+        "moe_intermediate_size": 256,
+        "num_hidden_layers": 8,
         "num_attention_heads": 16,
         "num_key_value_heads": 16,
         "n_shared_experts": 2,
-        "n_routed_experts": 16,
+        "n_routed_experts": 32,
         "num_experts_per_tok": 4,
         "routed_scaling_factor": 1.0,
         "topk_method": "greedy",
@@ -41,7 +44,7 @@ pub fn bench_config() -> serde_json::Value {
         "first_k_dense_replace": 1,
         "moe_layer_freq": 1,
         "q_lora_rank": null,
-        "kv_lora_rank": 512,
+        "kv_lora_rank": 256,
         "qk_nope_head_dim": 128,
         "qk_rope_head_dim": 64,
         "v_head_dim": 128,
@@ -219,7 +222,7 @@ pub fn write_random_checkpoint(
 /// reused after.
 pub fn bench_checkpoint(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
     let config = bench_config();
-    let dir = cache_dir.join(format!("random-v2-lite-mini-{dtype:?}").to_lowercase());
+    let dir = cache_dir.join(format!("random-v2-lite-265m-{dtype:?}").to_lowercase());
     let complete = dir.join("model.safetensors").exists()
         && std::fs::read_to_string(dir.join("config.json"))
             .ok()
