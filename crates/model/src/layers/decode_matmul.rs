@@ -153,38 +153,57 @@ mod avx2 {
     /// One weight row (`$load(c)` gives its 8 weights at column `c`,
     /// `$scalar(c)` one) against `t` ≤ 4 input rows.
     macro_rules! tile {
-        ($name:ident, $elem:ty, $load:expr, $scalar:expr) => {
+        ($name:ident, $inner:ident, $elem:ty, $load:expr, $scalar:expr) => {
+            /// `T` is a constant so that the accumulators live in registers.
+            #[inline]
             #[target_feature(enable = "avx2,fma")]
-            pub unsafe fn $name(w: &[$elem], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
+            unsafe fn $inner<const T: usize>(
+                w: &[$elem],
+                xs: &[f32],
+                k: usize,
+                dots: &mut [f32; 4],
+            ) {
                 let wp = w.as_ptr();
                 let xp = xs.as_ptr();
                 // Two accumulators per input row hide the FMA latency.
-                let mut a = [_mm256_setzero_ps(); 8];
+                let mut a0 = [_mm256_setzero_ps(); T];
+                let mut a1 = [_mm256_setzero_ps(); T];
                 let main = k / 16 * 16;
                 let mut c = 0;
                 while c < main {
                     let w0 = $load(wp.add(c));
                     let w1 = $load(wp.add(c + 8));
-                    for r in 0..t {
+                    for r in 0..T {
                         let x = xp.add(r * k + c);
-                        a[2 * r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a[2 * r]);
-                        a[2 * r + 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(8)), a[2 * r + 1]);
+                        a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a0[r]);
+                        a1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(8)), a1[r]);
                     }
                     c += 16;
                 }
-                for r in 0..t {
-                    let mut s = hsum(_mm256_add_ps(a[2 * r], a[2 * r + 1]));
+                for r in 0..T {
+                    let mut s = hsum(_mm256_add_ps(a0[r], a1[r]));
                     for cc in main..k {
                         s += $scalar(*wp.add(cc)) * *xp.add(r * k + cc);
                     }
                     dots[r] = s;
                 }
             }
+
+            #[target_feature(enable = "avx2,fma")]
+            pub unsafe fn $name(w: &[$elem], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
+                match t {
+                    1 => $inner::<1>(w, xs, k, dots),
+                    2 => $inner::<2>(w, xs, k, dots),
+                    3 => $inner::<3>(w, xs, k, dots),
+                    _ => $inner::<4>(w, xs, k, dots),
+                }
+            }
         };
     }
 
-    tile!(dot_tile_f32, f32, load_f32, |v: f32| v);
-    tile!(dot_tile_bf16, bf16, load_bf16, |v: bf16| v.to_f32());
+    tile!(dot_tile_f32, tile_f32, f32, load_f32, |v: f32| v);
+    tile!(dot_tile_bf16, tile_bf16, bf16, load_bf16, |v: bf16| v
+        .to_f32());
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
