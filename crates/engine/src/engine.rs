@@ -96,6 +96,7 @@ struct Shared {
     prompt_tokens_total: AtomicU64,
     generation_tokens_total: AtomicU64,
     preemptions_total: AtomicU64,
+    cached_tokens_total: AtomicU64,
     steps_total: AtomicU64,
     /// Set when the engine thread has stopped.
     stopped: AtomicBool,
@@ -253,7 +254,7 @@ impl Engine {
             cached_tokens: s.cached_tokens.load(Ordering::Relaxed),
             prompt_tokens_total: s.prompt_tokens_total.load(Ordering::Relaxed),
             generation_tokens_total: s.generation_tokens_total.load(Ordering::Relaxed),
-            cached_tokens_total: 0,
+            cached_tokens_total: s.cached_tokens_total.load(Ordering::Relaxed),
             preemptions_total: s.preemptions_total.load(Ordering::Relaxed),
             steps_total: s.steps_total.load(Ordering::Relaxed),
         }
@@ -717,9 +718,12 @@ impl Worker {
         self.shared
             .prompt_tokens_total
             .fetch_add(seq.prompt_len as u64, Ordering::Relaxed);
+        self.shared
+            .cached_tokens_total
+            .fetch_add(seq.prefix_hit as u64, Ordering::Relaxed);
         let logprobs = group.prompt_logprobs.take().map(|(_, l)| l);
         let _ = group.tx.send(Event::Prompt {
-            cached_tokens: 0,
+            cached_tokens: seq.prefix_hit,
             logprobs,
         });
     }
