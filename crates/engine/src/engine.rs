@@ -133,7 +133,8 @@ pub struct RequestStream {
 }
 
 impl RequestStream {
-    /// The next event; `None` once every choice finished (or after an error).
+    /// The next event; `None` once every choice finished or after an error.
+    /// `None` before every choice finished means the engine stopped.
     pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
@@ -199,9 +200,11 @@ impl Engine {
         std::thread::Builder::new()
             .name("ferroseek-engine".into())
             .spawn(move || {
+                // Marks the engine stopped however the loop ends, a panic
+                // included: submit() then refuses, and every open stream ends
+                // (its sender is dropped with the worker).
+                let _stopped = StopGuard(thread_shared);
                 worker.run(rx);
-                thread_shared.stopped.store(true, Ordering::SeqCst);
-                thread_shared.accepting.store(false, Ordering::SeqCst);
             })
             .map_err(|e| invalid(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
@@ -401,6 +404,18 @@ impl Engine {
             });
         }
         Ok(max_tokens)
+    }
+}
+
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the engine thread panicked; no more requests are taken");
+        }
+        self.0.stopped.store(true, Ordering::SeqCst);
+        self.0.accepting.store(false, Ordering::SeqCst);
     }
 }
 
