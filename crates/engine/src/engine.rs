@@ -96,6 +96,7 @@ struct Shared {
     prompt_tokens_total: AtomicU64,
     generation_tokens_total: AtomicU64,
     preemptions_total: AtomicU64,
+    cached_tokens_total: AtomicU64,
     steps_total: AtomicU64,
     /// Set when the engine thread has stopped.
     stopped: AtomicBool,
@@ -132,7 +133,8 @@ pub struct RequestStream {
 }
 
 impl RequestStream {
-    /// The next event; `None` once every choice finished (or after an error).
+    /// The next event; `None` once every choice finished or after an error.
+    /// `None` before every choice finished means the engine stopped.
     pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
@@ -198,9 +200,11 @@ impl Engine {
         std::thread::Builder::new()
             .name("ferroseek-engine".into())
             .spawn(move || {
+                // Marks the engine stopped however the loop ends, a panic
+                // included: submit() then refuses, and every open stream ends
+                // (its sender is dropped with the worker).
+                let _stopped = StopGuard(thread_shared);
                 worker.run(rx);
-                thread_shared.stopped.store(true, Ordering::SeqCst);
-                thread_shared.accepting.store(false, Ordering::SeqCst);
             })
             .map_err(|e| invalid(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
@@ -253,7 +257,7 @@ impl Engine {
             cached_tokens: s.cached_tokens.load(Ordering::Relaxed),
             prompt_tokens_total: s.prompt_tokens_total.load(Ordering::Relaxed),
             generation_tokens_total: s.generation_tokens_total.load(Ordering::Relaxed),
-            cached_tokens_total: 0,
+            cached_tokens_total: s.cached_tokens_total.load(Ordering::Relaxed),
             preemptions_total: s.preemptions_total.load(Ordering::Relaxed),
             steps_total: s.steps_total.load(Ordering::Relaxed),
         }
@@ -400,6 +404,18 @@ impl Engine {
             });
         }
         Ok(max_tokens)
+    }
+}
+
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the engine thread panicked; no more requests are taken");
+        }
+        self.0.stopped.store(true, Ordering::SeqCst);
+        self.0.accepting.store(false, Ordering::SeqCst);
     }
 }
 
@@ -717,9 +733,12 @@ impl Worker {
         self.shared
             .prompt_tokens_total
             .fetch_add(seq.prompt_len as u64, Ordering::Relaxed);
+        self.shared
+            .cached_tokens_total
+            .fetch_add(seq.prefix_hit as u64, Ordering::Relaxed);
         let logprobs = group.prompt_logprobs.take().map(|(_, l)| l);
         let _ = group.tx.send(Event::Prompt {
-            cached_tokens: 0,
+            cached_tokens: seq.prefix_hit,
             logprobs,
         });
     }

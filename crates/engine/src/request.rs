@@ -152,7 +152,8 @@ impl FinishReason {
 pub enum Event {
     /// The prompt is in the cache (sent once, before any token).
     Prompt {
-        /// Prompt tokens served from cache blocks computed for another request.
+        /// Prompt tokens whose cache rows were reused from an earlier request
+        /// (prefix caching) instead of computed.
         cached_tokens: usize,
         /// One entry per prompt token (`None` for the first), when asked.
         logprobs: Option<Vec<Option<TokenLogprob>>>,

@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use crate::block_manager::BlockManager;
+use crate::block_manager::{chain_hash, BlockManager};
 
 /// Orders sequences by arrival: request number, then choice.
 pub type SeqKey = (u64, usize);
@@ -38,6 +38,10 @@ pub struct Sequence<T> {
     pub block_table: Vec<u32>,
     /// Choices still to fork from this sequence once its prompt is computed.
     pub pending_forks: usize,
+    /// Chain hashes of the full blocks of `block_table` registered so far.
+    pub block_hashes: Vec<u64>,
+    /// Tokens found in the prefix cache at its last admission.
+    pub prefix_hit: usize,
     /// The engine's per-sequence state.
     pub data: T,
 }
@@ -51,6 +55,8 @@ impl<T> Sequence<T> {
             num_computed: 0,
             block_table: Vec::new(),
             pending_forks: n.saturating_sub(1),
+            block_hashes: Vec::new(),
+            prefix_hit: 0,
             data,
         }
     }
@@ -175,9 +181,26 @@ impl<T> Scheduler<T> {
             {
                 break;
             }
-            let want = (seq.tokens.len() - seq.num_computed).min(budget);
             let mut seq = self.waiting.pop_front().expect("front exists");
-            if self.blocks.grow(&mut seq.block_table, want).is_err() {
+            // Reuse cached blocks of its prefix; at least one token is computed
+            // (its logits are needed).
+            let bs = self.blocks.block_size();
+            let (table, hashes) = self
+                .blocks
+                .take_prefix(&seq.tokens, (seq.tokens.len() - 1) / bs);
+            seq.num_computed = table.len() * bs;
+            seq.prefix_hit = seq.num_computed;
+            seq.block_table = table;
+            seq.block_hashes = hashes;
+            let want = (seq.tokens.len() - seq.num_computed).min(budget);
+            if self
+                .blocks
+                .grow(&mut seq.block_table, seq.num_computed + want)
+                .is_err()
+            {
+                self.blocks.release(&mut seq.block_table);
+                seq.block_hashes.clear();
+                seq.num_computed = 0;
                 self.waiting.push_front(seq);
                 break;
             }
@@ -200,17 +223,27 @@ impl<T> Scheduler<T> {
     fn preempt(&mut self, index: usize) {
         let mut seq = self.running.remove(index);
         self.blocks.release(&mut seq.block_table);
+        seq.block_hashes.clear();
         seq.num_computed = 0;
         self.preemptions += 1;
         let at = self.waiting.partition_point(|w| w.key < seq.key);
         self.waiting.insert(at, seq);
     }
 
-    /// Records that `tokens` more of running sequence `index` are in the cache.
+    /// Records that `tokens` more of running sequence `index` are in the
+    /// cache, and registers the blocks that became full for prefix reuse.
     pub fn advance(&mut self, index: usize, tokens: usize) {
+        let bs = self.blocks.block_size();
         let seq = &mut self.running[index];
         seq.num_computed += tokens;
         debug_assert!(seq.num_computed <= seq.tokens.len());
+        for b in seq.block_hashes.len()..seq.num_computed / bs {
+            let parent = seq.block_hashes.last().copied().unwrap_or(0);
+            let content = &seq.tokens[b * bs..(b + 1) * bs];
+            let hash = chain_hash(parent, content);
+            self.blocks.register(seq.block_table[b], hash, content);
+            seq.block_hashes.push(hash);
+        }
     }
 
     /// Makes choices `1..=pending_forks` of running sequence `index`, each
@@ -224,6 +257,7 @@ impl<T> Scheduler<T> {
         let block_size = self.blocks.block_size();
         let full = parent.prompt_len / block_size;
         let shared_table = parent.block_table[..full].to_vec();
+        let shared_hashes = parent.block_hashes[..full.min(parent.block_hashes.len())].to_vec();
         let prompt = parent.tokens[..parent.prompt_len].to_vec();
         let (request, _) = parent.key;
         let mut children = Vec::with_capacity(forks);
@@ -237,6 +271,8 @@ impl<T> Scheduler<T> {
                 num_computed: full * block_size,
                 block_table: self.blocks.share(&shared_table),
                 pending_forks: 0,
+                block_hashes: shared_hashes.clone(),
+                prefix_hit: 0,
                 data: data(c),
             });
         }
@@ -350,10 +386,13 @@ mod tests {
         assert_eq!(s.waiting.len(), 1);
         assert_eq!(s.waiting[0].num_computed, 0);
         assert_eq!(s.blocks.num_used(), 3);
-        // Sequence 0 finishes; sequence 1 is recomputed: all 5 of its tokens.
+        // Sequence 0 finishes; sequence 1 is recomputed. Its first block is
+        // still in the prefix cache (sequence 0 took its second one), so
+        // 3 of its 5 tokens are computed again.
         s.finish(0);
         let step = run(&mut s);
-        assert_eq!(step.work, vec![(0, 5)]);
+        assert_eq!(step.work, vec![(0, 3)]);
+        assert_eq!(s.running[0].prefix_hit, 2);
     }
 
     #[test]
@@ -389,6 +428,29 @@ mod tests {
         assert_eq!(s.blocks.num_used(), 3 + 2);
         s.remove_where(|_| true);
         assert_eq!(s.blocks.num_free(), 10);
+    }
+
+    #[test]
+    fn a_shared_prefix_is_computed_once() {
+        let mut s = sched(8, 100, 20, 4);
+        let prompt: Vec<u32> = (0..14).collect();
+        s.add(Sequence::new((0, 0), prompt.clone(), 1, ()));
+        run(&mut s);
+        // Same first 12 tokens, then different: 3 full blocks are reused.
+        let mut other = prompt[..12].to_vec();
+        other.extend([90, 91, 92]);
+        s.add(Sequence::new((1, 0), other, 1, ()));
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![(0, 1), (1, 3)]);
+        assert_eq!(s.running[1].prefix_hit, 12);
+        assert_eq!(s.running[1].block_table[..3], s.running[0].block_table[..3]);
+        // A prompt of exactly 3 blocks still computes its last token.
+        s.add(Sequence::new((2, 0), prompt[..12].to_vec(), 1, ()));
+        let step = run(&mut s);
+        assert_eq!(step.work.last(), Some(&(2, 4)));
+        assert_eq!(s.running[2].prefix_hit, 8);
+        s.remove_where(|_| true);
+        assert_eq!(s.blocks.num_free(), 20);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Property test of the block manager: over any sequence of allocations,
-//! growths, shares (forks) and releases, no block is leaked, none is owned
-//! by more tables than its count says, and the free list never holds an
-//! owned block.
+//! growths, shares (forks), releases, prefix registrations and prefix
+//! reuses, no block is leaked, none is owned by more tables than its count
+//! says, and the free count is exactly the unowned blocks.
 
-use ferroseek_engine::block_manager::BlockManager;
+use ferroseek_engine::block_manager::{chain_hash, BlockManager};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -14,6 +14,10 @@ enum Op {
     Share { t: usize },
     /// Release table `t`.
     Release { t: usize },
+    /// Register table `t`'s first block as holding `[key; 4]`.
+    Register { t: usize, key: u32 },
+    /// A new table from the cached prefix `[key; 4]`.
+    Reuse { key: u32 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -21,6 +25,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..8usize, 1..80usize).prop_map(|(t, tokens)| Op::Grow { t, tokens }),
         1 => (0..8usize).prop_map(|t| Op::Share { t }),
         2 => (0..8usize).prop_map(|t| Op::Release { t }),
+        1 => (0..8usize, 0..3u32).prop_map(|(t, key)| Op::Register { t, key }),
+        1 => (0..3u32).prop_map(|key| Op::Reuse { key }),
     ]
 }
 
@@ -71,6 +77,16 @@ proptest! {
                 Op::Share { t } if t < tables.len() => {
                     let copy = bm.share(&tables[t]);
                     tables.push(copy);
+                }
+                Op::Register { t, key } if t < tables.len() && !tables[t].is_empty() => {
+                    let tokens = [key; 4];
+                    bm.register(tables[t][0], chain_hash(0, &tokens), &tokens);
+                }
+                Op::Reuse { key } => {
+                    let (table, _) = bm.take_prefix(&[key; 4], 1);
+                    if !table.is_empty() {
+                        tables.push(table);
+                    }
                 }
                 Op::Release { t } if t < tables.len() => {
                     let mut table = tables.swap_remove(t);

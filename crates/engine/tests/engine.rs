@@ -47,6 +47,7 @@ struct Outcome {
     reasons: Vec<Option<FinishReason>>,
     completion_tokens: Vec<usize>,
     prompt_events: usize,
+    cached_tokens: usize,
     prompt_logprobs: Option<Vec<Option<ferroseek_engine::TokenLogprob>>>,
     logprobs: Vec<Vec<ferroseek_engine::TokenLogprob>>,
 }
@@ -62,12 +63,16 @@ fn collect(mut stream: ferroseek_engine::RequestStream, n: usize) -> Outcome {
     };
     while let Some(event) = stream.blocking_next() {
         match event {
-            Event::Prompt { logprobs, .. } => {
+            Event::Prompt {
+                logprobs,
+                cached_tokens,
+            } => {
                 assert!(
                     o.tokens.iter().all(Vec::is_empty),
                     "prompt event comes first"
                 );
                 o.prompt_events += 1;
+                o.cached_tokens = cached_tokens;
                 o.prompt_logprobs = logprobs;
             }
             Event::Token {
@@ -531,4 +536,28 @@ fn shutdown_refuses_new_requests_and_finishes_running_ones() {
     );
     let o = collect(s, 1);
     assert_eq!(o.tokens[0].len(), 5);
+}
+
+#[test]
+fn a_repeated_prefix_is_served_from_the_cache_with_the_same_tokens() {
+    let cached = engine(small_config());
+    let fresh = engine(small_config());
+    let system = prompt(42, 50);
+    let ask = |tail: u32| {
+        let mut p = system.clone();
+        p.extend(prompt(tail, 7));
+        greedy(&format!("q{tail}"), p, 12)
+    };
+    let first = collect(cached.submit(ask(1)).unwrap(), 1);
+    assert_eq!(first.cached_tokens, 0);
+    // The second request shares the first 50 tokens: 3 full blocks of 16.
+    let second = collect(cached.submit(ask(2)).unwrap(), 1);
+    assert_eq!(second.cached_tokens, 48);
+    let alone = collect(fresh.submit(ask(2)).unwrap(), 1);
+    assert_eq!(second.tokens, alone.tokens);
+    // The same request again reuses everything but its last token's block.
+    let again = collect(cached.submit(ask(2)).unwrap(), 1);
+    assert_eq!(again.cached_tokens, 48);
+    assert_eq!(again.tokens, alone.tokens);
+    assert_eq!(cached.stats().cached_tokens_total, 96);
 }

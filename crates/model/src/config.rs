@@ -25,7 +25,7 @@ use candle_core::DType;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{read_json, ModelError, Result};
+use crate::error::{parse_json, read_json, ModelError, Result};
 
 /// Which DeepSeek generation's routing rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,11 +420,7 @@ impl DeepSeekConfig {
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|source| ModelError::Json {
-            path: "config.json".into(),
-            source,
-        })?;
-        Self::from_raw(raw)
+        Self::from_raw(parse_json(text, Path::new("config.json"))?)
     }
 
     fn from_raw(raw: RawConfig) -> Result<Self> {

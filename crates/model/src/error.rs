@@ -16,9 +16,12 @@ pub enum ModelError {
         source: std::io::Error,
     },
 
-    #[error("{path}: invalid JSON: {source}")]
+    /// `field` is where in the document it went wrong (`kv_lora_rank`,
+    /// `rope_scaling.factor`), empty when the text is not JSON at all.
+    #[error("{}: invalid JSON{}: {source}", path.display(), if field.is_empty() { String::new() } else { format!(" in `{field}`") })]
     Json {
         path: PathBuf,
+        field: String,
         #[source]
         source: serde_json::Error,
     },
@@ -63,8 +66,21 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) 
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
+    parse_json(&text, path)
+}
+
+/// Parses JSON text, naming `path` and the field that failed.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &std::path::Path,
+) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        ModelError::Json {
+            path: path.to_path_buf(),
+            field: if field == "." { String::new() } else { field },
+            source: e.into_inner(),
+        }
     })
 }

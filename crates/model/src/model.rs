@@ -24,7 +24,7 @@ use crate::weights::{Checkpoint, ModelFiles};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DTypeChoice {
     /// The checkpoint's own dtype, except where the device computes it slowly:
-    /// on CPU, bf16 and FP8 checkpoints run in f32 (candle's CPU matmul converts a
+    /// on CPU, bf16 and FP8 checkpoints compute in f32 (candle's CPU matmul converts a
     /// bf16 weight to f32 on every call).
     #[default]
     Auto,
@@ -34,6 +34,19 @@ pub enum DTypeChoice {
 }
 
 impl DTypeChoice {
+    /// The dtype weight matrices are kept in. The same as the compute dtype,
+    /// except that on CPU `auto` keeps a bf16 checkpoint's matrices (every
+    /// linear layer and the embedding table) in bf16 while computing in f32:
+    /// the decode kernel widens them in registers, so a decode step reads half
+    /// the bytes of f32, and nothing is rounded that f32 compute would keep.
+    pub fn resolve_weights(self, checkpoint: Option<DType>, device: &Device) -> DType {
+        match (self, checkpoint, device.is_cpu()) {
+            (DTypeChoice::Auto, Some(DType::BF16), true) => DType::BF16,
+            _ => self.resolve(checkpoint, device),
+        }
+    }
+
+    /// The dtype activations are computed in.
     pub fn resolve(self, checkpoint: Option<DType>, device: &Device) -> DType {
         match self {
             DTypeChoice::F32 => DType::F32,
@@ -109,17 +122,26 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &DeepSeekConfig, layer: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(
+        cfg: &DeepSeekConfig,
+        layer: usize,
+        vb: VarBuilder,
+        weights: DType,
+    ) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         let mlp = match &cfg.moe {
             Some(moe) if cfg.is_moe_layer(layer) => {
-                FeedForward::Moe(Box::new(Moe::new(h, moe, cfg.arch, vb.pp("mlp"))?))
+                FeedForward::Moe(Box::new(Moe::new(h, moe, cfg.arch, vb.pp("mlp"), weights)?))
             }
-            _ => FeedForward::Dense(Mlp::new(h, cfg.intermediate_size, vb.pp("mlp"))?),
+            _ => FeedForward::Dense(Mlp::new(
+                h,
+                cfg.intermediate_size,
+                vb.pp("mlp").set_dtype(weights),
+            )?),
         };
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"), weights)?,
             post_attention_layernorm: RmsNorm::new(
                 h,
                 cfg.rms_norm_eps,
@@ -151,21 +173,32 @@ impl DeepSeekModel {
             .torch_dtype
             .or_else(|| checkpoint.stored_dtype("model.embed_tokens.weight"));
         let dtype = options.dtype.resolve(stored, &options.device);
+        let weights = options.dtype.resolve_weights(stored, &options.device);
         let vb = checkpoint.var_builder(dtype, &options.device);
-        Self::new(cfg, vb, options)
+        Self::new(cfg, vb, weights, options)
     }
 
-    pub fn new(cfg: DeepSeekConfig, vb: VarBuilder, options: &LoadOptions) -> Result<Self> {
+    /// `vb` gives tensors in the compute dtype; weight matrices are kept in
+    /// `weights` (see [`DTypeChoice::resolve_weights`]).
+    pub fn new(
+        cfg: DeepSeekConfig,
+        vb: VarBuilder,
+        weights: DType,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let m = vb.pp("model");
-        let embed_weight = m.pp("embed_tokens").get((v, h), "weight")?;
+        let embed_weight = m
+            .pp("embed_tokens")
+            .set_dtype(weights)
+            .get((v, h), "weight")?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|l| DecoderLayer::new(&cfg, l, m.pp("layers").pp(l)))
+            .map(|l| DecoderLayer::new(&cfg, l, m.pp("layers").pp(l), weights))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let lm_head = if cfg.tie_word_embeddings {
             Linear::from_weight(embed_weight.clone())
         } else {
-            Linear::new(h, v, vb.pp("lm_head"))?
+            Linear::new(h, v, vb.pp("lm_head").set_dtype(weights))?
         };
         let positions = options
             .max_positions
@@ -188,8 +221,14 @@ impl DeepSeekModel {
         &self.cfg
     }
 
+    /// The dtype activations are computed in.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype the weight matrices are kept in.
+    pub fn weights_dtype(&self) -> DType {
+        self.lm_head.weight().dtype()
     }
 
     pub fn device(&self) -> &Device {
@@ -282,7 +321,7 @@ impl DeepSeekModel {
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
-        let mut x = self.embed_tokens.forward(&ids)?;
+        let mut x = self.embed_tokens.forward(&ids)?.to_dtype(self.dtype)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
             let h = layer.self_attn.forward(

@@ -1,6 +1,7 @@
 //! The building blocks of a DeepSeek decoder, one struct per Hugging Face module.
 
 pub mod attention_kernel;
+pub mod decode_matmul;
 pub mod linear;
 pub mod mla;
 pub mod moe;

@@ -157,14 +157,23 @@ pub struct Moe {
 }
 
 impl Moe {
-    pub fn new(hidden: usize, cfg: &MoeConfig, arch: Arch, vb: VarBuilder) -> Result<Self> {
+    /// `vb` gives the compute dtype (the router runs in f32 regardless); the
+    /// experts are kept in `weights`.
+    pub fn new(
+        hidden: usize,
+        cfg: &MoeConfig,
+        arch: Arch,
+        vb: VarBuilder,
+        weights: DType,
+    ) -> Result<Self> {
         let inter = cfg.moe_intermediate_size;
+        let wb = vb.clone().set_dtype(weights);
         let experts = (0..cfg.n_routed_experts)
-            .map(|e| Mlp::new(hidden, inter, vb.pp("experts").pp(e)))
+            .map(|e| Mlp::new(hidden, inter, wb.pp("experts").pp(e)))
             .collect::<Result<Vec<_>>>()?;
         let shared_experts = match cfg.n_shared_experts {
             0 => None,
-            n => Some(Mlp::new(hidden, inter * n, vb.pp("shared_experts"))?),
+            n => Some(Mlp::new(hidden, inter * n, wb.pp("shared_experts"))?),
         };
         Ok(Moe {
             gate: MoeGate::new(hidden, cfg, arch, vb.pp("gate"))?,

@@ -1,0 +1,125 @@
+//! Aggregate decode throughput of the engine with 1, 4, 16 and 64
+//! concurrent sequences, on the benchmark checkpoint (DeepSeek-V2-Lite's
+//! architecture at 265M random parameters), f32 and bf16.
+//!
+//! `cargo bench -p ferroseek-engine --bench throughput` (first run writes the
+//! checkpoint into `target/bench-models/`). Each row: all prompts (32 tokens)
+//! are prefilled, then every sequence decodes `DECODE` tokens greedily; the
+//! rate counts the tokens decoded after the last sequence's first token,
+//! over the time they took. The last column is the rate relative to one
+//! sequence's, measured in the same run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use ferroseek_engine::{Engine, EngineConfig, Event, Request, SamplingParams, Tokenizer};
+use ferroseek_model::random::bench_checkpoint;
+use ferroseek_model::{resolve_model, DTypeChoice, DeepSeekModel, HubOptions, LoadOptions};
+
+const PROMPT: usize = 32;
+const DECODE: usize = 32;
+
+fn tokenizer() -> Arc<Tokenizer> {
+    // Any tokenizer serves: the benchmark streams ids, the text is not looked at.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-deepseek-v3");
+    Arc::new(Tokenizer::from_dir(dir).expect("the default model's tokenizer loads"))
+}
+
+fn run(engine: &Engine, concurrency: usize) -> (f64, f64) {
+    let streams: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let prompt: Vec<u32> = (0..PROMPT as u32)
+                .map(|t| (t * 7919 + i as u32 * 104_729) % 3900 + 4)
+                .collect();
+            let mut r = Request::new(format!("bench{i}"), prompt);
+            r.sampling = SamplingParams::greedy();
+            r.stop.max_tokens = Some(DECODE);
+            r.stop.ignore_eos = true;
+            engine.submit(r).expect("the bench request is valid")
+        })
+        .collect();
+    let start = Instant::now();
+    // One thread per stream records when each token arrived.
+    let handles: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let mut times = Vec::new();
+                while let Some(e) = s.blocking_next() {
+                    match e {
+                        Event::Token { .. } => times.push(Instant::now()),
+                        Event::Error(e) => panic!("{e}"),
+                        _ => {}
+                    }
+                }
+                times
+            })
+        })
+        .collect();
+    let times: Vec<Vec<Instant>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let first_all = times.iter().map(|t| t[0]).max().unwrap();
+    let end = times.iter().map(|t| *t.last().unwrap()).max().unwrap();
+    let decoded: usize = times
+        .iter()
+        .map(|t| t.iter().filter(|&&x| x > first_all).count())
+        .sum();
+    let ttft = (first_all - start).as_secs_f64();
+    (decoded as f64 / (end - first_all).as_secs_f64(), ttft)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a name filter is not supported here.
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-models");
+    let dir = bench_checkpoint(&cache, DType::BF16).expect("writing the bench checkpoint");
+    let files = resolve_model(
+        dir.to_str().expect("utf-8 path"),
+        &HubOptions::from_env(None),
+    )
+    .expect("the bench checkpoint resolves");
+    println!(
+        "engine decode throughput, {PROMPT}-token prompts, {DECODE} greedy tokens each, threads: {}",
+        rayon::current_num_threads()
+    );
+    println!("| dtype | seqs | tokens/s | prefill+first token (s) | vs 1 seq |");
+    println!("|---|---:|---:|---:|---:|");
+    // `auto` is what a bf16 checkpoint gets on CPU: bf16 weights, f32 compute.
+    for (name, dtype) in [
+        ("f32", DTypeChoice::F32),
+        ("bf16 (auto: bf16 weights, f32 compute)", DTypeChoice::Auto),
+    ] {
+        let model = DeepSeekModel::load(
+            &files,
+            &LoadOptions {
+                dtype,
+                device: Device::Cpu,
+                ..Default::default()
+            },
+        )
+        .expect("the bench checkpoint loads");
+        let engine = Engine::start(
+            model,
+            tokenizer(),
+            EngineConfig {
+                max_num_seqs: 64,
+                max_num_batched_tokens: 64 * PROMPT,
+                kv_cache_bytes: 512 << 20,
+                ..Default::default()
+            },
+        )
+        .expect("the engine starts");
+        run(&engine, 1); // warm-up
+        let mut single = 0.0;
+        for c in [1, 4, 16, 64] {
+            let (rate, ttft) = run(&engine, c);
+            if c == 1 {
+                single = rate;
+            }
+            println!(
+                "| {name} | {c} | {rate:.1} | {ttft:.2} | {:.2}x |",
+                rate / single
+            );
+        }
+    }
+}

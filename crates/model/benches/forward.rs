@@ -1,0 +1,174 @@
+//! One sequence's 128-token prefill and one decode step, ours side by side
+//! with `candle_transformers::models::deepseek2` on the same weights (the
+//! benchmark checkpoint: DeepSeek-V2-Lite's architecture at 265M random
+//! parameters), f32 and bf16.
+//!
+//! `cargo bench -p ferroseek-model --bench forward` (first run writes the
+//! checkpoint into `target/bench-models/`). Times are medians of `REPEATS`
+//! runs, both models measured in the same process one after the other; the
+//! ratio column is candle-transformers' time over ours (above 1: we are
+//! faster). The last-token logits of both prefills are compared as a check
+//! that both compute the same model.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::deepseek2::{DeepSeekV2, DeepSeekV2Config};
+use ferroseek_model::random::bench_checkpoint;
+use ferroseek_model::{
+    resolve_model, Batch, DTypeChoice, DeepSeekModel, HubOptions, LatentCache, LoadOptions,
+    LogitsRows, SeqInput,
+};
+
+const PREFILL: usize = 128;
+const REPEATS: usize = 5;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn prompt() -> Vec<u32> {
+    (0..PREFILL as u32).map(|t| (t * 7919) % 7900 + 2).collect()
+}
+
+/// (prefill ms, decode ms, last prefill logits)
+fn ours(model: &DeepSeekModel) -> (f64, f64, Vec<f32>) {
+    let tokens = prompt();
+    let table: Vec<u32> = (0..32).collect();
+    let mut cache = LatentCache::new(model.config(), 32, 16).unwrap();
+    let prefill = Batch {
+        seqs: vec![SeqInput {
+            tokens: tokens.clone(),
+            num_cached: 0,
+            block_table: table.clone(),
+            logits: LogitsRows::Last,
+        }],
+    };
+    let mut logits = Vec::new();
+    let mut p = Vec::new();
+    for _ in 0..REPEATS {
+        let t = Instant::now();
+        logits = model
+            .forward(&prefill, &mut cache)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        p.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut d = Vec::new();
+    for i in 0..REPEATS {
+        let step = Batch {
+            seqs: vec![SeqInput {
+                tokens: vec![5],
+                num_cached: PREFILL + i,
+                block_table: table.clone(),
+                logits: LogitsRows::Last,
+            }],
+        };
+        let t = Instant::now();
+        model.forward(&step, &mut cache).unwrap();
+        d.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    (median(p), median(d), logits)
+}
+
+fn theirs(model: &mut DeepSeekV2) -> (f64, f64, Vec<f32>) {
+    let ids = Tensor::new(prompt().as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut logits = Vec::new();
+    let mut p = Vec::new();
+    for _ in 0..REPEATS {
+        model.clear_kv_cache();
+        let t = Instant::now();
+        logits = model
+            .forward(&ids, 0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        p.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let one = Tensor::new(&[[5u32]], &Device::Cpu).unwrap();
+    let mut d = Vec::new();
+    for i in 0..REPEATS {
+        let t = Instant::now();
+        model.forward(&one, PREFILL + i).unwrap();
+        d.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    (median(p), median(d), logits)
+}
+
+fn main() {
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-models");
+    let dir = bench_checkpoint(&cache, DType::BF16).expect("writing the bench checkpoint");
+    let files = resolve_model(
+        dir.to_str().expect("utf-8 path"),
+        &HubOptions::from_env(None),
+    )
+    .expect("the bench checkpoint resolves");
+    let cfg: DeepSeekV2Config =
+        serde_json::from_str(&std::fs::read_to_string(&files.config).unwrap()).unwrap();
+    println!(
+        "one sequence, {PREFILL}-token prefill and one decode step after it; median of {REPEATS}; threads: {}",
+        candle_core::utils::get_num_threads()
+    );
+    println!("| dtype | op | ferroseek ms (tok/s) | candle-transformers ms (tok/s) | their time / ours |");
+    println!("|---|---|---:|---:|---:|");
+    // `auto` on CPU keeps the bf16 checkpoint's matrices in bf16 and computes in
+    // f32; candle-transformers has no such mode, so it is compared with its bf16.
+    for (name, choice, dtype) in [
+        ("f32", DTypeChoice::F32, DType::F32),
+        ("bf16", DTypeChoice::BF16, DType::BF16),
+        (
+            "auto (bf16 weights, f32 compute)",
+            DTypeChoice::Auto,
+            DType::BF16,
+        ),
+    ] {
+        let model = DeepSeekModel::load(
+            &files,
+            &LoadOptions {
+                dtype: choice,
+                device: Device::Cpu,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (op, od, ol) = ours(&model);
+        drop(model);
+        // SAFETY: the checkpoint is ours, under target/, and not modified while mapped.
+        let vb = unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(&files.weights, dtype, &Device::Cpu)
+                .unwrap()
+        };
+        let mut theirs_model = DeepSeekV2::new(&cfg, vb).unwrap();
+        let (tp, td, tl) = theirs(&mut theirs_model);
+        drop(theirs_model);
+        let diff = ol
+            .iter()
+            .zip(&tl)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let rate = |tokens: usize, ms: f64| tokens as f64 * 1e3 / ms;
+        println!(
+            "| {name} | prefill {PREFILL} | {op:.1} ({:.0}) | {tp:.1} ({:.0}) | {:.2}x |",
+            rate(PREFILL, op),
+            rate(PREFILL, tp),
+            tp / op
+        );
+        println!(
+            "| {name} | decode 1 | {od:.1} ({:.1}) | {td:.1} ({:.1}) | {:.2}x |",
+            rate(1, od),
+            rate(1, td),
+            td / od
+        );
+        println!("| {name} | max abs diff of last-token logits | {diff:.2e} | | |");
+    }
+}

@@ -1,0 +1,93 @@
+//! The decode matmul against the machine's read bandwidth and candle's
+//! matmul, measured side by side in one run.
+//!
+//! `cargo bench -p ferroseek-model --bench kernels`. A STREAM-like loop
+//! (a parallel sum over a buffer far larger than the caches) gives the read
+//! bandwidth; then `x [m, 4096] · Wᵀ` with W `[8192, 4096]` for m = 1, 4, 8:
+//! our kernel on an f32 and on a bf16 weight, candle's matmul on f32 and
+//! bf16. GB/s = weight bytes / time (the weight is read once per call).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use ferroseek_model::layers::decode_matmul::{matmul_rows, WeightRows};
+use rayon::prelude::*;
+
+const N: usize = 8192;
+const K: usize = 4096;
+const REPEATS: usize = 9;
+
+fn median_secs(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..REPEATS)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[REPEATS / 2]
+}
+
+fn main() {
+    let threads = rayon::current_num_threads();
+    // Read bandwidth: 1 GiB of f32, summed in parallel.
+    let big: Vec<f32> = (0..(256usize << 20)).map(|i| (i % 7) as f32).collect();
+    let secs = median_secs(|| {
+        // Sixteen independent lanes so that the loop vectorises and is
+        // limited by memory, not by the latency of one running sum.
+        let s: f32 = big
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut acc = [0f32; 16];
+                for block in c.chunks_exact(16) {
+                    for (a, v) in acc.iter_mut().zip(block) {
+                        *a += v;
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(s);
+    });
+    let bandwidth = (big.len() * 4) as f64 / secs / 1e9;
+    drop(big);
+    println!("threads: {threads}; read bandwidth (parallel sum over 1 GiB): {bandwidth:.1} GB/s");
+    println!("| weight | m | ferroseek kernel GB/s | candle matmul GB/s | kernel / bandwidth |");
+    println!("|---|---:|---:|---:|---:|");
+    let w: Vec<f32> = (0..N * K)
+        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let w32 = Tensor::from_vec(w, (N, K), &Device::Cpu).unwrap();
+    let w16 = w32.to_dtype(DType::BF16).unwrap();
+    let host32: Vec<f32> = w32.flatten_all().unwrap().to_vec1().unwrap();
+    let host16: Vec<half::bf16> = w16.flatten_all().unwrap().to_vec1().unwrap();
+    for (name, bytes, tensor) in [("f32", 4usize, &w32), ("bf16", 2, &w16)] {
+        let lin = candle_nn::Linear::new(tensor.clone(), None);
+        for m in [1usize, 4, 8] {
+            let x: Vec<f32> = (0..m * K).map(|i| (i % 13) as f32 * 0.01).collect();
+            let ours = median_secs(|| {
+                let rows = match name {
+                    "f32" => WeightRows::F32(&host32),
+                    _ => WeightRows::Bf16(&host16),
+                };
+                std::hint::black_box(matmul_rows(&x, m, K, rows, N));
+            });
+            let xt = Tensor::from_vec(x.clone(), (m, K), &Device::Cpu)
+                .unwrap()
+                .to_dtype(tensor.dtype())
+                .unwrap();
+            let theirs = median_secs(|| {
+                std::hint::black_box(lin.forward(&xt).unwrap());
+            });
+            let gb = (N * K * bytes) as f64 / 1e9;
+            println!(
+                "| {name} | {m} | {:.1} | {:.1} | {:.0}% |",
+                gb / ours,
+                gb / theirs,
+                100.0 * gb / ours / bandwidth
+            );
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Checkpoints of random weights for benchmarks: a Hugging Face folder
+//! (`config.json` + `model.safetensors`) with every tensor a DeepSeek
+//! config asks for, named as on the hub, so that any loader of real
+//! checkpoints (ours, candle-transformers') reads it. Weights are uniform
+//! with the variance of a 1/fan-in initialisation, norms are 1, so
+//! activations stay in a realistic range through the layers.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use half::{bf16, f16};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::config::{DeepSeekConfig, TopkMethod};
+use crate::error::{ModelError, Result};
+
+/// The benchmark model: DeepSeek-V2-Lite's architecture (no q LoRA, 64-wide
+/// rope key, 128-wide heads, softmax greedy routing over fine-grained
+/// experts plus 2 shared ones, one dense first layer) scaled to 265M
+/// parameters (hidden 1024, 8 layers, 16 heads, kv_lora_rank 256, 32 routed
+/// experts top-4 of width 256): ~530 MB in bf16. A decode step reads ~103M
+/// of those parameters (attention, the dense layer, 4 routed + 2 shared
+/// experts per layer, lm_head).
+pub fn bench_config() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "model_type": "deepseek_v2",
+        "vocab_size": 8000,
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "moe_intermediate_size": 256,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "n_shared_experts": 2,
+        "n_routed_experts": 32,
+        "num_experts_per_tok": 4,
+        "routed_scaling_factor": 1.0,
+        "topk_method": "greedy",
+        "n_group": 1,
+        "topk_group": 1,
+        "scoring_func": "softmax",
+        "norm_topk_prob": false,
+        "first_k_dense_replace": 1,
+        "moe_layer_freq": 1,
+        "q_lora_rank": null,
+        "kv_lora_rank": 256,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "rope_scaling": null,
+        "attention_bias": false,
+        "tie_word_embeddings": false,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "torch_dtype": "bfloat16"
+    })
+}
+
+/// Every tensor a config needs: (name, shape).
+pub fn tensor_shapes(cfg: &DeepSeekConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+    let heads = cfg.num_attention_heads;
+    let qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim;
+    let mut out: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![v, h])];
+    let mlp = |out: &mut Vec<(String, Vec<usize>)>, p: &str, inter: usize| {
+        out.push((format!("{p}.gate_proj.weight"), vec![inter, h]));
+        out.push((format!("{p}.up_proj.weight"), vec![inter, h]));
+        out.push((format!("{p}.down_proj.weight"), vec![h, inter]));
+    };
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        let a = format!("{p}.self_attn");
+        match cfg.q_lora_rank {
+            None => out.push((format!("{a}.q_proj.weight"), vec![heads * qk, h])),
+            Some(r) => {
+                out.push((format!("{a}.q_a_proj.weight"), vec![r, h]));
+                out.push((format!("{a}.q_a_layernorm.weight"), vec![r]));
+                out.push((format!("{a}.q_b_proj.weight"), vec![heads * qk, r]));
+            }
+        }
+        out.push((
+            format!("{a}.kv_a_proj_with_mqa.weight"),
+            vec![cfg.kv_lora_rank + cfg.qk_rope_head_dim, h],
+        ));
+        out.push((format!("{a}.kv_a_layernorm.weight"), vec![cfg.kv_lora_rank]));
+        out.push((
+            format!("{a}.kv_b_proj.weight"),
+            vec![
+                heads * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+                cfg.kv_lora_rank,
+            ],
+        ));
+        out.push((
+            format!("{a}.o_proj.weight"),
+            vec![h, heads * cfg.v_head_dim],
+        ));
+        match &cfg.moe {
+            Some(moe) if cfg.is_moe_layer(l) => {
+                let m = format!("{p}.mlp");
+                out.push((format!("{m}.gate.weight"), vec![moe.n_routed_experts, h]));
+                if moe.topk_method == TopkMethod::NoauxTc {
+                    out.push((
+                        format!("{m}.gate.e_score_correction_bias"),
+                        vec![moe.n_routed_experts],
+                    ));
+                }
+                for e in 0..moe.n_routed_experts {
+                    mlp(
+                        &mut out,
+                        &format!("{m}.experts.{e}"),
+                        moe.moe_intermediate_size,
+                    );
+                }
+                if moe.n_shared_experts > 0 {
+                    mlp(
+                        &mut out,
+                        &format!("{m}.shared_experts"),
+                        moe.moe_intermediate_size * moe.n_shared_experts,
+                    );
+                }
+            }
+            _ => mlp(&mut out, &format!("{p}.mlp"), cfg.intermediate_size),
+        }
+    }
+    out.push(("model.norm.weight".into(), vec![h]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".into(), vec![v, h]));
+    }
+    out
+}
+
+/// xorshift64*: fast, and enough for weights nobody reads for meaning.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+        bits as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Writes `config` and random weights stored as `dtype` (f32, bf16 or f16)
+/// into `dir`; returns the folder.
+pub fn write_random_checkpoint(
+    dir: &Path,
+    config: &serde_json::Value,
+    dtype: DType,
+    seed: u64,
+) -> Result<PathBuf> {
+    let io = |e: std::io::Error| ModelError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let text = serde_json::to_string_pretty(config).expect("a JSON value serialises");
+    let cfg = DeepSeekConfig::from_json(&text)?;
+    std::fs::write(dir.join("config.json"), text).map_err(io)?;
+    let (st_dtype, width) = match dtype {
+        DType::F32 => (Dtype::F32, 4),
+        DType::BF16 => (Dtype::BF16, 2),
+        DType::F16 => (Dtype::F16, 2),
+        other => {
+            return Err(ModelError::Config {
+                field: "dtype".into(),
+                message: format!("of a random checkpoint must be f32, bf16 or f16, not {other:?}"),
+            })
+        }
+    };
+    let mut rng = Xorshift(seed.max(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let shapes = tensor_shapes(&cfg);
+    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(shapes.len());
+    for (name, shape) in shapes {
+        let count: usize = shape.iter().product();
+        let is_norm = name.ends_with("norm.weight");
+        let is_bias = name.ends_with("e_score_correction_bias");
+        let fan_in = *shape.last().expect("no scalar tensors");
+        let bound = (3.0 / fan_in as f32).sqrt();
+        let mut bytes = Vec::with_capacity(count * width);
+        for _ in 0..count {
+            let x = if is_norm {
+                1.0
+            } else if is_bias {
+                0.0
+            } else {
+                (rng.next_f32() * 2.0 - 1.0) * bound
+            };
+            match st_dtype {
+                Dtype::F32 => bytes.extend_from_slice(&x.to_le_bytes()),
+                Dtype::BF16 => bytes.extend_from_slice(&bf16::from_f32(x).to_le_bytes()),
+                _ => bytes.extend_from_slice(&f16::from_f32(x).to_le_bytes()),
+            }
+        }
+        buffers.push((name, shape, bytes));
+    }
+    let views: Vec<(String, TensorView<'_>)> = buffers
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view = TensorView::new(st_dtype, shape.clone(), bytes)
+                .expect("shape and byte count agree by construction");
+            (name.clone(), view)
+        })
+        .collect();
+    let path = dir.join("model.safetensors");
+    safetensors::serialize_to_file(views, None, &path).map_err(|e| ModelError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(dir.to_path_buf())
+}
+
+/// The benchmark checkpoint, generated once into `cache_dir/<dtype>` and
+/// reused after.
+pub fn bench_checkpoint(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
+    let config = bench_config();
+    let dir = cache_dir.join(format!("random-v2-lite-265m-{dtype:?}").to_lowercase());
+    let complete = dir.join("model.safetensors").exists()
+        && std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            == Some(config.clone());
+    if complete {
+        return Ok(dir);
+    }
+    write_random_checkpoint(&dir, &config, dtype, 0x5EED)
+}
