@@ -156,13 +156,32 @@ async fn thinking_requests_return_reasoning_content() {
 }
 
 #[tokio::test]
-async fn seeded_sampling_is_reproducible() {
+async fn seeded_sampling_is_reproducible_and_repeated_prompts_hit_the_cache() {
     let server = Server::start(&[]);
-    let body =
-        json!({"messages": user("Tell me"), "max_tokens": 12, "temperature": 1.0, "seed": 42});
+    let long = "Tell me a long story about a lighthouse keeper and the sea, in many words.";
+    let body = json!({"messages": user(long), "max_tokens": 12, "temperature": 1.0, "seed": 42});
     let (_, a) = post(&server, "/v1/chat/completions", body.clone()).await;
     let (_, b) = post(&server, "/v1/chat/completions", body).await;
     assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+    assert_eq!(a["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let prompt_tokens = b["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 16, "the prompt fills a whole cache block");
+    let cached = b["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached > 0 && cached < prompt_tokens,
+        "cached {cached} of {prompt_tokens}"
+    );
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(&format!(
+        "ferroseek_prefix_cache_hit_tokens_total {cached}\n"
+    )));
 }
 
 #[tokio::test]

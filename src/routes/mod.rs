@@ -152,3 +152,6 @@ async fn no_route(req: Request) -> ApiError {
 async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
+
+#[cfg(test)]
+mod tests;

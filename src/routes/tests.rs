@@ -1,0 +1,147 @@
+//! Router tests without a socket (`tower::ServiceExt::oneshot`): the HTTP
+//! layer's own behaviour, before and after the model is loaded.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::app;
+use crate::cli::{Cli, ServeArgs};
+use crate::metrics::Metrics;
+use crate::state::{AppState, Settings};
+
+fn state(api_key: Option<&str>) -> AppState {
+    AppState::new(
+        Settings {
+            served_names: vec!["tiny-deepseek-v3".into()],
+            root: "tiny-deepseek-v3".into(),
+            api_key: api_key.map(str::to_string),
+            max_body_size: 1024,
+            max_num_seqs: 4,
+            cors_allow_origin: Vec::new(),
+        },
+        Metrics::new().unwrap(),
+    )
+}
+
+fn loaded_state() -> AppState {
+    use clap::Parser;
+    let args: ServeArgs = Cli::parse_from(["ferroseek", "--kv-cache-memory", "8MiB"]).into_serve();
+    let state = state(None);
+    state.set_ready(crate::load::load(&args).expect("the embedded model loads"));
+    state
+}
+
+async fn call(state: &AppState, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn post(path: &str, body: Value) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn before_loading_health_and_generation_answer_503() {
+    let s = state(None);
+    let (status, body) = call(&s, get("/health")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["type"], "service_unavailable_error");
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
+    let (status, _) = call(&s, post("/v1/chat/completions", chat)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // Metrics answer even while loading.
+    let resp = app(s.clone()).oneshot(get("/metrics")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn api_key_is_checked_before_anything_else_but_not_on_health() {
+    let s = state(Some("k"));
+    let (status, body) = call(&s, get("/v1/models")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    let req = Request::get("/v1/models")
+        .header("authorization", "Bearer nope")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&s, req).await.0, StatusCode::UNAUTHORIZED);
+    let req = Request::post("/tokenize").body(Body::from("{}")).unwrap();
+    assert_eq!(call(&s, req).await.0, StatusCode::UNAUTHORIZED);
+    // Past the key, the model is still loading.
+    let req = Request::get("/v1/models")
+        .header("authorization", "Bearer k")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&s, req).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        call(&s, get("/health")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_methods_and_big_bodies_get_openai_errors() {
+    let s = state(None);
+    let (status, body) = call(&s, get("/v2/anything")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "unknown_url");
+    let (status, body) = call(&s, get("/v1/completions")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"]["message"].is_string());
+    let big = json!({"prompt": "x".repeat(4096)});
+    let (status, body) = call(&s, post("/v1/completions", big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "request_too_large");
+    let (status, body) = call(&s, post("/v1/completions", json!({"prompt": 5}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["param"], "prompt");
+}
+
+#[tokio::test]
+async fn loaded_router_serves_models_tokenize_and_chat() {
+    let s = loaded_state();
+    let (status, body) = call(&s, get("/health")).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, body) = call(&s, get("/v1/models/tiny-deepseek-v3")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["max_model_len"], 4096);
+    let (_, body) = call(&s, post("/tokenize", json!({"prompt": "Hello"}))).await;
+    assert_eq!(body["tokens"][0], 0, "BOS first");
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 2});
+    let (status, body) = call(&s, post("/v1/chat/completions", chat)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2);
+    let too_many = json!({"messages": [{"role": "user", "content": "hi"}], "n": 5});
+    let (status, body) = call(&s, post("/v1/chat/completions", too_many)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["param"], "n");
+    s.begin_shutdown();
+    assert_eq!(
+        call(&s, get("/health")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});
+    assert_eq!(
+        call(&s, post("/v1/chat/completions", chat)).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
