@@ -127,8 +127,8 @@ async fn chat_stream_framing_role_first_finish_last_usage_then_done() {
 async fn thinking_requests_return_reasoning_content() {
     let server = Server::start(&[]);
     for body in [
-        json!({"messages": user("Why?"), "max_tokens": 6, "chat_template_kwargs": {"thinking": true}}),
-        json!({"messages": user("Why?"), "max_tokens": 6, "thinking": {"type": "enabled"}}),
+        json!({"messages": user("Why?"), "max_tokens": 6, "temperature": 0, "chat_template_kwargs": {"thinking": true}}),
+        json!({"messages": user("Why?"), "max_tokens": 6, "temperature": 0, "thinking": {"type": "enabled"}}),
     ] {
         let (status, resp) = post(&server, "/v1/chat/completions", body).await;
         assert_eq!(status, 200, "{resp}");
@@ -143,10 +143,32 @@ async fn thinking_requests_return_reasoning_content() {
         assert!(!reasoning.is_empty() || reasoning_tokens == 0, "{resp}");
         assert!(!message["content"].as_str().unwrap().contains("</think>"));
     }
+    // Streamed, the reasoning arrives in `delta.reasoning_content`.
+    let body = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(
+            &json!({"messages": user("Why?"), "max_tokens": 6, "temperature": 0,
+                      "stream": true, "thinking": {"type": "enabled"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let deltas: Vec<Value> = sse_payloads(&body)
+        .iter()
+        .filter(|p| *p != "[DONE]")
+        .map(|p| serde_json::from_str::<Value>(p).unwrap()["choices"][0]["delta"].clone())
+        .collect();
+    assert!(
+        deltas.iter().any(|d| d["reasoning_content"].is_string()),
+        "{body}"
+    );
     let (_, plain) = post(
         &server,
         "/v1/chat/completions",
-        json!({"messages": user("Why?"), "max_tokens": 6, "thinking": {"type": "disabled"}}),
+        json!({"messages": user("Why?"), "max_tokens": 6, "temperature": 0, "thinking": {"type": "disabled"}}),
     )
     .await;
     assert_eq!(
@@ -415,7 +437,10 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let base = server.base.clone();
-    let waiter = tokio::task::spawn_blocking(move || server.terminate());
+    let waiter = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.terminate()
+    });
     let body = resp.text().await.unwrap();
     assert!(
         body.ends_with("data: [DONE]\n\n"),

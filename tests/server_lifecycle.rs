@@ -1,0 +1,162 @@
+//! Start-up options, overload and shutdown of the real binary: the chat
+//! template override, JSON logs with request ids, 429 on a full queue, and
+//! the bound on how long SIGTERM waits.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+fn long_stream(prompt: &str) -> Value {
+    json!({"prompt": prompt, "max_tokens": 4000, "ignore_eos": true, "stream": true})
+}
+
+#[tokio::test]
+async fn chat_template_file_replaces_the_models() {
+    let dir = std::env::temp_dir().join(format!("ferroseek-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("plain.jinja");
+    std::fs::write(
+        &path,
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}",
+    )
+    .unwrap();
+    let server = Server::start(&["--chat-template", path.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let tokenize = |body: Value| {
+        let client = client.clone();
+        let url = server.url("/tokenize");
+        async move {
+            let v: Value = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["tokens"].clone()
+        }
+    };
+    let from_chat = tokenize(json!({"messages": [{"role": "user", "content": "Hi"}]})).await;
+    let from_text =
+        tokenize(json!({"prompt": "user: Hi\nassistant:", "add_special_tokens": false})).await;
+    assert_eq!(
+        from_chat, from_text,
+        "the override renders, not the model's template"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_chat_template_file_stops_start_up_with_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroseek"))
+        .args([
+            "--port",
+            "0",
+            "--chat-template",
+            "/nonexistent/template.jinja",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/template.jinja"), "{stderr}");
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id() {
+    let server = Server::start(&["--log-format", "json"]);
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/completions"))
+        .header("x-request-id", "json-log-42")
+        .json(&json!({"prompt": "Hi", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let logs = server.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(r#""message":"completion""#))
+        .unwrap_or_else(|| panic!("no completion line in:\n{logs}"));
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["span"]["id"], "json-log-42", "{line}");
+    assert_eq!(v["level"], "INFO");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_at_once() {
+    let server = Server::start(&["--max-num-seqs", "1", "--max-queue", "1"]);
+    let client = reqwest::Client::new();
+    let url = server.url("/v1/completions");
+    // One request runs (the only sequence slot)...
+    let running = client
+        .post(&url)
+        .json(&long_stream("a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(running.status(), 200);
+    let mut running = running.bytes_stream();
+    running.next().await.unwrap().unwrap();
+    // ...one waits (the whole queue)...
+    let waiting = client
+        .post(&url)
+        .json(&long_stream("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(waiting.status(), 200);
+    // ...and the next is refused without waiting.
+    let started = Instant::now();
+    let refused = client
+        .post(&url)
+        .json(&long_stream("c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    drop(running);
+    drop(waiting);
+}
+
+#[tokio::test]
+async fn sigterm_waits_at_most_the_shutdown_timeout() {
+    let server = Server::start(&["--shutdown-timeout", "1"]);
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/completions"))
+        .json(&long_stream("Once upon a time"))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    let started = Instant::now();
+    let (status, server) = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        (server.terminate(), server)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        server.logs().contains("did not finish in time"),
+        "the stream outlived the timeout: {}",
+        server.logs()
+    );
+}
