@@ -18,7 +18,7 @@ use candle_transformers::models::deepseek2::{DeepSeekV2, DeepSeekV2Config};
 use ferroseek_model::random::bench_checkpoint;
 use ferroseek_model::{
     resolve_model, Batch, DTypeChoice, DeepSeekModel, HubOptions, LatentCache, LoadOptions,
-    LogitsRows, SeqInput,
+    LogitsRows, Quantization, SeqInput,
 };
 
 const PREFILL: usize = 128;
@@ -170,5 +170,23 @@ fn main() {
             td / od
         );
         println!("| {name} | max abs diff of last-token logits | {diff:.2e} | | |");
+    }
+    // Quantized at load (f32 compute); candle-transformers has no quantized DeepSeek.
+    for (name, quantize) in [("q8_0", Quantization::Q8_0), ("q4_k", Quantization::Q4K)] {
+        let model = DeepSeekModel::load(
+            &files,
+            &LoadOptions {
+                dtype: DTypeChoice::F32,
+                quantize,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (op, od, _) = ours(&model);
+        println!(
+            "| {name} | prefill {PREFILL} | {op:.1} ({:.0}) | n/a | |",
+            PREFILL as f64 * 1e3 / op
+        );
+        println!("| {name} | decode 1 | {od:.1} ({:.1}) | n/a | |", 1e3 / od);
     }
 }

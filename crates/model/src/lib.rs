@@ -19,6 +19,7 @@ pub use batch::{Batch, LogitsRows, SeqInput};
 pub use cache::LatentCache;
 pub use config::DeepSeekConfig;
 pub use error::{ModelError, Result};
+pub use layers::linear::{Quantization, WeightFormat};
 pub use layers::mla::AttentionMode;
 pub use model::{DTypeChoice, DeepSeekModel, LoadOptions};
 pub use weights::{resolve_model, Checkpoint, HubOptions, ModelFiles};

@@ -13,7 +13,7 @@ use crate::cache::LatentCache;
 use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::attention_kernel::SeqSpan;
-use crate::layers::linear::Linear;
+use crate::layers::linear::{Linear, Quantization, WeightFormat};
 use crate::layers::mla::{Attention, AttentionMode, BatchLayout};
 use crate::layers::moe::{Mlp, Moe};
 use crate::layers::norm::RmsNorm;
@@ -85,6 +85,8 @@ pub struct LoadOptions {
     /// Longest context to prepare rope tables for; defaults to
     /// `max_position_embeddings`.
     pub max_positions: Option<usize>,
+    /// Quantize the linear weights at load.
+    pub quantize: Quantization,
 }
 
 impl Default for LoadOptions {
@@ -94,6 +96,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             attention: AttentionMode::Absorbed,
             max_positions: None,
+            quantize: Quantization::None,
         }
     }
 }
@@ -126,18 +129,14 @@ impl DecoderLayer {
         cfg: &DeepSeekConfig,
         layer: usize,
         vb: VarBuilder,
-        weights: DType,
+        weights: WeightFormat,
     ) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         let mlp = match &cfg.moe {
             Some(moe) if cfg.is_moe_layer(layer) => {
                 FeedForward::Moe(Box::new(Moe::new(h, moe, cfg.arch, vb.pp("mlp"), weights)?))
             }
-            _ => FeedForward::Dense(Mlp::new(
-                h,
-                cfg.intermediate_size,
-                vb.pp("mlp").set_dtype(weights),
-            )?),
+            _ => FeedForward::Dense(Mlp::new(h, cfg.intermediate_size, vb.pp("mlp"), weights)?),
         };
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
@@ -161,6 +160,7 @@ pub struct DeepSeekModel {
     rope: Rope,
     device: Device,
     dtype: DType,
+    weights: WeightFormat,
     attention: AttentionMode,
 }
 
@@ -173,24 +173,36 @@ impl DeepSeekModel {
             .torch_dtype
             .or_else(|| checkpoint.stored_dtype("model.embed_tokens.weight"));
         let dtype = options.dtype.resolve(stored, &options.device);
-        let weights = options.dtype.resolve_weights(stored, &options.device);
+        let weights = WeightFormat {
+            dtype: options.dtype.resolve_weights(stored, &options.device),
+            quantize: options.quantize,
+        };
         let vb = checkpoint.var_builder(dtype, &options.device);
         Self::new(cfg, vb, weights, options)
     }
 
-    /// `vb` gives tensors in the compute dtype; weight matrices are kept in
-    /// `weights` (see [`DTypeChoice::resolve_weights`]).
+    /// `vb` gives tensors in the compute dtype; weight matrices are held as
+    /// `weights` says (see [`DTypeChoice::resolve_weights`]).
     pub fn new(
         cfg: DeepSeekConfig,
         vb: VarBuilder,
-        weights: DType,
+        weights: WeightFormat,
         options: &LoadOptions,
     ) -> Result<Self> {
+        if weights.quantize != Quantization::None && vb.dtype() != DType::F32 {
+            return Err(ModelError::config(
+                "quantize",
+                format!(
+                    "needs f32 compute (quantized matmuls take f32 activations), not {:?}; use --dtype auto or f32",
+                    vb.dtype()
+                ),
+            ));
+        }
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let m = vb.pp("model");
         let embed_weight = m
             .pp("embed_tokens")
-            .set_dtype(weights)
+            .set_dtype(weights.dtype)
             .get((v, h), "weight")?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| DecoderLayer::new(&cfg, l, m.pp("layers").pp(l), weights))
@@ -198,7 +210,7 @@ impl DeepSeekModel {
         let lm_head = if cfg.tie_word_embeddings {
             Linear::from_weight(embed_weight.clone())
         } else {
-            Linear::new(h, v, vb.pp("lm_head").set_dtype(weights))?
+            Linear::load(h, v, vb.pp("lm_head"), weights)?
         };
         let positions = options
             .max_positions
@@ -212,6 +224,7 @@ impl DeepSeekModel {
             rope: Rope::new(&cfg, positions),
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            weights,
             attention: options.attention,
             cfg,
         })
@@ -226,9 +239,14 @@ impl DeepSeekModel {
         self.dtype
     }
 
-    /// The dtype the weight matrices are kept in.
+    /// How the weight matrices are held.
+    pub fn weights(&self) -> WeightFormat {
+        self.weights
+    }
+
+    /// The dtype dense weight matrices are kept in.
     pub fn weights_dtype(&self) -> DType {
-        self.lm_head.weight().dtype()
+        self.weights.dtype
     }
 
     pub fn device(&self) -> &Device {

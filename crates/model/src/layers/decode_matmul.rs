@@ -21,7 +21,14 @@ use rayon::prelude::*;
 pub enum WeightRows<'a> {
     F32(&'a [f32]),
     Bf16(&'a [bf16]),
+    /// GGML's Q8_0 blocks as candle stores them: per 32 weights, an f16
+    /// scale then 32 i8 (34 bytes); `k` a multiple of 32.
+    Q8_0(&'a [u8]),
 }
+
+/// Weights per Q8_0 block, and the bytes of one block.
+pub const Q8_0_BLOCK: usize = 32;
+const Q8_0_BYTES: usize = 34;
 
 /// Output pointer shared by the tasks; each writes a disjoint set of columns.
 #[derive(Clone, Copy)]
@@ -45,6 +52,14 @@ pub fn matmul_rows(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, n: usize) -
     match w {
         WeightRows::F32(w) => assert_eq!(w.len(), n * k, "w is not [n, k]"),
         WeightRows::Bf16(w) => assert_eq!(w.len(), n * k, "w is not [n, k]"),
+        WeightRows::Q8_0(w) => {
+            assert_eq!(k % Q8_0_BLOCK, 0, "Q8_0 rows are whole blocks");
+            assert_eq!(
+                w.len(),
+                n * k / Q8_0_BLOCK * Q8_0_BYTES,
+                "w is not [n, k] in Q8_0"
+            );
+        }
     }
     let mut out = vec![0f32; m * n];
     let ptr = OutPtr(out.as_mut_ptr());
@@ -66,6 +81,10 @@ pub fn matmul_rows(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, n: usize) -
                     }
                     WeightRows::Bf16(w) => {
                         dot_tile_bf16(simd, &w[j * k..(j + 1) * k], xs, t, k, &mut dots)
+                    }
+                    WeightRows::Q8_0(w) => {
+                        let row = k / Q8_0_BLOCK * Q8_0_BYTES;
+                        dot_tile_q8_0(simd, &w[j * row..(j + 1) * row], xs, t, k, &mut dots)
                     }
                 }
                 for (r, d) in dots[..t].iter().enumerate() {
@@ -122,6 +141,29 @@ fn dot_tile_bf16(simd: bool, w: &[bf16], xs: &[f32], t: usize, k: usize, dots: &
             .iter()
             .zip(&xs[r * k..(r + 1) * k])
             .map(|(a, b)| a.to_f32() * b)
+            .sum();
+    }
+}
+
+/// Dots of one Q8_0 weight row with `t` (≤ 4) input rows.
+fn dot_tile_q8_0(simd: bool, w: &[u8], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+        unsafe { avx2::dot_tile_q8_0(w, xs, t, k, dots) };
+        return;
+    }
+    let _ = simd;
+    for (r, d) in dots[..t].iter_mut().enumerate() {
+        let x = &xs[r * k..(r + 1) * k];
+        *d = w
+            .chunks_exact(Q8_0_BYTES)
+            .zip(x.chunks_exact(Q8_0_BLOCK))
+            .map(|(b, x)| {
+                let scale = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                let dot: f32 = b[2..].iter().zip(x).map(|(&q, v)| q as i8 as f32 * v).sum();
+                scale * dot
+            })
             .sum();
     }
 }
@@ -205,6 +247,47 @@ mod avx2 {
     tile!(dot_tile_bf16, tile_bf16, bf16, load_bf16, |v: bf16| v
         .to_f32());
 
+    /// Q8_0 rows: per block, the 32 weights are widened once and used for
+    /// every input row; the block's dot is scaled into the running sum.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q8_0_tile<const T: usize>(w: &[u8], xs: &[f32], k: usize, dots: &mut [f32; 4]) {
+        let wp = w.as_ptr();
+        let xp = xs.as_ptr();
+        let mut total = [_mm256_setzero_ps(); T];
+        for b in 0..k / 32 {
+            let block = wp.add(b * 34);
+            let scale = _mm256_set1_ps(half::f16::from_le_bytes([*block, *block.add(1)]).to_f32());
+            let q = block.add(2);
+            let mut wv = [_mm256_setzero_ps(); 4];
+            for (i, v) in wv.iter_mut().enumerate() {
+                let bytes = _mm_loadl_epi64(q.add(8 * i) as *const __m128i);
+                *v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+            }
+            for (r, tot) in total.iter_mut().enumerate() {
+                let x = xp.add(r * k + b * 32);
+                let mut acc = _mm256_mul_ps(wv[0], _mm256_loadu_ps(x));
+                acc = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(x.add(8)), acc);
+                acc = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(x.add(16)), acc);
+                acc = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(x.add(24)), acc);
+                *tot = _mm256_fmadd_ps(scale, acc, *tot);
+            }
+        }
+        for r in 0..T {
+            dots[r] = hsum(total[r]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_tile_q8_0(w: &[u8], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
+        match t {
+            1 => q8_0_tile::<1>(w, xs, k, dots),
+            2 => q8_0_tile::<2>(w, xs, k, dots),
+            3 => q8_0_tile::<3>(w, xs, k, dots),
+            _ => q8_0_tile::<4>(w, xs, k, dots),
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn load_f32(p: *const f32) -> __m256 {
@@ -226,6 +309,40 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn q8_0_matches_candle_dequantized() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        for (m, k, n) in [(1, 32, 3), (3, 96, 40), (4, 256, 17), (6, 64, 33)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 50.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 17 % 89) as f32 - 44.0) / 40.0)
+                .collect();
+            let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
+            let deq: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let expected = reference(&x, m, k, &deq, n);
+            let data = q.data().unwrap();
+            let got = matmul_rows(&x, m, k, WeightRows::Q8_0(&data), n);
+            for i in 0..m * n {
+                assert!(
+                    (expected[i] - got[i]).abs() < 1e-4 * (1.0 + expected[i].abs()),
+                    "q8_0 {m}x{k}x{n} at {i}: {} vs {}",
+                    expected[i],
+                    got[i]
+                );
+            }
+        }
     }
 
     #[test]

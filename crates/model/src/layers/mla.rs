@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
-use super::linear::Linear;
+use super::linear::{Linear, WeightFormat};
 use super::norm::RmsNorm;
 use super::rope::Rope;
 use crate::config::DeepSeekConfig;
@@ -88,10 +88,9 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `vb` gives the compute dtype; the projections are kept in `weights`.
-    pub fn new(cfg: &DeepSeekConfig, vb: VarBuilder, weights: DType) -> Result<Self> {
+    /// `vb` gives the compute dtype; the projections are held as `weights` says.
+    pub fn new(cfg: &DeepSeekConfig, vb: VarBuilder, weights: WeightFormat) -> Result<Self> {
         let (h, heads) = (cfg.hidden_size, cfg.num_attention_heads);
-        let wb = vb.clone().set_dtype(weights);
         let (nope, rope_dim, rank, v_dim) = (
             cfg.qk_nope_head_dim,
             cfg.qk_rope_head_dim,
@@ -101,12 +100,12 @@ impl Attention {
         let q_out = heads * cfg.qk_head_dim();
         let q = match cfg.q_lora_rank {
             None => QProj::Plain {
-                q_proj: Linear::new(h, q_out, wb.pp("q_proj"))?,
+                q_proj: Linear::load(h, q_out, vb.pp("q_proj"), weights)?,
             },
             Some(r) => QProj::LowRank {
-                q_a_proj: Linear::new(h, r, wb.pp("q_a_proj"))?,
+                q_a_proj: Linear::load(h, r, vb.pp("q_a_proj"), weights)?,
                 q_a_layernorm: RmsNorm::new(r, LORA_NORM_EPS, vb.pp("q_a_layernorm"))?,
-                q_b_proj: Linear::new(r, q_out, wb.pp("q_b_proj"))?,
+                q_b_proj: Linear::load(r, q_out, vb.pp("q_b_proj"), weights)?,
             },
         };
         let kv_b = vb
@@ -115,11 +114,16 @@ impl Attention {
             .reshape((heads, nope + v_dim, rank))?;
         Ok(Attention {
             q,
-            kv_a_proj_with_mqa: Linear::new(h, rank + rope_dim, wb.pp("kv_a_proj_with_mqa"))?,
+            kv_a_proj_with_mqa: Linear::load(
+                h,
+                rank + rope_dim,
+                vb.pp("kv_a_proj_with_mqa"),
+                weights,
+            )?,
             kv_a_layernorm: RmsNorm::new(rank, LORA_NORM_EPS, vb.pp("kv_a_layernorm"))?,
             w_uk: kv_b.narrow(1, 0, nope)?.contiguous()?,
             w_uv_t: kv_b.narrow(1, nope, v_dim)?.transpose(1, 2)?.contiguous()?,
-            o_proj: Linear::new(heads * v_dim, h, wb.pp("o_proj"))?,
+            o_proj: Linear::load(heads * v_dim, h, vb.pp("o_proj"), weights)?,
             heads,
             nope,
             rope_dim,

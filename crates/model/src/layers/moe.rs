@@ -11,7 +11,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::linear::Linear;
+use super::linear::{Linear, WeightFormat};
 use crate::config::{Arch, MoeConfig, ScoringFunc, TopkMethod};
 
 /// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
@@ -23,11 +23,16 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(hidden: usize, intermediate: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        hidden: usize,
+        intermediate: usize,
+        vb: VarBuilder,
+        weights: WeightFormat,
+    ) -> Result<Self> {
         Ok(Mlp {
-            gate_proj: Linear::new(hidden, intermediate, vb.pp("gate_proj"))?,
-            up_proj: Linear::new(hidden, intermediate, vb.pp("up_proj"))?,
-            down_proj: Linear::new(intermediate, hidden, vb.pp("down_proj"))?,
+            gate_proj: Linear::load(hidden, intermediate, vb.pp("gate_proj"), weights)?,
+            up_proj: Linear::load(hidden, intermediate, vb.pp("up_proj"), weights)?,
+            down_proj: Linear::load(intermediate, hidden, vb.pp("down_proj"), weights)?,
         })
     }
 }
@@ -164,16 +169,20 @@ impl Moe {
         cfg: &MoeConfig,
         arch: Arch,
         vb: VarBuilder,
-        weights: DType,
+        weights: WeightFormat,
     ) -> Result<Self> {
         let inter = cfg.moe_intermediate_size;
-        let wb = vb.clone().set_dtype(weights);
         let experts = (0..cfg.n_routed_experts)
-            .map(|e| Mlp::new(hidden, inter, wb.pp("experts").pp(e)))
+            .map(|e| Mlp::new(hidden, inter, vb.pp("experts").pp(e), weights))
             .collect::<Result<Vec<_>>>()?;
         let shared_experts = match cfg.n_shared_experts {
             0 => None,
-            n => Some(Mlp::new(hidden, inter * n, wb.pp("shared_experts"))?),
+            n => Some(Mlp::new(
+                hidden,
+                inter * n,
+                vb.pp("shared_experts"),
+                weights,
+            )?),
         };
         Ok(Moe {
             gate: MoeGate::new(hidden, cfg, arch, vb.pp("gate"))?,
