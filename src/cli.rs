@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ferroseek_model::DTypeChoice;
+use ferroseek_model::{DTypeChoice, Quantization};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Precision of weights and compute: auto, f32, bf16 or f16.
     #[arg(long, env = "FERROSEEK_DTYPE", default_value = "auto", value_parser = parse_dtype)]
     pub dtype: DTypeChoice,
+
+    /// Quantize the linear weights at load: none, q8_0 or q4_k (less memory, faster CPU decode).
+    #[arg(long, env = "FERROSEEK_QUANTIZE", default_value = "none", value_parser = parse_quantization)]
+    pub quantize: Quantization,
 
     /// Name(s) clients use in `model` (comma-separated); the first is the one reported.
     /// Default: the `--model` value (`tiny-deepseek-v3` for the embedded model).
@@ -128,6 +132,10 @@ pub struct ServeArgs {
 }
 
 fn parse_dtype(s: &str) -> Result<DTypeChoice, String> {
+    s.parse()
+}
+
+fn parse_quantization(s: &str) -> Result<Quantization, String> {
     s.parse()
 }
 

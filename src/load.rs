@@ -109,11 +109,13 @@ pub fn load(args: &ServeArgs) -> Result<Ready> {
         files = files.weights.len(),
         size_mib = format!("{weights_mib:.1}"),
         dtype = ?args.dtype,
+        quantize = ?args.quantize,
         "loading weights"
     );
     let load_options = LoadOptions {
         dtype: args.dtype,
         max_positions: args.max_model_len,
+        quantize: args.quantize,
         ..Default::default()
     };
     let t = Instant::now();

@@ -160,3 +160,18 @@ async fn sigterm_waits_at_most_the_shutdown_timeout() {
         server.logs()
     );
 }
+
+#[tokio::test]
+async fn quantized_weights_serve() {
+    let server = Server::start(&["--quantize", "q8_0"]);
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/completions"))
+        .json(&json!({"prompt": "Hello", "max_tokens": 3, "ignore_eos": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    assert!(server.logs().contains("Q8_0"), "{}", server.logs());
+}
