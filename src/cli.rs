@@ -35,6 +35,30 @@ impl Cli {
             Some(Command::Serve(args)) => args,
             None => self.serve,
         }
+        .unset_empty()
+    }
+}
+
+impl ServeArgs {
+    /// An empty value means unset: compose files and shell scripts pass
+    /// `FERROSEEK_MODEL=` for "the default", and an empty `--api-key` must
+    /// never become a key that an empty bearer token matches.
+    fn unset_empty(mut self) -> Self {
+        for field in [&mut self.model, &mut self.revision, &mut self.api_key] {
+            if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *field = None;
+            }
+        }
+        if self
+            .chat_template
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.chat_template = None;
+        }
+        self.served_model_name.retain(|n| !n.trim().is_empty());
+        self.cors_allow_origin.retain(|o| !o.trim().is_empty());
+        self
     }
 }
 
@@ -168,6 +192,24 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let args = Cli::parse_from([
+            "ferroseek",
+            "serve",
+            "--model",
+            "",
+            "--api-key",
+            " ",
+            "--revision",
+            "",
+        ])
+        .into_serve();
+        assert_eq!(args.model, None);
+        assert_eq!(args.api_key, None);
+        assert_eq!(args.revision, None);
+    }
 
     #[test]
     fn sizes_parse_in_binary_units() {
