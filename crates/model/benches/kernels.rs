@@ -4,14 +4,13 @@
 //! `cargo bench -p ferroseek-model --bench kernels`. A STREAM-like loop
 //! (a parallel sum over a buffer far larger than the caches) gives the read
 //! bandwidth; then `x [m, 4096] · Wᵀ` with W `[8192, 4096]` for m = 1, 4, 8:
-//! our kernel on an f32 and on a bf16 weight, candle's matmul on f32 and
-//! bf16. GB/s = weight bytes / time (the weight is read once per call).
+//! our kernel on an f32, a bf16 and a Q8_0 weight, candle's matmul (or
+//! quantized matmul) on the same. GB/s = weight bytes / time (the weight is read once per call).
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
 use ferroseek_model::layers::decode_matmul::{matmul_rows, WeightRows};
-use rayon::prelude::*;
 
 const N: usize = 8192;
 const K: usize = 4096;
@@ -32,27 +31,7 @@ fn median_secs(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let threads = rayon::current_num_threads();
-    // Read bandwidth: 1 GiB of f32, summed in parallel.
-    let big: Vec<f32> = (0..(256usize << 20)).map(|i| (i % 7) as f32).collect();
-    let secs = median_secs(|| {
-        // Sixteen independent lanes so that the loop vectorises and is
-        // limited by memory, not by the latency of one running sum.
-        let s: f32 = big
-            .par_chunks(1 << 16)
-            .map(|c| {
-                let mut acc = [0f32; 16];
-                for block in c.chunks_exact(16) {
-                    for (a, v) in acc.iter_mut().zip(block) {
-                        *a += v;
-                    }
-                }
-                acc.iter().sum::<f32>()
-            })
-            .sum();
-        std::hint::black_box(s);
-    });
-    let bandwidth = (big.len() * 4) as f64 / secs / 1e9;
-    drop(big);
+    let bandwidth = ferroseek_model::random::read_bandwidth_gbps();
     println!("threads: {threads}; read bandwidth (parallel sum over 1 GiB): {bandwidth:.1} GB/s");
     println!("| weight | m | ferroseek kernel GB/s | candle matmul GB/s | kernel / bandwidth |");
     println!("|---|---:|---:|---:|---:|");
@@ -63,6 +42,28 @@ fn main() {
     let w16 = w32.to_dtype(DType::BF16).unwrap();
     let host32: Vec<f32> = w32.flatten_all().unwrap().to_vec1().unwrap();
     let host16: Vec<half::bf16> = w16.flatten_all().unwrap().to_vec1().unwrap();
+    let q8 =
+        candle_core::quantized::QTensor::quantize(&w32, candle_core::quantized::GgmlDType::Q8_0)
+            .unwrap();
+    let q8_data = q8.data().unwrap().to_vec();
+    let q8_mm = candle_core::quantized::QMatMul::from_qtensor(q8).unwrap();
+    for m in [1usize, 4, 8] {
+        let x: Vec<f32> = (0..m * K).map(|i| (i % 13) as f32 * 0.01).collect();
+        let ours = median_secs(|| {
+            std::hint::black_box(matmul_rows(&x, m, K, WeightRows::Q8_0(&q8_data), N));
+        });
+        let xt = Tensor::from_vec(x.clone(), (m, K), &Device::Cpu).unwrap();
+        let theirs = median_secs(|| {
+            std::hint::black_box(q8_mm.forward(&xt).unwrap());
+        });
+        let gb = q8_data.len() as f64 / 1e9;
+        println!(
+            "| q8_0 | {m} | {:.1} | {:.1} | {:.0}% |",
+            gb / ours,
+            gb / theirs,
+            100.0 * gb / ours / bandwidth
+        );
+    }
     for (name, bytes, tensor) in [("f32", 4usize, &w32), ("bf16", 2, &w16)] {
         let lin = candle_nn::Linear::new(tensor.clone(), None);
         for m in [1usize, 4, 8] {

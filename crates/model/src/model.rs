@@ -239,6 +239,27 @@ impl DeepSeekModel {
         self.dtype
     }
 
+    /// Bytes of weights one sequence's decode step reads, in the form they
+    /// are held in memory: every layer's attention, its dense MLP or its
+    /// router, shared experts and `num_experts_per_tok` routed experts, the
+    /// embedding row and the lm_head. The roofline of decoding is memory
+    /// bandwidth divided by this (plus the sequence's latent cache rows).
+    pub fn decode_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.self_attn.decode_weight_bytes()
+                    + match &l.mlp {
+                        FeedForward::Dense(mlp) => mlp.weight_bytes(),
+                        FeedForward::Moe(moe) => moe.decode_weight_bytes(),
+                    }
+            })
+            .sum();
+        let embed_row = self.cfg.hidden_size * self.weights.dtype.size_in_bytes();
+        layers + embed_row + self.lm_head.weight_bytes()
+    }
+
     /// How the weight matrices are held.
     pub fn weights(&self) -> WeightFormat {
         self.weights

@@ -1,4 +1,4 @@
-//! Checkpoints of random weights for benchmarks: a Hugging Face folder
+//! Benchmark support. Checkpoints of random weights: a Hugging Face folder
 //! (`config.json` + `model.safetensors`) with every tensor a DeepSeek
 //! config asks for, named as on the hub, so that any loader of real
 //! checkpoints (ours, candle-transformers') reads it. Weights are uniform
@@ -232,4 +232,32 @@ pub fn bench_checkpoint(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
         return Ok(dir);
     }
     write_random_checkpoint(&dir, &config, dtype, 0x5EED)
+}
+
+/// The machine's memory read bandwidth in GB/s, STREAM-style: a parallel
+/// sum over 1 GiB (far beyond the caches) on the current rayon pool, best
+/// of five runs after a warm-up. Sixteen independent lanes let the loop
+/// vectorise, so memory, not the latency of one running sum, is the limit.
+pub fn read_bandwidth_gbps() -> f64 {
+    use rayon::prelude::*;
+    let big: Vec<f32> = (0..(256usize << 20)).map(|i| (i % 7) as f32).collect();
+    let mut best = f64::MAX;
+    for _ in 0..6 {
+        let t = std::time::Instant::now();
+        let s: f32 = big
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut acc = [0f32; 16];
+                for block in c.chunks_exact(16) {
+                    for (a, v) in acc.iter_mut().zip(block) {
+                        *a += v;
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (big.len() * 4) as f64 / best / 1e9
 }

@@ -3,9 +3,10 @@
 //!
 //! Measured (the bounds below sit just above): Q8_0 on the parity fixtures,
 //! per case, the median |Δ log-prob| over the whole vocabulary against
-//! transformers' f32 is 0.04–0.12 (0.04–0.06 with f32 activations: the
-//! prefill goes through candle's quantized matmul, which also quantizes the
-//! activations; decode steps use our kernel with f32 activations). These
+//! transformers' f32 is 0.04–0.12 (0.04–0.06 with f32 activations: candle's
+//! quantized matmul, used for prefill and, on CPUs with AVX-512-VNNI, for
+//! decode too, also quantizes the activations; elsewhere decode steps use
+//! our kernel with f32 activations). These
 //! tiny random models have sharp logits (top-1/top-2 margins of several
 //! nats), so Q8_0's ~0.5% relative weight noise moves single log-probs by
 //! tenths of a nat, and the tail of the vocabulary by more (max 7 nats on

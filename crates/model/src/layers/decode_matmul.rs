@@ -10,8 +10,8 @@
 //! f32 in registers (a bf16 is the top half of an f32), so a bf16 checkpoint
 //! reads half the bytes of f32 and computes in f32.
 //!
-//! AVX2 + FMA is chosen at run time where the CPU has it; elsewhere a plain
-//! loop the compiler vectorises.
+//! AVX2 + FMA (+ F16C for Q8_0 scales) is chosen at run time where the CPU
+//! has it; elsewhere a plain loop the compiler vectorises.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -64,10 +64,22 @@ pub fn matmul_rows(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, n: usize) -
     let mut out = vec![0f32; m * n];
     let ptr = OutPtr(out.as_mut_ptr());
     let threads = rayon::current_num_threads().max(1);
-    // A few chunks per thread for balance; at least 16 rows to amortise a task.
-    let chunk = n.div_ceil(threads * 4).max(16);
+    let bytes = match w {
+        WeightRows::F32(w) => w.len() * 4,
+        WeightRows::Bf16(w) => w.len() * 2,
+        WeightRows::Q8_0(w) => w.len(),
+    };
+    // Waking the pool costs microseconds: a small weight (an expert's slice
+    // of a decode step) is read on this thread; a large one in two chunks per
+    // thread.
+    let chunks = if bytes * m.div_ceil(4) < SERIAL_BYTES {
+        1
+    } else {
+        threads * 2
+    };
+    let chunk = n.div_ceil(chunks).max(1);
     let simd = has_avx2_fma();
-    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+    let work = |c: usize| {
         let rows = c * chunk..((c + 1) * chunk).min(n);
         for j in rows {
             let mut dots = [0f32; 4];
@@ -94,14 +106,25 @@ pub fn matmul_rows(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, n: usize) -
                 i += t;
             }
         }
-    });
+    };
+    let tasks = n.div_ceil(chunk);
+    if tasks == 1 {
+        work(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(work);
+    }
     out
 }
+
+/// Weights smaller than this (times the row tiles) are read on one thread.
+const SERIAL_BYTES: usize = 256 << 10;
 
 fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -149,7 +172,7 @@ fn dot_tile_bf16(simd: bool, w: &[bf16], xs: &[f32], t: usize, k: usize, dots: &
 fn dot_tile_q8_0(simd: bool, w: &[u8], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
     #[cfg(target_arch = "x86_64")]
     if simd {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
         unsafe { avx2::dot_tile_q8_0(w, xs, t, k, dots) };
         return;
     }
@@ -250,14 +273,17 @@ mod avx2 {
     /// Q8_0 rows: per block, the 32 weights are widened once and used for
     /// every input row; the block's dot is scaled into the running sum.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_tile<const T: usize>(w: &[u8], xs: &[f32], k: usize, dots: &mut [f32; 4]) {
         let wp = w.as_ptr();
         let xp = xs.as_ptr();
         let mut total = [_mm256_setzero_ps(); T];
         for b in 0..k / 32 {
             let block = wp.add(b * 34);
-            let scale = _mm256_set1_ps(half::f16::from_le_bytes([*block, *block.add(1)]).to_f32());
+            // The f16 scale, widened by the F16C instruction (half's portable
+            // conversion is a call per block, which dominated the kernel).
+            let bits = u16::from_le_bytes([*block, *block.add(1)]);
+            let scale = _mm256_cvtph_ps(_mm_set1_epi16(bits as i16));
             let q = block.add(2);
             let mut wv = [_mm256_setzero_ps(); 4];
             for (i, v) in wv.iter_mut().enumerate() {
@@ -278,7 +304,7 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_tile_q8_0(w: &[u8], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
         match t {
             1 => q8_0_tile::<1>(w, xs, k, dots),

@@ -3,9 +3,10 @@
 //!
 //! On CPU with f32 activations, the few rows of a decode step go through
 //! [`decode_matmul`](super::decode_matmul), which reads the weight once (f32,
-//! bf16 or Q8_0); larger inputs use candle's GEMM (a bf16 weight widened to
-//! f32 for the call) or candle's quantized matmul, whose batched kernels
-//! use AVX-512-VNNI tiles where the CPU has them.
+//! bf16, and Q8_0 where the CPU lacks AVX-512-VNNI); larger inputs use
+//! candle's GEMM (a bf16 weight widened to f32 for the call) or candle's
+//! quantized matmul, whose kernels use AVX-512-VNNI tiles where the CPU has
+//! them.
 
 use std::sync::Arc;
 
@@ -21,8 +22,21 @@ const DECODE_ROWS_F32: usize = 8;
 /// For a bf16 weight the alternative is widening the whole weight per call,
 /// so the kernel keeps the job for larger batches.
 const DECODE_ROWS_BF16: usize = 64;
-/// For Q8_0, candle's batched quantized matmul is fast; its one-row one is not.
+/// For Q8_0 on a CPU without AVX-512-VNNI, candle's one-row quantized matmul
+/// is compute-bound and our kernel reads faster; with VNNI, candle's
+/// repacked kernels win at every batch size (benches/kernels.rs).
 const DECODE_ROWS_Q8_0: usize = 8;
+
+fn candle_q8_0_is_fast() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// In-situ quantization of the linear weights at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -207,7 +221,11 @@ impl Module for Linear {
             }
             Weight::Quantized { q, mm } => {
                 let k = q.shape().dims2()?.1;
-                if rows <= DECODE_ROWS_Q8_0 && q.dtype() == GgmlDType::Q8_0 && k % Q8_0_BLOCK == 0 {
+                if rows <= DECODE_ROWS_Q8_0
+                    && q.dtype() == GgmlDType::Q8_0
+                    && k % Q8_0_BLOCK == 0
+                    && !candle_q8_0_is_fast()
+                {
                     return self.decode(x, rows, k);
                 }
                 let dtype = x.dtype();

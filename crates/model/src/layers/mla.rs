@@ -87,7 +87,27 @@ pub struct Attention {
     scale: f32,
 }
 
+/// Bytes of a tensor as held.
+pub(crate) fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
 impl Attention {
+    /// Weight bytes one decode step reads (every projection and the absorbed
+    /// `kv_b_proj` slices; the norms' few floats are left out).
+    pub fn decode_weight_bytes(&self) -> usize {
+        let q = match &self.q {
+            QProj::Plain { q_proj } => q_proj.weight_bytes(),
+            QProj::LowRank {
+                q_a_proj, q_b_proj, ..
+            } => q_a_proj.weight_bytes() + q_b_proj.weight_bytes(),
+        };
+        q + self.kv_a_proj_with_mqa.weight_bytes()
+            + tensor_bytes(&self.w_uk)
+            + tensor_bytes(&self.w_uv_t)
+            + self.o_proj.weight_bytes()
+    }
+
     /// `vb` gives the compute dtype; the projections are held as `weights` says.
     pub fn new(cfg: &DeepSeekConfig, vb: VarBuilder, weights: WeightFormat) -> Result<Self> {
         let (h, heads) = (cfg.hidden_size, cfg.num_attention_heads);

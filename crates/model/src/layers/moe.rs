@@ -23,6 +23,10 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    pub fn weight_bytes(&self) -> usize {
+        self.gate_proj.weight_bytes() + self.up_proj.weight_bytes() + self.down_proj.weight_bytes()
+    }
+
     pub fn new(
         hidden: usize,
         intermediate: usize,
@@ -162,6 +166,15 @@ pub struct Moe {
 }
 
 impl Moe {
+    /// Weight bytes one token's decode reads: the router, the shared experts
+    /// and `num_experts_per_tok` routed experts (all experts are the same size).
+    pub fn decode_weight_bytes(&self) -> usize {
+        let expert = self.experts.first().map_or(0, Mlp::weight_bytes);
+        super::mla::tensor_bytes(&self.gate.weight)
+            + self.shared_experts.as_ref().map_or(0, Mlp::weight_bytes)
+            + self.gate.cfg.num_experts_per_tok * expert
+    }
+
     /// `vb` gives the compute dtype (the router runs in f32 regardless); the
     /// experts are kept in `weights`.
     pub fn new(

@@ -1,0 +1,255 @@
+//! Serving benchmark against the physical limit.
+//!
+//! `cargo bench -p ferroseek --bench serving`
+//!
+//! In one run: this machine's memory read bandwidth (a STREAM-like parallel
+//! sum); then, on the benchmark model (DeepSeek-V2-Lite's architecture at
+//! 265M random parameters, written once into `target/bench-models/` from a
+//! bf16 checkpoint), for f32, the bf16 checkpoint as `--dtype auto` holds
+//! it on CPU (bf16 weights, f32 compute), q8_0 and q4_k:
+//! - prefill tokens/s of a 128-token prompt and single-stream decode
+//!   tokens/s, in process;
+//! - the fraction of the roofline: decode tokens/s x bytes read per token /
+//!   bandwidth, the bytes counted from the weights one token actually reads
+//!   in the form they are held (attention, dense layer, router, shared and
+//!   `num_experts_per_tok` routed experts, embedding row, lm_head) plus the
+//!   sequence's latent cache rows;
+//! - aggregate decode tokens/s with 1, 4, 8 and 16 concurrent streams
+//!   through the real HTTP server (the `ferroseek` binary, streaming
+//!   `/v1/completions` with 16-token id prompts, 64 tokens each, greedy,
+//!   `ignore_eos`): completion tokens over the wall time of the whole
+//!   batch, prompts included.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use ferroseek_model::random::{bench_checkpoint, read_bandwidth_gbps};
+use ferroseek_model::{
+    resolve_model, Batch, DeepSeekModel, HubOptions, LatentCache, LoadOptions, LogitsRows, SeqInput,
+};
+use serde_json::{json, Value};
+
+const PREFILL: usize = 128;
+const DECODE_STEPS: usize = 24;
+
+struct Format {
+    name: &'static str,
+    dtype: &'static str,
+    quantize: &'static str,
+}
+
+const FORMATS: [Format; 4] = [
+    Format {
+        name: "f32",
+        dtype: "f32",
+        quantize: "none",
+    },
+    Format {
+        name: "bf16 checkpoint (auto)",
+        dtype: "auto",
+        quantize: "none",
+    },
+    Format {
+        name: "q8_0",
+        dtype: "f32",
+        quantize: "q8_0",
+    },
+    Format {
+        name: "q4_k",
+        dtype: "f32",
+        quantize: "q4_k",
+    },
+];
+
+/// (prefill tokens/s, decode tokens/s, bytes read per decoded token)
+fn in_process(dir: &Path, f: &Format) -> (f64, f64, usize) {
+    let files = resolve_model(dir.to_str().unwrap(), &HubOptions::from_env(None)).unwrap();
+    let model = DeepSeekModel::load(
+        &files,
+        &LoadOptions {
+            dtype: f.dtype.parse().unwrap(),
+            quantize: f.quantize.parse().unwrap(),
+            device: Device::Cpu,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cfg = model.config().clone();
+    let table: Vec<u32> = (0..16).collect();
+    let mut cache = LatentCache::new(&cfg, 16, 16).unwrap();
+    let prompt: Vec<u32> = (0..PREFILL as u32).map(|t| (t * 7919) % 7900 + 2).collect();
+    let batch = |tokens: Vec<u32>, cached: usize| Batch {
+        seqs: vec![SeqInput {
+            tokens,
+            num_cached: cached,
+            block_table: table.clone(),
+            logits: LogitsRows::Last,
+        }],
+    };
+    model
+        .forward(&batch(prompt.clone(), 0), &mut cache)
+        .unwrap(); // warm-up
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        model
+            .forward(&batch(prompt.clone(), 0), &mut cache)
+            .unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let prefill = PREFILL as f64 / best;
+    let t = Instant::now();
+    for i in 0..DECODE_STEPS {
+        model
+            .forward(&batch(vec![5], PREFILL + i), &mut cache)
+            .unwrap();
+    }
+    let decode = DECODE_STEPS as f64 / t.elapsed().as_secs_f64();
+    let context = PREFILL + DECODE_STEPS / 2;
+    let cache_bytes = context * cfg.latent_width() * cfg.num_hidden_layers * 4;
+    (prefill, decode, model.decode_weight_bytes() + cache_bytes)
+}
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(dir: &Path, f: &Format) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroseek"))
+        .args(["serve", "--port", "0", "--kv-cache-memory", "256MiB"])
+        .args([
+            "--model",
+            dir.to_str().unwrap(),
+            "--served-model-name",
+            "bench",
+        ])
+        .args(["--dtype", f.dtype, "--quantize", f.quantize])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the ferroseek binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("listening on http://") {
+                let url: String = line[at + "listening on ".len()..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the server logs its address");
+    Server(child, base)
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server did not become ready");
+}
+
+/// Aggregate completion tokens/s of `streams` concurrent streaming requests.
+async fn through_http(client: &reqwest::Client, base: &str, streams: usize) -> f64 {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..streams)
+        .map(|i| {
+            let client = client.clone();
+            let url = format!("{base}/v1/completions");
+            let prompt: Vec<u32> = (0..16u32)
+                .map(|t| (t * 131 + i as u32 * 977) % 3900 + 4)
+                .collect();
+            tokio::spawn(async move {
+                let body = json!({
+                    "model": "bench", "prompt": prompt, "max_tokens": 64,
+                    "temperature": 0, "ignore_eos": true, "stream": true,
+                    "stream_options": {"include_usage": true}
+                });
+                let text = client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                text.lines()
+                    .rev()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .find_map(|v| v["usage"]["completion_tokens"].as_u64())
+                    .expect("a usage chunk")
+            })
+        })
+        .collect();
+    let mut tokens = 0;
+    for t in tasks {
+        tokens += t.await.unwrap();
+    }
+    tokens as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let threads = rayon::current_num_threads();
+    let bandwidth = read_bandwidth_gbps();
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models");
+    let dir = bench_checkpoint(&cache, DType::BF16).expect("writing the bench checkpoint");
+    // The server needs a tokenizer; the default model's serves (ids it does
+    // not know decode to nothing, and the benchmark reads token counts).
+    let tok = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny-deepseek-v3");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tok.join(f), dir.join(f)).unwrap();
+    }
+    println!("threads: {threads}; read bandwidth (parallel sum over 1 GiB): {bandwidth:.1} GB/s");
+    println!("| weights | prefill 128 tok/s | decode tok/s | MB read/token | roofline tok/s | of roofline | HTTP 1 | HTTP 4 | HTTP 8 | HTTP 16 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    for f in &FORMATS {
+        let (prefill, decode, bytes) = in_process(&dir, f);
+        let roofline = bandwidth * 1e9 / bytes as f64;
+        let server = start_server(&dir, f);
+        let rates: Vec<f64> = rt.block_on(async {
+            wait_ready(&client, &server.1).await;
+            through_http(&client, &server.1, 1).await; // warm-up
+            let mut rates = Vec::new();
+            for c in [1, 4, 8, 16] {
+                rates.push(through_http(&client, &server.1, c).await);
+            }
+            rates
+        });
+        drop(server);
+        println!(
+            "| {} | {prefill:.0} | {decode:.1} | {:.0} | {roofline:.1} | {:.0}% | {:.1} | {:.1} | {:.1} | {:.1} |",
+            f.name,
+            bytes as f64 / 1e6,
+            100.0 * decode / roofline,
+            rates[0],
+            rates[1],
+            rates[2],
+            rates[3]
+        );
+    }
+}
