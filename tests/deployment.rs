@@ -152,3 +152,30 @@ fn the_dockerfile_builds_with_the_readme_command() {
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/health"));
     assert!(read(".dockerignore").lines().any(|l| l.trim() == "target/"));
 }
+
+#[test]
+fn the_dependency_layer_has_a_placeholder_for_every_bench() {
+    let dockerfile = read("docker/Dockerfile");
+    for (manifest, dir) in [
+        ("Cargo.toml", ""),
+        ("crates/model/Cargo.toml", "crates/model/"),
+        ("crates/engine/Cargo.toml", "crates/engine/"),
+    ] {
+        let text = read(manifest);
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if line.trim() == "[[bench]]" {
+                let name = lines
+                    .next()
+                    .and_then(|l| l.trim().strip_prefix("name = "))
+                    .map(|n| n.trim_matches('"'))
+                    .unwrap_or_else(|| panic!("{manifest}: [[bench]] starts with its name"));
+                let placeholder = format!("{dir}benches/{name}");
+                assert!(
+                    dockerfile.contains(&placeholder),
+                    "docker/Dockerfile's dependency layer needs a placeholder for {placeholder}.rs"
+                );
+            }
+        }
+    }
+}
