@@ -141,13 +141,7 @@ fn dot_tile(simd: bool, w: &[f32], xs: &[f32], t: usize, k: usize, dots: &mut [f
         return;
     }
     let _ = simd;
-    for (r, d) in dots[..t].iter_mut().enumerate() {
-        *d = w
-            .iter()
-            .zip(&xs[r * k..(r + 1) * k])
-            .map(|(a, b)| a * b)
-            .sum();
-    }
+    dot_tile_scalar(w, xs, t, k, dots, |v| v);
 }
 
 /// Dots of one bf16 weight row with `t` (≤ 4) input rows.
@@ -159,11 +153,23 @@ fn dot_tile_bf16(simd: bool, w: &[bf16], xs: &[f32], t: usize, k: usize, dots: &
         return;
     }
     let _ = simd;
+    dot_tile_scalar(w, xs, t, k, dots, bf16::to_f32);
+}
+
+/// The portable body of the dense tiles: `widen` gives a weight as f32.
+fn dot_tile_scalar<W: Copy>(
+    w: &[W],
+    xs: &[f32],
+    t: usize,
+    k: usize,
+    dots: &mut [f32; 4],
+    widen: impl Fn(W) -> f32,
+) {
     for (r, d) in dots[..t].iter_mut().enumerate() {
         *d = w
             .iter()
             .zip(&xs[r * k..(r + 1) * k])
-            .map(|(a, b)| a.to_f32() * b)
+            .map(|(&a, b)| widen(a) * b)
             .sum();
     }
 }
@@ -335,6 +341,40 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn portable_tiles_equal_the_simd_ones() {
+        let k = 200;
+        let x: Vec<f32> = (0..4 * k)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) / 9.0)
+            .collect();
+        let w: Vec<f32> = (0..k).map(|i| ((i * 5 % 19) as f32 - 9.0) / 7.0).collect();
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let q = candle_core::quantized::QTensor::quantize(
+            &candle_core::Tensor::from_vec(w[..192].to_vec(), (1, 192), &candle_core::Device::Cpu)
+                .unwrap(),
+            candle_core::quantized::GgmlDType::Q8_0,
+        )
+        .unwrap();
+        let q = q.data().unwrap().to_vec();
+        let xq: Vec<f32> = x.chunks(k).flat_map(|r| r[..192].to_vec()).collect();
+        for t in 1..=4 {
+            let run = |simd: bool| {
+                let (mut a, mut b, mut c) = ([0f32; 4], [0f32; 4], [0f32; 4]);
+                dot_tile(simd, &w, &x, t, k, &mut a);
+                dot_tile_bf16(simd, &wb, &x, t, k, &mut b);
+                dot_tile_q8_0(simd, &q, &xq, t, 192, &mut c);
+                [a, b, c]
+            };
+            let (portable, simd) = (run(false), run(has_avx2_fma()));
+            for (p, s) in portable.iter().flatten().zip(simd.iter().flatten()) {
+                assert!(
+                    (p - s).abs() < 1e-4 * (1.0 + p.abs()),
+                    "t = {t}: {p} vs {s}"
+                );
+            }
+        }
     }
 
     #[test]
