@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use ferroseek_engine::{SamplingParams, StopConditions, MAX_TOP_LOGPROBS};
 
 use crate::error::ApiError;
-use crate::openai::common::StopField;
+use crate::openai::common::{StopField, StreamOptions};
 
 /// Most stop strings per request. OpenAI allows 4; vLLM-based tools send
 /// more, so we allow 16.
@@ -247,6 +247,25 @@ fn check_stop(stops: Vec<String>) -> Result<Vec<String>, ApiError> {
         }
     }
     Ok(stops)
+}
+
+/// `(stream, include_usage)` of a request; `stream_options` only goes with
+/// `stream: true`, as OpenAI has it.
+pub fn check_streaming(
+    stream: Option<bool>,
+    options: Option<&StreamOptions>,
+) -> Result<(bool, bool), ApiError> {
+    let stream = stream.unwrap_or(false);
+    if options.is_some() && !stream {
+        return Err(ApiError::invalid(
+            "stream_options",
+            "`stream_options` is only allowed with `stream: true`",
+        ));
+    }
+    Ok((
+        stream,
+        options.and_then(|o| o.include_usage).unwrap_or(false),
+    ))
 }
 
 /// `top_logprobs`/`logprobs` alternatives: 0..=20.

@@ -22,7 +22,7 @@ use crate::openai::common::{unix_now, Usage};
 use crate::reasoning::{ReasoningSplitter, Split};
 use crate::routes::RequestId;
 use crate::state::AppState;
-use crate::validate::{check_top_logprobs, SamplingFields};
+use crate::validate::{check_streaming, check_top_logprobs, SamplingFields};
 
 /// What a response needs to know about its request.
 struct Context {
@@ -132,13 +132,7 @@ pub async fn chat_completions(
         }
         (false, _) => None,
     };
-    let stream = req.stream.unwrap_or(false);
-    if req.stream_options.is_some() && !stream {
-        return Err(ApiError::invalid(
-            "stream_options",
-            "`stream_options` is only allowed with `stream: true`",
-        ));
-    }
+    let (stream, include_usage) = check_streaming(req.stream, req.stream_options.as_ref())?;
     let prompt = chat_prompt::build(
         ready,
         &req.messages,
@@ -179,11 +173,7 @@ pub async fn chat_completions(
         n,
         prompt_tokens,
         logprobs: logprobs.is_some(),
-        include_usage: req
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage,
         timing: Timing::new(start, n),
     };
     let choices = (0..n)

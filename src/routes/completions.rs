@@ -22,7 +22,7 @@ use crate::openai::completions::{
 use crate::routes::RequestId;
 use crate::state::{AppState, Ready};
 use crate::tokens::TokenTable;
-use crate::validate::{check_top_logprobs, SamplingFields};
+use crate::validate::{check_streaming, check_top_logprobs, SamplingFields};
 
 /// OpenAI's default `max_tokens` for this API.
 const DEFAULT_MAX_TOKENS: i64 = 16;
@@ -120,13 +120,7 @@ pub async fn completions(
         .logprobs
         .map(|k| check_top_logprobs("logprobs", k))
         .transpose()?;
-    let stream = req.stream.unwrap_or(false);
-    if req.stream_options.is_some() && !stream {
-        return Err(ApiError::invalid(
-            "stream_options",
-            "`stream_options` is only allowed with `stream: true`",
-        ));
-    }
+    let (stream, include_usage) = check_streaming(req.stream, req.stream_options.as_ref())?;
     let echo = req.echo.unwrap_or(false);
     let skip_special_tokens = req.skip_special_tokens.unwrap_or(true);
     let prompts = tokenize_prompts(ready, req.prompt, req.add_special_tokens.unwrap_or(true))?;
@@ -177,11 +171,7 @@ pub async fn completions(
         echo,
         logprobs: logprobs.is_some(),
         skip_special_tokens,
-        include_usage: req
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage,
         choices: (0..choices).map(|_| Choice::default()).collect(),
         cached_tokens: 0,
         timing: Timing::new(start, choices),
