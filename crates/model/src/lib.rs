@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod layers;
 pub mod model;
+pub mod parallel;
 pub mod random;
 pub mod weights;
 

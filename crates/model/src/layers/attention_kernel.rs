@@ -9,7 +9,7 @@
 //! into a contiguous copy. Work is split over (token, group of heads); within an
 //! item every cache row is loaded once and used for all of its heads.
 
-use rayon::prelude::*;
+use crate::parallel::{self, Disjoint};
 
 /// Where one sequence's tokens sit in the flattened batch and in the cache.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +61,7 @@ fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
 /// Number of heads one work item handles: enough items to keep every thread busy,
 /// as few as possible so that each cache row is shared by many heads.
 fn heads_per_item(heads: usize, tokens: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = parallel::threads();
     let mut groups = 1;
     while tokens * groups < 2 * threads && groups * 2 <= heads && heads.is_multiple_of(groups * 2) {
         groups *= 2;
@@ -95,9 +95,12 @@ pub fn absorbed_attention(
         .enumerate()
         .flat_map(|(s, span)| (0..span.num_new).map(move |j| (s, j)))
         .collect();
-    out.par_chunks_mut(group * rank)
-        .enumerate()
-        .for_each(|(item, out)| {
+    let items = tokens * groups_per_token;
+    let dst = Disjoint::new(&mut out);
+    parallel::for_ranges(items, |range| {
+        for item in range {
+            // SAFETY: item `item` owns exactly this slice of the output.
+            let out = unsafe { dst.slice(item * group * rank..(item + 1) * group * rank) };
             let token = item / groups_per_token;
             let first_head = (item % groups_per_token) * group;
             let (s, j) = owner[token];
@@ -138,6 +141,7 @@ pub fn absorbed_attention(
             for (h, o) in out.chunks_exact_mut(rank).enumerate() {
                 o.iter_mut().for_each(|v| *v *= norms[h]);
             }
-        });
+        }
+    });
     out
 }

@@ -13,8 +13,11 @@
 //! AVX2 + FMA (+ F16C for Q8_0 scales) is chosen at run time where the CPU
 //! has it; elsewhere a plain loop the compiler vectorises.
 
+use std::ops::Range;
+
 use half::bf16;
-use rayon::prelude::*;
+
+use crate::parallel::{self, Disjoint};
 
 /// A weight `[n, k]`, row-major.
 #[derive(Clone, Copy)]
@@ -30,88 +33,96 @@ pub enum WeightRows<'a> {
 pub const Q8_0_BLOCK: usize = 32;
 const Q8_0_BYTES: usize = 34;
 
-/// Output pointer shared by the tasks; each writes a disjoint set of columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements (their own output columns) and the
-// buffer outlives the parallel loop.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ`.
+pub fn matmul_rows(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, n: usize) -> Vec<f32> {
+    matmul_groups(x, m, k, &[w], n)
+}
 
-impl OutPtr {
-    /// # Safety
-    /// `index` is inside the buffer and no other task writes it.
-    unsafe fn write(self, index: usize, value: f32) {
-        *self.0.add(index) = value;
+impl WeightRows<'_> {
+    /// Bytes of the whole weight.
+    fn bytes(&self) -> usize {
+        match self {
+            WeightRows::F32(w) => w.len() * 4,
+            WeightRows::Bf16(w) => w.len() * 2,
+            WeightRows::Q8_0(w) => w.len(),
+        }
+    }
+
+    fn check(&self, n: usize, k: usize) {
+        match self {
+            WeightRows::F32(w) => assert_eq!(w.len(), n * k, "w is not [n, k]"),
+            WeightRows::Bf16(w) => assert_eq!(w.len(), n * k, "w is not [n, k]"),
+            WeightRows::Q8_0(w) => {
+                assert_eq!(k % Q8_0_BLOCK, 0, "Q8_0 rows are whole blocks");
+                assert_eq!(
+                    w.len(),
+                    n * k / Q8_0_BLOCK * Q8_0_BYTES,
+                    "w is not [n, k] in Q8_0"
+                );
+            }
+        }
     }
 }
 
-/// `out[m, n] = x[m, k] · w[n, k]ᵀ`.
-pub fn matmul_rows(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, n: usize) -> Vec<f32> {
-    assert_eq!(x.len(), m * k, "x is not [m, k]");
-    match w {
-        WeightRows::F32(w) => assert_eq!(w.len(), n * k, "w is not [n, k]"),
-        WeightRows::Bf16(w) => assert_eq!(w.len(), n * k, "w is not [n, k]"),
-        WeightRows::Q8_0(w) => {
-            assert_eq!(k % Q8_0_BLOCK, 0, "Q8_0 rows are whole blocks");
-            assert_eq!(
-                w.len(),
-                n * k / Q8_0_BLOCK * Q8_0_BYTES,
-                "w is not [n, k] in Q8_0"
-            );
-        }
-    }
-    let mut out = vec![0f32; m * n];
-    let ptr = OutPtr(out.as_mut_ptr());
-    let threads = rayon::current_num_threads().max(1);
-    let bytes = match w {
-        WeightRows::F32(w) => w.len() * 4,
-        WeightRows::Bf16(w) => w.len() * 2,
-        WeightRows::Q8_0(w) => w.len(),
-    };
-    // Waking the pool costs microseconds: a small weight (an expert's slice
-    // of a decode step) is read on this thread; a large one in two chunks per
-    // thread.
-    let chunks = if bytes * m.div_ceil(4) < SERIAL_BYTES {
-        1
-    } else {
-        threads * 2
-    };
-    let chunk = n.div_ceil(chunks).max(1);
+/// Several independent maps over consecutive slices of each input row (the
+/// per-head matrices of absorbed attention): with `g = ws.len()`, `x` is
+/// `[m, g·k]`, `ws[i]` is `[n, k]`, and the result is `[m, g·n]` whose
+/// columns `i·n..(i+1)·n` are `x[:, i·k..(i+1)·k] · ws[i]ᵀ`. All groups are
+/// split over the pool in one call.
+pub fn matmul_groups(x: &[f32], m: usize, k: usize, ws: &[WeightRows<'_>], n: usize) -> Vec<f32> {
+    let groups = ws.len();
+    let stride = groups * k;
+    assert_eq!(x.len(), m * stride, "x is not [m, groups * k]");
+    ws.iter().for_each(|w| w.check(n, k));
+    let columns = groups * n;
+    let mut out = vec![0f32; m * columns];
+    let dst = Disjoint::new(&mut out);
     let simd = has_avx2_fma();
-    let work = |c: usize| {
-        let rows = c * chunk..((c + 1) * chunk).min(n);
-        for j in rows {
+    // The output columns `cols` (each one weight row), computed for every
+    // input row, four input rows per pass over a weight row.
+    let work = |cols: Range<usize>| {
+        for c in cols {
+            let (g, j) = (c / n, c % n);
             let mut dots = [0f32; 4];
             let mut i = 0;
             while i < m {
                 let t = (m - i).min(4);
-                let xs = &x[i * k..(i + t) * k];
-                match w {
+                let xs = &x[i * stride + g * k..(i + t - 1) * stride + (g + 1) * k];
+                match ws[g] {
                     WeightRows::F32(w) => {
-                        dot_tile(simd, &w[j * k..(j + 1) * k], xs, t, k, &mut dots)
+                        dot_tile(simd, &w[j * k..(j + 1) * k], xs, stride, t, k, &mut dots)
                     }
                     WeightRows::Bf16(w) => {
-                        dot_tile_bf16(simd, &w[j * k..(j + 1) * k], xs, t, k, &mut dots)
+                        dot_tile_bf16(simd, &w[j * k..(j + 1) * k], xs, stride, t, k, &mut dots)
                     }
                     WeightRows::Q8_0(w) => {
                         let row = k / Q8_0_BLOCK * Q8_0_BYTES;
-                        dot_tile_q8_0(simd, &w[j * row..(j + 1) * row], xs, t, k, &mut dots)
+                        dot_tile_q8_0(
+                            simd,
+                            &w[j * row..(j + 1) * row],
+                            xs,
+                            stride,
+                            t,
+                            k,
+                            &mut dots,
+                        )
                     }
                 }
                 for (r, d) in dots[..t].iter().enumerate() {
-                    // SAFETY: (i + r) < m and j < n; column j belongs to this task only.
-                    unsafe { ptr.write((i + r) * n + j, *d) };
+                    // SAFETY: in bounds, and column c belongs to this range only.
+                    unsafe { dst.slice((i + r) * columns + c..(i + r) * columns + c + 1)[0] = *d };
                 }
                 i += t;
             }
         }
     };
-    let tasks = n.div_ceil(chunk);
-    if tasks == 1 {
-        work(0);
+    // Handing work to the pool costs a microsecond or two: a small weight
+    // (an expert's slice of a decode step) is read on this thread.
+    let bytes: usize = ws.iter().map(WeightRows::bytes).sum();
+    if bytes * m.div_ceil(4) < SERIAL_BYTES {
+        work(0..columns);
     } else {
-        (0..tasks).into_par_iter().for_each(work);
+        parallel::for_ranges(columns, work);
     }
     out
 }
@@ -133,33 +144,50 @@ fn has_avx2_fma() -> bool {
 }
 
 /// Dots of one f32 weight row with `t` (≤ 4) input rows.
-fn dot_tile(simd: bool, w: &[f32], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
+fn dot_tile(
+    simd: bool,
+    w: &[f32],
+    xs: &[f32],
+    stride: usize,
+    t: usize,
+    k: usize,
+    dots: &mut [f32; 4],
+) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        unsafe { avx2::dot_tile_f32(w, xs, t, k, dots) };
+        unsafe { avx2::dot_tile_f32(w, xs, stride, t, k, dots) };
         return;
     }
     let _ = simd;
-    dot_tile_scalar(w, xs, t, k, dots, |v| v);
+    dot_tile_scalar(w, xs, stride, t, k, dots, |v| v);
 }
 
 /// Dots of one bf16 weight row with `t` (≤ 4) input rows.
-fn dot_tile_bf16(simd: bool, w: &[bf16], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
+fn dot_tile_bf16(
+    simd: bool,
+    w: &[bf16],
+    xs: &[f32],
+    stride: usize,
+    t: usize,
+    k: usize,
+    dots: &mut [f32; 4],
+) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        unsafe { avx2::dot_tile_bf16(w, xs, t, k, dots) };
+        unsafe { avx2::dot_tile_bf16(w, xs, stride, t, k, dots) };
         return;
     }
     let _ = simd;
-    dot_tile_scalar(w, xs, t, k, dots, bf16::to_f32);
+    dot_tile_scalar(w, xs, stride, t, k, dots, bf16::to_f32);
 }
 
 /// The portable body of the dense tiles: `widen` gives a weight as f32.
 fn dot_tile_scalar<W: Copy>(
     w: &[W],
     xs: &[f32],
+    stride: usize,
     t: usize,
     k: usize,
     dots: &mut [f32; 4],
@@ -168,23 +196,31 @@ fn dot_tile_scalar<W: Copy>(
     for (r, d) in dots[..t].iter_mut().enumerate() {
         *d = w
             .iter()
-            .zip(&xs[r * k..(r + 1) * k])
+            .zip(&xs[r * stride..r * stride + k])
             .map(|(&a, b)| widen(a) * b)
             .sum();
     }
 }
 
 /// Dots of one Q8_0 weight row with `t` (≤ 4) input rows.
-fn dot_tile_q8_0(simd: bool, w: &[u8], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
+fn dot_tile_q8_0(
+    simd: bool,
+    w: &[u8],
+    xs: &[f32],
+    stride: usize,
+    t: usize,
+    k: usize,
+    dots: &mut [f32; 4],
+) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
-        unsafe { avx2::dot_tile_q8_0(w, xs, t, k, dots) };
+        unsafe { avx2::dot_tile_q8_0(w, xs, stride, t, k, dots) };
         return;
     }
     let _ = simd;
     for (r, d) in dots[..t].iter_mut().enumerate() {
-        let x = &xs[r * k..(r + 1) * k];
+        let x = &xs[r * stride..r * stride + k];
         *d = w
             .chunks_exact(Q8_0_BYTES)
             .zip(x.chunks_exact(Q8_0_BLOCK))
@@ -231,6 +267,7 @@ mod avx2 {
             unsafe fn $inner<const T: usize>(
                 w: &[$elem],
                 xs: &[f32],
+                stride: usize,
                 k: usize,
                 dots: &mut [f32; 4],
             ) {
@@ -242,10 +279,15 @@ mod avx2 {
                 let main = k / 16 * 16;
                 let mut c = 0;
                 while c < main {
+                    // The hardware prefetcher alone leaves the weight stream
+                    // short of the memory bandwidth (the loads wait on
+                    // misses); asking for the bytes a few rows of work ahead
+                    // keeps enough misses in flight.
+                    _mm_prefetch::<_MM_HINT_T0>(wp.add(c + PREFETCH_AHEAD) as *const i8);
                     let w0 = $load(wp.add(c));
                     let w1 = $load(wp.add(c + 8));
                     for r in 0..T {
-                        let x = xp.add(r * k + c);
+                        let x = xp.add(r * stride + c);
                         a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a0[r]);
                         a1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(8)), a1[r]);
                     }
@@ -254,23 +296,33 @@ mod avx2 {
                 for r in 0..T {
                     let mut s = hsum(_mm256_add_ps(a0[r], a1[r]));
                     for cc in main..k {
-                        s += $scalar(*wp.add(cc)) * *xp.add(r * k + cc);
+                        s += $scalar(*wp.add(cc)) * *xp.add(r * stride + cc);
                     }
                     dots[r] = s;
                 }
             }
 
             #[target_feature(enable = "avx2,fma")]
-            pub unsafe fn $name(w: &[$elem], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
+            pub unsafe fn $name(
+                w: &[$elem],
+                xs: &[f32],
+                stride: usize,
+                t: usize,
+                k: usize,
+                dots: &mut [f32; 4],
+            ) {
                 match t {
-                    1 => $inner::<1>(w, xs, k, dots),
-                    2 => $inner::<2>(w, xs, k, dots),
-                    3 => $inner::<3>(w, xs, k, dots),
-                    _ => $inner::<4>(w, xs, k, dots),
+                    1 => $inner::<1>(w, xs, stride, k, dots),
+                    2 => $inner::<2>(w, xs, stride, k, dots),
+                    3 => $inner::<3>(w, xs, stride, k, dots),
+                    _ => $inner::<4>(w, xs, stride, k, dots),
                 }
             }
         };
     }
+
+    /// How many weights ahead of the current column the tiles prefetch.
+    const PREFETCH_AHEAD: usize = 2048;
 
     tile!(dot_tile_f32, tile_f32, f32, load_f32, |v: f32| v);
     tile!(dot_tile_bf16, tile_bf16, bf16, load_bf16, |v: bf16| v
@@ -280,7 +332,13 @@ mod avx2 {
     /// every input row; the block's dot is scaled into the running sum.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_tile<const T: usize>(w: &[u8], xs: &[f32], k: usize, dots: &mut [f32; 4]) {
+    unsafe fn q8_0_tile<const T: usize>(
+        w: &[u8],
+        xs: &[f32],
+        stride: usize,
+        k: usize,
+        dots: &mut [f32; 4],
+    ) {
         let wp = w.as_ptr();
         let xp = xs.as_ptr();
         let mut total = [_mm256_setzero_ps(); T];
@@ -297,7 +355,7 @@ mod avx2 {
                 *v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
             }
             for (r, tot) in total.iter_mut().enumerate() {
-                let x = xp.add(r * k + b * 32);
+                let x = xp.add(r * stride + b * 32);
                 let mut acc = _mm256_mul_ps(wv[0], _mm256_loadu_ps(x));
                 acc = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(x.add(8)), acc);
                 acc = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(x.add(16)), acc);
@@ -311,12 +369,19 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_tile_q8_0(w: &[u8], xs: &[f32], t: usize, k: usize, dots: &mut [f32; 4]) {
+    pub unsafe fn dot_tile_q8_0(
+        w: &[u8],
+        xs: &[f32],
+        stride: usize,
+        t: usize,
+        k: usize,
+        dots: &mut [f32; 4],
+    ) {
         match t {
-            1 => q8_0_tile::<1>(w, xs, k, dots),
-            2 => q8_0_tile::<2>(w, xs, k, dots),
-            3 => q8_0_tile::<3>(w, xs, k, dots),
-            _ => q8_0_tile::<4>(w, xs, k, dots),
+            1 => q8_0_tile::<1>(w, xs, stride, k, dots),
+            2 => q8_0_tile::<2>(w, xs, stride, k, dots),
+            3 => q8_0_tile::<3>(w, xs, stride, k, dots),
+            _ => q8_0_tile::<4>(w, xs, stride, k, dots),
         }
     }
 
@@ -362,9 +427,9 @@ mod tests {
         for t in 1..=4 {
             let run = |simd: bool| {
                 let (mut a, mut b, mut c) = ([0f32; 4], [0f32; 4], [0f32; 4]);
-                dot_tile(simd, &w, &x, t, k, &mut a);
-                dot_tile_bf16(simd, &wb, &x, t, k, &mut b);
-                dot_tile_q8_0(simd, &q, &xq, t, 192, &mut c);
+                dot_tile(simd, &w, &x, k, t, k, &mut a);
+                dot_tile_bf16(simd, &wb, &x, k, t, k, &mut b);
+                dot_tile_q8_0(simd, &q, &xq, 192, t, 192, &mut c);
                 [a, b, c]
             };
             let (portable, simd) = (run(false), run(has_avx2_fma()));

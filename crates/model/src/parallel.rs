@@ -1,0 +1,57 @@
+//! The one compute pool the decode kernels share with candle.
+//!
+//! candle runs its element-wise ops and quantized matmuls on a persistent
+//! pool of its own (`candle_core::utils::barrier_pool`: worker threads that
+//! spin briefly between calls, then park). Were our kernels on a second pool
+//! (rayon's), the two would take turns waking each other's threads, and a
+//! worker spinning in one would steal a core from the other: on a 2-core
+//! machine that halves the speed of whatever runs next. So the decode
+//! kernels run on candle's pool too: during a decode step every parallel
+//! op is on the same threads, which stay hot from one op to the next.
+//! Its size is `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the
+//! number of physical cores (the server's `--threads` sets both).
+
+use std::ops::Range;
+
+/// Threads of the pool, the calling thread included.
+pub fn threads() -> usize {
+    let from_env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    };
+    from_env("CANDLE_NUM_THREADS")
+        .or_else(|| from_env("RAYON_NUM_THREADS"))
+        .unwrap_or_else(candle_core::utils::get_num_threads)
+}
+
+/// Calls `f` on disjoint ranges covering `0..items`, in parallel on the
+/// pool (the calling thread takes part). Nested calls from inside the pool
+/// run inline.
+pub fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(items, f);
+}
+
+/// A mutable buffer that parallel tasks write at disjoint indices.
+#[derive(Clone, Copy)]
+pub(crate) struct Disjoint<T>(*mut T);
+
+// SAFETY: every task writes indices no other task writes, and the buffer
+// outlives the parallel call (the users below uphold both).
+unsafe impl<T: Send> Send for Disjoint<T> {}
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    pub(crate) fn new(buffer: &mut [T]) -> Self {
+        Disjoint(buffer.as_mut_ptr())
+    }
+
+    /// # Safety
+    /// `range` lies inside the buffer and no other task touches it while
+    /// the returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, range: Range<usize>) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(range.start), range.len())
+    }
+}
