@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferroseek_model::{DTypeChoice, Quantization};
 
+use crate::device::DeviceChoice;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ferroseek",
@@ -85,6 +87,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FERROSEEK_DTYPE", default_value = "auto", value_parser = parse_dtype)]
     pub dtype: DTypeChoice,
 
+    /// Where the model computes: cpu, cuda (the first GPU) or cuda:N. A GPU needs a
+    /// binary built with `--features cuda`.
+    #[arg(long, env = "FERROSEEK_DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceChoice,
+
     /// Quantize the linear weights at load: none, q8_0 or q4_k (less memory, faster CPU decode).
     #[arg(long, env = "FERROSEEK_QUANTIZE", default_value = "none", value_parser = parse_quantization)]
     pub quantize: Quantization,
@@ -159,6 +166,10 @@ fn parse_dtype(s: &str) -> Result<DTypeChoice, String> {
     s.parse()
 }
 
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
+}
+
 fn parse_quantization(s: &str) -> Result<Quantization, String> {
     s.parse()
 }
@@ -229,6 +240,18 @@ mod tests {
         let args = cli.into_serve();
         assert_eq!(args.port, 9001);
         assert_eq!(args.host.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn the_device_defaults_to_the_cpu_and_rejects_unknown_names() {
+        let args = Cli::try_parse_from(["ferroseek"]).unwrap().into_serve();
+        assert_eq!(args.device, DeviceChoice::Cpu);
+        let args = Cli::try_parse_from(["ferroseek", "--device", "cuda:1"])
+            .unwrap()
+            .into_serve();
+        assert_eq!(args.device, DeviceChoice::Cuda(1));
+        let err = Cli::try_parse_from(["ferroseek", "--device", "gpu"]).unwrap_err();
+        assert!(err.to_string().contains("`cuda:N`"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
+use candle_core::Device;
 use ferroseek_engine::{Engine, EngineConfig, Tokenizer, TokenizerFiles};
 use ferroseek_model::{resolve_model, DeepSeekModel, HubOptions, LoadOptions, ModelFiles};
 
@@ -79,9 +80,9 @@ fn total_size(paths: &[PathBuf]) -> u64 {
         .sum()
 }
 
-/// Loads everything and starts the engine thread. Blocking: run it off the
-/// async runtime.
-pub fn load(args: &ServeArgs) -> Result<Ready> {
+/// Loads everything onto `device` (the opened `--device`) and starts the
+/// engine thread. Blocking: run it off the async runtime.
+pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
     let started = Instant::now();
     let files = resolve(args)?;
     let tokenizer_json = files
@@ -110,12 +111,14 @@ pub fn load(args: &ServeArgs) -> Result<Ready> {
         size_mib = format!("{weights_mib:.1}"),
         dtype = ?args.dtype,
         quantize = ?args.quantize,
+        device = %args.device,
         "loading weights"
     );
     let load_options = LoadOptions {
         dtype: args.dtype,
         max_positions: args.max_model_len,
         quantize: args.quantize,
+        device,
         ..Default::default()
     };
     let t = Instant::now();

@@ -6,6 +6,7 @@
 
 mod chat_prompt;
 mod cli;
+mod device;
 mod embedded;
 mod error;
 mod extract;
@@ -67,6 +68,9 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    // Before listening: a device that cannot be had is a start-up error, not
+    // a server that answers 503 forever.
+    let device = args.device.open()?;
     let (served_names, root) = load::served_names(&args);
     let settings = Settings {
         served_names,
@@ -109,7 +113,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
 
     let load_args = args.clone();
-    let mut loading = tokio::task::spawn_blocking(move || load::load(&load_args));
+    let mut loading = tokio::task::spawn_blocking(move || load::load(&load_args, device));
     tokio::select! {
         loaded = &mut loading => {
             let ready = loaded.map_err(|e| anyhow!("model loading panicked: {e}"))??;

@@ -70,6 +70,56 @@ fn a_missing_chat_template_file_stops_start_up_with_a_clear_error() {
     assert!(stderr.contains("/nonexistent/template.jinja"), "{stderr}");
 }
 
+/// `ferroseek serve` with `args`, to its exit: (exit code, stderr).
+fn serve_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroseek"))
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .env_remove("FERROSEEK_DEVICE")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_on_the_cpu_build_stops_start_up_naming_the_fix() {
+    for device in ["cuda", "cuda:1"] {
+        let (code, stderr) = serve_to_exit(&["--device", device]);
+        assert_eq!(code, Some(1), "a start-up error, not a panic: {stderr}");
+        assert!(stderr.contains(&format!("`--device {device}")), "{stderr}");
+        assert!(stderr.contains("built without CUDA"), "{stderr}");
+        assert!(
+            stderr.contains("cargo build --release --features cuda"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--build-arg FEATURES=cuda"), "{stderr}");
+        assert!(
+            !stderr.contains("listening on"),
+            "refused before listening: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_device_is_refused_with_the_accepted_forms() {
+    for device in ["gpu", "cuda:x"] {
+        let (code, stderr) = serve_to_exit(&["--device", device]);
+        assert_eq!(code, Some(2), "a usage error: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{device}` is not a device")),
+            "{stderr}"
+        );
+        for form in ["`cpu`", "`cuda`", "`cuda:N`"] {
+            assert!(stderr.contains(form), "names {form}: {stderr}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn json_logs_carry_the_request_id() {
     let server = Server::start(&["--log-format", "json"]);

@@ -29,7 +29,8 @@ fn loaded_state() -> AppState {
     use clap::Parser;
     let args: ServeArgs = Cli::parse_from(["ferroseek", "--kv-cache-memory", "8MiB"]).into_serve();
     let state = state(None);
-    state.set_ready(crate::load::load(&args).expect("the embedded model loads"));
+    let device = args.device.open().expect("the CPU opens");
+    state.set_ready(crate::load::load(&args, device).expect("the embedded model loads"));
     state
 }
 
