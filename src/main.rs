@@ -37,7 +37,12 @@ fn main() -> ExitCode {
     let args = Cli::parse().into_serve();
     logging::init(args.log_format);
     if let Some(threads) = args.threads.filter(|&t| t > 0) {
-        // candle's CPU kernels and the engine both compute on rayon's pool.
+        // One size for both compute pools: candle's (element-wise ops,
+        // quantized matmuls and our decode kernels; it reads the variable
+        // when first used) and rayon's (candle's GEMM for prefill). Set
+        // before any compute thread exists.
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()

@@ -14,7 +14,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
-use super::decode_matmul::{matmul_rows, WeightRows, Q8_0_BLOCK};
+use super::decode_matmul::{matmul_groups, WeightRows};
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel is then compute-bound).
@@ -50,11 +50,16 @@ pub enum Quantization {
 }
 
 impl Quantization {
-    fn ggml(self) -> Option<GgmlDType> {
+    /// The GGML format a weight of input width `in_dim` gets.
+    fn ggml_for(self, in_dim: usize) -> Option<GgmlDType> {
+        let fits = |t: GgmlDType| in_dim.is_multiple_of(t.block_size());
         match self {
             Quantization::None => None,
-            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
-            Quantization::Q4K => Some(GgmlDType::Q4K),
+            Quantization::Q4K if fits(GgmlDType::Q4K) => Some(GgmlDType::Q4K),
+            Quantization::Q8_0 | Quantization::Q4K if fits(GgmlDType::Q8_0) => {
+                Some(GgmlDType::Q8_0)
+            }
+            _ => None,
         }
     }
 }
@@ -109,22 +114,44 @@ impl Linear {
         })
     }
 
-    /// A weight held as `format` says. A weight whose input width is not a
-    /// whole number of quantization blocks (32 for Q8_0, 256 for Q4_K) stays
-    /// dense: only tiny models have such layers.
+    /// A weight held as `format` says.
     pub fn load(
         in_dim: usize,
         out_dim: usize,
         vb: VarBuilder,
         format: WeightFormat,
     ) -> Result<Self> {
-        let Some(ggml) = format.quantize.ggml() else {
-            return Self::new(in_dim, out_dim, vb.set_dtype(format.dtype));
-        };
-        if !in_dim.is_multiple_of(ggml.block_size()) {
-            return Self::new(in_dim, out_dim, vb.set_dtype(format.dtype));
+        match format.quantize.ggml_for(in_dim) {
+            None => Self::new(in_dim, out_dim, vb.set_dtype(format.dtype)),
+            Some(_) => Self::from_tensor(
+                &vb.set_dtype(DType::F32).get((out_dim, in_dim), "weight")?,
+                format,
+            ),
         }
-        let dense = vb.set_dtype(DType::F32).get((out_dim, in_dim), "weight")?;
+    }
+
+    /// `weight` (`[out, in]`) held as `format` says. Q4_K needs input widths
+    /// in whole 256-weight blocks: a narrower weight (MLA's 128-wide key
+    /// heads) is held in Q8_0 instead; one that is not whole 32-weight
+    /// blocks either stays dense (only tiny models have such layers).
+    pub fn from_tensor(weight: &Tensor, format: WeightFormat) -> Result<Self> {
+        let in_dim = weight.dim(1)?;
+        let Some(ggml) = format.quantize.ggml_for(in_dim) else {
+            return Ok(Self::from_weight(
+                weight.to_dtype(format.dtype)?.contiguous()?,
+            ));
+        };
+        // A fresh tensor: candle's `QTensor::quantize` reads its source's
+        // storage from the start, ignoring a view's offset (a per-head slice
+        // of `kv_b_proj` would quantize head 0's numbers).
+        let dense = Tensor::from_vec(
+            weight
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            weight.shape(),
+            weight.device(),
+        )?;
         let q = Arc::new(QTensor::quantize(&dense, ggml)?);
         Ok(Linear {
             weight: Weight::Quantized {
@@ -164,72 +191,265 @@ impl Linear {
         }
     }
 
-    fn decode(&self, x: &Tensor, m: usize, k: usize) -> Result<Tensor> {
+    /// Most input rows the decode kernel takes for this weight (0: none).
+    fn kernel_rows(&self) -> usize {
+        match &self.weight {
+            Weight::Dense(w) if w.is_contiguous() && w.device().is_cpu() => match w.dtype() {
+                DType::F32 => DECODE_ROWS_F32,
+                DType::BF16 => DECODE_ROWS_BF16,
+                _ => 0,
+            },
+            Weight::Quantized { q, .. } if q.dtype() == GgmlDType::Q8_0 => DECODE_ROWS_Q8_0,
+            _ => 0,
+        }
+    }
+
+    /// The decode kernel over the weights of `linears` (each `[n, k]`, all
+    /// of one kind the kernel takes) and `x` (`[m, linears.len() * k]`):
+    /// see [`matmul_groups`].
+    fn kernel(linears: &[&Linear], x: &Tensor, n: usize, k: usize) -> Result<Tensor> {
+        let m = x.dim(0)?;
         let x = x.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
         let Storage::Cpu(xs) = &*xs else {
             candle_core::bail!("the decode kernel runs on CPU tensors only");
         };
-        let x_rows = &xs.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * k];
-        let out = match &self.weight {
-            Weight::Dense(w) => {
-                let n = w.dim(0)?;
-                let (ws, wl) = w.storage_and_layout();
-                let Storage::Cpu(ws) = &*ws else {
-                    candle_core::bail!("the decode kernel runs on CPU tensors only");
-                };
-                let (w0, w1) = (wl.start_offset(), wl.start_offset() + n * k);
-                let rows = match w.dtype() {
-                    DType::F32 => WeightRows::F32(&ws.as_slice::<f32>()?[w0..w1]),
-                    DType::BF16 => WeightRows::Bf16(&ws.as_slice::<half::bf16>()?[w0..w1]),
-                    other => {
-                        candle_core::bail!(
-                            "the decode kernel takes f32 or bf16 weights, not {other:?}"
-                        )
-                    }
-                };
-                (matmul_rows(x_rows, m, k, rows, n), n)
+        let width = linears.len() * k;
+        let x_rows = &xs.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * width];
+        // Hold every weight's storage while the kernel borrows it.
+        let mut dense = Vec::new();
+        let mut quantized = Vec::new();
+        for l in linears {
+            match &l.weight {
+                Weight::Dense(w) => {
+                    let (storage, layout) = w.storage_and_layout();
+                    dense.push((storage, layout.start_offset(), w.dtype()));
+                }
+                Weight::Quantized { q, .. } => quantized.push(q.data()?),
             }
-            Weight::Quantized { q, .. } => {
-                let n = q.shape().dims2()?.0;
-                let data = q.data()?;
-                (matmul_rows(x_rows, m, k, WeightRows::Q8_0(&data), n), n)
-            }
-        };
-        Tensor::from_vec(out.0, (m, out.1), x.device())
+        }
+        let (mut dense_iter, mut quantized_iter) = (dense.iter(), quantized.iter());
+        let rows = linears
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Dense(_) => {
+                    let (storage, start, dtype) = dense_iter.next().expect("one per dense weight");
+                    let Storage::Cpu(ws) = &**storage else {
+                        candle_core::bail!("the decode kernel runs on CPU tensors only");
+                    };
+                    let range = *start..start + n * k;
+                    Ok(match dtype {
+                        DType::F32 => WeightRows::F32(&ws.as_slice::<f32>()?[range]),
+                        DType::BF16 => WeightRows::Bf16(&ws.as_slice::<half::bf16>()?[range]),
+                        other => candle_core::bail!(
+                            "the decode kernel takes f32, bf16 or Q8_0 weights, not {other:?}"
+                        ),
+                    })
+                }
+                Weight::Quantized { .. } => Ok(WeightRows::Q8_0(
+                    quantized_iter.next().expect("one per quantized weight"),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = matmul_groups(x_rows, m, k, &rows, n);
+        Tensor::from_vec(out, (m, linears.len() * n), x.device())
+    }
+
+    /// `[out, in]`.
+    fn dims(&self) -> Result<(usize, usize)> {
+        match &self.weight {
+            Weight::Dense(w) => w.dims2(),
+            Weight::Quantized { q, .. } => q.shape().dims2(),
+        }
+    }
+
+    /// Rows of `x` when the decode kernel should take it (CPU, f32, 2-D).
+    fn decode_rows(x: &Tensor) -> Result<Option<usize>> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
+            Ok(Some(x.dim(0)?))
+        } else {
+            Ok(None)
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2;
-        let rows = if cpu_f32 { x.dim(0)? } else { usize::MAX };
+        let rows = Self::decode_rows(x)?.unwrap_or(usize::MAX);
+        let (n, k) = self.dims()?;
         match &self.weight {
             Weight::Dense(w) => {
-                let limit = match w.dtype() {
-                    DType::F32 => DECODE_ROWS_F32,
-                    DType::BF16 => DECODE_ROWS_BF16,
-                    _ => 0,
-                };
-                if rows <= limit && w.is_contiguous() {
-                    return self.decode(x, rows, x.dim(1)?);
+                if rows <= self.kernel_rows() {
+                    return Self::kernel(&[self], x, n, k);
                 }
                 if w.dtype() != x.dtype() {
                     return x.matmul(&w.to_dtype(x.dtype())?.t()?);
                 }
                 x.matmul(&w.t()?)
             }
-            Weight::Quantized { q, mm } => {
-                let k = q.shape().dims2()?.1;
-                if rows <= DECODE_ROWS_Q8_0
-                    && q.dtype() == GgmlDType::Q8_0
-                    && k % Q8_0_BLOCK == 0
-                    && !candle_q8_0_is_fast()
-                {
-                    return self.decode(x, rows, k);
+            Weight::Quantized { mm, .. } => {
+                // With AVX-512-VNNI candle's repacked kernels win at every
+                // batch size (benches/kernels.rs).
+                if rows <= self.kernel_rows() && !candle_q8_0_is_fast() {
+                    return Self::kernel(&[self], x, n, k);
                 }
                 let dtype = x.dtype();
                 mm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
+            }
+        }
+    }
+}
+
+/// Independent linear maps over consecutive slices of the input, one per
+/// group: `y[:, g·n..(g+1)·n] = x[:, g·k..(g+1)·k] · W_gᵀ`. MLA's absorbed
+/// `kv_b_proj` pieces are one per head. Decode steps run every group in one
+/// kernel call; larger inputs run one matmul per group.
+#[derive(Debug, Clone)]
+pub struct GroupedLinear {
+    groups: Vec<Linear>,
+    n: usize,
+    k: usize,
+}
+
+impl GroupedLinear {
+    /// `weights`: `[groups, n, k]`, held as `format` says, except that
+    /// Q4_K becomes Q8_0: the per-group matrices are small, and only Q8_0
+    /// runs all groups in one decode kernel call.
+    pub fn new(weights: &Tensor, format: WeightFormat) -> Result<Self> {
+        let format = match format.quantize {
+            Quantization::Q4K => WeightFormat {
+                quantize: Quantization::Q8_0,
+                ..format
+            },
+            _ => format,
+        };
+        let (g, n, k) = weights.dims3()?;
+        let groups = (0..g)
+            .map(|i| Linear::from_tensor(&weights.get(i)?, format))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GroupedLinear { groups, n, k })
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.groups.iter().map(Linear::weight_bytes).sum()
+    }
+
+    /// How the weights are held (as [`Linear::format`]).
+    pub fn format(&self) -> String {
+        self.groups.first().map_or_else(String::new, Linear::format)
+    }
+
+    /// The weights as a dense `[groups, n, k]` tensor of `dtype`
+    /// (dequantized when quantized).
+    pub fn dense(&self, dtype: DType) -> Result<Tensor> {
+        let parts = self
+            .groups
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Dense(w) => w.to_dtype(dtype),
+                Weight::Quantized { q, .. } => q.dequantize(&q.device())?.to_dtype(dtype),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&parts, 0)
+    }
+}
+
+impl Module for GroupedLinear {
+    /// `x`: `[m, groups·k]` -> `[m, groups·n]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = Linear::decode_rows(x)?.unwrap_or(usize::MAX);
+        let limit = self
+            .groups
+            .iter()
+            .map(Linear::kernel_rows)
+            .min()
+            .unwrap_or(0);
+        if rows <= limit {
+            let refs: Vec<&Linear> = self.groups.iter().collect();
+            return Linear::kernel(&refs, x, self.n, self.k);
+        }
+        let parts = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, l)| l.forward(&x.narrow(1, g * self.k, self.k)?.contiguous()?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i + seed) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// Per group, x's slice times the group's dense (dequantized) weight.
+    fn reference(w: &Tensor, x: &Tensor) -> Tensor {
+        let (g, _, k) = w.dims3().unwrap();
+        let parts: Vec<Tensor> = (0..g)
+            .map(|i| {
+                x.narrow(1, i * k, k)
+                    .unwrap()
+                    .matmul(&w.get(i).unwrap().t().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        Tensor::cat(&parts, 1).unwrap()
+    }
+
+    #[test]
+    fn grouped_kernel_and_per_group_matmuls_agree_in_every_format() {
+        let (g, n, k) = (3, 40, 64);
+        let w = Tensor::from_vec(values(g * n * k, 1), (g, n, k), &Device::Cpu).unwrap();
+        for format in [
+            WeightFormat::dense(DType::F32),
+            WeightFormat::dense(DType::BF16),
+            WeightFormat {
+                dtype: DType::F32,
+                quantize: Quantization::Q8_0,
+            },
+        ] {
+            let grouped = GroupedLinear::new(&w, format).unwrap();
+            let held = grouped.dense(DType::F32).unwrap();
+            // The held weights are the given ones, up to rounding.
+            assert!(
+                (&held - &w)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    < 0.01,
+                "{format:?}: the held weights are not the given ones"
+            );
+            // 2 rows take the decode kernel; 20 take one matmul per group.
+            for m in [2, 20] {
+                let x = Tensor::from_vec(values(m * g * k, m), (m, g * k), &Device::Cpu).unwrap();
+                let got = grouped.forward(&x).unwrap();
+                let want = reference(&held, &x);
+                let diff = (got - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                // candle's quantized matmul (m = 20) also quantizes x.
+                let bound = if format.quantize == Quantization::None {
+                    1e-4
+                } else {
+                    0.15
+                };
+                assert!(diff < bound, "{format:?}, {m} rows: {diff}");
             }
         }
     }

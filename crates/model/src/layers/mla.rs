@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
-use super::linear::{Linear, WeightFormat};
+use super::linear::{GroupedLinear, Linear, WeightFormat};
 use super::norm::RmsNorm;
 use super::rope::Rope;
 use crate::config::DeepSeekConfig;
@@ -74,10 +74,12 @@ pub struct Attention {
     q: QProj,
     kv_a_proj_with_mqa: Linear,
     kv_a_layernorm: RmsNorm,
-    /// `kv_b_proj`'s key slices `[heads, nope, rank]` (absorbed into queries).
-    w_uk: Tensor,
-    /// `kv_b_proj`'s value slices, transposed: `[heads, rank, v_head_dim]`.
-    w_uv_t: Tensor,
+    /// `kv_b_proj`'s key slices, transposed: per head `[rank, nope]`, which
+    /// maps a head's `q_nope` to its latent query (absorbed into queries).
+    w_uk: GroupedLinear,
+    /// `kv_b_proj`'s value slices: per head `[v_head_dim, rank]`, which maps
+    /// a head's attended latent to its output.
+    w_uv: GroupedLinear,
     o_proj: Linear,
     heads: usize,
     nope: usize,
@@ -103,8 +105,8 @@ impl Attention {
             } => q_a_proj.weight_bytes() + q_b_proj.weight_bytes(),
         };
         q + self.kv_a_proj_with_mqa.weight_bytes()
-            + tensor_bytes(&self.w_uk)
-            + tensor_bytes(&self.w_uv_t)
+            + self.w_uk.weight_bytes()
+            + self.w_uv.weight_bytes()
             + self.o_proj.weight_bytes()
     }
 
@@ -128,10 +130,13 @@ impl Attention {
                 q_b_proj: Linear::load(r, q_out, vb.pp("q_b_proj"), weights)?,
             },
         };
+        // Built once here, then held (and quantized) like any projection.
         let kv_b = vb
             .pp("kv_b_proj")
             .get((heads * (nope + v_dim), rank), "weight")?
             .reshape((heads, nope + v_dim, rank))?;
+        let w_uk = GroupedLinear::new(&kv_b.narrow(1, 0, nope)?.transpose(1, 2)?, weights)?;
+        let w_uv = GroupedLinear::new(&kv_b.narrow(1, nope, v_dim)?, weights)?;
         Ok(Attention {
             q,
             kv_a_proj_with_mqa: Linear::load(
@@ -141,8 +146,8 @@ impl Attention {
                 weights,
             )?,
             kv_a_layernorm: RmsNorm::new(rank, LORA_NORM_EPS, vb.pp("kv_a_layernorm"))?,
-            w_uk: kv_b.narrow(1, 0, nope)?.contiguous()?,
-            w_uv_t: kv_b.narrow(1, nope, v_dim)?.transpose(1, 2)?.contiguous()?,
+            w_uk,
+            w_uv,
             o_proj: Linear::load(heads * v_dim, h, vb.pp("o_proj"), weights)?,
             heads,
             nope,
@@ -202,22 +207,23 @@ impl Attention {
         for (i, v) in q_pe.chunks_exact_mut(self.rope_dim).enumerate() {
             rope.rotate(v, layout.positions[i / self.heads]);
         }
-        let q_nope = q.narrow(2, 0, self.nope)?.transpose(0, 1)?.contiguous()?;
+        // `[tokens, heads, nope]`.
+        let q_nope = q.narrow(2, 0, self.nope)?.contiguous()?;
 
-        let attended = match mode {
+        // `[tokens, heads * v_head_dim]`.
+        let out = match mode {
             AttentionMode::Absorbed => {
                 self.absorbed(&q_nope, &q_pe, layout, cache, tokens, dtype)?
             }
-            AttentionMode::Expanded => self.expanded(&q_nope, &q_pe, layout, cache, dtype)?,
+            AttentionMode::Expanded => self
+                .expanded(&q_nope.transpose(0, 1)?, &q_pe, layout, cache, dtype)?
+                .transpose(0, 1)?
+                .reshape((tokens, self.heads * self.v_dim))?,
         };
-        // `[heads, tokens, v]` -> `[tokens, heads * v]`.
-        let out = attended
-            .transpose(0, 1)?
-            .reshape((tokens, self.heads * self.v_dim))?;
         self.o_proj.forward(&out)
     }
 
-    /// Returns `[heads, tokens, v_head_dim]`.
+    /// `q_nope`: `[tokens, heads, nope]`. Returns `[tokens, heads * v_head_dim]`.
     fn absorbed(
         &self,
         q_nope: &Tensor,
@@ -228,10 +234,10 @@ impl Attention {
         dtype: DType,
     ) -> Result<Tensor> {
         let width = self.rank + self.rope_dim;
-        // q_lat = W_UKᵀ q_nope per head: `[heads, tokens, rank]` -> `[tokens, heads, rank]`.
-        let q_lat = q_nope
-            .matmul(&self.w_uk)?
-            .transpose(0, 1)?
+        // q_lat = W_UKᵀ q_nope per head: `[tokens, heads * rank]`.
+        let q_lat = self
+            .w_uk
+            .forward(&q_nope.reshape((tokens, self.heads * self.nope))?)?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
@@ -251,15 +257,14 @@ impl Attention {
             self.shape(layout.block_size),
             self.scale,
         );
-        let latent = Tensor::from_vec(latent, (tokens, self.heads, self.rank), &layout.device)?
-            .to_dtype(dtype)?
-            .transpose(0, 1)?
-            .contiguous()?;
-        latent.matmul(&self.w_uv_t)
+        let latent = Tensor::from_vec(latent, (tokens, self.heads * self.rank), &layout.device)?
+            .to_dtype(dtype)?;
+        self.w_uv.forward(&latent)
     }
 
     /// The reference formulation: per sequence, rebuild per-head K and V of its
-    /// whole context from the cached latents. Returns `[heads, tokens, v_head_dim]`.
+    /// whole context from the cached latents. `q_nope`: `[heads, tokens, nope]`.
+    /// Returns `[heads, tokens, v_head_dim]`.
     fn expanded(
         &self,
         q_nope: &Tensor,
@@ -270,6 +275,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let width = self.rank + self.rope_dim;
         let dev = &layout.device;
+        // `[heads, rank, nope]` and `[heads, rank, v]`.
+        let w_uk_t = self.w_uk.dense(dtype)?;
+        let w_uv_t = self.w_uv.dense(dtype)?.transpose(1, 2)?;
         let q_pe_all = Tensor::from_slice(
             q_pe,
             (
@@ -297,10 +305,8 @@ impl Attention {
                 .unsqueeze(0)?
                 .broadcast_as((self.heads, context, self.rank))?
                 .contiguous()?;
-            let k_nope = c
-                .matmul(&self.w_uk.transpose(1, 2)?)?
-                .to_dtype(DType::F32)?;
-            let v = c.matmul(&self.w_uv_t)?.to_dtype(DType::F32)?;
+            let k_nope = c.matmul(&w_uk_t)?.to_dtype(DType::F32)?;
+            let v = c.matmul(&w_uv_t)?.to_dtype(DType::F32)?;
             let q_n = q_nope
                 .narrow(1, span.start, span.num_new)?
                 .to_dtype(DType::F32)?;
