@@ -27,6 +27,27 @@ const DECODE_ROWS_BF16: usize = 64;
 /// repacked kernels win at every batch size (benches/kernels.rs).
 const DECODE_ROWS_Q8_0: usize = 8;
 
+/// Whether candle's x86 matmul runs a Q4_K weight of `n` rows of `k` from
+/// its repacked 16-row tiles (any AVX2 CPU, whole tiles). A tile holds each
+/// row's eight sub-block scales and mins widened to f32 beside the packed
+/// nibbles: 3072 bytes per 16 x 256 weights (6 bits a weight) against
+/// Q4_K's 2304 (4.5 bits), and it is built beside the original on first
+/// use.
+fn candle_repacks_q4k(n: usize, k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && n.is_multiple_of(16)
+            && k.is_multiple_of(256)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (n, k);
+        false
+    }
+}
+
 fn candle_q8_0_is_fast() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -184,10 +205,16 @@ impl Linear {
     }
 
     /// Bytes the weight takes in memory (what one full read costs).
+    /// (For Q4_K that candle repacks, the repacked tiles: those are read.)
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
             Weight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
-            Weight::Quantized { q, .. } => q.storage_size_in_bytes(),
+            Weight::Quantized { q, .. } => match q.shape().dims2() {
+                Ok((n, k)) if q.dtype() == GgmlDType::Q4K && candle_repacks_q4k(n, k) => {
+                    n * k / 4096 * 3072
+                }
+                _ => q.storage_size_in_bytes(),
+            },
         }
     }
 
@@ -368,13 +395,18 @@ impl Module for GroupedLinear {
             let refs: Vec<&Linear> = self.groups.iter().collect();
             return Linear::kernel(&refs, x, self.n, self.k);
         }
-        let parts = self
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(g, l)| l.forward(&x.narrow(1, g * self.k, self.k)?.contiguous()?))
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 1)
+        // Larger inputs: one batched matmul over the weights made dense for
+        // the call (widening or dequantizing them costs a fraction of the
+        // matmul; one small quantized matmul per group cost more).
+        let m = x.dim(0)?;
+        let groups = self.groups.len();
+        let w = self.dense(x.dtype())?;
+        x.reshape((m, groups, self.k))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .matmul(&w.transpose(1, 2)?)?
+            .transpose(0, 1)?
+            .reshape((m, groups * self.n))
     }
 }
 
