@@ -70,9 +70,39 @@ impl WeightRows<'_> {
 /// columns `i·n..(i+1)·n` are `x[:, i·k..(i+1)·k] · ws[i]ᵀ`. All groups are
 /// split over the pool in one call.
 pub fn matmul_groups(x: &[f32], m: usize, k: usize, ws: &[WeightRows<'_>], n: usize) -> Vec<f32> {
+    matmul_many(x, m, k, ws, n, Input::Sliced)
+}
+
+/// Several maps of the same input (an MLP's gate and up projections): `x`
+/// is `[m, k]`, `ws[i]` is `[n, k]`, and the result is `[m, g·n]` whose
+/// columns `i·n..(i+1)·n` are `x · ws[i]ᵀ`, all in one call on the pool.
+pub fn matmul_shared(x: &[f32], m: usize, k: usize, ws: &[WeightRows<'_>], n: usize) -> Vec<f32> {
+    matmul_many(x, m, k, ws, n, Input::Shared)
+}
+
+/// What each weight of [`matmul_many`] multiplies.
+#[derive(Clone, Copy, PartialEq)]
+enum Input {
+    /// Its own `k`-wide slice of each input row.
+    Sliced,
+    /// The whole input row.
+    Shared,
+}
+
+fn matmul_many(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    ws: &[WeightRows<'_>],
+    n: usize,
+    input: Input,
+) -> Vec<f32> {
     let groups = ws.len();
-    let stride = groups * k;
-    assert_eq!(x.len(), m * stride, "x is not [m, groups * k]");
+    let (stride, offset) = match input {
+        Input::Sliced => (groups * k, k),
+        Input::Shared => (k, 0),
+    };
+    assert_eq!(x.len(), m * stride, "x is not [m, groups * k] or [m, k]");
     ws.iter().for_each(|w| w.check(n, k));
     let columns = groups * n;
     let mut out = vec![0f32; m * columns];
@@ -87,7 +117,7 @@ pub fn matmul_groups(x: &[f32], m: usize, k: usize, ws: &[WeightRows<'_>], n: us
             let mut i = 0;
             while i < m {
                 let t = (m - i).min(4);
-                let xs = &x[i * stride + g * k..(i + t - 1) * stride + (g + 1) * k];
+                let xs = &x[i * stride + g * offset..(i + t - 1) * stride + g * offset + k];
                 match ws[g] {
                     WeightRows::F32(w) => {
                         dot_tile(simd, &w[j * k..(j + 1) * k], xs, stride, t, k, &mut dots)
@@ -438,6 +468,37 @@ mod tests {
                     (p - s).abs() < 1e-4 * (1.0 + p.abs()),
                     "t = {t}: {p} vs {s}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn shared_input_equals_one_call_per_weight() {
+        let (m, k, n) = (3, 48, 10);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+            .collect();
+        let w: Vec<Vec<f32>> = (0..2)
+            .map(|s| {
+                (0..n * k)
+                    .map(|i| ((i * 7 + s) % 31) as f32 / 15.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let both = matmul_shared(
+            &x,
+            m,
+            k,
+            &[WeightRows::F32(&w[0]), WeightRows::F32(&w[1])],
+            n,
+        );
+        let one: Vec<Vec<f32>> = w
+            .iter()
+            .map(|w| matmul_rows(&x, m, k, WeightRows::F32(w), n))
+            .collect();
+        for i in 0..m {
+            for g in 0..2 {
+                assert_eq!(&both[i * 2 * n + g * n..][..n], &one[g][i * n..][..n]);
             }
         }
     }

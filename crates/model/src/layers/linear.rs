@@ -14,7 +14,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
-use super::decode_matmul::{matmul_groups, WeightRows};
+use super::decode_matmul::{matmul_groups, matmul_shared, WeightRows};
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel is then compute-bound).
@@ -232,16 +232,17 @@ impl Linear {
     }
 
     /// The decode kernel over the weights of `linears` (each `[n, k]`, all
-    /// of one kind the kernel takes) and `x` (`[m, linears.len() * k]`):
-    /// see [`matmul_groups`].
-    fn kernel(linears: &[&Linear], x: &Tensor, n: usize, k: usize) -> Result<Tensor> {
+    /// of kinds the kernel takes) and `x`: `[m, k]` that every weight
+    /// multiplies when `shared` ([`matmul_shared`]), else `[m, linears.len()
+    /// * k]`, a slice per weight ([`matmul_groups`]).
+    fn kernel(linears: &[&Linear], x: &Tensor, n: usize, k: usize, shared: bool) -> Result<Tensor> {
         let m = x.dim(0)?;
         let x = x.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
         let Storage::Cpu(xs) = &*xs else {
             candle_core::bail!("the decode kernel runs on CPU tensors only");
         };
-        let width = linears.len() * k;
+        let width = if shared { k } else { linears.len() * k };
         let x_rows = &xs.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * width];
         // Hold every weight's storage while the kernel borrows it.
         let mut dense = Vec::new();
@@ -278,8 +279,40 @@ impl Linear {
                 )),
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = matmul_groups(x_rows, m, k, &rows, n);
+        let out = if shared {
+            matmul_shared(x_rows, m, k, &rows, n)
+        } else {
+            matmul_groups(x_rows, m, k, &rows, n)
+        };
         Tensor::from_vec(out, (m, linears.len() * n), x.device())
+    }
+
+    /// `(x · aᵀ, x · bᵀ)` for two weights of one shape (an MLP's gate and
+    /// up projections). A decode step runs both in one call: our kernel,
+    /// or for quantized weights on CPUs where candle's kernels win, its
+    /// fused matrix-vector product (one quantization of `x`).
+    pub fn forward_pair(a: &Linear, b: &Linear, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let rows = Self::decode_rows(x)?.unwrap_or(usize::MAX);
+        let (n, k) = a.dims()?;
+        if b.dims()? == (n, k) && rows <= a.kernel_rows().min(b.kernel_rows()) {
+            let quantized = |l: &Linear| matches!(l.weight, Weight::Quantized { .. });
+            if !(quantized(a) || quantized(b)) || !candle_q8_0_is_fast() {
+                let both = Self::kernel(&[a, b], x, n, k, true)?;
+                return Ok((both.narrow(1, 0, n)?, both.narrow(1, n, n)?));
+            }
+        }
+        if let (Weight::Quantized { q: qa, .. }, Weight::Quantized { q: qb, .. }) =
+            (&a.weight, &b.weight)
+        {
+            if rows <= DECODE_ROWS_Q8_0 {
+                if let Some(mut both) = QTensor::gemv_fused_shared_lhs(&[qa, qb], x)? {
+                    let ub = both.pop().expect("two outputs");
+                    let ua = both.pop().expect("two outputs");
+                    return Ok((ua, ub));
+                }
+            }
+        }
+        Ok((a.forward(x)?, b.forward(x)?))
     }
 
     /// `[out, in]`.
@@ -307,7 +340,7 @@ impl Module for Linear {
         match &self.weight {
             Weight::Dense(w) => {
                 if rows <= self.kernel_rows() {
-                    return Self::kernel(&[self], x, n, k);
+                    return Self::kernel(&[self], x, n, k, false);
                 }
                 if w.dtype() != x.dtype() {
                     return x.matmul(&w.to_dtype(x.dtype())?.t()?);
@@ -318,7 +351,7 @@ impl Module for Linear {
                 // With AVX-512-VNNI candle's repacked kernels win at every
                 // batch size (benches/kernels.rs).
                 if rows <= self.kernel_rows() && !candle_q8_0_is_fast() {
-                    return Self::kernel(&[self], x, n, k);
+                    return Self::kernel(&[self], x, n, k, false);
                 }
                 let dtype = x.dtype();
                 mm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
@@ -393,7 +426,7 @@ impl Module for GroupedLinear {
             .unwrap_or(0);
         if rows <= limit {
             let refs: Vec<&Linear> = self.groups.iter().collect();
-            return Linear::kernel(&refs, x, self.n, self.k);
+            return Linear::kernel(&refs, x, self.n, self.k, false);
         }
         // Larger inputs: one batched matmul over the weights made dense for
         // the call (widening or dequantizing them costs a fraction of the

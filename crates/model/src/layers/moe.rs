@@ -43,8 +43,8 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let (gate, up) = Linear::forward_pair(&self.gate_proj, &self.up_proj, x)?;
+        self.down_proj.forward(&(gate.silu()? * up)?)
     }
 }
 
