@@ -313,7 +313,7 @@ mod avx2 {
                     // short of the memory bandwidth (the loads wait on
                     // misses); asking for the bytes a few rows of work ahead
                     // keeps enough misses in flight.
-                    _mm_prefetch::<_MM_HINT_T0>(wp.add(c + PREFETCH_AHEAD) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>((wp.add(c) as *const i8).add(PREFETCH_BYTES));
                     let w0 = $load(wp.add(c));
                     let w1 = $load(wp.add(c + 8));
                     for r in 0..T {
@@ -351,8 +351,8 @@ mod avx2 {
         };
     }
 
-    /// How many weights ahead of the current column the tiles prefetch.
-    const PREFETCH_AHEAD: usize = 2048;
+    /// How far ahead of the current column the tiles prefetch.
+    const PREFETCH_BYTES: usize = 8192;
 
     tile!(dot_tile_f32, tile_f32, f32, load_f32, |v: f32| v);
     tile!(dot_tile_bf16, tile_bf16, bf16, load_bf16, |v: bf16| v
