@@ -367,6 +367,8 @@ impl Module for Linear {
 #[derive(Debug, Clone)]
 pub struct GroupedLinear {
     groups: Vec<Linear>,
+    /// Dense weights in one `[groups, n, k]` tensor, which the groups view.
+    stacked: Option<Tensor>,
     n: usize,
     k: usize,
 }
@@ -384,10 +386,27 @@ impl GroupedLinear {
             _ => format,
         };
         let (g, n, k) = weights.dims3()?;
+        if format.quantize.ggml_for(k).is_none() {
+            let stacked = weights.to_dtype(format.dtype)?.contiguous()?;
+            let groups = (0..g)
+                .map(|i| Ok(Linear::from_weight(stacked.get(i)?)))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(GroupedLinear {
+                groups,
+                stacked: Some(stacked),
+                n,
+                k,
+            });
+        }
         let groups = (0..g)
             .map(|i| Linear::from_tensor(&weights.get(i)?, format))
             .collect::<Result<Vec<_>>>()?;
-        Ok(GroupedLinear { groups, n, k })
+        Ok(GroupedLinear {
+            groups,
+            stacked: None,
+            n,
+            k,
+        })
     }
 
     pub fn weight_bytes(&self) -> usize {
@@ -402,6 +421,9 @@ impl GroupedLinear {
     /// The weights as a dense `[groups, n, k]` tensor of `dtype`
     /// (dequantized when quantized).
     pub fn dense(&self, dtype: DType) -> Result<Tensor> {
+        if let Some(stacked) = &self.stacked {
+            return stacked.to_dtype(dtype);
+        }
         let parts = self
             .groups
             .iter()
