@@ -126,7 +126,10 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
     let vocab_size = model.config().vocab_size;
     tracing::info!(
         seconds = format!("{:.1}", t.elapsed().as_secs_f64()),
-        dtype = ?model.dtype(),
+        compute_dtype = ?model.dtype(),
+        weights_dtype = ?model.weights_dtype(),
+        quantize = ?model.weights().quantize,
+        decode_mb_per_token = format!("{:.0}", model.decode_weight_bytes() as f64 / 1e6),
         layers = model.config().num_hidden_layers,
         "weights loaded"
     );
