@@ -479,6 +479,17 @@ mod tests {
             .collect()
     }
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// Per group, x's slice times the group's dense (dequantized) weight.
     fn reference(w: &Tensor, x: &Tensor) -> Tensor {
         let (g, _, k) = w.dims3().unwrap();
@@ -509,30 +520,15 @@ mod tests {
             let held = grouped.dense(DType::F32).unwrap();
             // The held weights are the given ones, up to rounding.
             assert!(
-                (&held - &w)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-                    < 0.01,
+                max_abs_diff(&held, &w) < 0.01,
                 "{format:?}: the held weights are not the given ones"
             );
-            // 2 rows take the decode kernel; 20 take one matmul per group.
+            // 2 rows take the decode kernel; 20 one batched matmul.
             for m in [2, 20] {
                 let x = Tensor::from_vec(values(m * g * k, m), (m, g * k), &Device::Cpu).unwrap();
                 let got = grouped.forward(&x).unwrap();
                 let want = reference(&held, &x);
-                let diff = (got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs_diff(&got, &want);
                 // candle's quantized matmul (m = 20) also quantizes x.
                 let bound = if format.quantize == Quantization::None {
                     1e-4
