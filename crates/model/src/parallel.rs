@@ -13,8 +13,14 @@
 
 use std::ops::Range;
 
-/// Threads of the pool, the calling thread included.
+/// Threads of the pool, the calling thread included (read once, as candle
+/// reads them once when it starts the pool).
 pub fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(threads_from_env)
+}
+
+fn threads_from_env() -> usize {
     let from_env = |name: &str| {
         std::env::var(name)
             .ok()
@@ -38,13 +44,19 @@ pub fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
 pub(crate) struct Disjoint<T>(*mut T);
 
 // SAFETY: every task writes indices no other task writes, and the buffer
-// outlives the parallel call (the users below uphold both).
+// outlives the parallel call (every user upholds both).
 unsafe impl<T: Send> Send for Disjoint<T> {}
 unsafe impl<T: Send> Sync for Disjoint<T> {}
 
 impl<T> Disjoint<T> {
     pub(crate) fn new(buffer: &mut [T]) -> Self {
         Disjoint(buffer.as_mut_ptr())
+    }
+
+    /// # Safety
+    /// `index` lies inside the buffer and no other task touches it.
+    pub(crate) unsafe fn write(&self, index: usize, value: T) {
+        *self.0.add(index) = value;
     }
 
     /// # Safety

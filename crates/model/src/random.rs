@@ -268,7 +268,7 @@ pub fn read_bandwidth_gbps() -> f64 {
                     }
                 }
                 // SAFETY: chunk c is this task's alone.
-                unsafe { dst.slice(c..c + 1)[0] = acc.iter().sum::<f32>() };
+                unsafe { dst.write(c, acc.iter().sum::<f32>()) };
             }
         });
         std::hint::black_box(&sums);

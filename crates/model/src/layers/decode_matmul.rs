@@ -140,7 +140,7 @@ fn matmul_many(
                 }
                 for (r, d) in dots[..t].iter().enumerate() {
                     // SAFETY: in bounds, and column c belongs to this range only.
-                    unsafe { dst.slice((i + r) * columns + c..(i + r) * columns + c + 1)[0] = *d };
+                    unsafe { dst.write((i + r) * columns + c, *d) };
                 }
                 i += t;
             }
