@@ -297,12 +297,9 @@ impl Linear {
     pub fn forward_pair(a: &Linear, b: &Linear, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let rows = Self::decode_rows(x)?.unwrap_or(usize::MAX);
         let (n, k) = a.dims()?;
-        if b.dims()? == (n, k) && rows <= a.kernel_rows().min(b.kernel_rows()) {
-            let quantized = |l: &Linear| matches!(l.weight, Weight::Quantized { .. });
-            if !(quantized(a) || quantized(b)) || !candle_q8_0_is_fast() {
-                let both = Self::kernel(&[a, b], x, n, k, true)?;
-                return Ok((both.narrow(1, 0, n)?, both.narrow(1, n, n)?));
-            }
+        if b.dims()? == (n, k) && a.kernel_wins(rows) && b.kernel_wins(rows) {
+            let both = Self::kernel(&[a, b], x, n, k, true)?;
+            return Ok((both.narrow(1, 0, n)?, both.narrow(1, n, n)?));
         }
         if let (Weight::Quantized { q: qa, .. }, Weight::Quantized { q: qb, .. }) =
             (&a.weight, &b.weight)
@@ -316,6 +313,15 @@ impl Linear {
             }
         }
         Ok((a.forward(x)?, b.forward(x)?))
+    }
+
+    /// Whether a CPU f32 input of `rows` rows goes to the decode kernel:
+    /// within its row limit, and for Q8_0 only where candle's kernels do not
+    /// win (with AVX-512-VNNI its repacked kernels win at every batch size,
+    /// benches/kernels.rs).
+    fn kernel_wins(&self, rows: usize) -> bool {
+        rows <= self.kernel_rows()
+            && (matches!(self.weight, Weight::Dense(_)) || !candle_q8_0_is_fast())
     }
 
     /// `[out, in]`.
@@ -339,23 +345,18 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = Self::decode_rows(x)?.unwrap_or(usize::MAX);
-        let (n, k) = self.dims()?;
+        if self.kernel_wins(rows) {
+            let (n, k) = self.dims()?;
+            return Self::kernel(&[self], x, n, k, false);
+        }
         match &self.weight {
             Weight::Dense(w) => {
-                if rows <= self.kernel_rows() {
-                    return Self::kernel(&[self], x, n, k, false);
-                }
                 if w.dtype() != x.dtype() {
                     return x.matmul(&w.to_dtype(x.dtype())?.t()?);
                 }
                 x.matmul(&w.t()?)
             }
             Weight::Quantized { mm, .. } => {
-                // With AVX-512-VNNI candle's repacked kernels win at every
-                // batch size (benches/kernels.rs).
-                if rows <= self.kernel_rows() && !candle_q8_0_is_fast() {
-                    return Self::kernel(&[self], x, n, k, false);
-                }
                 let dtype = x.dtype();
                 mm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
             }
@@ -366,7 +367,8 @@ impl Module for Linear {
 /// Independent linear maps over consecutive slices of the input, one per
 /// group: `y[:, g·n..(g+1)·n] = x[:, g·k..(g+1)·k] · W_gᵀ`. MLA's absorbed
 /// `kv_b_proj` pieces are one per head. Decode steps run every group in one
-/// kernel call; larger inputs run one matmul per group.
+/// kernel call (Q8_0 included, whatever the CPU); larger inputs one batched
+/// matmul.
 #[derive(Debug, Clone)]
 pub struct GroupedLinear {
     groups: Vec<Linear>,
