@@ -290,29 +290,40 @@ impl Linear {
         Tensor::from_vec(out, (m, linears.len() * n), x.device())
     }
 
-    /// `(x · aᵀ, x · bᵀ)` for two weights of one shape (an MLP's gate and
-    /// up projections). A decode step runs both in one call: our kernel,
-    /// or for quantized weights on CPUs where candle's kernels win, its
-    /// fused matrix-vector product (one quantization of `x`).
-    pub fn forward_pair(a: &Linear, b: &Linear, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// `x · Wᵀ` for every weight of `linears` (all `[_, k]`; `x`: `[m, k]`),
+    /// such as an MLP's gate and up projections, or those of all the experts
+    /// a decode step runs. A decode step takes as few calls as it can: our
+    /// kernel once per run of equal shapes, or for quantized weights on CPUs
+    /// where candle's kernels win, its fused matrix-vector product (one
+    /// quantization of `x`, one parallel region for all of them).
+    pub fn forward_shared(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
         let rows = Self::decode_rows(x)?.unwrap_or(usize::MAX);
-        let (n, k) = a.dims()?;
-        if b.dims()? == (n, k) && a.kernel_wins(rows) && b.kernel_wins(rows) {
-            let both = Self::kernel(&[a, b], x, n, k, true)?;
-            return Ok((both.narrow(1, 0, n)?, both.narrow(1, n, n)?));
+        if linears.iter().all(|l| l.kernel_wins(rows)) {
+            let mut outs = Vec::with_capacity(linears.len());
+            for run in linears.chunk_by(|a, b| a.dims().ok() == b.dims().ok()) {
+                let (n, k) = run[0].dims()?;
+                let all = Self::kernel(run, x, n, k, true)?;
+                for i in 0..run.len() {
+                    outs.push(all.narrow(1, i * n, n)?);
+                }
+            }
+            return Ok(outs);
         }
-        if let (Weight::Quantized { q: qa, .. }, Weight::Quantized { q: qb, .. }) =
-            (&a.weight, &b.weight)
-        {
-            if rows <= DECODE_ROWS_Q8_0 {
-                if let Some(mut both) = QTensor::gemv_fused_shared_lhs(&[qa, qb], x)? {
-                    let ub = both.pop().expect("two outputs");
-                    let ua = both.pop().expect("two outputs");
-                    return Ok((ua, ub));
+        let quantized: Option<Vec<&QTensor>> = linears
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Quantized { q, .. } => Some(q.as_ref()),
+                Weight::Dense(_) => None,
+            })
+            .collect();
+        if let Some(qs) = quantized {
+            if linears.len() > 1 && rows <= DECODE_ROWS_Q8_0 {
+                if let Some(outs) = QTensor::gemv_fused_shared_lhs(&qs, x)? {
+                    return Ok(outs);
                 }
             }
         }
-        Ok((a.forward(x)?, b.forward(x)?))
+        linears.iter().map(|l| l.forward(x)).collect()
     }
 
     /// Whether a CPU f32 input of `rows` rows goes to the decode kernel:

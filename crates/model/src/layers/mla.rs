@@ -46,15 +46,25 @@ pub enum QProj {
 }
 
 impl QProj {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            QProj::Plain { q_proj } => q_proj.forward(x),
+    /// The queries and `kv_a`'s output: the projections that read `x` run
+    /// in one [`Linear::forward_shared`].
+    fn forward_with(&self, kv_a: &Linear, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let first = match self {
+            QProj::Plain { q_proj } => q_proj,
+            QProj::LowRank { q_a_proj, .. } => q_a_proj,
+        };
+        let mut both = Linear::forward_shared(&[first, kv_a], x)?;
+        let kv = both.pop().expect("two outputs");
+        let q = both.pop().expect("two outputs");
+        let q = match self {
+            QProj::Plain { .. } => q,
             QProj::LowRank {
-                q_a_proj,
                 q_a_layernorm,
                 q_b_proj,
-            } => q_b_proj.forward(&q_a_layernorm.forward(&q_a_proj.forward(x)?)?),
-        }
+                ..
+            } => q_b_proj.forward(&q_a_layernorm.forward(&q)?)?,
+        };
+        Ok((q, kv))
     }
 }
 
@@ -87,11 +97,6 @@ pub struct Attention {
     rank: usize,
     v_dim: usize,
     scale: f32,
-}
-
-/// Bytes of a tensor as held.
-pub(crate) fn tensor_bytes(t: &Tensor) -> usize {
-    t.elem_count() * t.dtype().size_in_bytes()
 }
 
 impl Attention {
@@ -182,7 +187,7 @@ impl Attention {
         let dtype = x.dtype();
 
         // New cache rows: [normalised c_kv | rotated k_pe].
-        let kv = self.kv_a_proj_with_mqa.forward(x)?;
+        let (q, kv) = self.q.forward_with(&self.kv_a_proj_with_mqa, x)?;
         let c_kv = self.kv_a_layernorm.forward(&kv.narrow(1, 0, self.rank)?)?;
         let rows = Tensor::cat(&[&c_kv, &kv.narrow(1, self.rank, self.rope_dim)?], 1)?
             .to_dtype(DType::F32)?
@@ -194,10 +199,7 @@ impl Attention {
             rope.rotate(&mut dst[self.rank..], layout.positions[t]);
         }
 
-        let q = self
-            .q
-            .forward(x)?
-            .reshape((tokens, self.heads, self.nope + self.rope_dim))?;
+        let q = q.reshape((tokens, self.heads, self.nope + self.rope_dim))?;
         // Rotated rope part of the queries, `[tokens, heads, rope]`, on the host.
         let mut q_pe = q
             .narrow(2, self.nope, self.rope_dim)?

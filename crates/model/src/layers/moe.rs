@@ -5,8 +5,10 @@
 //!
 //! Routing is computed on the host once per layer and step for the whole batch;
 //! dispatch then groups the (token, expert) pairs by expert, runs each active
-//! expert once on its gathered rows, and adds every weighted output back with a
-//! single `index_add`. Experts without tokens cost nothing.
+//! expert once on its gathered rows (experts that every token picked, and the
+//! shared experts, read the input in place and project it in one call), and
+//! adds every weighted output back to its token's row in one pass. Experts
+//! without tokens cost nothing.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -41,10 +43,26 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// Each of `mlps` applied to the same `x`: their gate and up projections
+    /// all run in one [`Linear::forward_shared`].
+    pub fn forward_shared(mlps: &[&Mlp], x: &Tensor) -> Result<Vec<Tensor>> {
+        let linears: Vec<&Linear> = mlps
+            .iter()
+            .flat_map(|m| [&m.gate_proj, &m.up_proj])
+            .collect();
+        let projected = Linear::forward_shared(&linears, x)?;
+        mlps.iter()
+            .zip(projected.chunks_exact(2))
+            .map(|(m, gate_up)| m.down_proj.forward(&(gate_up[0].silu()? * &gate_up[1])?))
+            .collect()
+    }
+}
+
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (gate, up) = Linear::forward_pair(&self.gate_proj, &self.up_proj, x)?;
-        self.down_proj.forward(&(gate.silu()? * up)?)
+        let mut out = Self::forward_shared(&[self], x)?;
+        Ok(out.pop().expect("one output per MLP"))
     }
 }
 
@@ -52,7 +70,9 @@ impl Module for Mlp {
 /// reference keeps them.
 #[derive(Debug, Clone)]
 pub struct MoeGate {
-    weight: Tensor,
+    /// `[n_routed_experts, hidden]`, f32: decode steps run it through our
+    /// kernel, like every other small-batch matmul.
+    weight: Linear,
     e_score_correction_bias: Option<Vec<f32>>,
     cfg: MoeConfig,
     arch: Arch,
@@ -84,7 +104,7 @@ impl MoeGate {
             None
         };
         Ok(MoeGate {
-            weight: vb.get((e, hidden), "weight")?,
+            weight: Linear::from_weight(vb.get((e, hidden), "weight")?),
             e_score_correction_bias: bias,
             cfg: cfg.clone(),
             arch,
@@ -93,9 +113,9 @@ impl MoeGate {
 
     /// Routes every row of `x` (`[tokens, hidden]`).
     pub fn route(&self, x: &Tensor) -> Result<Routing> {
-        let logits = x
-            .to_dtype(DType::F32)?
-            .matmul(&self.weight.t()?)?
+        let logits = self
+            .weight
+            .forward(&x.to_dtype(DType::F32)?)?
             .to_vec2::<f32>()?;
         let k = self.cfg.num_experts_per_tok;
         let mut routing = Routing {
@@ -170,7 +190,7 @@ impl Moe {
     /// and `num_experts_per_tok` routed experts (all experts are the same size).
     pub fn decode_weight_bytes(&self) -> usize {
         let expert = self.experts.first().map_or(0, Mlp::weight_bytes);
-        super::mla::tensor_bytes(&self.gate.weight)
+        self.gate.weight.weight_bytes()
             + self.shared_experts.as_ref().map_or(0, Mlp::weight_bytes)
             + self.gate.cfg.num_experts_per_tok * expert
     }
@@ -206,36 +226,91 @@ impl Moe {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let routing = self.gate.route(x)?;
+        let tokens = x.dim(0)?;
         let device = x.device();
-        // Group (row, weight) pairs by expert.
+        // Group (row, weight) pairs by expert, rows ascending.
         let mut per_expert: Vec<Vec<(u32, f32)>> = vec![Vec::new(); self.experts.len()];
         for (i, (&e, &w)) in routing.experts.iter().zip(&routing.weights).enumerate() {
             per_expert[e].push(((i / routing.top_k) as u32, w));
         }
-        let mut rows = Vec::with_capacity(routing.experts.len());
-        let mut weights = Vec::with_capacity(routing.experts.len());
-        let mut outputs = Vec::new();
-        for (expert, pairs) in self.experts.iter().zip(&per_expert) {
-            if pairs.is_empty() {
-                continue;
+        // Per expert, its output rows. Experts that take every row (all of
+        // them at batch 1) share their input with the shared experts: all
+        // their gate and up projections run in one call.
+        let mut outputs: Vec<Option<Tensor>> = vec![None; self.experts.len()];
+        let mut full = Vec::new();
+        for (e, pairs) in per_expert.iter().enumerate() {
+            // A token picks an expert at most once, so an expert with one
+            // pair per token takes every row, in order.
+            if pairs.len() == tokens {
+                full.push(e);
+            } else if !pairs.is_empty() {
+                let ids: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+                let rows = x.index_select(&Tensor::new(ids.as_slice(), device)?, 0)?;
+                outputs[e] = Some(self.experts[e].forward(&rows)?);
             }
-            let ids: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-            let ids_t = Tensor::new(ids.as_slice(), device)?;
-            outputs.push(expert.forward(&x.index_select(&ids_t, 0)?)?);
-            rows.extend(ids);
-            weights.extend(pairs.iter().map(|p| p.1));
         }
+        let mut mlps: Vec<&Mlp> = full.iter().map(|&e| &self.experts[e]).collect();
+        mlps.extend(self.shared_experts.as_ref());
+        let mut full_outputs = Mlp::forward_shared(&mlps, x)?;
+        let shared = match self.shared_experts {
+            Some(_) => full_outputs.pop(),
+            None => None,
+        };
+        for (e, output) in full.into_iter().zip(full_outputs) {
+            outputs[e] = Some(output);
+        }
+        let outputs: Vec<(Tensor, &Vec<(u32, f32)>)> = outputs
+            .into_iter()
+            .zip(&per_expert)
+            .filter_map(|(o, pairs)| Some((o?, pairs)))
+            .collect();
+        let routed = if device.is_cpu() && x.dtype() == DType::F32 {
+            Self::combine_on_host(&outputs, x.dims2()?)?
+        } else {
+            Self::combine(&outputs, x)?
+        };
+        match shared {
+            Some(shared) => routed + shared,
+            None => Ok(routed),
+        }
+    }
+
+    /// The routing-weighted sum of the experts' outputs (`(output, pairs)`,
+    /// an output row per pair), scattered back to the tokens' rows: a few
+    /// host loops instead of six tensor operations, which dominate a decode
+    /// step's fixed cost.
+    fn combine_on_host(
+        outputs: &[(Tensor, &Vec<(u32, f32)>)],
+        (tokens, hidden): (usize, usize),
+    ) -> Result<Tensor> {
+        let mut sum = vec![0f32; tokens * hidden];
+        for (output, pairs) in outputs {
+            let output = output.flatten_all()?.to_vec1::<f32>()?;
+            for (row, &(token, weight)) in output.chunks_exact(hidden).zip(pairs.iter()) {
+                let dst = &mut sum[token as usize * hidden..][..hidden];
+                for (d, v) in dst.iter_mut().zip(row) {
+                    *d += weight * v;
+                }
+            }
+        }
+        Tensor::from_vec(sum, (tokens, hidden), &candle_core::Device::Cpu)
+    }
+
+    /// [`Self::combine_on_host`] in tensor operations (other devices and
+    /// dtypes), accumulating in `x`'s dtype as the reference does.
+    fn combine(outputs: &[(Tensor, &Vec<(u32, f32)>)], x: &Tensor) -> Result<Tensor> {
+        let device = x.device();
+        let pairs = outputs.iter().flat_map(|(_, pairs)| pairs.iter());
+        let rows: Vec<u32> = pairs.clone().map(|p| p.0).collect();
+        let weights: Vec<f32> = pairs.map(|p| p.1).collect();
         let n = weights.len();
         let weights = Tensor::from_vec(weights, (n, 1), device)?;
+        let outputs: Vec<&Tensor> = outputs.iter().map(|(o, _)| o).collect();
         let weighted = Tensor::cat(&outputs, 0)?
             .to_dtype(DType::F32)?
             .broadcast_mul(&weights)?
             .to_dtype(x.dtype())?;
         let rows = Tensor::from_vec(rows, n, device)?;
-        let routed = x.zeros_like()?.index_add(&rows, &weighted, 0)?;
-        match &self.shared_experts {
-            Some(shared) => routed + shared.forward(x)?,
-            None => Ok(routed),
-        }
+        x.zeros_like()?.index_add(&rows, &weighted, 0)
     }
 }
