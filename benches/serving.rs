@@ -2,13 +2,18 @@
 //!
 //! `cargo bench -p ferroseek --bench serving`
 //!
-//! In one run: this machine's memory read bandwidth (a STREAM-like parallel
-//! sum, before and after the rest; the higher counts); then, on the benchmark model (DeepSeek-V2-Lite's architecture at
+//! In one run, on the benchmark model (DeepSeek-V2-Lite's architecture at
 //! 265M random parameters, written once into `target/bench-models/` from a
 //! bf16 checkpoint), for f32, the bf16 checkpoint as `--dtype auto` holds
 //! it on CPU (bf16 weights, f32 compute), q8_0 and q4_k:
-//! - prefill tokens/s of a 128-token prompt (best of 3) and single-stream
-//!   decode tokens/s (median of 3 runs of 32 steps), in process;
+//! - in process, in `ROUNDS` rounds that each measure this machine's memory
+//!   read bandwidth (a STREAM-like parallel sum over 1 GiB, best of 6) and
+//!   then, for every format in turn, the prefill of a 128-token prompt and
+//!   32 single-stream decode steps after it. A shared machine's neighbours
+//!   only ever slow a measurement down, and do so for seconds at a time, so
+//!   the rounds spread every format over the whole run and the best round
+//!   counts, for the bandwidth as for the speeds (the median round is
+//!   printed too);
 //! - the fraction of the roofline: decode tokens/s x bytes read per token /
 //!   bandwidth, the bytes counted from the weights one token actually reads
 //!   in the form they are held (attention, dense layer, router, shared and
@@ -18,7 +23,7 @@
 //!   through the real HTTP server (the `ferroseek` binary, streaming
 //!   `/v1/completions` with 16-token id prompts, 64 tokens each, greedy,
 //!   `ignore_eos`): completion tokens over the wall time of the whole
-//!   batch, prompts included.
+//!   batch, prompts included, best of `HTTP_RUNS`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,10 +38,10 @@ use ferroseek_model::{
 use serde_json::{json, Value};
 
 const PREFILL: usize = 128;
-/// Decode is timed in `DECODE_RUNS` runs of `DECODE_STEPS` steps, one after
-/// the other in the same sequence; the median run counts.
+/// Decode steps timed per round, after the prompt.
 const DECODE_STEPS: usize = 32;
-const DECODE_RUNS: usize = 3;
+const ROUNDS: usize = 7;
+const HTTP_RUNS: usize = 3;
 
 struct Format {
     name: &'static str,
@@ -67,61 +72,70 @@ const FORMATS: [Format; 4] = [
     },
 ];
 
-/// (prefill tokens/s, decode tokens/s, bytes read per decoded token)
-fn in_process(dir: &Path, f: &Format) -> (f64, f64, usize) {
-    let files = resolve_model(dir.to_str().unwrap(), &HubOptions::from_env(None)).unwrap();
-    let model = DeepSeekModel::load(
-        &files,
-        &LoadOptions {
-            dtype: f.dtype.parse().unwrap(),
-            quantize: f.quantize.parse().unwrap(),
-            device: Device::Cpu,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let cfg = model.config().clone();
-    let table: Vec<u32> = (0..16).collect();
-    let mut cache = LatentCache::new(&cfg, 16, 16).unwrap();
-    let prompt: Vec<u32> = (0..PREFILL as u32).map(|t| (t * 7919) % 7900 + 2).collect();
-    let batch = |tokens: Vec<u32>, cached: usize| Batch {
-        seqs: vec![SeqInput {
-            tokens,
-            num_cached: cached,
-            block_table: table.clone(),
-            logits: LogitsRows::Last,
-        }],
-    };
-    model
-        .forward(&batch(prompt.clone(), 0), &mut cache)
-        .unwrap(); // warm-up
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        model
-            .forward(&batch(prompt.clone(), 0), &mut cache)
-            .unwrap();
-        best = best.min(t.elapsed().as_secs_f64());
+/// One format's model, loaded in process, with a sequence's cache.
+struct InProcess {
+    model: DeepSeekModel,
+    cache: LatentCache,
+}
+
+impl InProcess {
+    fn load(dir: &Path, f: &Format) -> Self {
+        let files = resolve_model(dir.to_str().unwrap(), &HubOptions::from_env(None)).unwrap();
+        let model = DeepSeekModel::load(
+            &files,
+            &LoadOptions {
+                dtype: f.dtype.parse().unwrap(),
+                quantize: f.quantize.parse().unwrap(),
+                device: Device::Cpu,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let cache = LatentCache::new(model.config(), 16, 16).unwrap();
+        let mut this = InProcess { model, cache };
+        this.round(); // warm-up
+        this
     }
-    let prefill = PREFILL as f64 / best;
-    let mut rates: Vec<f64> = (0..DECODE_RUNS)
-        .map(|run| {
-            let t = Instant::now();
-            for i in 0..DECODE_STEPS {
-                let position = PREFILL + run * DECODE_STEPS + i;
-                model
-                    .forward(&batch(vec![5], position), &mut cache)
-                    .unwrap();
-            }
-            DECODE_STEPS as f64 / t.elapsed().as_secs_f64()
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    let decode = rates[DECODE_RUNS / 2];
-    // The median run's context: the cache rows it reads on average.
-    let context = PREFILL + DECODE_STEPS * DECODE_RUNS / 2;
-    let cache_bytes = context * cfg.latent_width() * cfg.num_hidden_layers * 4;
-    (prefill, decode, model.decode_weight_bytes() + cache_bytes)
+
+    fn step(&mut self, tokens: Vec<u32>, num_cached: usize) {
+        let batch = Batch {
+            seqs: vec![SeqInput {
+                tokens,
+                num_cached,
+                block_table: (0..16).collect(),
+                logits: LogitsRows::Last,
+            }],
+        };
+        self.model.forward(&batch, &mut self.cache).unwrap();
+    }
+
+    /// (prefill tokens/s, decode tokens/s) of one prompt and the steps after it.
+    fn round(&mut self) -> (f64, f64) {
+        let prompt: Vec<u32> = (0..PREFILL as u32).map(|t| (t * 7919) % 7900 + 2).collect();
+        let t = Instant::now();
+        self.step(prompt, 0);
+        let prefill = PREFILL as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for i in 0..DECODE_STEPS {
+            self.step(vec![5], PREFILL + i);
+        }
+        (prefill, DECODE_STEPS as f64 / t.elapsed().as_secs_f64())
+    }
+
+    /// Bytes one decode step reads: the weights, and on average the cache
+    /// rows of the context.
+    fn bytes_per_token(&self) -> usize {
+        let cfg = self.model.config();
+        let context = PREFILL + DECODE_STEPS / 2;
+        let cache_bytes = context * cfg.latent_width() * cfg.num_hidden_layers * 4;
+        self.model.decode_weight_bytes() + cache_bytes
+    }
+}
+
+/// (best, median) of `values`.
+fn best_and_median(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (values[values.len() - 1], values[values.len() / 2])
 }
 
 struct Server(Child, String);
@@ -224,7 +238,6 @@ async fn through_http(client: &reqwest::Client, base: &str, streams: usize) -> f
 
 fn main() {
     let threads = rayon::current_num_threads();
-    let before = read_bandwidth_gbps();
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models");
     let dir = bench_checkpoint(&cache, DType::BF16).expect("writing the bench checkpoint");
     // The server needs a tokenizer; the default model's serves (ids it does
@@ -233,39 +246,53 @@ fn main() {
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(tok.join(f), dir.join(f)).unwrap();
     }
+    let mut models: Vec<InProcess> = FORMATS.iter().map(|f| InProcess::load(&dir, f)).collect();
+    let mut bandwidths = Vec::new();
+    let mut measured: Vec<Vec<(f64, f64)>> = vec![Vec::new(); FORMATS.len()];
+    for _ in 0..ROUNDS {
+        bandwidths.push(read_bandwidth_gbps());
+        for (m, rounds) in models.iter_mut().zip(&mut measured) {
+            rounds.push(m.round());
+        }
+    }
+    let bytes: Vec<usize> = models.iter().map(InProcess::bytes_per_token).collect();
+    drop(models);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::new();
-    let mut rows = Vec::new();
+    let mut http = Vec::new();
     for f in &FORMATS {
-        let (prefill, decode, bytes) = in_process(&dir, f);
         let server = start_server(&dir, f);
-        let rates: Vec<f64> = rt.block_on(async {
+        http.push(rt.block_on(async {
             wait_ready(&client, &server.1).await;
             through_http(&client, &server.1, 1).await; // warm-up
             let mut rates = Vec::new();
             for c in [1, 4, 8, 16] {
-                rates.push(through_http(&client, &server.1, c).await);
+                let mut best = 0f64;
+                for _ in 0..HTTP_RUNS {
+                    best = best.max(through_http(&client, &server.1, c).await);
+                }
+                rates.push(best);
             }
             rates
-        });
-        drop(server);
-        rows.push((f.name, prefill, decode, bytes, rates));
+        }));
     }
-    // Bandwidth is measured before and after the formats; a busy moment on
-    // a shared machine only lowers a measurement, so the higher one counts.
-    let after = read_bandwidth_gbps();
-    let bandwidth = before.max(after);
+    let (bandwidth, bandwidth_median) = best_and_median(bandwidths);
     println!(
-        "threads: {threads}; read bandwidth (parallel sum over 1 GiB, best of 5, before and after): {before:.1} and {after:.1} GB/s, so {bandwidth:.1}"
+        "threads: {threads}; read bandwidth (parallel sum over 1 GiB): best {bandwidth:.1} GB/s, median {bandwidth_median:.1}; best and median of {ROUNDS} rounds"
     );
-    println!("| weights | prefill 128 tok/s | decode tok/s | MB read/token | roofline tok/s | of roofline | HTTP 1 | HTTP 4 | HTTP 8 | HTTP 16 |");
+    println!("| weights | prefill 128 tok/s | decode tok/s (median) | MB read/token | roofline tok/s | of roofline (median) | HTTP 1 | HTTP 4 | HTTP 8 | HTTP 16 |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, prefill, decode, bytes, rates) in rows {
+    for (((f, rounds), bytes), rates) in FORMATS.iter().zip(measured).zip(bytes).zip(http) {
+        let (prefill, _) = best_and_median(rounds.iter().map(|r| r.0).collect());
+        let (decode, decode_median) = best_and_median(rounds.iter().map(|r| r.1).collect());
         let roofline = bandwidth * 1e9 / bytes as f64;
+        let median_roofline = bandwidth_median * 1e9 / bytes as f64;
         println!(
-            "| {name} | {prefill:.0} | {decode:.1} | {:.0} | {roofline:.1} | {:.0}% | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {prefill:.0} | {decode:.1} ({decode_median:.1}) | {:.0} | {roofline:.1} | {:.0}% ({:.0}%) | {:.1} | {:.1} | {:.1} | {:.1} |",
+            f.name,
             bytes as f64 / 1e6,
             100.0 * decode / roofline,
+            100.0 * decode_median / median_roofline,
             rates[0],
             rates[1],
             rates[2],
