@@ -1,6 +1,7 @@
 //! Aggregate decode throughput of the engine with 1, 4, 16 and 64
 //! concurrent sequences, on the benchmark checkpoint (DeepSeek-V2-Lite's
-//! architecture at 265M random parameters), f32 and bf16.
+//! architecture at 265M random parameters), f32, bf16 and q8_0
+//! (`FERROSEEK_BENCH_ONLY=q8_0` runs one of them).
 //!
 //! `cargo bench -p ferroseek-engine --bench throughput` (first run writes the
 //! checkpoint into `target/bench-models/`). Each row: all prompts (32 tokens)
@@ -16,7 +17,9 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use ferroseek_engine::{Engine, EngineConfig, Event, Request, SamplingParams, Tokenizer};
 use ferroseek_model::random::bench_checkpoint;
-use ferroseek_model::{resolve_model, DTypeChoice, DeepSeekModel, HubOptions, LoadOptions};
+use ferroseek_model::{
+    resolve_model, DTypeChoice, DeepSeekModel, HubOptions, LoadOptions, Quantization,
+};
 
 const PROMPT: usize = 32;
 const DECODE: usize = 32;
@@ -85,14 +88,24 @@ fn main() {
     println!("| dtype | seqs | tokens/s | prefill+first token (s) | vs 1 seq |");
     println!("|---|---:|---:|---:|---:|");
     // `auto` is what a bf16 checkpoint gets on CPU: bf16 weights, f32 compute.
-    for (name, dtype) in [
-        ("f32", DTypeChoice::F32),
-        ("bf16 (auto: bf16 weights, f32 compute)", DTypeChoice::Auto),
+    let only = std::env::var("FERROSEEK_BENCH_ONLY").ok();
+    for (name, dtype, quantize) in [
+        ("f32", DTypeChoice::F32, Quantization::None),
+        (
+            "bf16 (auto: bf16 weights, f32 compute)",
+            DTypeChoice::Auto,
+            Quantization::None,
+        ),
+        ("q8_0", DTypeChoice::F32, Quantization::Q8_0),
     ] {
+        if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
+            continue;
+        }
         let model = DeepSeekModel::load(
             &files,
             &LoadOptions {
                 dtype,
+                quantize,
                 device: Device::Cpu,
                 ..Default::default()
             },

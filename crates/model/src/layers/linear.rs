@@ -375,6 +375,10 @@ impl Module for Linear {
     }
 }
 
+/// Most decode-kernel calls a [`GroupedLinear`] makes for one input before
+/// it makes its weights dense for one batched matmul instead.
+const GROUPED_KERNEL_CALLS: usize = 4;
+
 /// Independent linear maps over consecutive slices of the input, one per
 /// group: `y[:, g·n..(g+1)·n] = x[:, g·k..(g+1)·k] · W_gᵀ`. MLA's absorbed
 /// `kv_b_proj` pieces are one per head. Decode steps run every group in one
@@ -462,9 +466,28 @@ impl Module for GroupedLinear {
             .map(Linear::kernel_rows)
             .min()
             .unwrap_or(0);
+        let refs: Vec<&Linear> = self.groups.iter().collect();
         if rows <= limit {
-            let refs: Vec<&Linear> = self.groups.iter().collect();
             return Linear::kernel(&refs, x, self.n, self.k, false);
+        }
+        // A few times the kernel's limit (a batch of decode steps): one
+        // kernel call per `limit` rows, unless the weights are already the
+        // dense f32 the batched matmul below takes. Making them dense costs
+        // about as much as reading them once per row.
+        let dense_as_is = self
+            .stacked
+            .as_ref()
+            .is_some_and(|w| w.dtype() == x.dtype());
+        if !dense_as_is && rows <= GROUPED_KERNEL_CALLS * limit {
+            let x = x.contiguous()?;
+            let parts = (0..rows)
+                .step_by(limit)
+                .map(|r| {
+                    let chunk = x.narrow(0, r, limit.min(rows - r))?;
+                    Linear::kernel(&refs, &chunk, self.n, self.k, false)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Tensor::cat(&parts, 0);
         }
         // Larger inputs: one batched matmul over the weights made dense for
         // the call (widening or dequantizing them costs a fraction of the
@@ -536,13 +559,13 @@ mod tests {
                 max_abs_diff(&held, &w) < 0.01,
                 "{format:?}: the held weights are not the given ones"
             );
-            // 2 rows take the decode kernel; 20 one batched matmul.
-            for m in [2, 20] {
+            // 2 rows take the decode kernel; 20 (f32) and 300 one batched
+            // matmul; 20 rows of Q8_0 three kernel calls.
+            for m in [2, 20, 300] {
                 let x = Tensor::from_vec(values(m * g * k, m), (m, g * k), &Device::Cpu).unwrap();
                 let got = grouped.forward(&x).unwrap();
                 let want = reference(&held, &x);
                 let diff = max_abs_diff(&got, &want);
-                // candle's quantized matmul (m = 20) also quantizes x.
                 let bound = if format.quantize == Quantization::None {
                     1e-4
                 } else {
