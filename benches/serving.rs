@@ -237,7 +237,11 @@ async fn through_http(client: &reqwest::Client, base: &str, streams: usize) -> f
 }
 
 fn main() {
-    let threads = rayon::current_num_threads();
+    // As the server does: fix both pools' size before any compute thread
+    // starts (without it candle reads /proc/cpuinfo on every f32 matmul).
+    let threads = ferroseek_model::parallel::threads();
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models");
     let dir = bench_checkpoint(&cache, DType::BF16).expect("writing the bench checkpoint");
     // The server needs a tokenizer; the default model's serves (ids it does
