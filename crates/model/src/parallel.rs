@@ -33,9 +33,28 @@ fn threads_from_env() -> usize {
 }
 
 /// Calls `f` on disjoint ranges covering `0..items`, in parallel on the
-/// pool (the calling thread takes part). Nested calls from inside the pool
-/// run inline.
+/// pool (the calling thread takes part). A nested call, from inside `f`,
+/// runs inline: candle marks only its workers as inside the pool, and the
+/// calling thread, which holds the pool's lock while it takes its share,
+/// would wait on itself. (candle's own parallel ops, such as a quantized
+/// matmul, must still not be called from inside `f`.)
 pub fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
+    thread_local! {
+        static CALLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if CALLING.get() {
+        f(0..items);
+        return;
+    }
+    /// Clears the mark however the call ends (a panic in `f` included).
+    struct Unmark;
+    impl Drop for Unmark {
+        fn drop(&mut self) {
+            CALLING.set(false);
+        }
+    }
+    CALLING.set(true);
+    let _unmark = Unmark;
     candle_core::utils::barrier_pool().execute_chunked(items, f);
 }
 
@@ -65,5 +84,26 @@ impl<T> Disjoint<T> {
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, range: Range<usize>) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(range.start), range.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A call from inside a call finishes (it used to wait forever when the
+    /// calling thread made it) and covers every item once.
+    #[test]
+    fn nested_calls_run_inline() {
+        let count = AtomicUsize::new(0);
+        for_ranges(64, |outer| {
+            for _ in outer {
+                for_ranges(8, |inner| {
+                    count.fetch_add(inner.len(), Ordering::Relaxed);
+                });
+            }
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 64 * 8);
     }
 }
