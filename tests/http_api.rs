@@ -400,12 +400,9 @@ async fn request_id_is_returned_and_logged() {
     assert_eq!(resp.headers()["x-request-id"], "trace-me-123");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["id"], "chatcmpl-trace-me-123");
-    let logs = server.logs();
-    assert!(
-        logs.lines()
-            .any(|l| l.contains("trace-me-123") && l.contains("chat completion")),
-        "{logs}"
-    );
+    let logged = |l: &str| l.contains("trace-me-123") && l.contains("chat completion");
+    let logs = server.logs_once(logged);
+    assert!(logs.lines().any(logged), "{logs}");
 }
 
 #[tokio::test]

@@ -91,6 +91,21 @@ impl Server {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// The logs once a line satisfies `wanted`, or as they are after 10 s:
+    /// lines reach the test through a reader thread, after the server has
+    /// already answered the request that logged them.
+    #[allow(dead_code)]
+    pub fn logs_once(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.lines().any(&wanted) || Instant::now() > deadline {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
