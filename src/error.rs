@@ -179,19 +179,9 @@ impl From<SubmitError> for ApiError {
             SubmitError::ContextTooLong { .. } | SubmitError::CacheTooSmall { .. } => {
                 ApiError::bad_request(message).with_code("context_length_exceeded")
             }
-            SubmitError::InvalidParameter(_) => match backticked(&message) {
-                Some(param) => ApiError::invalid(param, message),
-                None => ApiError::bad_request(message),
-            },
+            SubmitError::InvalidParameter { param, .. } => ApiError::invalid(param, message),
         }
     }
-}
-
-/// The first `name` in backticks of an engine message: the field at fault.
-fn backticked(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(message[start..start + len].to_string()).filter(|p| !p.is_empty())
 }
 
 #[cfg(test)]
@@ -210,9 +200,10 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(status(SubmitError::EmptyPrompt), StatusCode::BAD_REQUEST);
-        let e = ApiError::from(SubmitError::InvalidParameter(
-            "`top_p` must be in (0, 1], got 2".into(),
-        ));
+        let e = ApiError::from(SubmitError::InvalidParameter {
+            param: "top_p",
+            message: "`top_p` must be in (0, 1], got 2".into(),
+        });
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.detail.param.as_deref(), Some("top_p"));
     }

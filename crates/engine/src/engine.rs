@@ -300,34 +300,45 @@ impl Engine {
     /// The request's effective `max_tokens`, or why it can never run.
     fn validate(&self, r: &Request) -> Result<usize, SubmitError> {
         let inner = &self.inner;
-        let bad = |m: String| Err(SubmitError::InvalidParameter(m));
+        let bad = |param: &'static str, message: String| {
+            Err(SubmitError::InvalidParameter { param, message })
+        };
         if r.prompt.is_empty() {
             return Err(SubmitError::EmptyPrompt);
         }
         if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= inner.vocab_size) {
-            return bad(format!(
-                "prompt token id {t} is outside the vocabulary (ids 0..{})",
-                inner.vocab_size
-            ));
+            return bad(
+                "prompt",
+                format!(
+                    "prompt token id {t} is outside the vocabulary (ids 0..{})",
+                    inner.vocab_size
+                ),
+            );
         }
         if r.n == 0 || r.n > inner.max_num_seqs {
-            return bad(format!(
-                "`n` must be between 1 and {} (the server's `max_num_seqs`), got {}",
-                inner.max_num_seqs, r.n
-            ));
+            return bad(
+                "n",
+                format!(
+                    "`n` must be between 1 and {} (the server's `max_num_seqs`), got {}",
+                    inner.max_num_seqs, r.n
+                ),
+            );
         }
         for (name, k) in [
             ("logprobs", r.logprobs),
             ("prompt_logprobs", r.prompt_logprobs),
         ] {
             if let Some(k) = k.filter(|&k| k > MAX_TOP_LOGPROBS) {
-                return bad(format!(
+                return bad(
+                    name,
+                    format!(
                     "`{name}` asks for {k} alternatives; at most {MAX_TOP_LOGPROBS} are allowed"
-                ));
+                ),
+                );
             }
         }
         let s = &r.sampling;
-        let checks: [(&str, f32, bool, &str); 6] = [
+        let checks: [(&'static str, f32, bool, &str); 6] = [
             (
                 "temperature",
                 s.temperature,
@@ -367,7 +378,7 @@ impl Engine {
         ];
         for (name, value, ok, rule) in checks {
             if !ok || !value.is_finite() {
-                return bad(format!("`{name}` {rule}, got {value}"));
+                return bad(name, format!("`{name}` {rule}, got {value}"));
             }
         }
         if let Some(&(t, b)) = s
@@ -375,10 +386,13 @@ impl Engine {
             .iter()
             .find(|(t, b)| *t as usize >= inner.vocab_size || !b.is_finite())
         {
-            return bad(format!(
-                "`logit_bias` entry {t}: {b} is invalid (ids 0..{}, finite bias)",
-                inner.vocab_size
-            ));
+            return bad(
+                "logit_bias",
+                format!(
+                    "`logit_bias` entry {t}: {b} is invalid (ids 0..{}, finite bias)",
+                    inner.vocab_size
+                ),
+            );
         }
         let prompt = r.prompt.len();
         let room = inner.max_model_len.saturating_sub(prompt);

@@ -200,8 +200,12 @@ pub enum SubmitError {
         needed_tokens: usize,
         capacity_tokens: usize,
     },
-    /// A parameter out of range (the message names it).
-    InvalidParameter(String),
+    /// A parameter out of range: the request field at fault (as the
+    /// OpenAI API names it, e.g. `top_p`, `prompt`) and what is wrong.
+    InvalidParameter {
+        param: &'static str,
+        message: String,
+    },
 }
 
 impl fmt::Display for SubmitError {
@@ -229,7 +233,7 @@ impl fmt::Display for SubmitError {
                 f,
                 "the request needs {needed_tokens} tokens of KV cache but the whole cache holds {capacity_tokens}; shorten the prompt, lower `max_tokens` or `n`, or start the server with a larger `--kv-cache-memory`"
             ),
-            SubmitError::InvalidParameter(msg) => write!(f, "{msg}"),
+            SubmitError::InvalidParameter { message, .. } => write!(f, "{message}"),
         }
     }
 }

@@ -441,26 +441,28 @@ fn impossible_requests_are_refused_up_front() {
     );
     let mut r = greedy("bad", vec![5, 999_999], 1);
     assert!(
-        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter(m)) if m.contains("999999"))
+        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter { param: "prompt", message: m }) if m.contains("999999"))
     );
     r.prompt = vec![5];
     r.sampling.top_p = 0.0;
     assert!(
-        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter(m)) if m.contains("`top_p`"))
+        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter { param: "top_p", message: m }) if m.contains("`top_p`"))
     );
     r.sampling.top_p = 1.0;
     r.logprobs = Some(21);
     assert!(
-        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter(m)) if m.contains("`logprobs`"))
+        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter { param: "logprobs", message: m }) if m.contains("`logprobs`"))
     );
     r.logprobs = None;
     r.sampling.temperature = f32::NAN;
     assert!(
-        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter(m)) if m.contains("`temperature`"))
+        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter { param: "temperature", message: m }) if m.contains("`temperature`"))
     );
     r.sampling.temperature = 0.0;
     r.n = 0;
-    assert!(matches!(e.submit(r), Err(SubmitError::InvalidParameter(m)) if m.contains("`n`")));
+    assert!(
+        matches!(e.submit(r), Err(SubmitError::InvalidParameter { param: "n", message: m }) if m.contains("`n`"))
+    );
 }
 
 #[test]
