@@ -64,6 +64,15 @@ impl ServeArgs {
     }
 }
 
+/// Where sampling defaults come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenerationConfig {
+    /// The model's `generation_config.json`, where it has one.
+    Auto,
+    /// The OpenAI defaults (temperature 1, top_p 1).
+    None,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -144,6 +153,12 @@ pub struct ServeArgs {
     /// A Jinja chat template file that replaces the model's.
     #[arg(long, env = "FERROSEEK_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
+
+    /// Sampling defaults for fields a request leaves out: `auto` takes the
+    /// model's `generation_config.json` (temperature, top_p, top_k, min_p,
+    /// repetition_penalty), `none` the OpenAI defaults.
+    #[arg(long, env = "FERROSEEK_GENERATION_CONFIG", value_enum, default_value_t = GenerationConfig::Auto)]
+    pub generation_config: GenerationConfig,
 
     /// Largest request body accepted; larger ones are answered 413.
     #[arg(long, env = "FERROSEEK_MAX_BODY_SIZE", default_value = "16MiB", value_parser = parse_bytes)]

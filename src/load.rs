@@ -12,8 +12,9 @@ use candle_core::Device;
 use ferroseek_engine::{Engine, EngineConfig, Tokenizer, TokenizerFiles};
 use ferroseek_model::{resolve_model, DeepSeekModel, HubOptions, LoadOptions, ModelFiles};
 
-use crate::cli::ServeArgs;
+use crate::cli::{GenerationConfig, ServeArgs};
 use crate::embedded;
+use crate::generation_defaults;
 use crate::openai::common::unix_now;
 use crate::state::Ready;
 use crate::tokens::TokenTable;
@@ -105,6 +106,18 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
         "tokenizer loaded"
     );
 
+    let generation_file = match args.generation_config {
+        GenerationConfig::Auto => files.generation_config.as_deref(),
+        GenerationConfig::None => None,
+    };
+    let (sampling_defaults, taken) = generation_defaults::from_file(generation_file)?;
+    if !taken.is_empty() {
+        tracing::info!(
+            defaults = taken.join(" "),
+            "sampling defaults from generation_config.json (`--generation-config none` ignores them)"
+        );
+    }
+
     let weights_mib = total_size(&files.weights) as f64 / (1 << 20) as f64;
     tracing::info!(
         files = files.weights.len(),
@@ -163,6 +176,7 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
         engine,
         tokens,
         vocab_size,
+        sampling_defaults,
         reasoning,
         created: unix_now(),
     })

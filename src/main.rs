@@ -11,6 +11,7 @@ mod embedded;
 mod error;
 mod extract;
 mod generate;
+mod generation_defaults;
 mod load;
 mod logging;
 mod metrics;

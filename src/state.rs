@@ -29,6 +29,8 @@ pub struct Ready {
     pub tokens: TokenTable,
     /// The model's vocabulary size (ids `0..vocab_size` are valid).
     pub vocab_size: usize,
+    /// What a request's left-out sampling fields take (`--generation-config`).
+    pub sampling_defaults: ferroseek_engine::SamplingParams,
     /// The tokenizer has `<think>`/`</think>`: split reasoning from content.
     pub reasoning: bool,
     /// Unix seconds of loading.

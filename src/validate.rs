@@ -72,8 +72,20 @@ fn check_range(
 }
 
 impl SamplingFields<'_> {
+    /// [`Self::validate_with`] the OpenAI defaults.
+    #[cfg(test)]
     pub fn validate(&self, limits: &Limits) -> Result<ValidSampling, ApiError> {
-        let mut sampling = SamplingParams::default();
+        self.validate_with(limits, &SamplingParams::default())
+    }
+
+    /// Checks the fields; those left out take `defaults` (the model's
+    /// generation config, or the OpenAI defaults).
+    pub fn validate_with(
+        &self,
+        limits: &Limits,
+        defaults: &SamplingParams,
+    ) -> Result<ValidSampling, ApiError> {
+        let mut sampling = defaults.clone();
         if let Some(t) = check_range(
             "temperature",
             self.temperature,
@@ -118,7 +130,8 @@ impl SamplingFields<'_> {
             sampling.repetition_penalty = p;
         }
         sampling.top_k = match self.top_k {
-            None | Some(-1) | Some(0) => None,
+            None => sampling.top_k,
+            Some(-1) | Some(0) => None,
             Some(k) if k > 0 => Some(k as usize),
             Some(k) => {
                 return Err(ApiError::invalid(
@@ -292,6 +305,33 @@ mod tests {
 
     fn param_of(fields: SamplingFields) -> Option<String> {
         fields.validate(&LIMITS).err().and_then(|e| e.detail.param)
+    }
+
+    /// The model's generation config fills the fields a request leaves
+    /// out, and only those.
+    #[test]
+    fn left_out_fields_take_the_model_defaults() {
+        let model = SamplingParams {
+            temperature: 0.6,
+            top_p: 0.95,
+            top_k: Some(20),
+            ..Default::default()
+        };
+        let got = SamplingFields::default()
+            .validate_with(&LIMITS, &model)
+            .unwrap()
+            .sampling;
+        assert_eq!(got, model);
+        let got = SamplingFields {
+            temperature: Some(0.0),
+            top_p: Some(0.5),
+            top_k: Some(-1),
+            ..Default::default()
+        }
+        .validate_with(&LIMITS, &model)
+        .unwrap()
+        .sampling;
+        assert_eq!((got.temperature, got.top_p, got.top_k), (0.0, 0.5, None));
     }
 
     #[test]

@@ -448,3 +448,38 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
     assert!(status.success(), "exit status {status}");
     assert!(reqwest::get(format!("{base}/health")).await.is_err());
 }
+
+/// Sampling fields a request leaves out take the model's
+/// generation_config.json values (the default model's: temperature 0.6,
+/// top_p 0.95), unless `--generation-config none`; seeded sampling shows it.
+#[tokio::test]
+async fn left_out_sampling_fields_take_the_generation_config() {
+    async fn text(server: &Server, extra: Value) -> String {
+        let mut body = json!({"prompt": "Hello", "max_tokens": 24, "ignore_eos": true, "seed": 7});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let resp: Value = client()
+            .post(server.url("/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        resp["choices"][0]["text"].as_str().unwrap().to_string()
+    }
+    let model = json!({"temperature": 0.6, "top_p": 0.95});
+    let openai = json!({"temperature": 1.0, "top_p": 1.0});
+
+    let server = Server::start(&[]);
+    let left_out = text(&server, json!({})).await;
+    assert_eq!(left_out, text(&server, model.clone()).await);
+    assert_ne!(left_out, text(&server, openai.clone()).await);
+    let logged = |l: &str| l.contains("sampling defaults from generation_config.json");
+    assert!(server.logs_once(logged).lines().any(logged));
+
+    let server = Server::start(&["--generation-config", "none"]);
+    assert_eq!(text(&server, json!({})).await, text(&server, openai).await);
+}

@@ -117,7 +117,7 @@ pub async fn chat_completions(
         ignore_eos: req.ignore_eos,
         stop_token_ids: req.stop_token_ids.as_deref(),
     }
-    .validate(&limits)?;
+    .validate_with(&limits, &ready.sampling_defaults)?;
     let top_logprobs = req
         .top_logprobs
         .map(|k| check_top_logprobs("top_logprobs", k))

@@ -106,7 +106,7 @@ pub async fn completions(
         ignore_eos: req.ignore_eos,
         stop_token_ids: req.stop_token_ids.as_deref(),
     }
-    .validate(&limits)?;
+    .validate_with(&limits, &ready.sampling_defaults)?;
     if let Some(best_of) = req.best_of.filter(|&b| b != valid.n as i64) {
         return Err(ApiError::invalid(
             "best_of",
