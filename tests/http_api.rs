@@ -459,15 +459,7 @@ async fn left_out_sampling_fields_take_the_generation_config() {
         body.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        let resp: Value = client()
-            .post(server.url("/v1/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let resp = server.post_json("/v1/completions", &body).await;
         resp["choices"][0]["text"].as_str().unwrap().to_string()
     }
     let model = json!({"temperature": 0.6, "top_p": 0.95});

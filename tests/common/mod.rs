@@ -106,6 +106,18 @@ impl Server {
         }
     }
 
+    /// The JSON answer to a JSON POST to `path`.
+    #[allow(dead_code)]
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let resp = reqwest::Client::new()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        resp.json().await.unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
