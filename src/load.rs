@@ -66,11 +66,7 @@ fn chat_template_file(args: &ServeArgs, files: &ModelFiles) -> Result<Option<Pat
         }
         return Ok(Some(path.clone()));
     }
-    Ok(files
-        .config
-        .parent()
-        .map(|dir| dir.join("chat_template.jinja"))
-        .filter(|p| p.is_file()))
+    Ok(files.chat_template.clone())
 }
 
 fn total_size(paths: &[PathBuf]) -> u64 {

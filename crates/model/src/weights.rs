@@ -61,6 +61,9 @@ pub struct ModelFiles {
     pub tokenizer: Option<PathBuf>,
     pub tokenizer_config: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
+    /// `chat_template.jinja`: where newer repositories keep the chat
+    /// template (it wins over `tokenizer_config.json`'s).
+    pub chat_template: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +215,7 @@ fn collect_files(source: &dyn FileSource) -> Result<ModelFiles> {
         tokenizer: source.fetch("tokenizer.json")?,
         tokenizer_config: source.fetch("tokenizer_config.json")?,
         generation_config: source.fetch("generation_config.json")?,
+        chat_template: source.fetch("chat_template.jinja")?,
     })
 }
 

@@ -40,9 +40,25 @@ fn hub_id_loads_from_the_cache_by_branch_and_by_commit() {
     for revision in ["main", COMMIT] {
         let files = resolve_model("test-org/tiny", &offline(cache.clone(), revision)).unwrap();
         assert!(files.config.starts_with(&cache));
+        assert!(files.chat_template.is_none());
         let model = DeepSeekModel::load(&files, &LoadOptions::default()).unwrap();
         assert_eq!(model.config().model_type, "deepseek_v2");
     }
+    std::fs::remove_dir_all(cache).unwrap();
+}
+
+/// A `chat_template.jinja` in the snapshot (newer repositories keep the
+/// template there) is one of the model's files.
+#[test]
+fn a_chat_template_file_in_the_snapshot_is_found() {
+    let cache = fake_cache("template");
+    let snapshot = cache.join("models--test-org--tiny/snapshots").join(COMMIT);
+    std::fs::write(snapshot.join("chat_template.jinja"), "{{ messages }}").unwrap();
+    let files = resolve_model("test-org/tiny", &offline(cache.clone(), "main")).unwrap();
+    assert_eq!(
+        files.chat_template,
+        Some(snapshot.join("chat_template.jinja"))
+    );
     std::fs::remove_dir_all(cache).unwrap();
 }
 
