@@ -237,11 +237,8 @@ async fn through_http(client: &reqwest::Client, base: &str, streams: usize) -> f
 }
 
 fn main() {
-    // As the server does: fix both pools' size before any compute thread
-    // starts (without it candle reads /proc/cpuinfo on every f32 matmul).
-    let threads = ferroseek_model::parallel::threads();
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    // Both pools sized as the server sizes them.
+    let threads = ferroseek_model::parallel::set_threads(None);
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models");
     let dir = bench_checkpoint(&cache, DType::BF16).expect("writing the bench checkpoint");
     // The server needs a tokenizer; the default model's serves (ids it does

@@ -37,23 +37,8 @@ use crate::state::{AppState, Settings};
 fn main() -> ExitCode {
     let args = Cli::parse().into_serve();
     logging::init(args.log_format);
-    // One size for both compute pools: candle's (element-wise ops,
-    // quantized matmuls and our decode kernels; it reads the variable when
-    // first used) and rayon's (candle's GEMM for prefill). Set before any
-    // compute thread exists, and always: without the variable, candle
-    // re-reads /proc/cpuinfo on every f32 matmul to find the default.
-    let threads = args
-        .threads
-        .filter(|&t| t > 0)
-        .unwrap_or_else(ferroseek_model::parallel::threads);
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    if let Err(e) = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-    {
-        tracing::warn!("cannot set the compute threads: {e}");
-    }
+    // Before any compute thread exists (`--threads`, else one per core).
+    ferroseek_model::parallel::set_threads(args.threads);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -9,7 +9,7 @@
 //! kernels run on candle's pool too: during a decode step every parallel
 //! op is on the same threads, which stay hot from one op to the next.
 //! Its size is `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the
-//! number of physical cores (the server's `--threads` sets both).
+//! number of physical cores ([`set_threads`] sets both).
 
 use std::ops::Range;
 
@@ -18,6 +18,22 @@ use std::ops::Range;
 pub fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(threads_from_env)
+}
+
+/// Fixes the size of both compute pools, candle's and rayon's (candle's
+/// GEMM for prefill runs on rayon), to `requested` threads, or else to the
+/// default: sets `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS`, which the
+/// pools read when they start. Call it before any compute thread exists
+/// (at the start of `main`). Setting them also matters when the default is
+/// wanted: without `RAYON_NUM_THREADS`, candle looks up the core count in
+/// `/proc/cpuinfo` on every f32 matmul. Returns the size.
+pub fn set_threads(requested: Option<usize>) -> usize {
+    let n = requested
+        .filter(|&n| n > 0)
+        .unwrap_or_else(threads_from_env);
+    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    n
 }
 
 fn threads_from_env() -> usize {
