@@ -158,14 +158,15 @@ impl Item<'_> {
         let mut h = 0;
         while h < group {
             let n = (group - h).min(4);
+            let qh = &q[h * width..];
+            let mut dots = [0f32; 4];
             for t in 0..context {
                 let key = row(t);
-                let mut dots = [0f32; 4];
                 match n {
-                    4 => dots = avx2::dots::<4>(&q[h * width..], width, key),
-                    3 => dots[..3].copy_from_slice(&avx2::dots::<3>(&q[h * width..], width, key)),
-                    2 => dots[..2].copy_from_slice(&avx2::dots::<2>(&q[h * width..], width, key)),
-                    _ => dots[0] = avx2::dots::<1>(&q[h * width..], width, key)[0],
+                    4 => avx2::dots::<4>(qh, width, key, &mut dots),
+                    3 => avx2::dots::<3>(qh, width, key, &mut dots),
+                    2 => avx2::dots::<2>(qh, width, key, &mut dots),
+                    _ => avx2::dots::<1>(qh, width, key, &mut dots),
                 }
                 for (i, d) in dots[..n].iter().enumerate() {
                     scores[(h + i) * context + t] = d * self.scale;
@@ -258,10 +259,10 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
-    /// The dot products of `H` consecutive `width`-long query rows of `q`
-    /// with `key`.
+    /// `out[h]` = the dot product of the `h`-th of `H` consecutive
+    /// `width`-long query rows of `q` with `key`.
     #[inline(always)]
-    pub unsafe fn dots<const H: usize>(q: &[f32], width: usize, key: &[f32]) -> [f32; H] {
+    pub unsafe fn dots<const H: usize>(q: &[f32], width: usize, key: &[f32], out: &mut [f32; 4]) {
         assert!(q.len() >= H * width && key.len() >= width);
         let (qp, kp) = (q.as_ptr(), key.as_ptr());
         let mut acc = [_mm256_setzero_ps(); H];
@@ -273,14 +274,12 @@ mod avx2 {
             }
             c += 8;
         }
-        let mut out = [0f32; H];
         for h in 0..H {
             out[h] = hsum(acc[h]);
             for i in c..width {
                 out[h] += q[h * width + i] * key[i];
             }
         }
-        out
     }
 
     /// `out[h·rank + c] += Σ_t p[h·context + t] · row(t)[c]` for `H` heads,

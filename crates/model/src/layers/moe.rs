@@ -41,9 +41,7 @@ impl Mlp {
             down_proj: Linear::load(intermediate, hidden, vb.pp("down_proj"), weights)?,
         })
     }
-}
 
-impl Mlp {
     /// Each of `mlps` applied to the same `x`: their gate and up projections
     /// all run in one [`Linear::forward_shared`].
     pub fn forward_shared(mlps: &[&Mlp], x: &Tensor) -> Result<Vec<Tensor>> {
