@@ -8,9 +8,11 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use ferroseek_engine::SamplingParams;
 use serde_json::Value;
+
+use crate::validate::{Allowed, MIN_P, REPETITION_PENALTY, TEMPERATURE, TOP_P};
 
 /// The defaults `file` sets (none without a file), and a `key=value` per
 /// value taken, for the log.
@@ -24,35 +26,38 @@ pub fn from_file(file: Option<&Path>) -> Result<(SamplingParams, Vec<String>)> {
     let json: Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", file.display()))?;
     let mut taken = Vec::new();
-    let mut number = |key: &str, ok: fn(f64) -> bool, rule: &str| -> Result<Option<f32>> {
+    // The value of `key` when the file sets it, checked as a request's is.
+    let mut number = |key: &str, allowed: &Allowed| -> Result<Option<f32>> {
         let Some(v) = json.get(key).filter(|v| !v.is_null()) else {
             return Ok(None);
         };
-        match v.as_f64() {
-            Some(x) if x.is_finite() && ok(x) => {
-                taken.push(format!("{key}={x}"));
-                Ok(Some(x as f32))
-            }
-            _ => bail!("{}: `{key}` must be {rule}, got {v}", file.display()),
-        }
+        let x = v
+            .as_f64()
+            .ok_or_else(|| format!("`{key}` must be {}, got {v}", allowed.rule))
+            .and_then(|x| allowed.check(key, x).map(|_| x))
+            .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+        taken.push(format!("{key}={x}"));
+        Ok(Some(x as f32))
     };
-    if let Some(t) = number("temperature", |x| (0.0..=2.0).contains(&x), "in [0, 2]")? {
-        params.temperature = t;
+    for (key, allowed, dst) in [
+        ("temperature", &TEMPERATURE, &mut params.temperature),
+        ("top_p", &TOP_P, &mut params.top_p),
+        ("min_p", &MIN_P, &mut params.min_p),
+        (
+            "repetition_penalty",
+            &REPETITION_PENALTY,
+            &mut params.repetition_penalty,
+        ),
+    ] {
+        if let Some(x) = number(key, allowed)? {
+            *dst = x;
+        }
     }
-    if let Some(p) = number("top_p", |x| x > 0.0 && x <= 1.0, "in (0, 1]")? {
-        params.top_p = p;
-    }
-    if let Some(p) = number("min_p", |x| (0.0..=1.0).contains(&x), "in [0, 1]")? {
-        params.min_p = p;
-    }
-    if let Some(p) = number("repetition_penalty", |x| x > 0.0 && x <= 10.0, "in (0, 10]")? {
-        params.repetition_penalty = p;
-    }
-    if let Some(k) = number(
-        "top_k",
-        |x| x >= 0.0 && x.fract() == 0.0,
-        "a whole number >= 0",
-    )? {
+    const TOP_K: Allowed = Allowed {
+        ok: |x| x >= 0.0 && x.fract() == 0.0,
+        rule: "a whole number >= 0",
+    };
+    if let Some(k) = number("top_k", &TOP_K)? {
         // 0 keeps every token, as in a request.
         params.top_k = (k >= 1.0).then_some(k as usize);
     }

@@ -55,20 +55,51 @@ pub struct ValidSampling {
     pub n: usize,
 }
 
-fn check_range(
-    name: &str,
-    value: Option<f64>,
-    ok: impl Fn(f64) -> bool,
-    rule: &str,
-) -> Result<Option<f32>, ApiError> {
-    match value {
-        None => Ok(None),
-        Some(v) if v.is_finite() && ok(v) => Ok(Some(v as f32)),
-        Some(v) => Err(ApiError::invalid(
-            name,
-            format!("`{name}` must be {rule}, got {v}"),
-        )),
+/// The values a float sampling field allows, and how a message says so.
+/// Shared by requests and the model's `generation_config.json`.
+pub struct Allowed {
+    pub ok: fn(f64) -> bool,
+    pub rule: &'static str,
+}
+
+pub const TEMPERATURE: Allowed = Allowed {
+    ok: |v| (0.0..=2.0).contains(&v),
+    rule: "in [0, 2]",
+};
+pub const TOP_P: Allowed = Allowed {
+    ok: |v| v > 0.0 && v <= 1.0,
+    rule: "in (0, 1]",
+};
+pub const MIN_P: Allowed = Allowed {
+    ok: |v| (0.0..=1.0).contains(&v),
+    rule: "in [0, 1]",
+};
+pub const REPETITION_PENALTY: Allowed = Allowed {
+    ok: |v| v > 0.0 && v <= 10.0,
+    rule: "in (0, 10]",
+};
+/// `presence_penalty` and `frequency_penalty`.
+const PENALTY: Allowed = Allowed {
+    ok: |v| (-2.0..=2.0).contains(&v),
+    rule: "in [-2, 2]",
+};
+
+impl Allowed {
+    /// `value` as f32 when finite and allowed; else what is wrong with it.
+    pub fn check(&self, name: &str, value: f64) -> Result<f32, String> {
+        if value.is_finite() && (self.ok)(value) {
+            Ok(value as f32)
+        } else {
+            Err(format!("`{name}` must be {}, got {value}", self.rule))
+        }
     }
+}
+
+fn check_range(name: &str, value: Option<f64>, allowed: Allowed) -> Result<Option<f32>, ApiError> {
+    value
+        .map(|v| allowed.check(name, v))
+        .transpose()
+        .map_err(|message| ApiError::invalid(name, message))
 }
 
 impl SamplingFields<'_> {
@@ -86,48 +117,38 @@ impl SamplingFields<'_> {
         defaults: &SamplingParams,
     ) -> Result<ValidSampling, ApiError> {
         let mut sampling = defaults.clone();
-        if let Some(t) = check_range(
-            "temperature",
-            self.temperature,
-            |v| (0.0..=2.0).contains(&v),
-            "in [0, 2]",
-        )? {
-            sampling.temperature = t;
-        }
-        if let Some(p) = check_range("top_p", self.top_p, |v| v > 0.0 && v <= 1.0, "in (0, 1]")? {
-            sampling.top_p = p;
-        }
-        if let Some(p) = check_range(
-            "min_p",
-            self.min_p,
-            |v| (0.0..=1.0).contains(&v),
-            "in [0, 1]",
-        )? {
-            sampling.min_p = p;
-        }
-        if let Some(p) = check_range(
-            "presence_penalty",
-            self.presence_penalty,
-            |v| (-2.0..=2.0).contains(&v),
-            "in [-2, 2]",
-        )? {
-            sampling.presence_penalty = p;
-        }
-        if let Some(p) = check_range(
-            "frequency_penalty",
-            self.frequency_penalty,
-            |v| (-2.0..=2.0).contains(&v),
-            "in [-2, 2]",
-        )? {
-            sampling.frequency_penalty = p;
-        }
-        if let Some(p) = check_range(
-            "repetition_penalty",
-            self.repetition_penalty,
-            |v| v > 0.0 && v <= 10.0,
-            "in (0, 10]",
-        )? {
-            sampling.repetition_penalty = p;
+        let fields = [
+            (
+                "temperature",
+                self.temperature,
+                TEMPERATURE,
+                &mut sampling.temperature,
+            ),
+            ("top_p", self.top_p, TOP_P, &mut sampling.top_p),
+            ("min_p", self.min_p, MIN_P, &mut sampling.min_p),
+            (
+                "presence_penalty",
+                self.presence_penalty,
+                PENALTY,
+                &mut sampling.presence_penalty,
+            ),
+            (
+                "frequency_penalty",
+                self.frequency_penalty,
+                PENALTY,
+                &mut sampling.frequency_penalty,
+            ),
+            (
+                "repetition_penalty",
+                self.repetition_penalty,
+                REPETITION_PENALTY,
+                &mut sampling.repetition_penalty,
+            ),
+        ];
+        for (name, value, allowed, dst) in fields {
+            if let Some(v) = check_range(name, value, allowed)? {
+                *dst = v;
+            }
         }
         sampling.top_k = match self.top_k {
             None => sampling.top_k,
