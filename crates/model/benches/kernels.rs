@@ -6,10 +6,14 @@
 //! bandwidth; then `x [m, 4096] · Wᵀ` with W `[8192, 4096]` for m = 1, 4, 8, 16:
 //! our kernel on an f32, a bf16 and a Q8_0 weight, candle's matmul (or
 //! quantized matmul) on the same. GB/s = weight bytes / time (the weight is read once per call).
+//! Last, the absorbed attention kernel at the benchmark model's geometry (16
+//! heads, latent 256 + rope 64, 16-row cache blocks) for one decode token:
+//! GFLOP/s at several context lengths (`-- attention` runs only this part).
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
+use ferroseek_model::layers::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
 use ferroseek_model::layers::decode_matmul::{matmul_rows, WeightRows};
 
 const N: usize = 8192;
@@ -30,6 +34,11 @@ fn median_secs(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // `cargo bench --bench kernels -- attention` runs the attention part only.
+    if std::env::args().skip(1).any(|a| a == "attention") {
+        attention();
+        return;
+    }
     let threads = rayon::current_num_threads();
     let bandwidth = ferroseek_model::random::read_bandwidth_gbps();
     println!("threads: {threads}; read bandwidth (parallel sum over 1 GiB): {bandwidth:.1} GB/s");
@@ -90,5 +99,46 @@ fn main() {
                 100.0 * gb / ours / bandwidth
             );
         }
+    }
+    attention();
+}
+
+/// One decode token's absorbed attention over `context` cached rows.
+fn attention() {
+    let shape = LatentShape {
+        heads: 16,
+        rank: 256,
+        width: 320,
+        block_size: 16,
+    };
+    println!("| attention context | µs per token | GFLOP/s |");
+    println!("|---:|---:|---:|");
+    for context in [128usize, 512, 2048] {
+        let blocks = context.div_ceil(shape.block_size);
+        // Blocks in a scrambled order, as a long-running cache holds them.
+        let table: Vec<u32> = (0..blocks as u32)
+            .map(|b| (b * 7) % blocks as u32)
+            .collect();
+        let cache: Vec<f32> = (0..blocks * shape.block_size * shape.width)
+            .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let queries: Vec<f32> = (0..shape.heads * shape.width)
+            .map(|i| (i % 17) as f32 * 0.01)
+            .collect();
+        let seqs = [SeqSpan {
+            start: 0,
+            num_new: 1,
+            num_cached: context - 1,
+            block_table: &table,
+        }];
+        let secs = median_secs(|| {
+            std::hint::black_box(absorbed_attention(&queries, &cache, &seqs, shape, 0.1));
+        });
+        let flops = 2.0 * (shape.heads * context * (shape.width + shape.rank)) as f64;
+        println!(
+            "| {context} | {:.1} | {:.1} |",
+            secs * 1e6,
+            flops / secs / 1e9
+        );
     }
 }

@@ -97,9 +97,9 @@ pub fn absorbed_attention(
         .collect();
     let items = tokens * groups_per_token;
     let dst = Disjoint::new(&mut out);
-    #[cfg(target_arch = "x86_64")]
-    let simd = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    let path = Path::detect();
     parallel::for_ranges(items, |range| {
+        let mut rows: Vec<&[f32]> = Vec::new();
         for item in range {
             // SAFETY: item `item` owns exactly this slice of the output.
             let out = unsafe { dst.slice(item * group * rank..(item + 1) * group * rank) };
@@ -108,36 +108,61 @@ pub fn absorbed_attention(
             let (s, j) = owner[token];
             let span = &seqs[s];
             let context = span.num_cached + j + 1;
-            let q = &queries[(token * heads + first_head) * width..][..group * width];
-            let row = |t: usize| {
-                let slot = span.block_table[t / block_size] as usize * block_size + t % block_size;
-                &cache[slot * width..(slot + 1) * width]
-            };
+            // The cache rows this token sees, found once (not per head or
+            // per column block).
+            rows.clear();
+            rows.extend(
+                span.block_table
+                    .iter()
+                    .flat_map(|&b| {
+                        let first = b as usize * block_size;
+                        (first..first + block_size)
+                            .map(|slot| &cache[slot * width..(slot + 1) * width])
+                    })
+                    .take(context),
+            );
             let item = Item {
-                q,
-                context,
+                q: &queries[(token * heads + first_head) * width..][..group * width],
                 group,
                 width,
                 rank,
                 scale,
             };
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                unsafe { item.attend_avx2(row, out) };
-                continue;
-            }
-            item.attend(row, out);
+            item.attend_on(path, &rows, out);
         }
     });
     out
 }
 
-/// One work item: `group` heads of one token against `context` cache rows.
+/// The instruction set the kernel runs on, chosen at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Plain,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Path {
+    fn detect() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Path::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Path::Avx2;
+            }
+        }
+        Path::Plain
+    }
+}
+
+/// One work item: `group` heads of one token against the cache rows it sees.
 struct Item<'a> {
     /// The heads' queries, `[group, width]`.
     q: &'a [f32],
-    context: usize,
     group: usize,
     width: usize,
     rank: usize,
@@ -145,23 +170,35 @@ struct Item<'a> {
 }
 
 impl Item<'_> {
+    /// `out` (`[group, rank]`) = per head, softmax(scale · q·rowᵀ) · c_kv
+    /// over `rows`, on `path`.
+    fn attend_on(&self, path: Path, rows: &[&[f32]], out: &mut [f32]) {
+        match path {
+            Path::Plain => self.attend(rows, out),
+            // SAFETY: `Path::detect` found the features each path needs.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => unsafe { self.attend_avx2(rows, out) },
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => unsafe { self.attend_avx512(rows, out) },
+        }
+    }
+
     /// The same work with AVX2 + FMA intrinsics: four heads' dot products
     /// (or weighted sums) advance together, so each cache row is loaded
     /// once per four heads, the FMA chains are independent, and the output
     /// sums stay in registers across all rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2<'c>(&self, row: impl Fn(usize) -> &'c [f32], out: &mut [f32]) {
+    unsafe fn attend_avx2(&self, rows: &[&[f32]], out: &mut [f32]) {
         let (q, context, group, width, rank) =
-            (self.q, self.context, self.group, self.width, self.rank);
+            (self.q, rows.len(), self.group, self.width, self.rank);
         let mut scores = vec![0f32; group * context];
         let mut h = 0;
         while h < group {
             let n = (group - h).min(4);
             let qh = &q[h * width..];
             let mut dots = [0f32; 4];
-            for t in 0..context {
-                let key = row(t);
+            for (t, key) in rows.iter().enumerate() {
                 match n {
                     4 => avx2::dots::<4>(qh, width, key, &mut dots),
                     3 => avx2::dots::<3>(qh, width, key, &mut dots),
@@ -180,10 +217,62 @@ impl Item<'_> {
             let n = (group - h).min(4);
             let (p, o) = (&scores[h * context..], &mut out[h * rank..]);
             match n {
-                4 => avx2::weighted_sums::<4>(p, context, &row, rank, o),
-                3 => avx2::weighted_sums::<3>(p, context, &row, rank, o),
-                2 => avx2::weighted_sums::<2>(p, context, &row, rank, o),
-                _ => avx2::weighted_sums::<1>(p, context, &row, rank, o),
+                4 => avx2::weighted_sums::<4>(p, rows, rank, o),
+                3 => avx2::weighted_sums::<3>(p, rows, rank, o),
+                2 => avx2::weighted_sums::<2>(p, rows, rank, o),
+                _ => avx2::weighted_sums::<1>(p, rows, rank, o),
+            }
+            h += n;
+        }
+        scale_rows(out, rank, &norms);
+    }
+
+    /// The AVX-512 version: four heads against `KEYS` cache rows at a time
+    /// for the scores (independent sums; each row loaded once per four heads,
+    /// each query chunk once per `KEYS` rows), and four heads' weighted sums over 64 columns held in sixteen
+    /// registers across all rows.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn attend_avx512(&self, rows: &[&[f32]], out: &mut [f32]) {
+        const KEYS: usize = 4;
+        let (q, context, group, width, rank) =
+            (self.q, rows.len(), self.group, self.width, self.rank);
+        let mut scores = vec![0f32; group * context];
+        let mut h = 0;
+        while h < group {
+            let n = (group - h).min(4);
+            let qh = &q[h * width..];
+            let mut dots = [[0f32; 4]; KEYS];
+            let mut t = 0;
+            while t < context {
+                // The last few rows repeat the final one to fill the block.
+                let take = (context - t).min(KEYS);
+                let keys: [&[f32]; KEYS] = std::array::from_fn(|r| rows[t + r.min(take - 1)]);
+                match n {
+                    4 => avx512::dots::<4, KEYS>(qh, width, keys, &mut dots),
+                    3 => avx512::dots::<3, KEYS>(qh, width, keys, &mut dots),
+                    2 => avx512::dots::<2, KEYS>(qh, width, keys, &mut dots),
+                    _ => avx512::dots::<1, KEYS>(qh, width, keys, &mut dots),
+                }
+                for (r, row) in dots[..take].iter().enumerate() {
+                    for (i, d) in row[..n].iter().enumerate() {
+                        scores[(h + i) * context + t + r] = d * self.scale;
+                    }
+                }
+                t += take;
+            }
+            h += n;
+        }
+        let norms = softmax_rows(&mut scores, context);
+        let mut h = 0;
+        while h < group {
+            let n = (group - h).min(4);
+            let (p, o) = (&scores[h * context..], &mut out[h * rank..]);
+            match n {
+                4 => avx512::weighted_sums::<4>(p, rows, rank, o),
+                3 => avx512::weighted_sums::<3>(p, rows, rank, o),
+                2 => avx512::weighted_sums::<2>(p, rows, rank, o),
+                _ => avx512::weighted_sums::<1>(p, rows, rank, o),
             }
             h += n;
         }
@@ -191,25 +280,24 @@ impl Item<'_> {
     }
 
     /// `out` (`[group, rank]`) = per head, softmax(scale · q·rowᵀ) · c_kv.
-    fn attend<'c>(&self, row: impl Fn(usize) -> &'c [f32], out: &mut [f32]) {
+    fn attend(&self, rows: &[&[f32]], out: &mut [f32]) {
         let Item {
             q,
-            context,
             group,
             width,
             rank,
             scale,
         } = *self;
+        let context = rows.len();
         let mut scores = vec![0f32; group * context];
-        for t in 0..context {
-            let key = row(t);
+        for (t, key) in rows.iter().enumerate() {
             for h in 0..group {
                 scores[h * context + t] = dot(&q[h * width..(h + 1) * width], key) * scale;
             }
         }
         let norms = softmax_rows(&mut scores, context);
-        for t in 0..context {
-            let value = &row(t)[..rank];
+        for (t, row) in rows.iter().enumerate() {
+            let value = &row[..rank];
             for h in 0..group {
                 axpy(
                     &mut out[h * rank..(h + 1) * rank],
@@ -282,23 +370,22 @@ mod avx2 {
         }
     }
 
-    /// `out[h·rank + c] += Σ_t p[h·context + t] · row(t)[c]` for `H` heads,
+    /// `out[h·rank + c] += Σ_t p[h·context + t] · rows[t][c]` for `H` heads,
     /// 16 columns at a time held in registers over all rows.
     #[inline(always)]
-    pub unsafe fn weighted_sums<'c, const H: usize>(
+    pub unsafe fn weighted_sums<const H: usize>(
         p: &[f32],
-        context: usize,
-        row: &impl Fn(usize) -> &'c [f32],
+        rows: &[&[f32]],
         rank: usize,
         out: &mut [f32],
     ) {
+        let context = rows.len();
         assert!(p.len() >= H * context && out.len() >= H * rank);
         let (pp, op) = (p.as_ptr(), out.as_mut_ptr());
         let mut c = 0;
         while c + 16 <= rank {
             let mut acc = [[_mm256_setzero_ps(); 2]; H];
-            for t in 0..context {
-                let v = row(t);
+            for (t, v) in rows.iter().enumerate() {
                 assert!(v.len() >= rank);
                 let v0 = _mm256_loadu_ps(v.as_ptr().add(c));
                 let v1 = _mm256_loadu_ps(v.as_ptr().add(c + 8));
@@ -316,8 +403,8 @@ mod avx2 {
             c += 16;
         }
         if c < rank {
-            for t in 0..context {
-                let v = &row(t)[c..rank];
+            for (t, row) in rows.iter().enumerate() {
+                let v = &row[c..rank];
                 for h in 0..H {
                     super::axpy(
                         &mut out[h * rank + c..(h + 1) * rank],
@@ -325,6 +412,128 @@ mod avx2 {
                         v,
                     );
                 }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Lanes `0..n` of a 16-lane mask (all for `n >= 16`).
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    }
+
+    /// The sums of `H <= 4` vectors, in order.
+    #[inline(always)]
+    unsafe fn reduce4<const H: usize>(acc: &[__m512; H]) -> [f32; 4] {
+        let mut y = [_mm256_setzero_ps(); 4];
+        for (y, a) in y.iter_mut().zip(acc) {
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a)));
+            *y = _mm256_add_ps(_mm512_castps512_ps256(*a), high);
+        }
+        // Per 128-bit lane: [Σy0, Σy1, Σy2, Σy3] of that lane's halves.
+        let s = _mm256_hadd_ps(_mm256_hadd_ps(y[0], y[1]), _mm256_hadd_ps(y[2], y[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), s);
+        out
+    }
+
+    /// `out[r][h]` = the dot product of the `h`-th of `H` consecutive
+    /// `width`-long query rows of `q` with `keys[r]`.
+    #[inline(always)]
+    pub unsafe fn dots<const H: usize, const R: usize>(
+        q: &[f32],
+        width: usize,
+        keys: [&[f32]; R],
+        out: &mut [[f32; 4]; R],
+    ) {
+        assert!(q.len() >= H * width && keys.iter().all(|k| k.len() >= width));
+        let qp = q.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); R]; H];
+        let mut c = 0;
+        while c < width {
+            // Masked-off lanes are neither read nor faulted on.
+            let m = lanes(width - c);
+            let mut k = [_mm512_setzero_ps(); R];
+            for (k, key) in k.iter_mut().zip(&keys) {
+                *k = _mm512_maskz_loadu_ps(m, key.as_ptr().add(c));
+            }
+            for (h, a) in acc.iter_mut().enumerate() {
+                let qv = _mm512_maskz_loadu_ps(m, qp.add(h * width + c));
+                for (a, k) in a.iter_mut().zip(&k) {
+                    *a = _mm512_fmadd_ps(qv, *k, *a);
+                }
+            }
+            c += 16;
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = reduce4(&std::array::from_fn::<_, H, _>(|h| acc[h][r]));
+        }
+    }
+
+    /// `out[h·rank + c] += Σ_t p[h·context + t] · rows[t][c]` for `H` heads:
+    /// 64 columns at a time held in registers over all rows, then 16 (the
+    /// last ones masked).
+    #[inline(always)]
+    pub unsafe fn weighted_sums<const H: usize>(
+        p: &[f32],
+        rows: &[&[f32]],
+        rank: usize,
+        out: &mut [f32],
+    ) {
+        assert!(p.len() >= H * rows.len() && out.len() >= H * rank);
+        let mut c = 0;
+        while c + 64 <= rank {
+            columns::<H, 4>(p, rows, rank, c, 0xffff, out);
+            c += 64;
+        }
+        while c < rank {
+            columns::<H, 1>(p, rows, rank, c, lanes(rank - c), out);
+            c += 16;
+        }
+    }
+
+    /// [`weighted_sums`] for the `16·V` columns from `c`, the last 16 of
+    /// them masked by `last`.
+    #[inline(always)]
+    unsafe fn columns<const H: usize, const V: usize>(
+        p: &[f32],
+        rows: &[&[f32]],
+        rank: usize,
+        c: usize,
+        last: __mmask16,
+        out: &mut [f32],
+    ) {
+        let context = rows.len();
+        let mask = |i: usize| if i + 1 == V { last } else { 0xffff };
+        let mut acc = [[_mm512_setzero_ps(); V]; H];
+        for (t, row) in rows.iter().enumerate() {
+            assert!(row.len() >= rank);
+            let mut v = [_mm512_setzero_ps(); V];
+            for (i, v) in v.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(mask(i), row.as_ptr().add(c + 16 * i));
+            }
+            for (h, a) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*p.as_ptr().add(h * context + t));
+                for i in 0..V {
+                    a[i] = _mm512_fmadd_ps(w, v[i], a[i]);
+                }
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            for (i, a) in a.iter().enumerate() {
+                let o = out.as_mut_ptr().add(h * rank + c + 16 * i);
+                let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask(i), o), *a);
+                _mm512_mask_storeu_ps(o, mask(i), sum);
             }
         }
     }
@@ -345,45 +554,56 @@ mod tests {
     }
 
     /// The SIMD loops equal the plain ones for odd head counts, widths and
-    /// ranks with tails, and contexts that cross cache blocks.
-    #[cfg(target_arch = "x86_64")]
+    /// ranks with tails, and contexts that cross cache blocks and leave a
+    /// partial block of key rows.
     #[test]
-    fn avx2_path_matches_plain_loops() {
-        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
-            return;
+    fn simd_paths_match_plain_loops() {
+        let mut paths = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                paths.push(Path::Avx2);
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                paths.push(Path::Avx512);
+            }
         }
         for (group, rank, rope, context) in [
             (4, 256, 64, 300),
             (3, 40, 12, 17),
             (1, 16, 8, 1),
             (7, 24, 5, 33),
+            (5, 72, 9, 6),
+            (2, 8, 3, 2),
         ] {
             let width = rank + rope;
             let q = fill(group * width, 1);
             let cache = fill(320 * width, 2);
             // 40 blocks of 8 rows, in a scrambled order.
-            let table: Vec<usize> = (0..40).map(|b| b * 17 % 40).collect();
-            let row = |t: usize| {
-                let slot = table[t / 8] * 8 + t % 8;
-                &cache[slot * width..(slot + 1) * width]
-            };
+            let rows: Vec<&[f32]> = (0..context)
+                .map(|t| {
+                    let slot = (t / 8 * 17 % 40) * 8 + t % 8;
+                    &cache[slot * width..(slot + 1) * width]
+                })
+                .collect();
             let item = Item {
                 q: &q,
-                context,
                 group,
                 width,
                 rank,
                 scale: 0.3,
             };
-            let (mut plain, mut simd) = (vec![0f32; group * rank], vec![0f32; group * rank]);
-            item.attend(row, &mut plain);
-            // SAFETY: checked above.
-            unsafe { item.attend_avx2(row, &mut simd) };
-            for (a, b) in plain.iter().zip(&simd) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
-                    "{a} vs {b} ({group}, {rank}, {rope}, {context})"
-                );
+            let mut plain = vec![0f32; group * rank];
+            item.attend(&rows, &mut plain);
+            for &path in &paths {
+                let mut simd = vec![0f32; group * rank];
+                item.attend_on(path, &rows, &mut simd);
+                for (a, b) in plain.iter().zip(&simd) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                        "{path:?}: {a} vs {b} ({group}, {rank}, {rope}, {context})"
+                    );
+                }
             }
         }
     }
