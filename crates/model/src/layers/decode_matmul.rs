@@ -107,7 +107,7 @@ fn matmul_many(
     let columns = groups * n;
     let mut out = vec![0f32; m * columns];
     let dst = Disjoint::new(&mut out);
-    let simd = has_avx2_fma();
+    let simd = Simd::detect();
     // The output columns `cols` (each one weight row), computed for every
     // input row, four input rows per pass over a weight row.
     let work = |cols: Range<usize>| {
@@ -160,22 +160,40 @@ fn matmul_many(
 /// Weights smaller than this (times the row tiles) are read on one thread.
 const SERIAL_BYTES: usize = 256 << 10;
 
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// How far ahead of the current column the SIMD tiles prefetch.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_BYTES: usize = 8192;
+
+/// The instruction set the tiles run on, chosen at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Portable,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F and BW (+ AVX2, FMA, F16C): one-row tiles on 16 lanes,
+    /// the others as `Avx2`.
+    Avx512,
+}
+
+impl Simd {
+    fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                if has!("avx512f") && has!("avx512bw") {
+                    return Simd::Avx512;
+                }
+                return Simd::Avx2;
+            }
+        }
+        Simd::Portable
     }
 }
 
 /// Dots of one f32 weight row with `t` (≤ 4) input rows.
 fn dot_tile(
-    simd: bool,
+    simd: Simd,
     w: &[f32],
     xs: &[f32],
     stride: usize,
@@ -183,11 +201,17 @@ fn dot_tile(
     k: usize,
     dots: &mut [f32; 4],
 ) {
+    // SAFETY: `Simd::detect` found the features each path needs.
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        unsafe { avx2::dot_tile_f32(w, xs, stride, t, k, dots) };
-        return;
+    match simd {
+        Simd::Avx512 if t == 1 => {
+            dots[0] = unsafe { avx512::dot_f32(w, xs, k) };
+            return;
+        }
+        Simd::Avx512 | Simd::Avx2 => {
+            return unsafe { avx2::dot_tile_f32(w, xs, stride, t, k, dots) }
+        }
+        Simd::Portable => {}
     }
     let _ = simd;
     dot_tile_scalar(w, xs, stride, t, k, dots, |v| v);
@@ -195,7 +219,7 @@ fn dot_tile(
 
 /// Dots of one bf16 weight row with `t` (≤ 4) input rows.
 fn dot_tile_bf16(
-    simd: bool,
+    simd: Simd,
     w: &[bf16],
     xs: &[f32],
     stride: usize,
@@ -203,11 +227,17 @@ fn dot_tile_bf16(
     k: usize,
     dots: &mut [f32; 4],
 ) {
+    // SAFETY: `Simd::detect` found the features each path needs.
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        unsafe { avx2::dot_tile_bf16(w, xs, stride, t, k, dots) };
-        return;
+    match simd {
+        Simd::Avx512 if t == 1 => {
+            dots[0] = unsafe { avx512::dot_bf16(w, xs, k) };
+            return;
+        }
+        Simd::Avx512 | Simd::Avx2 => {
+            return unsafe { avx2::dot_tile_bf16(w, xs, stride, t, k, dots) }
+        }
+        Simd::Portable => {}
     }
     let _ = simd;
     dot_tile_scalar(w, xs, stride, t, k, dots, bf16::to_f32);
@@ -234,7 +264,7 @@ fn dot_tile_scalar<W: Copy>(
 
 /// Dots of one Q8_0 weight row with `t` (≤ 4) input rows.
 fn dot_tile_q8_0(
-    simd: bool,
+    simd: Simd,
     w: &[u8],
     xs: &[f32],
     stride: usize,
@@ -242,11 +272,17 @@ fn dot_tile_q8_0(
     k: usize,
     dots: &mut [f32; 4],
 ) {
+    // SAFETY: `Simd::detect` found the features each path needs.
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
-        unsafe { avx2::dot_tile_q8_0(w, xs, stride, t, k, dots) };
-        return;
+    match simd {
+        Simd::Avx512 if t == 1 => {
+            dots[0] = unsafe { avx512::dot_q8_0(w, xs, k) };
+            return;
+        }
+        Simd::Avx512 | Simd::Avx2 => {
+            return unsafe { avx2::dot_tile_q8_0(w, xs, stride, t, k, dots) }
+        }
+        Simd::Portable => {}
     }
     let _ = simd;
     for (r, d) in dots[..t].iter_mut().enumerate() {
@@ -351,8 +387,7 @@ mod avx2 {
         };
     }
 
-    /// How far ahead of the current column the tiles prefetch.
-    const PREFETCH_BYTES: usize = 8192;
+    use super::PREFETCH_BYTES;
 
     tile!(dot_tile_f32, tile_f32, f32, load_f32, |v: f32| v);
     tile!(dot_tile_bf16, tile_bf16, bf16, load_bf16, |v: bf16| v
@@ -422,6 +457,84 @@ mod avx2 {
     }
 }
 
+/// One weight row against one input row with 16-lane AVX-512 vectors: half
+/// the instructions per weight of the AVX2 tiles, which a single row needs
+/// to keep up with memory (most of all Q8_0, whose widening is the work).
+/// From two rows on the AVX2 tiles are as fast or faster (benches/kernels.rs:
+/// m = 1 q8_0 17 -> 27 GB/s, bf16 31 -> 38-49, f32 20 -> 22; m = 4 slower).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    use super::PREFETCH_BYTES;
+
+    /// Sixteen bf16 at `p` widened to f32.
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const bf16) -> __m512 {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
+    #[inline(always)]
+    unsafe fn load_f32(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+
+    /// A dense weight row's dot with `x`, 32 columns a step.
+    macro_rules! dot {
+        ($name:ident, $elem:ty, $load:expr, $scalar:expr) => {
+            #[target_feature(enable = "avx512f,avx512bw")]
+            pub unsafe fn $name(w: &[$elem], x: &[f32], k: usize) -> f32 {
+                assert!(w.len() >= k && x.len() >= k);
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                let main = k / 32 * 32;
+                let mut c = 0;
+                while c < main {
+                    _mm_prefetch::<_MM_HINT_T0>((wp.add(c) as *const i8).add(PREFETCH_BYTES));
+                    a0 = _mm512_fmadd_ps($load(wp.add(c)), _mm512_loadu_ps(xp.add(c)), a0);
+                    a1 =
+                        _mm512_fmadd_ps($load(wp.add(c + 16)), _mm512_loadu_ps(xp.add(c + 16)), a1);
+                    c += 32;
+                }
+                let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+                for cc in main..k {
+                    s += $scalar(*wp.add(cc)) * *xp.add(cc);
+                }
+                s
+            }
+        };
+    }
+
+    dot!(dot_f32, f32, load_f32, |v: f32| v);
+    dot!(dot_bf16, bf16, load_bf16, |v: bf16| v.to_f32());
+
+    /// A Q8_0 row's dot with `x`: per block, the 32 weights are widened to
+    /// two vectors, scaled, and multiplied into two running sums.
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    pub unsafe fn dot_q8_0(w: &[u8], x: &[f32], k: usize) -> f32 {
+        assert!(w.len() >= k / 32 * 34 && x.len() >= k);
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for b in 0..k / 32 {
+            let block = wp.add(b * 34);
+            _mm_prefetch::<_MM_HINT_T0>((block as *const i8).add(PREFETCH_BYTES));
+            let bits = u16::from_le_bytes([*block, *block.add(1)]);
+            let scale = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+            let widen = |i: usize| {
+                let q = _mm_loadu_si128(block.add(2 + 16 * i) as *const __m128i);
+                _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)))
+            };
+            let (w0, w1) = (widen(0), widen(1));
+            let x = xp.add(b * 32);
+            a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), a0);
+            a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x.add(16)), a1);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +549,15 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Whether this CPU runs `simd` (detection picks only the widest).
+    fn simd_available(simd: Simd) -> bool {
+        match (Simd::detect(), simd) {
+            (_, Simd::Portable) | (Simd::Avx512, _) => true,
+            (Simd::Avx2, Simd::Avx2) => true,
+            _ => false,
+        }
     }
 
     #[test]
@@ -455,19 +577,25 @@ mod tests {
         let q = q.data().unwrap().to_vec();
         let xq: Vec<f32> = x.chunks(k).flat_map(|r| r[..192].to_vec()).collect();
         for t in 1..=4 {
-            let run = |simd: bool| {
+            let run = |simd: Simd| {
                 let (mut a, mut b, mut c) = ([0f32; 4], [0f32; 4], [0f32; 4]);
                 dot_tile(simd, &w, &x, k, t, k, &mut a);
                 dot_tile_bf16(simd, &wb, &x, k, t, k, &mut b);
                 dot_tile_q8_0(simd, &q, &xq, 192, t, 192, &mut c);
                 [a, b, c]
             };
-            let (portable, simd) = (run(false), run(has_avx2_fma()));
-            for (p, s) in portable.iter().flatten().zip(simd.iter().flatten()) {
-                assert!(
-                    (p - s).abs() < 1e-4 * (1.0 + p.abs()),
-                    "t = {t}: {p} vs {s}"
-                );
+            let portable = run(Simd::Portable);
+            for simd in [Simd::Avx2, Simd::Avx512] {
+                if !simd_available(simd) {
+                    continue;
+                }
+                let simd_dots = run(simd);
+                for (p, s) in portable.iter().flatten().zip(simd_dots.iter().flatten()) {
+                    assert!(
+                        (p - s).abs() < 1e-4 * (1.0 + p.abs()),
+                        "{simd:?}, t = {t}: {p} vs {s}"
+                    );
+                }
             }
         }
     }
