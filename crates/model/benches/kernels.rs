@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
 use ferroseek_model::layers::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
-use ferroseek_model::layers::decode_matmul::{matmul_rows, WeightRows};
+use ferroseek_model::layers::decode_matmul::{matmul_groups, matmul_rows, WeightRows};
 
 const N: usize = 8192;
 const K: usize = 4096;
@@ -34,9 +34,14 @@ fn median_secs(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    // `cargo bench --bench kernels -- attention` runs the attention part only.
+    // `cargo bench --bench kernels -- attention` (or `-- grouped`) runs
+    // that part only.
     if std::env::args().skip(1).any(|a| a == "attention") {
         attention();
+        return;
+    }
+    if std::env::args().skip(1).any(|a| a == "grouped") {
+        grouped();
         return;
     }
     let threads = rayon::current_num_threads();
@@ -100,7 +105,35 @@ fn main() {
             );
         }
     }
+    grouped();
     attention();
+}
+
+/// MLA's absorbed per-head matrices in Q8_0 at the benchmark model's
+/// geometry: 16 heads of `[256, 128]` (`w_uk`), every head's slice of the
+/// input rows in one call.
+fn grouped() {
+    let (heads, n, k) = (16usize, 256usize, 128usize);
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+    let q8 = candle_core::quantized::QTensor::quantize(&w, candle_core::quantized::GgmlDType::Q8_0)
+        .unwrap();
+    let data = q8.data().unwrap().to_vec();
+    let weights = vec![WeightRows::Q8_0(&data); heads];
+    println!("| grouped q8_0, 16 x [256, 128] | m | GB/s |");
+    println!("|---|---:|---:|");
+    for m in [1usize, 4, 8, 16] {
+        let x: Vec<f32> = (0..m * heads * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        let secs = median_secs(|| {
+            std::hint::black_box(matmul_groups(&x, m, k, &weights, n));
+        });
+        println!(
+            "| | {m} | {:.1} |",
+            (heads * data.len()) as f64 / secs / 1e9
+        );
+    }
 }
 
 /// One decode token's absorbed attention over `context` cached rows.
