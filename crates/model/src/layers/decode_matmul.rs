@@ -109,40 +109,37 @@ fn matmul_many(
     let dst = Disjoint::new(&mut out);
     let simd = Simd::detect();
     // The output columns `cols` (each one weight row), computed for every
-    // input row, four input rows per pass over a weight row.
+    // input row, four input rows per pass over a weight row. A range is
+    // walked one group at a time, so the group and its weight kind are found
+    // once per run of columns, not per column (a grouped weight row is only
+    // a few blocks).
     let work = |cols: Range<usize>| {
-        for c in cols {
-            let (g, j) = (c / n, c % n);
-            let mut dots = [0f32; 4];
-            let mut i = 0;
-            while i < m {
-                let t = (m - i).min(4);
-                let xs = &x[i * stride + g * offset..(i + t - 1) * stride + g * offset + k];
-                match ws[g] {
-                    WeightRows::F32(w) => {
-                        dot_tile(simd, &w[j * k..(j + 1) * k], xs, stride, t, k, &mut dots)
-                    }
-                    WeightRows::Bf16(w) => {
-                        dot_tile_bf16(simd, &w[j * k..(j + 1) * k], xs, stride, t, k, &mut dots)
-                    }
-                    WeightRows::Q8_0(w) => {
-                        let row = k / Q8_0_BLOCK * Q8_0_BYTES;
-                        dot_tile_q8_0(
-                            simd,
-                            &w[j * row..(j + 1) * row],
-                            xs,
-                            stride,
-                            t,
-                            k,
-                            &mut dots,
-                        )
-                    }
+        let mut c = cols.start;
+        while c < cols.end {
+            let g = c / n;
+            let first = g * n;
+            let js = c - first..cols.end.min(first + n) - first;
+            c = first + js.end;
+            let xg = &x[g * offset..];
+            let store = |j: usize, i: usize, dots: &[f32]| {
+                for (r, d) in dots.iter().enumerate() {
+                    // SAFETY: in bounds, and column first + j belongs to this range only.
+                    unsafe { dst.write((i + r) * columns + first + j, *d) };
                 }
-                for (r, d) in dots[..t].iter().enumerate() {
-                    // SAFETY: in bounds, and column c belongs to this range only.
-                    unsafe { dst.write((i + r) * columns + c, *d) };
+            };
+            match ws[g] {
+                WeightRows::F32(w) => each_tile(js, m, stride, k, xg, store, |j, xs, t, dots| {
+                    dot_tile(simd, &w[j * k..(j + 1) * k], xs, stride, t, k, dots)
+                }),
+                WeightRows::Bf16(w) => each_tile(js, m, stride, k, xg, store, |j, xs, t, dots| {
+                    dot_tile_bf16(simd, &w[j * k..(j + 1) * k], xs, stride, t, k, dots)
+                }),
+                WeightRows::Q8_0(w) => {
+                    let row = k / Q8_0_BLOCK * Q8_0_BYTES;
+                    each_tile(js, m, stride, k, xg, store, |j, xs, t, dots| {
+                        dot_tile_q8_0(simd, &w[j * row..(j + 1) * row], xs, stride, t, k, dots)
+                    })
                 }
-                i += t;
             }
         }
     };
@@ -155,6 +152,31 @@ fn matmul_many(
         parallel::for_ranges(columns, work);
     }
     out
+}
+
+/// For each weight row `j` of `js`: `dot` of it with every input row of `x`
+/// (`m` rows, `stride` apart, the first `k` numbers each), at most four rows
+/// a call, and `store(j, first_row, dots)`.
+#[inline(always)]
+fn each_tile(
+    js: Range<usize>,
+    m: usize,
+    stride: usize,
+    k: usize,
+    x: &[f32],
+    store: impl Fn(usize, usize, &[f32]),
+    dot: impl Fn(usize, &[f32], usize, &mut [f32; 4]),
+) {
+    let mut dots = [0f32; 4];
+    for j in js {
+        let mut i = 0;
+        while i < m {
+            let t = (m - i).min(4);
+            dot(j, &x[i * stride..(i + t - 1) * stride + k], t, &mut dots);
+            store(j, i, &dots[..t]);
+            i += t;
+        }
+    }
 }
 
 /// Weights smaller than this (times the row tiles) are read on one thread.
