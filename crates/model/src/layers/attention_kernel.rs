@@ -211,26 +211,18 @@ impl Item<'_> {
             }
             h += n;
         }
-        let norms = softmax_rows(&mut scores, context);
-        let mut h = 0;
-        while h < group {
-            let n = (group - h).min(4);
-            let (p, o) = (&scores[h * context..], &mut out[h * rank..]);
-            match n {
-                4 => avx2::weighted_sums::<4>(p, rows, rank, o),
-                3 => avx2::weighted_sums::<3>(p, rows, rank, o),
-                2 => avx2::weighted_sums::<2>(p, rows, rank, o),
-                _ => avx2::weighted_sums::<1>(p, rows, rank, o),
-            }
-            h += n;
-        }
-        scale_rows(out, rank, &norms);
+        weigh(&mut scores, group, rank, out, |n, p, o| match n {
+            4 => avx2::weighted_sums::<4>(p, rows, rank, o),
+            3 => avx2::weighted_sums::<3>(p, rows, rank, o),
+            2 => avx2::weighted_sums::<2>(p, rows, rank, o),
+            _ => avx2::weighted_sums::<1>(p, rows, rank, o),
+        });
     }
 
     /// The AVX-512 version: four heads against `KEYS` cache rows at a time
     /// for the scores (independent sums; each row loaded once per four heads,
-    /// each query chunk once per `KEYS` rows), and four heads' weighted sums over 64 columns held in sixteen
-    /// registers across all rows.
+    /// each query chunk once per `KEYS` rows), and four heads' weighted
+    /// sums over 64 columns held in sixteen registers across all rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn attend_avx512(&self, rows: &[&[f32]], out: &mut [f32]) {
@@ -263,20 +255,12 @@ impl Item<'_> {
             }
             h += n;
         }
-        let norms = softmax_rows(&mut scores, context);
-        let mut h = 0;
-        while h < group {
-            let n = (group - h).min(4);
-            let (p, o) = (&scores[h * context..], &mut out[h * rank..]);
-            match n {
-                4 => avx512::weighted_sums::<4>(p, rows, rank, o),
-                3 => avx512::weighted_sums::<3>(p, rows, rank, o),
-                2 => avx512::weighted_sums::<2>(p, rows, rank, o),
-                _ => avx512::weighted_sums::<1>(p, rows, rank, o),
-            }
-            h += n;
-        }
-        scale_rows(out, rank, &norms);
+        weigh(&mut scores, group, rank, out, |n, p, o| match n {
+            4 => avx512::weighted_sums::<4>(p, rows, rank, o),
+            3 => avx512::weighted_sums::<3>(p, rows, rank, o),
+            2 => avx512::weighted_sums::<2>(p, rows, rank, o),
+            _ => avx512::weighted_sums::<1>(p, rows, rank, o),
+        });
     }
 
     /// `out` (`[group, rank]`) = per head, softmax(scale · q·rowᵀ) · c_kv.
@@ -308,6 +292,29 @@ impl Item<'_> {
         }
         scale_rows(out, rank, &norms);
     }
+}
+
+/// The rest of an item once its `[group, context]` scores are in: softmax
+/// per head, `sums(n, p, o)` adding the weighted sums of `n` ≤ 4 heads
+/// (scores `p`, output rows `o`) into the output, and the softmax's
+/// normalisation.
+#[inline(always)]
+fn weigh(
+    scores: &mut [f32],
+    group: usize,
+    rank: usize,
+    out: &mut [f32],
+    sums: impl Fn(usize, &[f32], &mut [f32]),
+) {
+    let context = scores.len() / group;
+    let norms = softmax_rows(scores, context);
+    let mut h = 0;
+    while h < group {
+        let n = (group - h).min(4);
+        sums(n, &scores[h * context..], &mut out[h * rank..]);
+        h += n;
+    }
+    scale_rows(out, rank, &norms);
 }
 
 /// Multiplies each `rank`-long row of `out` by its factor.
