@@ -121,6 +121,7 @@ pub fn absorbed_attention(
                     })
                     .take(context),
             );
+            assert_eq!(rows.len(), context, "the block table misses cache rows");
             let item = Item {
                 q: &queries[(token * heads + first_head) * width..][..group * width],
                 group,
