@@ -7,3 +7,5 @@ pub mod mla;
 pub mod moe;
 pub mod norm;
 pub mod rope;
+#[cfg(target_arch = "x86_64")]
+mod x86;
