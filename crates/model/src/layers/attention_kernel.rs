@@ -58,15 +58,42 @@ fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
-/// Number of heads one work item handles: enough items to keep every thread busy,
-/// as few as possible so that each cache row is shared by many heads.
-fn heads_per_item(heads: usize, tokens: usize) -> usize {
+/// Number of heads one work item handles, given `spans` (each token's
+/// context chunks, counted over all tokens): enough items to keep every
+/// thread busy, as few as possible so that each cache row is shared by many
+/// heads.
+fn heads_per_item(heads: usize, spans: usize) -> usize {
     let threads = parallel::threads();
     let mut groups = 1;
-    while tokens * groups < 2 * threads && groups * 2 <= heads && heads.is_multiple_of(groups * 2) {
+    while spans * groups < 2 * threads && groups * 2 <= heads && heads.is_multiple_of(groups * 2) {
         groups *= 2;
     }
     heads / groups
+}
+
+/// Most cache rows one work item reads. A longer context is split into
+/// chunks, attended separately and merged by their softmax statistics
+/// (flash-decoding): an item's rows then stay in L2 while each of its heads
+/// reads them, and one sequence's long context is spread over every thread
+/// instead of every thread reading all of it for a few heads.
+const CHUNK_ROWS: usize = 512;
+
+/// Per head of a work item: the largest score and the sum of `exp(score -
+/// max)` over its rows; its output rows are left unnormalised.
+#[derive(Debug, Clone, Copy, Default)]
+struct RowStats {
+    max: f32,
+    sum: f32,
+}
+
+/// One work item: some heads of one token against a range of its context.
+struct Work {
+    token: usize,
+    rows: std::ops::Range<usize>,
+    first_head: usize,
+    /// Where a chunk of a split context leaves its unnormalised output and
+    /// statistics; `None`: the whole context, normalised into the output.
+    partial: Option<usize>,
 }
 
 /// `queries`: `[tokens, heads, width]`; `cache`: the layer's `[slots, width]` rows.
@@ -85,53 +112,104 @@ pub fn absorbed_attention(
         width,
         block_size,
     } = shape;
-    let tokens = seqs.iter().map(|s| s.num_new).sum::<usize>();
-    let mut out = vec![0f32; tokens * heads * rank];
-    let group = heads_per_item(heads, tokens);
-    let groups_per_token = heads / group;
-    // Per token: its sequence and its index within the new tokens.
-    let owner: Vec<(usize, usize)> = seqs
+    // Per token: its sequence and how many cache rows it sees.
+    let owner: Vec<(&SeqSpan, usize)> = seqs
         .iter()
-        .enumerate()
-        .flat_map(|(s, span)| (0..span.num_new).map(move |j| (s, j)))
+        .flat_map(|span| (0..span.num_new).map(move |j| (span, span.num_cached + j + 1)))
         .collect();
-    let items = tokens * groups_per_token;
+    let chunks: Vec<usize> = owner
+        .iter()
+        .map(|(_, context)| context.div_ceil(CHUNK_ROWS))
+        .collect();
+    let group = heads_per_item(heads, chunks.iter().sum());
+    let groups_per_token = heads / group;
+    let mut works = Vec::new();
+    let mut partials = 0;
+    for (token, (&(_, context), &n)) in owner.iter().zip(&chunks).enumerate() {
+        for c in 0..n {
+            for g in 0..groups_per_token {
+                works.push(Work {
+                    token,
+                    rows: c * context / n..(c + 1) * context / n,
+                    first_head: g * group,
+                    partial: (n > 1).then(|| {
+                        partials += 1;
+                        partials - 1
+                    }),
+                });
+            }
+        }
+    }
+    let mut out = vec![0f32; owner.len() * heads * rank];
+    let mut partial_out = vec![0f32; partials * group * rank];
+    let mut partial_stats = vec![RowStats::default(); partials * group];
     let dst = Disjoint::new(&mut out);
+    let (partial_dst, stats_dst) = (
+        Disjoint::new(&mut partial_out),
+        Disjoint::new(&mut partial_stats),
+    );
     let path = Path::detect();
-    parallel::for_ranges(items, |range| {
+    parallel::for_ranges(works.len(), |range| {
         let mut rows: Vec<&[f32]> = Vec::new();
-        for item in range {
-            // SAFETY: item `item` owns exactly this slice of the output.
-            let out = unsafe { dst.slice(item * group * rank..(item + 1) * group * rank) };
-            let token = item / groups_per_token;
-            let first_head = (item % groups_per_token) * group;
-            let (s, j) = owner[token];
-            let span = &seqs[s];
-            let context = span.num_cached + j + 1;
-            // The cache rows this token sees, found once (not per head or
-            // per column block).
+        for work in &works[range] {
+            let (span, _) = owner[work.token];
+            // The item's cache rows, found once (not per head or per
+            // column block).
             rows.clear();
-            rows.extend(
-                span.block_table
-                    .iter()
-                    .flat_map(|&b| {
-                        let first = b as usize * block_size;
-                        (first..first + block_size)
-                            .map(|slot| &cache[slot * width..(slot + 1) * width])
-                    })
-                    .take(context),
-            );
-            assert_eq!(rows.len(), context, "the block table misses cache rows");
+            rows.extend(work.rows.clone().map(|t| {
+                let slot = span.block_table[t / block_size] as usize * block_size + t % block_size;
+                &cache[slot * width..(slot + 1) * width]
+            }));
             let item = Item {
-                q: &queries[(token * heads + first_head) * width..][..group * width],
+                q: &queries[(work.token * heads + work.first_head) * width..][..group * width],
                 group,
                 width,
                 rank,
                 scale,
             };
-            item.attend_on(path, &rows, out);
+            // SAFETY: each item owns its slices of the output buffers.
+            match work.partial {
+                None => {
+                    let start = (work.token * heads + work.first_head) * rank;
+                    let out = unsafe { dst.slice(start..start + group * rank) };
+                    let stats = item.attend_on(path, &rows, out);
+                    for (o, s) in out.chunks_exact_mut(rank).zip(stats) {
+                        o.iter_mut().for_each(|v| *v /= s.sum);
+                    }
+                }
+                Some(p) => {
+                    let out =
+                        unsafe { partial_dst.slice(p * group * rank..(p + 1) * group * rank) };
+                    let stats = item.attend_on(path, &rows, out);
+                    unsafe { stats_dst.slice(p * group..(p + 1) * group) }.copy_from_slice(&stats);
+                }
+            }
         }
     });
+    // Each split token's chunks, merged: rescaled to the largest maximum.
+    let mut first_partial = 0;
+    for (token, &n) in chunks.iter().enumerate().filter(|(_, &n)| n > 1) {
+        for h in 0..heads {
+            let (g, i) = (h / group, h % group);
+            let parts: Vec<usize> = (0..n)
+                .map(|c| first_partial + c * groups_per_token + g)
+                .collect();
+            let max = parts
+                .iter()
+                .map(|&p| partial_stats[p * group + i].max)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let o = &mut out[(token * heads + h) * rank..][..rank];
+            let mut sum = 0f32;
+            for &p in &parts {
+                let stats = partial_stats[p * group + i];
+                let factor = (stats.max - max).exp();
+                sum += factor * stats.sum;
+                axpy(o, factor, &partial_out[(p * group + i) * rank..][..rank]);
+            }
+            o.iter_mut().for_each(|v| *v /= sum);
+        }
+        first_partial += n * groups_per_token;
+    }
     out
 }
 
@@ -171,9 +249,9 @@ struct Item<'a> {
 }
 
 impl Item<'_> {
-    /// `out` (`[group, rank]`) = per head, softmax(scale · q·rowᵀ) · c_kv
-    /// over `rows`, on `path`.
-    fn attend_on(&self, path: Path, rows: &[&[f32]], out: &mut [f32]) {
+    /// `out` (`[group, rank]`) = per head, Σ exp(scale · q·rowᵀ - max) ·
+    /// c_kv over `rows`, on `path`, with each head's max and sum.
+    fn attend_on(&self, path: Path, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
         match path {
             Path::Plain => self.attend(rows, out),
             // SAFETY: `Path::detect` found the features each path needs.
@@ -190,7 +268,7 @@ impl Item<'_> {
     /// sums stay in registers across all rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(&self, rows: &[&[f32]], out: &mut [f32]) {
+    unsafe fn attend_avx2(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
         let (q, context, group, width, rank) =
             (self.q, rows.len(), self.group, self.width, self.rank);
         let mut scores = vec![0f32; group * context];
@@ -217,7 +295,7 @@ impl Item<'_> {
             3 => avx2::weighted_sums::<3>(p, rows, rank, o),
             2 => avx2::weighted_sums::<2>(p, rows, rank, o),
             _ => avx2::weighted_sums::<1>(p, rows, rank, o),
-        });
+        })
     }
 
     /// The AVX-512 version: four heads against `KEYS` cache rows at a time
@@ -226,7 +304,7 @@ impl Item<'_> {
     /// sums over 64 columns held in sixteen registers across all rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn attend_avx512(&self, rows: &[&[f32]], out: &mut [f32]) {
+    unsafe fn attend_avx512(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
         const KEYS: usize = 4;
         let (q, context, group, width, rank) =
             (self.q, rows.len(), self.group, self.width, self.rank);
@@ -261,11 +339,11 @@ impl Item<'_> {
             3 => avx512::weighted_sums::<3>(p, rows, rank, o),
             2 => avx512::weighted_sums::<2>(p, rows, rank, o),
             _ => avx512::weighted_sums::<1>(p, rows, rank, o),
-        });
+        })
     }
 
-    /// `out` (`[group, rank]`) = per head, softmax(scale · q·rowᵀ) · c_kv.
-    fn attend(&self, rows: &[&[f32]], out: &mut [f32]) {
+    /// [`Self::attend_on`] in plain loops.
+    fn attend(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
         let Item {
             q,
             group,
@@ -280,7 +358,7 @@ impl Item<'_> {
                 scores[h * context + t] = dot(&q[h * width..(h + 1) * width], key) * scale;
             }
         }
-        let norms = softmax_rows(&mut scores, context);
+        let stats = softmax_rows(&mut scores, context);
         for (t, row) in rows.iter().enumerate() {
             let value = &row[..rank];
             for h in 0..group {
@@ -291,14 +369,13 @@ impl Item<'_> {
                 );
             }
         }
-        scale_rows(out, rank, &norms);
+        stats
     }
 }
 
 /// The rest of an item once its `[group, context]` scores are in: softmax
-/// per head, `sums(n, p, o)` adding the weighted sums of `n` ≤ 4 heads
-/// (scores `p`, output rows `o`) into the output, and the softmax's
-/// normalisation.
+/// numerators per head, then `sums(n, p, o)` adding the weighted sums of
+/// `n` ≤ 4 heads (numerators `p`, output rows `o`) into the output.
 #[inline(always)]
 fn weigh(
     scores: &mut [f32],
@@ -306,30 +383,22 @@ fn weigh(
     rank: usize,
     out: &mut [f32],
     sums: impl Fn(usize, &[f32], &mut [f32]),
-) {
+) -> Vec<RowStats> {
     let context = scores.len() / group;
-    let norms = softmax_rows(scores, context);
+    let stats = softmax_rows(scores, context);
     let mut h = 0;
     while h < group {
         let n = (group - h).min(4);
         sums(n, &scores[h * context..], &mut out[h * rank..]);
         h += n;
     }
-    scale_rows(out, rank, &norms);
-}
-
-/// Multiplies each `rank`-long row of `out` by its factor.
-#[inline(always)]
-fn scale_rows(out: &mut [f32], rank: usize, factors: &[f32]) {
-    for (o, f) in out.chunks_exact_mut(rank).zip(factors) {
-        o.iter_mut().for_each(|v| *v *= f);
-    }
+    stats
 }
 
 /// Replaces each `context`-long row of scores by `exp(score - max)` and
-/// returns the rows' `1 / sum`.
+/// returns the rows' max and sum.
 #[inline(always)]
-fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<f32> {
+fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<RowStats> {
     scores
         .chunks_exact_mut(context)
         .map(|s| {
@@ -339,7 +408,7 @@ fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<f32> {
                 *v = (*v - max).exp();
                 sum += *v;
             }
-            1.0 / sum
+            RowStats { max, sum }
         })
         .collect()
 }
@@ -585,17 +654,103 @@ mod tests {
                 rank,
                 scale: 0.3,
             };
+            let normalised = |out: &mut Vec<f32>, stats: Vec<RowStats>| {
+                for (o, s) in out.chunks_exact_mut(rank).zip(stats) {
+                    o.iter_mut().for_each(|v| *v /= s.sum);
+                }
+            };
             let mut plain = vec![0f32; group * rank];
-            item.attend(&rows, &mut plain);
+            let stats = item.attend(&rows, &mut plain);
+            normalised(&mut plain, stats);
             for &path in &paths {
                 let mut simd = vec![0f32; group * rank];
-                item.attend_on(path, &rows, &mut simd);
+                let stats = item.attend_on(path, &rows, &mut simd);
+                normalised(&mut simd, stats);
                 for (a, b) in plain.iter().zip(&simd) {
                     assert!(
                         (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
                         "{path:?}: {a} vs {b} ({group}, {rank}, {rope}, {context})"
                     );
                 }
+            }
+        }
+    }
+
+    /// Whole calls against a direct softmax in f64: sequences whose contexts
+    /// are split into chunks (merged by their statistics) and ones that are
+    /// not, several new tokens each, blocks in a scrambled order.
+    #[test]
+    fn split_contexts_match_a_direct_softmax() {
+        let (heads, rank, rope, block_size) = (4, 40, 8, 16);
+        let width = rank + rope;
+        let blocks = 160;
+        let cache = fill(blocks * block_size * width, 3);
+        let table: Vec<u32> = (0..blocks as u32).map(|b| b * 37 % blocks as u32).collect();
+        let seqs = [
+            // 3 new tokens over 700 cached rows: split.
+            SeqSpan {
+                start: 0,
+                num_new: 3,
+                num_cached: 700,
+                block_table: &table,
+            },
+            // Short: one chunk each.
+            SeqSpan {
+                start: 3,
+                num_new: 2,
+                num_cached: 30,
+                block_table: &table[50..],
+            },
+            // Exactly one chunk, then one row over.
+            SeqSpan {
+                start: 5,
+                num_new: 2,
+                num_cached: CHUNK_ROWS - 1,
+                block_table: &table[100..],
+            },
+        ];
+        let tokens = 7;
+        let queries = fill(tokens * heads * width, 4);
+        let shape = LatentShape {
+            heads,
+            rank,
+            width,
+            block_size,
+        };
+        let got = absorbed_attention(&queries, &cache, &seqs, shape, 0.2);
+        let mut token = 0;
+        for span in &seqs {
+            for j in 0..span.num_new {
+                let context = span.num_cached + j + 1;
+                let row = |t: usize| {
+                    let slot =
+                        span.block_table[t / block_size] as usize * block_size + t % block_size;
+                    &cache[slot * width..(slot + 1) * width]
+                };
+                for h in 0..heads {
+                    let q = &queries[(token * heads + h) * width..][..width];
+                    let scores: Vec<f64> = (0..context)
+                        .map(|t| {
+                            let key = row(t);
+                            0.2 * (0..width).map(|c| q[c] as f64 * key[c] as f64).sum::<f64>()
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = weights.iter().sum();
+                    for c in 0..rank {
+                        let want = (0..context)
+                            .map(|t| weights[t] * row(t)[c] as f64)
+                            .sum::<f64>()
+                            / total;
+                        let have = got[(token * heads + h) * rank + c] as f64;
+                        assert!(
+                            (want - have).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "token {token} head {h} column {c}: {have} vs {want}"
+                        );
+                    }
+                }
+                token += 1;
             }
         }
     }
