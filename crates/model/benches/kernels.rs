@@ -3,9 +3,10 @@
 //!
 //! `cargo bench -p ferroseek-model --bench kernels`. A STREAM-like loop
 //! (a parallel sum over a buffer far larger than the caches) gives the read
-//! bandwidth; then `x [m, 4096] · Wᵀ` with W `[8192, 4096]` for m = 1, 4, 8, 16:
-//! our kernel on an f32, a bf16 and a Q8_0 weight, candle's matmul (or
-//! quantized matmul) on the same. GB/s = weight bytes / time (the weight is read once per call).
+//! bandwidth; then `x [m, 4096] · Wᵀ` with W `[8192, 4096]` for m = 1, 4, 8,
+//! 16, 32 and 64 (where the kernel hands over to candle): our kernel on an
+//! f32, a bf16 and a Q8_0 weight, candle's matmul (or quantized matmul) on
+//! the same. GB/s = weight bytes / time (the weight is read once per call).
 //! Last, the absorbed attention kernel at the benchmark model's geometry (16
 //! heads, latent 256 + rope 64, 16-row cache blocks) for one decode token:
 //! GFLOP/s at several context lengths (`-- attention` runs only this part).
@@ -61,7 +62,7 @@ fn main() {
             .unwrap();
     let q8_data = q8.data().unwrap().to_vec();
     let q8_mm = candle_core::quantized::QMatMul::from_qtensor(q8).unwrap();
-    for m in [1usize, 4, 8, 16] {
+    for m in [1usize, 4, 8, 16, 32, 64] {
         let x: Vec<f32> = (0..m * K).map(|i| (i % 13) as f32 * 0.01).collect();
         let ours = median_secs(|| {
             std::hint::black_box(matmul_rows(&x, m, K, WeightRows::Q8_0(&q8_data), N));
@@ -80,7 +81,7 @@ fn main() {
     }
     for (name, bytes, tensor) in [("f32", 4usize, &w32), ("bf16", 2, &w16)] {
         let lin = candle_nn::Linear::new(tensor.clone(), None);
-        for m in [1usize, 4, 8, 16] {
+        for m in [1usize, 4, 8, 16, 32, 64] {
             let x: Vec<f32> = (0..m * K).map(|i| (i % 13) as f32 * 0.01).collect();
             let ours = median_secs(|| {
                 let rows = match name {

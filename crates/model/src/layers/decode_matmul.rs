@@ -110,7 +110,7 @@ fn matmul_many(
     let simd = Simd::detect();
     // Several rows on AVX-512: the register-blocked kernel.
     #[cfg(target_arch = "x86_64")]
-    let blocked = simd == Simd::Avx512 && m >= 2 && k.is_multiple_of(16);
+    let blocked = blocked_kernel() && m >= 2 && k.is_multiple_of(16);
     // The output columns `cols` (each one weight row), computed for every
     // input row, four input rows per pass over a weight row. A range is
     // walked one group at a time, so the group and its weight kind are found
@@ -199,6 +199,12 @@ const SERIAL_BYTES: usize = 256 << 10;
 /// How far ahead of the current column the SIMD tiles prefetch.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_BYTES: usize = 8192;
+
+/// Whether inputs of two rows or more take the register-blocked AVX-512
+/// kernel (else the AVX2 or portable tiles).
+pub fn blocked_kernel() -> bool {
+    Simd::detect() == Simd::Avx512
+}
 
 /// The instruction set the tiles run on, chosen at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,14 +14,23 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
-use super::decode_matmul::{matmul_groups, matmul_shared, WeightRows};
+use super::decode_matmul::{blocked_kernel, matmul_groups, matmul_shared, WeightRows};
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
-/// above (it blocks for registers; the kernel is then compute-bound). At 16
-/// rows the kernel still wins: the GEMM runs on rayon's pool, beside the
-/// one the rest of the step runs on (engine throughput bench, 16 sequences:
-/// 138 -> 188 tokens/s with the limit raised from 8 to 16).
-const DECODE_ROWS_F32: usize = 16;
+/// above (it blocks for registers; the kernel's AVX2 tiles are then
+/// compute-bound). At 16 rows the kernel still wins: the GEMM runs on
+/// rayon's pool, beside the one the rest of the step runs on (engine
+/// throughput bench, 16 sequences: 138 -> 188 tokens/s with the limit
+/// raised from 8 to 16). With AVX-512 the kernel's register-blocked path
+/// beats candle's GEMM up to 64 rows (benches/kernels.rs, 8192x4096 f32:
+/// 9.9 against 4.5 GB/s at 32 rows, 3.5 against 2.4 at 64).
+fn decode_rows_f32() -> usize {
+    if blocked_kernel() {
+        64
+    } else {
+        16
+    }
+}
 /// For a bf16 weight the alternative is widening the whole weight per call,
 /// so the kernel keeps the job for larger batches.
 const DECODE_ROWS_BF16: usize = 64;
@@ -225,7 +234,7 @@ impl Linear {
     fn kernel_rows(&self) -> usize {
         match &self.weight {
             Weight::Dense(w) if w.is_contiguous() && w.device().is_cpu() => match w.dtype() {
-                DType::F32 => DECODE_ROWS_F32,
+                DType::F32 => decode_rows_f32(),
                 DType::BF16 => DECODE_ROWS_BF16,
                 _ => 0,
             },
