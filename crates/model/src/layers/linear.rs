@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
@@ -70,6 +72,49 @@ fn candle_q8_0_is_fast() -> bool {
         false
     }
 }
+
+/// `[n, k]` `values` quantized on the CPU, the rows split over `threads`
+/// threads (the compute pool's size): candle quantizes on one thread, and Q4_K's search for each
+/// block's scales made loading the 265M benchmark model as q4_k take about
+/// 12 s. Blocks lie within rows, so the parts' bytes concatenate to the
+/// whole's.
+fn quantize_rows(
+    values: &[f32],
+    (n, k): (usize, usize),
+    ggml: GgmlDType,
+    threads: usize,
+) -> Result<QTensor> {
+    let cpu = candle_core::Device::Cpu;
+    let threads = threads.min(n);
+    if threads <= 1 || values.len() < QUANTIZE_SPLIT {
+        return QTensor::quantize(&Tensor::from_slice(values, (n, k), &cpu)?, ggml);
+    }
+    let rows = n.div_ceil(threads);
+    let parts: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = values
+            .chunks(rows * k)
+            .map(|part| {
+                s.spawn(move || {
+                    let t =
+                        Tensor::from_slice(part, (part.len() / k, k), &candle_core::Device::Cpu)?;
+                    Ok(QTensor::quantize(&t, ggml)?.data()?.into_owned())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut bytes = Vec::new();
+    for part in parts {
+        bytes.extend(part?);
+    }
+    QTensor::new(QStorage::from_data(Cow::Owned(bytes), &cpu, ggml)?, (n, k))
+}
+
+/// Weights with fewer numbers than this are quantized on one thread.
+const QUANTIZE_SPLIT: usize = 1 << 16;
 
 /// In-situ quantization of the linear weights at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -174,18 +219,21 @@ impl Linear {
                 weight.to_dtype(format.dtype)?.contiguous()?,
             ));
         };
-        // A fresh tensor: candle's `QTensor::quantize` reads its source's
+        // Fresh tensors: candle's `QTensor::quantize` reads its source's
         // storage from the start, ignoring a view's offset (a per-head slice
         // of `kv_b_proj` would quantize head 0's numbers).
-        let dense = Tensor::from_vec(
-            weight
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-            weight.shape(),
-            weight.device(),
-        )?;
-        let q = Arc::new(QTensor::quantize(&dense, ggml)?);
+        let values = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let q = Arc::new(if weight.device().is_cpu() {
+            quantize_rows(&values, weight.dims2()?, ggml, crate::parallel::threads())?
+        } else {
+            QTensor::quantize(
+                &Tensor::from_vec(values, weight.shape(), weight.device())?,
+                ggml,
+            )?
+        });
         Ok(Linear {
             weight: Weight::Quantized {
                 mm: QMatMul::from_arc(q.clone())?,
@@ -582,6 +630,22 @@ mod tests {
                 };
                 assert!(diff < bound, "{format:?}, {m} rows: {diff}");
             }
+        }
+    }
+
+    /// Quantizing rows on several threads gives candle's bytes exactly.
+    #[test]
+    fn split_quantization_equals_candles() {
+        let (n, k) = (301, 256);
+        assert!(n * k >= QUANTIZE_SPLIT);
+        let v = values(n * k, 7);
+        for ggml in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+            let ours = quantize_rows(&v, (n, k), ggml, 3).unwrap();
+            let whole =
+                QTensor::quantize(&Tensor::from_slice(&v, (n, k), &Device::Cpu).unwrap(), ggml)
+                    .unwrap();
+            assert_eq!(ours.shape().dims2().unwrap(), (n, k));
+            assert!(ours.data().unwrap() == whole.data().unwrap(), "{ggml:?}");
         }
     }
 }
