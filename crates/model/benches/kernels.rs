@@ -16,6 +16,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Module, Tensor};
 use ferroseek_model::layers::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
 use ferroseek_model::layers::decode_matmul::{matmul_groups, matmul_rows, WeightRows};
+use ferroseek_model::layers::packed_q8::{self, PackedQ8};
 
 const N: usize = 8192;
 const K: usize = 4096;
@@ -112,7 +113,8 @@ fn main() {
 
 /// MLA's absorbed per-head matrices in Q8_0 at the benchmark model's
 /// geometry: 16 heads of `[256, 128]` (`w_uk`), every head's slice of the
-/// input rows in one call.
+/// input rows in one call: the decode kernel's f32 tiles, and (with
+/// AVX-512-VNNI) the repacked int8 kernel.
 fn grouped() {
     let (heads, n, k) = (16usize, 256usize, 128usize);
     let w: Vec<f32> = (0..n * k)
@@ -123,17 +125,23 @@ fn grouped() {
         .unwrap();
     let data = q8.data().unwrap().to_vec();
     let weights = vec![WeightRows::Q8_0(&data); heads];
-    println!("| grouped q8_0, 16 x [256, 128] | m | GB/s |");
-    println!("|---|---:|---:|");
+    let packed = PackedQ8::available().then(|| PackedQ8::new(&data, n, k).unwrap());
+    println!("| grouped q8_0, 16 x [256, 128] | m | f32 tiles GB/s | packed VNNI GB/s |");
+    println!("|---|---:|---:|---:|");
+    let gb = (heads * data.len()) as f64 / 1e9;
     for m in [1usize, 4, 8, 16] {
         let x: Vec<f32> = (0..m * heads * k).map(|i| (i % 13) as f32 * 0.01).collect();
-        let secs = median_secs(|| {
+        let tiles = median_secs(|| {
             std::hint::black_box(matmul_groups(&x, m, k, &weights, n));
         });
-        println!(
-            "| | {m} | {:.1} |",
-            (heads * data.len()) as f64 / secs / 1e9
-        );
+        let vnni = packed.as_ref().map_or(String::from("-"), |p| {
+            let packs = vec![p; heads];
+            let secs = median_secs(|| {
+                std::hint::black_box(packed_q8::matmul_groups(&x, m, &packs));
+            });
+            format!("{:.1}", gb / secs)
+        });
+        println!("| | {m} | {:.1} | {vnni} |", gb / tiles);
     }
 }
 

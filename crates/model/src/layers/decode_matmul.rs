@@ -858,13 +858,7 @@ mod tests {
                 .collect();
             let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
-            let deq: Vec<f32> = q
-                .dequantize(&Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let deq = crate::layers::testing::dequantized(&q);
             let expected = reference(&x, m, k, &deq, n);
             let data = q.data().unwrap();
             let got = matmul_rows(&x, m, k, WeightRows::Q8_0(&data), n);

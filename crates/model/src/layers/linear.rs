@@ -17,6 +17,7 @@ use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
 use super::decode_matmul::{blocked_kernel, matmul_groups, matmul_shared, WeightRows};
+use super::packed_q8::{self, PackedQ8};
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
@@ -432,6 +433,12 @@ impl Module for Linear {
     }
 }
 
+/// Most rows a [`GroupedLinear`] gives its packed VNNI kernel (which beats
+/// the decode kernel's tiles at every size measured, benches/kernels.rs
+/// `-- grouped`: 27-41 against 8-12 GB/s at one row, 5-6 against 3 at 16);
+/// larger inputs take one batched matmul.
+const PACKED_ROWS: usize = 32;
+
 /// Most decode-kernel calls a [`GroupedLinear`] makes for one input before
 /// it makes its weights dense for one batched matmul instead.
 const GROUPED_KERNEL_CALLS: usize = 4;
@@ -446,6 +453,8 @@ pub struct GroupedLinear {
     groups: Vec<Linear>,
     /// Dense weights in one `[groups, n, k]` tensor, which the groups view.
     stacked: Option<Tensor>,
+    /// Q8_0 groups repacked for the VNNI kernel, on CPUs that have it.
+    packed: Option<Vec<PackedQ8>>,
     n: usize,
     k: usize,
 }
@@ -471,6 +480,7 @@ impl GroupedLinear {
             return Ok(GroupedLinear {
                 groups,
                 stacked: Some(stacked),
+                packed: None,
                 n,
                 k,
             });
@@ -478,16 +488,34 @@ impl GroupedLinear {
         let groups = (0..g)
             .map(|i| Linear::from_tensor(&weights.get(i)?, format))
             .collect::<Result<Vec<_>>>()?;
+        let packed = if weights.device().is_cpu() && PackedQ8::available() {
+            groups
+                .iter()
+                .map(|l| match &l.weight {
+                    Weight::Quantized { q, .. } if q.dtype() == GgmlDType::Q8_0 => {
+                        Ok(PackedQ8::new(&q.data()?, n, k))
+                    }
+                    _ => Ok(None),
+                })
+                .collect::<Result<Option<Vec<_>>>>()?
+        } else {
+            None
+        };
         Ok(GroupedLinear {
             groups,
             stacked: None,
+            packed,
             n,
             k,
         })
     }
 
+    /// Bytes a decode step reads (the packed copies where they serve it).
     pub fn weight_bytes(&self) -> usize {
-        self.groups.iter().map(Linear::weight_bytes).sum()
+        match &self.packed {
+            Some(packs) => packs.iter().map(PackedQ8::bytes).sum(),
+            None => self.groups.iter().map(Linear::weight_bytes).sum(),
+        }
     }
 
     /// How the weights are held (as [`Linear::format`]).
@@ -517,6 +545,19 @@ impl Module for GroupedLinear {
     /// `x`: `[m, groups·k]` -> `[m, groups·n]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = Linear::decode_rows(x)?.unwrap_or(usize::MAX);
+        if let Some(packs) = self.packed.as_ref().filter(|_| rows <= PACKED_ROWS) {
+            let x = x.contiguous()?;
+            let (storage, layout) = x.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("the packed kernel runs on CPU tensors only");
+            };
+            let width = packs.len() * self.k;
+            let start = layout.start_offset();
+            let xs = &cpu.as_slice::<f32>()?[start..start + rows * width];
+            let refs: Vec<&PackedQ8> = packs.iter().collect();
+            let out = packed_q8::matmul_groups(xs, rows, &refs);
+            return Tensor::from_vec(out, (rows, packs.len() * self.n), x.device());
+        }
         let limit = self
             .groups
             .iter()
@@ -564,13 +605,8 @@ impl Module for GroupedLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::testing::values;
     use candle_core::Device;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i + seed) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0)
-            .collect()
-    }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -599,7 +635,14 @@ mod tests {
 
     #[test]
     fn grouped_kernel_and_per_group_matmuls_agree_in_every_format() {
-        let (g, n, k) = (3, 40, 64);
+        // 48 rows a group tile for the packed VNNI kernel (where the CPU has
+        // it); 40 do not.
+        for (g, n, k) in [(3, 40, 64), (3, 48, 64)] {
+            grouped_agrees(g, n, k);
+        }
+    }
+
+    fn grouped_agrees(g: usize, n: usize, k: usize) {
         let w = Tensor::from_vec(values(g * n * k, 1), (g, n, k), &Device::Cpu).unwrap();
         for format in [
             WeightFormat::dense(DType::F32),
@@ -616,8 +659,9 @@ mod tests {
                 max_abs_diff(&held, &w) < 0.01,
                 "{format:?}: the held weights are not the given ones"
             );
-            // 2 rows take the decode kernel; 20 (f32) and 300 one batched
-            // matmul; 20 rows of Q8_0 three kernel calls.
+            // 2 rows take the decode kernel or the packed one; 20 either
+            // of those or one batched matmul, by format and CPU; 300 one
+            // batched matmul.
             for m in [2, 20, 300] {
                 let x = Tensor::from_vec(values(m * g * k, m), (m, g * k), &Device::Cpu).unwrap();
                 let got = grouped.forward(&x).unwrap();

@@ -6,6 +6,31 @@ pub mod linear;
 pub mod mla;
 pub mod moe;
 pub mod norm;
+pub mod packed_q8;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+/// Helpers the layers' unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::quantized::QTensor;
+    use candle_core::Device;
+
+    /// A deterministic pseudo-random fill in [-1, 1).
+    pub fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i + seed) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// A quantized weight's numbers, row-major.
+    pub fn dequantized(q: &QTensor) -> Vec<f32> {
+        q.dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+}

@@ -1,0 +1,347 @@
+//! MLA's absorbed per-head Q8_0 matrices, repacked for AVX-512-VNNI.
+//!
+//! A Q8_0 weight row of 128 or 256 numbers is only four or eight blocks: the
+//! decode kernel's f32 tiles spend about a dozen instructions widening and
+//! scaling each block, for every output. Here each group of 16 output rows is
+//! stored block by block as `[8 k-quads][16 rows][4 bytes]`, so that one
+//! VNNI instruction multiplies four inputs with sixteen rows at once, with
+//! the 16 rows' scales beside them as f32. The input rows are quantized to
+//! int8 per 32-number block, as Q8_0 does to weights (candle's quantized
+//! matmul does the same to its inputs); a block's integer dot is exact, and
+//! its two scales are applied once per block and 16 rows.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes: weights are stored offset
+//! by +128 as unsigned, and each input block's sum times 128 is taken off
+//! again.
+
+use crate::parallel::{self, Disjoint};
+
+/// Input rows a tile takes at once (independent accumulators).
+const ROWS: usize = 4;
+/// Output rows per tile, and numbers per block.
+const TILE: usize = 16;
+const BLOCK: usize = 32;
+/// Bytes of one Q8_0 block: an f16 scale and 32 i8.
+const Q8_0_BYTES: usize = 34;
+
+/// One `[n, k]` Q8_0 weight (`n` a multiple of 16, `k` of 32), repacked.
+#[derive(Debug, Clone)]
+pub struct PackedQ8 {
+    n: usize,
+    k: usize,
+    /// `[n / 16][k / 32][16]`: each row's block scale.
+    scales: Vec<f32>,
+    /// `[n / 16][k / 32][8][16][4]`: weights + 128.
+    quads: Vec<u8>,
+}
+
+impl PackedQ8 {
+    /// Whether this CPU runs the packed kernel.
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// `data`: candle's Q8_0 blocks of a `[n, k]` weight, row-major. `None`
+    /// when the shape does not tile.
+    pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ8> {
+        if !n.is_multiple_of(TILE) || !k.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let blocks = k / BLOCK;
+        assert_eq!(
+            data.len(),
+            n * blocks * Q8_0_BYTES,
+            "not a [n, k] Q8_0 weight"
+        );
+        let mut scales = vec![0f32; n * blocks];
+        let mut quads = vec![0u8; n * k];
+        for row in 0..n {
+            let (tile, r) = (row / TILE, row % TILE);
+            for b in 0..blocks {
+                let block = &data[(row * blocks + b) * Q8_0_BYTES..][..Q8_0_BYTES];
+                scales[(tile * blocks + b) * TILE + r] =
+                    half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                let base = (tile * blocks + b) * TILE * BLOCK;
+                for (i, &q) in block[2..].iter().enumerate() {
+                    let (quad, byte) = (i / 4, i % 4);
+                    quads[base + (quad * TILE + r) * 4 + byte] = (q as i8 as i16 + 128) as u8;
+                }
+            }
+        }
+        Some(PackedQ8 {
+            n,
+            k,
+            scales,
+            quads,
+        })
+    }
+
+    /// Bytes a full read takes.
+    pub fn bytes(&self) -> usize {
+        self.quads.len() + self.scales.len() * 4
+    }
+}
+
+/// One input row's block quantized as Q8_0 quantizes weights: scale
+/// `max |x| / 127`, numbers rounded to the nearest multiple (ties to even,
+/// as the vector instructions round). The kernel's vector version computes
+/// the same numbers.
+#[cfg(test)]
+fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = max / 127.0;
+    let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (v * inv).round_ties_even() as i8;
+    }
+    scale
+}
+
+/// Inputs quantized per block: `[rows][width]` numbers, a scale and a sum
+/// per block.
+struct Quantized {
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+/// Every block of `x` quantized (see [`vnni::quantize`]).
+fn quantize_rows(x: &[f32]) -> Quantized {
+    let blocks = x.len() / BLOCK;
+    let mut out = Quantized {
+        q: vec![0; x.len()],
+        scales: vec![0.0; blocks],
+        sums: vec![0; blocks],
+    };
+    // SAFETY: only reached once `available` has checked the CPU.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        vnni::quantize(x, &mut out)
+    };
+    out
+}
+
+/// `[m, g·n]` = per group `i`, `x[:, i·k..(i+1)·k] · W_iᵀ` for `x`: `[m, g·k]`
+/// and `packs` (every one `[n, k]`), as [`super::decode_matmul::matmul_groups`],
+/// with the input quantized per block. All groups' tiles are split over the
+/// pool in one call.
+///
+/// Panics when the CPU lacks AVX-512-VNNI ([`PackedQ8::available`]).
+pub fn matmul_groups(x: &[f32], m: usize, packs: &[&PackedQ8]) -> Vec<f32> {
+    assert!(
+        PackedQ8::available(),
+        "the packed kernel needs AVX-512-VNNI"
+    );
+    let (n, k) = (packs[0].n, packs[0].k);
+    assert!(packs.iter().all(|p| p.n == n && p.k == k), "groups differ");
+    let groups = packs.len();
+    assert_eq!(x.len(), m * groups * k, "x is not [m, groups * k]");
+    let input = quantize_rows(x);
+    let columns = groups * n;
+    let mut out = vec![0f32; m * columns];
+    let dst = Disjoint::new(&mut out);
+    let tiles = n / TILE;
+    parallel::for_ranges(groups * tiles, |units| {
+        for unit in units {
+            let (g, tile) = (unit / tiles, unit % tiles);
+            let pack = packs[g];
+            let blocks = k / BLOCK;
+            let scales = &pack.scales[tile * blocks * TILE..][..blocks * TILE];
+            let quads = &pack.quads[tile * blocks * TILE * BLOCK..][..blocks * TILE * BLOCK];
+            let row = |i: usize| {
+                let first = (i * groups + g) * blocks;
+                Row {
+                    q: &input.q[first * BLOCK..][..k],
+                    scales: &input.scales[first..][..blocks],
+                    sums: &input.sums[first..][..blocks],
+                }
+            };
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(ROWS);
+                let rows: [Row; ROWS] = std::array::from_fn(|j| row(i + j.min(r - 1)));
+                let mut dots = [[0f32; TILE]; ROWS];
+                // SAFETY: `available` checked the CPU's features above.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    match r {
+                        1 => vnni::tile::<1>(&rows, scales, quads, &mut dots),
+                        2 => vnni::tile::<2>(&rows, scales, quads, &mut dots),
+                        3 => vnni::tile::<3>(&rows, scales, quads, &mut dots),
+                        _ => vnni::tile::<4>(&rows, scales, quads, &mut dots),
+                    }
+                };
+                for (j, dots) in dots[..r].iter().enumerate() {
+                    let start = (i + j) * columns + g * n + tile * TILE;
+                    // SAFETY: this unit alone writes these 16 columns.
+                    unsafe { dst.slice(start..start + TILE) }.copy_from_slice(dots);
+                }
+                i += r;
+            }
+        }
+    });
+    out
+}
+
+/// One quantized input row of one group.
+struct Row<'a> {
+    q: &'a [i8],
+    scales: &'a [f32],
+    sums: &'a [i32],
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{Quantized, Row, BLOCK, TILE};
+
+    /// Each 32-number block of `x`: scale `max |x| / 127`, the numbers over
+    /// it rounded to the nearest integer (ties to even), and their sum.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize(x: &[f32], out: &mut Quantized) {
+        let blocks = x.len() / BLOCK;
+        assert!(out.q.len() >= blocks * BLOCK && out.scales.len() >= blocks);
+        assert!(out.sums.len() >= blocks);
+        for b in 0..blocks {
+            let p = x.as_ptr().add(b * BLOCK);
+            let (v0, v1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+            let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            let scale = max / 127.0;
+            let inv = _mm512_set1_ps(if scale == 0.0 { 0.0 } else { 1.0 / scale });
+            const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            let q0 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(v0, inv)));
+            let q1 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(v1, inv)));
+            let dst = out.q.as_mut_ptr().add(b * BLOCK);
+            _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128(dst.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+            out.scales[b] = scale;
+            out.sums[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        }
+    }
+
+    /// The 16 dots of one tile's rows with each of the first `R` of `rows`:
+    /// every weight quad is loaded once for all of them, and each row
+    /// keeps two integer sums (even and odd quads) so that the VNNI
+    /// instructions do not wait on each other.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile<const R: usize>(
+        rows: &[Row; super::ROWS],
+        scales: &[f32],
+        quads: &[u8],
+        out: &mut [[f32; TILE]; super::ROWS],
+    ) {
+        let blocks = rows[0].scales.len();
+        assert!(scales.len() >= blocks * TILE && quads.len() >= blocks * TILE * BLOCK);
+        for row in &rows[..R] {
+            assert!(row.q.len() >= blocks * BLOCK && row.sums.len() >= blocks);
+        }
+        let qp = quads.as_ptr();
+        let mut total = [_mm512_setzero_ps(); R];
+        for b in 0..blocks {
+            let mut acc = [[_mm512_setzero_si512(); 2]; R];
+            for pair in 0..BLOCK / 8 {
+                for (half, quad) in [2 * pair, 2 * pair + 1].into_iter().enumerate() {
+                    let w = _mm512_loadu_si512(qp.add((b * BLOCK / 4 + quad) * 64) as *const _);
+                    for (a, row) in acc.iter_mut().zip(rows) {
+                        let x = (row.q.as_ptr().add(b * BLOCK + quad * 4) as *const i32)
+                            .read_unaligned();
+                        a[half] = _mm512_dpbusd_epi32(a[half], w, _mm512_set1_epi32(x));
+                    }
+                }
+            }
+            let w_scales = _mm512_loadu_ps(scales.as_ptr().add(b * TILE));
+            for ((t, a), row) in total.iter_mut().zip(&acc).zip(rows) {
+                // (w + 128)·x summed, less 128·Σx: the block's exact dot.
+                let dot = _mm512_sub_epi32(
+                    _mm512_add_epi32(a[0], a[1]),
+                    _mm512_set1_epi32(128 * row.sums[b]),
+                );
+                let scale = _mm512_mul_ps(w_scales, _mm512_set1_ps(row.scales[b]));
+                *t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *t);
+            }
+        }
+        for (o, t) in out.iter_mut().zip(&total) {
+            _mm512_storeu_ps(o.as_mut_ptr(), *t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::testing::{dequantized, values as fill};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    /// The kernel equals the same integer arithmetic done plainly (exact up
+    /// to f32 rounding), and stays within activation quantization of the
+    /// f32 product with the dequantized weights.
+    #[test]
+    fn packed_kernel_matches_the_integer_arithmetic() {
+        if !PackedQ8::available() {
+            return;
+        }
+        for (m, groups, n, k) in [(1, 3, 16, 32), (2, 16, 256, 128), (5, 2, 48, 256)] {
+            let x = fill(m * groups * k, 1);
+            let weights: Vec<QTensor> = (0..groups)
+                .map(|g| {
+                    let w = Tensor::from_vec(fill(n * k, 100 + g), (n, k), &Device::Cpu).unwrap();
+                    QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()
+                })
+                .collect();
+            let packs: Vec<PackedQ8> = weights
+                .iter()
+                .map(|w| PackedQ8::new(&w.data().unwrap(), n, k).unwrap())
+                .collect();
+            let got = matmul_groups(&x, m, &packs.iter().collect::<Vec<_>>());
+            for (g, w) in weights.iter().enumerate() {
+                let data = w.data().unwrap();
+                let deq = dequantized(w);
+                for i in 0..m {
+                    let xs = &x[(i * groups + g) * k..][..k];
+                    for j in 0..n {
+                        let mut exact = 0f64;
+                        let mut plain = 0f64;
+                        for b in 0..k / BLOCK {
+                            let mut q = [0i8; BLOCK];
+                            let dx = quantize_block(&xs[b * BLOCK..][..BLOCK], &mut q);
+                            let block = &data[(j * k / BLOCK + b) * Q8_0_BYTES..];
+                            let dw = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                            let dot: i32 = (0..BLOCK)
+                                .map(|c| block[2 + c] as i8 as i32 * q[c] as i32)
+                                .sum();
+                            exact += (dw * dx) as f64 * dot as f64;
+                        }
+                        for c in 0..k {
+                            plain += deq[j * k + c] as f64 * xs[c] as f64;
+                        }
+                        let have = got[i * groups * n + g * n + j] as f64;
+                        assert!(
+                            (have - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                            "{m}x{groups}x{n}x{k} row {i} group {g} column {j}: {have} vs {exact}"
+                        );
+                        // Activation quantization: well under 1% of the scale.
+                        let norm = (k as f64).sqrt();
+                        assert!((have - plain).abs() <= 0.02 * norm, "{have} vs f32 {plain}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_tile_are_refused() {
+        assert!(PackedQ8::new(&[0; 34 * 8], 8, 32).is_none());
+        assert!(PackedQ8::new(&[], 16, 20).is_none());
+    }
+}
