@@ -450,13 +450,23 @@ const GROUPED_KERNEL_CALLS: usize = 4;
 /// matmul.
 #[derive(Debug, Clone)]
 pub struct GroupedLinear {
-    groups: Vec<Linear>,
-    /// Dense weights in one `[groups, n, k]` tensor, which the groups view.
-    stacked: Option<Tensor>,
-    /// Q8_0 groups repacked for the VNNI kernel, on CPUs that have it.
-    packed: Option<Vec<PackedQ8>>,
+    held: Held,
+    groups: usize,
     n: usize,
     k: usize,
+}
+
+/// How a [`GroupedLinear`]'s weights are held.
+#[derive(Debug, Clone)]
+enum Held {
+    /// A linear per group; dense ones view `stacked` (`[groups, n, k]`).
+    Groups {
+        linears: Vec<Linear>,
+        stacked: Option<Tensor>,
+    },
+    /// Q8_0 groups repacked for the VNNI kernel, on CPUs that have it (the
+    /// only copy: larger batches dequantize it).
+    Packed(Vec<PackedQ8>),
 }
 
 impl GroupedLinear {
@@ -472,24 +482,27 @@ impl GroupedLinear {
             _ => format,
         };
         let (g, n, k) = weights.dims3()?;
+        let grouped = |held| GroupedLinear {
+            held,
+            groups: g,
+            n,
+            k,
+        };
         if format.quantize.ggml_for(k).is_none() {
             let stacked = weights.to_dtype(format.dtype)?.contiguous()?;
-            let groups = (0..g)
+            let linears = (0..g)
                 .map(|i| Ok(Linear::from_weight(stacked.get(i)?)))
                 .collect::<Result<Vec<_>>>()?;
-            return Ok(GroupedLinear {
-                groups,
+            return Ok(grouped(Held::Groups {
+                linears,
                 stacked: Some(stacked),
-                packed: None,
-                n,
-                k,
-            });
+            }));
         }
-        let groups = (0..g)
+        let linears = (0..g)
             .map(|i| Linear::from_tensor(&weights.get(i)?, format))
             .collect::<Result<Vec<_>>>()?;
-        let packed = if weights.device().is_cpu() && PackedQ8::available() {
-            groups
+        if weights.device().is_cpu() && PackedQ8::available() {
+            let packed = linears
                 .iter()
                 .map(|l| match &l.weight {
                     Weight::Quantized { q, .. } if q.dtype() == GgmlDType::Q8_0 => {
@@ -497,47 +510,107 @@ impl GroupedLinear {
                     }
                     _ => Ok(None),
                 })
-                .collect::<Result<Option<Vec<_>>>>()?
-        } else {
-            None
-        };
-        Ok(GroupedLinear {
-            groups,
+                .collect::<Result<Option<Vec<_>>>>()?;
+            if let Some(packs) = packed {
+                return Ok(grouped(Held::Packed(packs)));
+            }
+        }
+        Ok(grouped(Held::Groups {
+            linears,
             stacked: None,
-            packed,
-            n,
-            k,
-        })
+        }))
     }
 
-    /// Bytes a decode step reads (the packed copies where they serve it).
+    /// Bytes a full read of the weights takes.
     pub fn weight_bytes(&self) -> usize {
-        match &self.packed {
-            Some(packs) => packs.iter().map(PackedQ8::bytes).sum(),
-            None => self.groups.iter().map(Linear::weight_bytes).sum(),
+        match &self.held {
+            Held::Packed(packs) => packs.iter().map(PackedQ8::bytes).sum(),
+            Held::Groups { linears, .. } => linears.iter().map(Linear::weight_bytes).sum(),
         }
     }
 
     /// How the weights are held (as [`Linear::format`]).
     pub fn format(&self) -> String {
-        self.groups.first().map_or_else(String::new, Linear::format)
+        match &self.held {
+            Held::Packed(_) => "q8_0".into(),
+            Held::Groups { linears, .. } => {
+                linears.first().map_or_else(String::new, Linear::format)
+            }
+        }
     }
 
     /// The weights as a dense `[groups, n, k]` tensor of `dtype`
     /// (dequantized when quantized).
     pub fn dense(&self, dtype: DType) -> Result<Tensor> {
-        if let Some(stacked) = &self.stacked {
-            return stacked.to_dtype(dtype);
+        let parts = match &self.held {
+            Held::Groups {
+                stacked: Some(stacked),
+                ..
+            } => return stacked.to_dtype(dtype),
+            Held::Groups { linears, .. } => linears
+                .iter()
+                .map(|l| match &l.weight {
+                    Weight::Dense(w) => w.to_dtype(dtype),
+                    Weight::Quantized { q, .. } => q.dequantize(&q.device())?.to_dtype(dtype),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Held::Packed(packs) => packs
+                .iter()
+                .map(|p| {
+                    let cpu = candle_core::Device::Cpu;
+                    Tensor::from_vec(p.dequantize(), (self.n, self.k), &cpu)?.to_dtype(dtype)
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        Tensor::stack(&parts, 0)
+    }
+
+    /// Decode sizes: the packed kernel, or the decode kernel (in a few calls
+    /// when the batch is a few times its limit). `None`: the input is for
+    /// one batched matmul.
+    fn forward_small(&self, x: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+        let (linears, stacked) = match &self.held {
+            Held::Packed(packs) if rows <= PACKED_ROWS => {
+                let x = x.contiguous()?;
+                let (storage, layout) = x.storage_and_layout();
+                let Storage::Cpu(cpu) = &*storage else {
+                    candle_core::bail!("the packed kernel runs on CPU tensors only");
+                };
+                let start = layout.start_offset();
+                let xs = &cpu.as_slice::<f32>()?[start..start + rows * self.groups * self.k];
+                let refs: Vec<&PackedQ8> = packs.iter().collect();
+                let out = packed_q8::matmul_groups(xs, rows, &refs);
+                return Ok(Some(Tensor::from_vec(
+                    out,
+                    (rows, self.groups * self.n),
+                    x.device(),
+                )?));
+            }
+            Held::Packed(_) => return Ok(None),
+            Held::Groups { linears, stacked } => (linears, stacked),
+        };
+        let limit = linears.iter().map(Linear::kernel_rows).min().unwrap_or(0);
+        let refs: Vec<&Linear> = linears.iter().collect();
+        if rows <= limit {
+            return Linear::kernel(&refs, x, self.n, self.k, false).map(Some);
         }
-        let parts = self
-            .groups
-            .iter()
-            .map(|l| match &l.weight {
-                Weight::Dense(w) => w.to_dtype(dtype),
-                Weight::Quantized { q, .. } => q.dequantize(&q.device())?.to_dtype(dtype),
+        // A few times the kernel's limit (a batch of decode steps): one
+        // kernel call per `limit` rows, unless the weights are already the
+        // dense f32 the batched matmul takes. Making them dense costs about
+        // as much as reading them once per row.
+        let dense_as_is = stacked.as_ref().is_some_and(|w| w.dtype() == x.dtype());
+        if dense_as_is || rows > GROUPED_KERNEL_CALLS * limit {
+            return Ok(None);
+        }
+        let x = x.contiguous()?;
+        let parts = (0..rows)
+            .step_by(limit)
+            .map(|r| {
+                let chunk = x.narrow(0, r, limit.min(rows - r))?;
+                Linear::kernel(&refs, &chunk, self.n, self.k, false)
             })
             .collect::<Result<Vec<_>>>()?;
-        Tensor::stack(&parts, 0)
+        Tensor::cat(&parts, 0).map(Some)
     }
 }
 
@@ -545,60 +618,20 @@ impl Module for GroupedLinear {
     /// `x`: `[m, groups·k]` -> `[m, groups·n]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = Linear::decode_rows(x)?.unwrap_or(usize::MAX);
-        if let Some(packs) = self.packed.as_ref().filter(|_| rows <= PACKED_ROWS) {
-            let x = x.contiguous()?;
-            let (storage, layout) = x.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else {
-                candle_core::bail!("the packed kernel runs on CPU tensors only");
-            };
-            let width = packs.len() * self.k;
-            let start = layout.start_offset();
-            let xs = &cpu.as_slice::<f32>()?[start..start + rows * width];
-            let refs: Vec<&PackedQ8> = packs.iter().collect();
-            let out = packed_q8::matmul_groups(xs, rows, &refs);
-            return Tensor::from_vec(out, (rows, packs.len() * self.n), x.device());
-        }
-        let limit = self
-            .groups
-            .iter()
-            .map(Linear::kernel_rows)
-            .min()
-            .unwrap_or(0);
-        let refs: Vec<&Linear> = self.groups.iter().collect();
-        if rows <= limit {
-            return Linear::kernel(&refs, x, self.n, self.k, false);
-        }
-        // A few times the kernel's limit (a batch of decode steps): one
-        // kernel call per `limit` rows, unless the weights are already the
-        // dense f32 the batched matmul below takes. Making them dense costs
-        // about as much as reading them once per row.
-        let dense_as_is = self
-            .stacked
-            .as_ref()
-            .is_some_and(|w| w.dtype() == x.dtype());
-        if !dense_as_is && rows <= GROUPED_KERNEL_CALLS * limit {
-            let x = x.contiguous()?;
-            let parts = (0..rows)
-                .step_by(limit)
-                .map(|r| {
-                    let chunk = x.narrow(0, r, limit.min(rows - r))?;
-                    Linear::kernel(&refs, &chunk, self.n, self.k, false)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            return Tensor::cat(&parts, 0);
+        if let Some(out) = self.forward_small(x, rows)? {
+            return Ok(out);
         }
         // Larger inputs: one batched matmul over the weights made dense for
         // the call (widening or dequantizing them costs a fraction of the
         // matmul; one small quantized matmul per group cost more).
         let m = x.dim(0)?;
-        let groups = self.groups.len();
         let w = self.dense(x.dtype())?;
-        x.reshape((m, groups, self.k))?
+        x.reshape((m, self.groups, self.k))?
             .transpose(0, 1)?
             .contiguous()?
             .matmul(&w.transpose(1, 2)?)?
             .transpose(0, 1)?
-            .reshape((m, groups * self.n))
+            .reshape((m, self.groups * self.n))
     }
 }
 

@@ -89,6 +89,25 @@ impl PackedQ8 {
     pub fn bytes(&self) -> usize {
         self.quads.len() + self.scales.len() * 4
     }
+
+    /// The weight's numbers, `[n, k]` row-major, as Q8_0 dequantizes them
+    /// (each byte times its block's scale).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let blocks = self.k / BLOCK;
+        let mut out = vec![0f32; self.n * self.k];
+        for (row, out) in out.chunks_exact_mut(self.k).enumerate() {
+            let (tile, r) = (row / TILE, row % TILE);
+            for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+                let scale = self.scales[(tile * blocks + b) * TILE + r];
+                let base = (tile * blocks + b) * TILE * BLOCK;
+                for (i, o) in out.iter_mut().enumerate() {
+                    let q = self.quads[base + (i / 4 * TILE + r) * 4 + i % 4] as i16 - 128;
+                    *o = q as f32 * scale;
+                }
+            }
+        }
+        out
+    }
 }
 
 /// One input row's block quantized as Q8_0 quantizes weights: scale
@@ -337,6 +356,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Unpacking gives candle's dequantized numbers exactly.
+    #[test]
+    fn packing_keeps_every_number() {
+        let (n, k) = (48, 96);
+        let w = Tensor::from_vec(fill(n * k, 5), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let packed = PackedQ8::new(&q.data().unwrap(), n, k).unwrap();
+        assert_eq!(packed.dequantize(), dequantized(&q));
     }
 
     #[test]
