@@ -132,12 +132,12 @@ fn matmul_many(
             };
             #[cfg(target_arch = "x86_64")]
             if blocked {
-                // SAFETY: `Simd::detect` found AVX-512F/BW and F16C.
                 let store_row = |i: usize, j: usize, values: &[f32]| {
                     let start = i * columns + first + j;
                     // SAFETY: in bounds, and these columns belong to this range only.
                     unsafe { dst.slice(start..start + values.len()) }.copy_from_slice(values);
                 };
+                // SAFETY: `Simd::detect` found AVX-512F/BW, AVX2, FMA and F16C.
                 unsafe { blocked512::columns(ws[g], js, m, stride, k, xg, store_row) };
                 continue;
             }
@@ -212,8 +212,9 @@ enum Simd {
     Portable,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F and BW (+ AVX2, FMA, F16C): one-row tiles on 16 lanes,
-    /// the others as `Avx2`.
+    /// AVX-512 F and BW (+ AVX2, FMA, F16C): one-row tiles on 16 lanes;
+    /// several rows take the register-blocked kernel (or, when `k` is not
+    /// a multiple of 16, the AVX2 tiles).
     Avx512,
 }
 

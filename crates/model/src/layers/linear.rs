@@ -8,9 +8,8 @@
 //! quantized matmul, whose kernels use AVX-512-VNNI tiles where the CPU has
 //! them.
 
-use std::sync::Arc;
-
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Result, Storage, Tensor};
@@ -75,10 +74,10 @@ fn candle_q8_0_is_fast() -> bool {
 }
 
 /// `[n, k]` `values` quantized on the CPU, the rows split over `threads`
-/// threads (the compute pool's size): candle quantizes on one thread, and Q4_K's search for each
-/// block's scales made loading the 265M benchmark model as q4_k take about
-/// 12 s. Blocks lie within rows, so the parts' bytes concatenate to the
-/// whole's.
+/// threads (the compute pool's size): candle quantizes on one thread, and
+/// Q4_K's search for each block's scales made loading the 265M benchmark
+/// model as q4_k take about 12 s. Blocks lie within rows, so the parts'
+/// bytes concatenate to the whole's.
 fn quantize_rows(
     values: &[f32],
     (n, k): (usize, usize),
