@@ -78,6 +78,19 @@ fn heads_per_item(heads: usize, spans: usize) -> usize {
 /// instead of every thread reading all of it for a few heads.
 const CHUNK_ROWS: usize = 512;
 
+/// Most numbers the partial outputs of split contexts may take in one call
+/// (64 MB): a long prompt's prefill, thousands of tokens each with a long
+/// context, would otherwise hold tokens × chunks × heads × rank of them. So
+/// many tokens keep every thread busy unsplit anyway.
+const PARTIAL_BUDGET: usize = 16 << 20;
+
+/// How many chunks a token's `context` is split into, in a call of `tokens`
+/// tokens whose per-chunk partial output is `per_chunk` numbers.
+fn chunks_for(context: usize, tokens: usize, per_chunk: usize) -> usize {
+    let affordable = PARTIAL_BUDGET / (tokens * per_chunk).max(1);
+    context.div_ceil(CHUNK_ROWS).min(affordable).max(1)
+}
+
 /// Per head of a work item: the largest score and the sum of `exp(score -
 /// max)` over its rows; its output rows are left unnormalised.
 #[derive(Debug, Clone, Copy, Default)]
@@ -119,7 +132,7 @@ pub fn absorbed_attention(
         .collect();
     let chunks: Vec<usize> = owner
         .iter()
-        .map(|(_, context)| context.div_ceil(CHUNK_ROWS))
+        .map(|&(_, context)| chunks_for(context, owner.len(), heads * rank))
         .collect();
     let group = heads_per_item(heads, chunks.iter().sum());
     let groups_per_token = heads / group;
@@ -753,5 +766,24 @@ mod tests {
                 token += 1;
             }
         }
+    }
+
+    /// Long contexts split into 512-row chunks, unless the partial outputs
+    /// of that many tokens would pass the budget.
+    #[test]
+    fn split_contexts_stay_within_the_partial_budget() {
+        // One decode token of DeepSeek-V3's attention (128 heads, rank 512).
+        let per_chunk = 128 * 512;
+        assert_eq!(chunks_for(100, 1, per_chunk), 1);
+        assert_eq!(chunks_for(2048, 1, per_chunk), 4);
+        assert_eq!(chunks_for(2049, 1, per_chunk), 5);
+        // A 128K-token context: as many chunks as the budget allows.
+        assert_eq!(
+            chunks_for(131_072, 1, per_chunk),
+            PARTIAL_BUDGET / per_chunk
+        );
+        // A long prompt's prefill: no split.
+        assert_eq!(chunks_for(8192, 4096, per_chunk), 1);
+        assert!(16 * chunks_for(65_536, 16, per_chunk) * per_chunk <= PARTIAL_BUDGET);
     }
 }
