@@ -432,12 +432,6 @@ impl Module for Linear {
     }
 }
 
-/// Most rows a [`GroupedLinear`] gives its packed VNNI kernel (which beats
-/// the decode kernel's tiles at every size measured, benches/kernels.rs
-/// `-- grouped`: 27-41 against 8-12 GB/s at one row, 5-6 against 3 at 16);
-/// larger inputs take one batched matmul.
-const PACKED_ROWS: usize = 32;
-
 /// Most decode-kernel calls a [`GroupedLinear`] makes for one input before
 /// it makes its weights dense for one batched matmul instead.
 const GROUPED_KERNEL_CALLS: usize = 4;
@@ -564,12 +558,18 @@ impl GroupedLinear {
         Tensor::stack(&parts, 0)
     }
 
-    /// Decode sizes: the packed kernel, or the decode kernel (in a few calls
-    /// when the batch is a few times its limit). `None`: the input is for
-    /// one batched matmul.
-    fn forward_small(&self, x: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+    /// Our kernels, where they take `x` (`rows` rows on the CPU in f32):
+    /// the packed one, or the decode kernel. Both beat the batched matmul
+    /// at every size measured where they run it whole (the packed kernel,
+    /// and the register-blocked kernel on AVX-512); elsewhere the decode
+    /// kernel takes its row limit per call, for a few calls. `None`: the
+    /// input is for one batched matmul.
+    fn forward_kernel(&self, x: &Tensor, rows: Option<usize>) -> Result<Option<Tensor>> {
+        let Some(rows) = rows else {
+            return Ok(None);
+        };
         let (linears, stacked) = match &self.held {
-            Held::Packed(packs) if rows <= PACKED_ROWS => {
+            Held::Packed(packs) => {
                 let x = x.contiguous()?;
                 let (storage, layout) = x.storage_and_layout();
                 let Storage::Cpu(cpu) = &*storage else {
@@ -585,12 +585,11 @@ impl GroupedLinear {
                     x.device(),
                 )?));
             }
-            Held::Packed(_) => return Ok(None),
             Held::Groups { linears, stacked } => (linears, stacked),
         };
         let limit = linears.iter().map(Linear::kernel_rows).min().unwrap_or(0);
         let refs: Vec<&Linear> = linears.iter().collect();
-        if rows <= limit {
+        if rows <= limit || (limit > 0 && blocked_kernel()) {
             return Linear::kernel(&refs, x, self.n, self.k, false).map(Some);
         }
         // A few times the kernel's limit (a batch of decode steps): one
@@ -616,8 +615,7 @@ impl GroupedLinear {
 impl Module for GroupedLinear {
     /// `x`: `[m, groups·k]` -> `[m, groups·n]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let rows = Linear::decode_rows(x)?.unwrap_or(usize::MAX);
-        if let Some(out) = self.forward_small(x, rows)? {
+        if let Some(out) = self.forward_kernel(x, Linear::decode_rows(x)?)? {
             return Ok(out);
         }
         // Larger inputs: one batched matmul over the weights made dense for
