@@ -689,9 +689,8 @@ mod tests {
                 max_abs_diff(&held, &w) < 0.01,
                 "{format:?}: the held weights are not the given ones"
             );
-            // 2 rows take the decode kernel or the packed one; 20 either
-            // of those or one batched matmul, by format and CPU; 300 one
-            // batched matmul.
+            // By format and CPU: the packed kernel, the decode kernel (in
+            // one call, or a few at 20 rows) or one batched matmul.
             for m in [2, 20, 300] {
                 let x = Tensor::from_vec(values(m * g * k, m), (m, g * k), &Device::Cpu).unwrap();
                 let got = grouped.forward(&x).unwrap();
