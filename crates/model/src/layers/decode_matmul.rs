@@ -142,16 +142,16 @@ fn matmul_many(
                 continue;
             }
             match ws[g] {
-                WeightRows::F32(w) => each_tile(js, m, stride, k, xg, store, |j, xs, t, dots| {
-                    dot_tile(simd, &w[j * k..(j + 1) * k], xs, stride, t, k, dots)
+                WeightRows::F32(w) => each_tile(js, m, stride, k, xg, store, |j, xs, t| {
+                    F32_TILES.run(simd, &w[j * k..(j + 1) * k], xs, stride, t, k)
                 }),
-                WeightRows::Bf16(w) => each_tile(js, m, stride, k, xg, store, |j, xs, t, dots| {
-                    dot_tile_bf16(simd, &w[j * k..(j + 1) * k], xs, stride, t, k, dots)
+                WeightRows::Bf16(w) => each_tile(js, m, stride, k, xg, store, |j, xs, t| {
+                    BF16_TILES.run(simd, &w[j * k..(j + 1) * k], xs, stride, t, k)
                 }),
                 WeightRows::Q8_0(w) => {
                     let row = k / Q8_0_BLOCK * Q8_0_BYTES;
-                    each_tile(js, m, stride, k, xg, store, |j, xs, t, dots| {
-                        dot_tile_q8_0(simd, &w[j * row..(j + 1) * row], xs, stride, t, k, dots)
+                    each_tile(js, m, stride, k, xg, store, |j, xs, t| {
+                        Q8_0_TILES.run(simd, &w[j * row..(j + 1) * row], xs, stride, t, k)
                     })
                 }
             }
@@ -179,14 +179,13 @@ fn each_tile(
     k: usize,
     x: &[f32],
     store: impl Fn(usize, usize, &[f32]),
-    dot: impl Fn(usize, &[f32], usize, &mut [f32; 4]),
+    dot: impl Fn(usize, &[f32], usize) -> Dots,
 ) {
-    let mut dots = [0f32; 4];
     for j in js {
         let mut i = 0;
         while i < m {
             let t = (m - i).min(4);
-            dot(j, &x[i * stride..(i + t - 1) * stride + k], t, &mut dots);
+            let dots = dot(j, &x[i * stride..(i + t - 1) * stride + k], t);
             store(j, i, &dots[..t]);
             i += t;
         }
@@ -234,57 +233,67 @@ impl Simd {
     }
 }
 
-/// Dots of one f32 weight row with `t` (≤ 4) input rows.
-fn dot_tile(
-    simd: Simd,
-    w: &[f32],
-    xs: &[f32],
-    stride: usize,
-    t: usize,
-    k: usize,
-    dots: &mut [f32; 4],
-) {
-    // SAFETY: `Simd::detect` found the features each path needs.
+/// One weight kind's tiles: a weight row's dots with `t` (≤ 4) input rows
+/// on each instruction set (on AVX-512, one row on 16 lanes; several rows as
+/// on AVX2).
+struct Tiles<W: 'static> {
     #[cfg(target_arch = "x86_64")]
-    match simd {
-        Simd::Avx512 if t == 1 => {
-            dots[0] = unsafe { avx512::dot_f32(w, xs, k) };
-            return;
-        }
-        Simd::Avx512 | Simd::Avx2 => {
-            return unsafe { avx2::dot_tile_f32(w, xs, stride, t, k, dots) }
-        }
-        Simd::Portable => {}
-    }
-    let _ = simd;
-    dot_tile_scalar(w, xs, stride, t, k, dots, |v| v);
+    one_row: unsafe fn(&[W], &[f32], usize) -> f32,
+    #[cfg(target_arch = "x86_64")]
+    avx2: unsafe fn(&[W], &[f32], usize, usize, usize, &mut Dots),
+    portable: fn(&[W], &[f32], usize, usize, usize, &mut Dots),
 }
 
-/// Dots of one bf16 weight row with `t` (≤ 4) input rows.
-fn dot_tile_bf16(
-    simd: Simd,
-    w: &[bf16],
-    xs: &[f32],
-    stride: usize,
-    t: usize,
-    k: usize,
-    dots: &mut [f32; 4],
-) {
-    // SAFETY: `Simd::detect` found the features each path needs.
-    #[cfg(target_arch = "x86_64")]
-    match simd {
-        Simd::Avx512 if t == 1 => {
-            dots[0] = unsafe { avx512::dot_bf16(w, xs, k) };
-            return;
+/// A tile's dots, one per input row (the first `t` of them).
+type Dots = [f32; 4];
+
+impl<W> Tiles<W> {
+    /// The row `w`'s dots with the `t` input rows of `xs` (`stride` apart,
+    /// `k` numbers each), on `simd`'s path; the first `t` count.
+    fn run(&self, simd: Simd, w: &[W], xs: &[f32], stride: usize, t: usize, k: usize) -> Dots {
+        let mut dots = [0f32; 4];
+        // SAFETY: `Simd::detect` found the features each path needs.
+        #[cfg(target_arch = "x86_64")]
+        match simd {
+            Simd::Avx512 if t == 1 => {
+                dots[0] = unsafe { (self.one_row)(w, xs, k) };
+                return dots;
+            }
+            Simd::Avx512 | Simd::Avx2 => {
+                unsafe { (self.avx2)(w, xs, stride, t, k, &mut dots) };
+                return dots;
+            }
+            Simd::Portable => {}
         }
-        Simd::Avx512 | Simd::Avx2 => {
-            return unsafe { avx2::dot_tile_bf16(w, xs, stride, t, k, dots) }
-        }
-        Simd::Portable => {}
+        let _ = simd;
+        (self.portable)(w, xs, stride, t, k, &mut dots);
+        dots
     }
-    let _ = simd;
-    dot_tile_scalar(w, xs, stride, t, k, dots, bf16::to_f32);
 }
+
+const F32_TILES: Tiles<f32> = Tiles {
+    #[cfg(target_arch = "x86_64")]
+    one_row: avx512::dot_f32,
+    #[cfg(target_arch = "x86_64")]
+    avx2: avx2::dot_tile_f32,
+    portable: |w, xs, stride, t, k, dots| dot_tile_scalar(w, xs, stride, t, k, dots, |v| v),
+};
+
+const BF16_TILES: Tiles<bf16> = Tiles {
+    #[cfg(target_arch = "x86_64")]
+    one_row: avx512::dot_bf16,
+    #[cfg(target_arch = "x86_64")]
+    avx2: avx2::dot_tile_bf16,
+    portable: |w, xs, stride, t, k, dots| dot_tile_scalar(w, xs, stride, t, k, dots, bf16::to_f32),
+};
+
+const Q8_0_TILES: Tiles<u8> = Tiles {
+    #[cfg(target_arch = "x86_64")]
+    one_row: avx512::dot_q8_0,
+    #[cfg(target_arch = "x86_64")]
+    avx2: avx2::dot_tile_q8_0,
+    portable: dot_tile_q8_0_scalar,
+};
 
 /// The portable body of the dense tiles: `widen` gives a weight as f32.
 fn dot_tile_scalar<W: Copy>(
@@ -305,9 +314,9 @@ fn dot_tile_scalar<W: Copy>(
     }
 }
 
-/// Dots of one Q8_0 weight row with `t` (≤ 4) input rows.
-fn dot_tile_q8_0(
-    simd: Simd,
+/// The portable Q8_0 tile: per block, the integer weights times the inputs,
+/// scaled.
+fn dot_tile_q8_0_scalar(
     w: &[u8],
     xs: &[f32],
     stride: usize,
@@ -315,19 +324,6 @@ fn dot_tile_q8_0(
     k: usize,
     dots: &mut [f32; 4],
 ) {
-    // SAFETY: `Simd::detect` found the features each path needs.
-    #[cfg(target_arch = "x86_64")]
-    match simd {
-        Simd::Avx512 if t == 1 => {
-            dots[0] = unsafe { avx512::dot_q8_0(w, xs, k) };
-            return;
-        }
-        Simd::Avx512 | Simd::Avx2 => {
-            return unsafe { avx2::dot_tile_q8_0(w, xs, stride, t, k, dots) }
-        }
-        Simd::Portable => {}
-    }
-    let _ = simd;
     for (r, d) in dots[..t].iter_mut().enumerate() {
         let x = &xs[r * stride..r * stride + k];
         *d = w
@@ -787,11 +783,11 @@ mod tests {
         let xq: Vec<f32> = x.chunks(k).flat_map(|r| r[..192].to_vec()).collect();
         for t in 1..=4 {
             let run = |simd: Simd| {
-                let (mut a, mut b, mut c) = ([0f32; 4], [0f32; 4], [0f32; 4]);
-                dot_tile(simd, &w, &x, k, t, k, &mut a);
-                dot_tile_bf16(simd, &wb, &x, k, t, k, &mut b);
-                dot_tile_q8_0(simd, &q, &xq, 192, t, 192, &mut c);
-                [a, b, c]
+                [
+                    F32_TILES.run(simd, &w, &x, k, t, k),
+                    BF16_TILES.run(simd, &wb, &x, k, t, k),
+                    Q8_0_TILES.run(simd, &q, &xq, 192, t, 192),
+                ]
             };
             let portable = run(Simd::Portable);
             for simd in [Simd::Avx2, Simd::Avx512] {
