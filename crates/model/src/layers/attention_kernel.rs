@@ -240,10 +240,12 @@ impl Path {
     fn detect() -> Path {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512f") {
-                return Path::Avx512;
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            use std::is_x86_feature_detected as has;
+            // The AVX-512 path also uses AVX2 and FMA instructions.
+            if has!("avx2") && has!("fma") {
+                if has!("avx512f") {
+                    return Path::Avx512;
+                }
                 return Path::Avx2;
             }
         }
