@@ -36,8 +36,8 @@ fn median_secs(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    // `cargo bench --bench kernels -- attention` (or `-- grouped`) runs
-    // that part only.
+    // `cargo bench --bench kernels -- attention` (or `-- grouped`, or
+    // `-- q8_0`) runs that part only.
     if std::env::args().skip(1).any(|a| a == "attention") {
         attention();
         return;
@@ -49,8 +49,6 @@ fn main() {
     let threads = rayon::current_num_threads();
     let bandwidth = ferroseek_model::random::read_bandwidth_gbps();
     println!("threads: {threads}; read bandwidth (parallel sum over 1 GiB): {bandwidth:.1} GB/s");
-    println!("| weight | m | ferroseek kernel GB/s | candle matmul GB/s | kernel / bandwidth |");
-    println!("|---|---:|---:|---:|---:|");
     let w: Vec<f32> = (0..N * K)
         .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
@@ -63,23 +61,41 @@ fn main() {
             .unwrap();
     let q8_data = q8.data().unwrap().to_vec();
     let q8_mm = candle_core::quantized::QMatMul::from_qtensor(q8).unwrap();
+    let only_q8_0 = std::env::args().skip(1).any(|a| a == "q8_0");
+    let packed = PackedQ8::available().then(|| PackedQ8::new(&q8_data, N, K).unwrap());
+    println!(
+        "| q8_0 | m | f32 tiles GB/s | packed VNNI GB/s | candle GB/s | best ours / bandwidth |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for m in [1usize, 4, 8, 16, 32, 64] {
         let x: Vec<f32> = (0..m * K).map(|i| (i % 13) as f32 * 0.01).collect();
+        let gb = q8_data.len() as f64 / 1e9;
         let ours = median_secs(|| {
             std::hint::black_box(matmul_rows(&x, m, K, WeightRows::Q8_0(&q8_data), N));
+        });
+        let vnni = packed.as_ref().map(|p| {
+            median_secs(|| {
+                std::hint::black_box(packed_q8::matmul_groups(&x, m, &[p]));
+            })
         });
         let xt = Tensor::from_vec(x.clone(), (m, K), &Device::Cpu).unwrap();
         let theirs = median_secs(|| {
             std::hint::black_box(q8_mm.forward(&xt).unwrap());
         });
-        let gb = q8_data.len() as f64 / 1e9;
+        let best = vnni.map_or(ours, |v| v.min(ours));
         println!(
-            "| q8_0 | {m} | {:.1} | {:.1} | {:.0}% |",
+            "| q8_0 | {m} | {:.1} | {} | {:.1} | {:.0}% |",
             gb / ours,
+            vnni.map_or("-".into(), |v| format!("{:.1}", gb / v)),
             gb / theirs,
-            100.0 * gb / ours / bandwidth
+            100.0 * gb / best / bandwidth
         );
     }
+    if only_q8_0 {
+        return;
+    }
+    println!("| weight | m | ferroseek kernel GB/s | candle matmul GB/s | kernel / bandwidth |");
+    println!("|---|---:|---:|---:|---:|");
     for (name, bytes, tensor) in [("f32", 4usize, &w32), ("bf16", 2, &w16)] {
         let lin = candle_nn::Linear::new(tensor.clone(), None);
         for m in [1usize, 4, 8, 16, 32, 64] {

@@ -1,12 +1,12 @@
 //! A bias-free linear layer `y = x · Wᵀ` over a `[out, in]` checkpoint weight,
 //! held dense (f32, bf16, f16) or quantized at load (GGML Q8_0 or Q4_K).
 //!
-//! On CPU with f32 activations, the few rows of a decode step go through
-//! [`decode_matmul`](super::decode_matmul), which reads the weight once (f32,
-//! bf16, and Q8_0 where the CPU lacks AVX-512-VNNI); larger inputs use
-//! candle's GEMM (a bf16 weight widened to f32 for the call) or candle's
-//! quantized matmul, whose kernels use AVX-512-VNNI tiles where the CPU has
-//! them.
+//! On a CPU with AVX-512-VNNI, a Q8_0 weight is held repacked for our int8
+//! kernel ([`packed_q8`](super::packed_q8)), which runs every input size.
+//! Otherwise, on CPU with f32 activations, the few rows of a decode step go
+//! through [`decode_matmul`](super::decode_matmul), which reads the weight
+//! once (f32, bf16, and Q8_0); larger inputs use candle's GEMM (a bf16
+//! weight widened to f32 for the call) or candle's quantized matmul.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -46,7 +46,8 @@ fn decode_rows_bf16() -> usize {
     }
 }
 /// For Q8_0 on a CPU without AVX-512-VNNI, candle's one-row quantized matmul
-/// is compute-bound and our kernel reads faster; with VNNI, candle's
+/// is compute-bound and our kernel reads faster; with VNNI, weights are
+/// packed for our int8 kernel, and where a shape does not tile, candle's
 /// repacked kernels win at every batch size (benches/kernels.rs).
 const DECODE_ROWS_Q8_0: usize = 8;
 
@@ -185,7 +186,13 @@ impl WeightFormat {
 #[derive(Debug, Clone)]
 enum Weight {
     Dense(Tensor),
-    Quantized { q: Arc<QTensor>, mm: QMatMul },
+    Quantized {
+        q: Arc<QTensor>,
+        mm: QMatMul,
+    },
+    /// Q8_0 repacked for the VNNI kernel, on CPUs that have it (the only
+    /// copy): it runs every input size.
+    Packed(PackedQ8),
 }
 
 #[derive(Debug, Clone)]
@@ -235,14 +242,23 @@ impl Linear {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let q = Arc::new(if weight.device().is_cpu() {
+        let q = if weight.device().is_cpu() {
             quantize_rows(&values, weight.dims2()?, ggml, crate::parallel::threads())?
         } else {
             QTensor::quantize(
                 &Tensor::from_vec(values, weight.shape(), weight.device())?,
                 ggml,
             )?
-        });
+        };
+        if ggml == GgmlDType::Q8_0 && weight.device().is_cpu() && PackedQ8::available() {
+            let (n, k) = weight.dims2()?;
+            if let Some(packed) = PackedQ8::new(&q.data()?, n, k) {
+                return Ok(Linear {
+                    weight: Weight::Packed(packed),
+                });
+            }
+        }
+        let q = Arc::new(q);
         Ok(Linear {
             weight: Weight::Quantized {
                 mm: QMatMul::from_arc(q.clone())?,
@@ -261,7 +277,20 @@ impl Linear {
     pub fn weight(&self) -> Option<&Tensor> {
         match &self.weight {
             Weight::Dense(w) => Some(w),
-            Weight::Quantized { .. } => None,
+            Weight::Quantized { .. } | Weight::Packed(_) => None,
+        }
+    }
+
+    /// Whether the weight is held packed for the VNNI kernel.
+    pub(super) fn is_packed(&self) -> bool {
+        matches!(self.weight, Weight::Packed(_))
+    }
+
+    /// The weight's packed Q8_0 form, if it has one.
+    pub(super) fn into_packed(self) -> Option<PackedQ8> {
+        match self.weight {
+            Weight::Packed(packed) => Some(packed),
+            _ => None,
         }
     }
 
@@ -270,6 +299,7 @@ impl Linear {
         match &self.weight {
             Weight::Dense(w) => format!("{:?}", w.dtype()).to_lowercase(),
             Weight::Quantized { q, .. } => format!("{:?}", q.dtype()).to_lowercase(),
+            Weight::Packed(_) => "q8_0".into(),
         }
     }
 
@@ -284,6 +314,7 @@ impl Linear {
                 }
                 _ => q.storage_size_in_bytes(),
             },
+            Weight::Packed(packed) => packed.bytes(),
         }
     }
 
@@ -323,6 +354,7 @@ impl Linear {
                     dense.push((storage, layout.start_offset(), w.dtype()));
                 }
                 Weight::Quantized { q, .. } => quantized.push(q.data()?),
+                Weight::Packed(_) => candle_core::bail!("a packed weight in the decode kernel"),
             }
         }
         let (mut dense_iter, mut quantized_iter) = (dense.iter(), quantized.iter());
@@ -346,6 +378,7 @@ impl Linear {
                 Weight::Quantized { .. } => Ok(WeightRows::Q8_0(
                     quantized_iter.next().expect("one per quantized weight"),
                 )),
+                Weight::Packed(_) => unreachable!("refused above"),
             })
             .collect::<Result<Vec<_>>>()?;
         let out = if shared {
@@ -358,11 +391,22 @@ impl Linear {
 
     /// `x · Wᵀ` for every weight of `linears` (all `[_, k]`; `x`: `[m, k]`),
     /// such as an MLP's gate and up projections, or those of all the experts
-    /// a decode step runs. A decode step takes as few calls as it can: our
-    /// kernel once per run of equal shapes, or for quantized weights on CPUs
-    /// where candle's kernels win, its fused matrix-vector product (one
+    /// a decode step runs. A decode step takes as few calls as it can:
+    /// packed weights one call of their kernel, others our decode kernel
+    /// once per run of equal shapes, or for quantized weights on CPUs where
+    /// candle's kernels win, its fused matrix-vector product (one
     /// quantization of `x`, one parallel region for all of them).
     pub fn forward_shared(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let packed: Option<Vec<&PackedQ8>> = linears
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Packed(packed) => Some(packed),
+                _ => None,
+            })
+            .collect();
+        if let Some(packs) = packed {
+            return Self::forward_packed(&packs, x);
+        }
         let rows = Self::decode_rows(x)?.unwrap_or(usize::MAX);
         if linears.iter().all(|l| l.kernel_wins(rows)) {
             let mut outs = Vec::with_capacity(linears.len());
@@ -379,7 +423,7 @@ impl Linear {
             .iter()
             .map(|l| match &l.weight {
                 Weight::Quantized { q, .. } => Some(q.as_ref()),
-                Weight::Dense(_) => None,
+                Weight::Dense(_) | Weight::Packed(_) => None,
             })
             .collect();
         if let Some(qs) = quantized {
@@ -401,11 +445,47 @@ impl Linear {
             && (matches!(self.weight, Weight::Dense(_)) || !candle_q8_0_is_fast())
     }
 
+    /// `x · Wᵀ` for each of `packs` (all `[_, k]`; `x`: `[.., k]`), in one
+    /// call of the packed kernel: `x` is quantized once.
+    fn forward_packed(packs: &[&PackedQ8], x: &Tensor) -> Result<Vec<Tensor>> {
+        let k = x.dim(candle_core::D::Minus1)?;
+        if let Some(p) = packs.iter().find(|p| p.dims().1 != k) {
+            candle_core::bail!(
+                "input width {k} against a [{}, {}] weight",
+                p.dims().0,
+                p.dims().1
+            );
+        }
+        let m = x.elem_count() / k;
+        let lead = &x.dims()[..x.rank() - 1];
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let starts: Vec<usize> = (0..m).map(|i| i * k).collect();
+        let jobs: Vec<(&PackedQ8, Vec<usize>)> =
+            packs.iter().map(|&p| (p, starts.clone())).collect();
+        let mut out = packed_q8::matmul_each(&xs, &jobs);
+        let mut at = 0;
+        packs
+            .iter()
+            .map(|p| {
+                let n = p.dims().0;
+                let part = if packs.len() == 1 {
+                    std::mem::take(&mut out)
+                } else {
+                    out[at..at + m * n].to_vec()
+                };
+                at += m * n;
+                let shape = [lead, &[n]].concat();
+                Tensor::from_vec(part, shape, x.device())?.to_dtype(x.dtype())
+            })
+            .collect()
+    }
+
     /// `[out, in]`.
-    fn dims(&self) -> Result<(usize, usize)> {
+    pub(super) fn dims(&self) -> Result<(usize, usize)> {
         match &self.weight {
             Weight::Dense(w) => w.dims2(),
             Weight::Quantized { q, .. } => q.shape().dims2(),
+            Weight::Packed(packed) => Ok(packed.dims()),
         }
     }
 
@@ -421,6 +501,10 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Weight::Packed(packed) = &self.weight {
+            let mut out = Self::forward_packed(&[packed], x)?;
+            return Ok(out.pop().expect("one output per weight"));
+        }
         let rows = Self::decode_rows(x)?.unwrap_or(usize::MAX);
         if self.kernel_wins(rows) {
             let (n, k) = self.dims()?;
@@ -437,8 +521,15 @@ impl Module for Linear {
                 let dtype = x.dtype();
                 mm.forward(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
             }
+            Weight::Packed(_) => unreachable!("handled above"),
         }
     }
+}
+
+/// A packed weight's numbers as a dense CPU tensor of `dtype`.
+fn unpacked(packed: &PackedQ8, dtype: DType) -> Result<Tensor> {
+    let cpu = candle_core::Device::Cpu;
+    Tensor::from_vec(packed.dequantize(), packed.dims(), &cpu)?.to_dtype(dtype)
 }
 
 /// Most decode-kernel calls a [`GroupedLinear`] makes for one input before
@@ -503,19 +594,9 @@ impl GroupedLinear {
         let linears = (0..g)
             .map(|i| Linear::from_tensor(&weights.get(i)?, format))
             .collect::<Result<Vec<_>>>()?;
-        if weights.device().is_cpu() && PackedQ8::available() {
-            let packed = linears
-                .iter()
-                .map(|l| match &l.weight {
-                    Weight::Quantized { q, .. } if q.dtype() == GgmlDType::Q8_0 => {
-                        Ok(PackedQ8::new(&q.data()?, n, k))
-                    }
-                    _ => Ok(None),
-                })
-                .collect::<Result<Option<Vec<_>>>>()?;
-            if let Some(packs) = packed {
-                return Ok(grouped(Held::Packed(packs)));
-            }
+        if linears.iter().all(Linear::is_packed) {
+            let packs = linears.into_iter().filter_map(Linear::into_packed);
+            return Ok(grouped(Held::Packed(packs.collect())));
         }
         Ok(grouped(Held::Groups {
             linears,
@@ -554,14 +635,12 @@ impl GroupedLinear {
                 .map(|l| match &l.weight {
                     Weight::Dense(w) => w.to_dtype(dtype),
                     Weight::Quantized { q, .. } => q.dequantize(&q.device())?.to_dtype(dtype),
+                    Weight::Packed(p) => unpacked(p, dtype),
                 })
                 .collect::<Result<Vec<_>>>()?,
             Held::Packed(packs) => packs
                 .iter()
-                .map(|p| {
-                    let cpu = candle_core::Device::Cpu;
-                    Tensor::from_vec(p.dequantize(), (self.n, self.k), &cpu)?.to_dtype(dtype)
-                })
+                .map(|p| unpacked(p, dtype))
                 .collect::<Result<Vec<_>>>()?,
         };
         Tensor::stack(&parts, 0)

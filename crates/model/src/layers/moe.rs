@@ -14,51 +14,160 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::linear::{Linear, WeightFormat};
+use super::packed_q8::{self, PackedQ8};
 use crate::config::{Arch, MoeConfig, ScoringFunc, TopkMethod};
 
 /// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    held: MlpWeights,
+}
+
+#[derive(Debug, Clone)]
+enum MlpWeights {
+    Linears {
+        gate_proj: Linear,
+        up_proj: Linear,
+        down_proj: Linear,
+    },
+    Packed(PackedMlp),
+}
+
+/// An MLP's Q8_0 weights repacked for the VNNI kernel, on CPUs that have it
+/// (the only copy), gate and up stacked as one `[2·inter, hidden]` weight:
+/// one pass over the input computes both.
+#[derive(Debug, Clone)]
+struct PackedMlp {
+    gate_up: PackedQ8,
+    down: PackedQ8,
+}
+
+impl PackedMlp {
+    /// Each job `(mlp, rows)` applied to its rows of `x` (`[tokens, hidden]`,
+    /// row-major): every job's `[rows, hidden]` output, one after another.
+    /// Two calls of the packed kernel in all, one for every job's gate and
+    /// up projections, one for their down projections.
+    fn forward_each(x: &[f32], hidden: usize, jobs: &[(&PackedMlp, &[u32])]) -> Vec<f32> {
+        let first: Vec<(&PackedQ8, Vec<usize>)> = jobs
+            .iter()
+            .map(|(mlp, rows)| {
+                let starts = rows.iter().map(|&r| r as usize * hidden).collect();
+                (&mlp.gate_up, starts)
+            })
+            .collect();
+        let gate_up = packed_q8::matmul_each(x, &first);
+        let mut h = Vec::new();
+        let mut second = Vec::with_capacity(jobs.len());
+        let mut rows_in = gate_up.as_slice();
+        for (mlp, rows) in jobs {
+            let inter = mlp.down.dims().1;
+            let start = h.len();
+            for _ in 0..rows.len() {
+                let (row, rest) = rows_in.split_at(2 * inter);
+                rows_in = rest;
+                let (gate, up) = row.split_at(inter);
+                // silu as candle computes it: x / (1 + e^-x).
+                h.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
+            }
+            second.push((
+                &mlp.down,
+                (0..rows.len()).map(|r| start + r * inter).collect(),
+            ));
+        }
+        packed_q8::matmul_each(&h, &second)
+    }
+
+    fn bytes(&self) -> usize {
+        self.gate_up.bytes() + self.down.bytes()
+    }
 }
 
 impl Mlp {
     pub fn weight_bytes(&self) -> usize {
-        self.gate_proj.weight_bytes() + self.up_proj.weight_bytes() + self.down_proj.weight_bytes()
+        match &self.held {
+            MlpWeights::Linears {
+                gate_proj,
+                up_proj,
+                down_proj,
+            } => gate_proj.weight_bytes() + up_proj.weight_bytes() + down_proj.weight_bytes(),
+            MlpWeights::Packed(packed) => packed.bytes(),
+        }
     }
 
+    /// Q8_0 weights on a CPU with AVX-512-VNNI are repacked for the packed
+    /// kernel ([`PackedQ8`]), which then runs the MLP at every batch size.
     pub fn new(
         hidden: usize,
         intermediate: usize,
         vb: VarBuilder,
         weights: WeightFormat,
     ) -> Result<Self> {
-        Ok(Mlp {
-            gate_proj: Linear::load(hidden, intermediate, vb.pp("gate_proj"), weights)?,
-            up_proj: Linear::load(hidden, intermediate, vb.pp("up_proj"), weights)?,
-            down_proj: Linear::load(intermediate, hidden, vb.pp("down_proj"), weights)?,
-        })
+        let gate_proj = Linear::load(hidden, intermediate, vb.pp("gate_proj"), weights)?;
+        let up_proj = Linear::load(hidden, intermediate, vb.pp("up_proj"), weights)?;
+        let down_proj = Linear::load(intermediate, hidden, vb.pp("down_proj"), weights)?;
+        let packed = [&gate_proj, &up_proj, &down_proj]
+            .iter()
+            .all(|l| l.is_packed());
+        let held = match (packed, gate_proj.dims()?, up_proj.dims()?) {
+            (true, gate, up) if gate == up => {
+                let [gate, up, down] =
+                    [gate_proj, up_proj, down_proj].map(|l| l.into_packed().expect("packed"));
+                MlpWeights::Packed(PackedMlp {
+                    gate_up: PackedQ8::stack(gate, up),
+                    down,
+                })
+            }
+            _ => MlpWeights::Linears {
+                gate_proj,
+                up_proj,
+                down_proj,
+            },
+        };
+        Ok(Mlp { held })
     }
 
-    /// Each of `mlps` applied to the same `x`: their gate and up projections
-    /// all run in one [`Linear::forward_shared`].
-    pub fn forward_shared(mlps: &[&Mlp], x: &Tensor) -> Result<Vec<Tensor>> {
-        let linears: Vec<&Linear> = mlps
-            .iter()
-            .flat_map(|m| [&m.gate_proj, &m.up_proj])
-            .collect();
+    fn packed(&self) -> Option<&PackedMlp> {
+        match &self.held {
+            MlpWeights::Packed(packed) => Some(packed),
+            MlpWeights::Linears { .. } => None,
+        }
+    }
+
+    /// Each of `mlps` (all held as linears) applied to the same `x`: their
+    /// gate and up projections all run in one [`Linear::forward_shared`].
+    fn forward_shared(mlps: &[&Mlp], x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut linears = Vec::with_capacity(2 * mlps.len());
+        let mut downs = Vec::with_capacity(mlps.len());
+        for mlp in mlps {
+            let MlpWeights::Linears {
+                gate_proj,
+                up_proj,
+                down_proj,
+            } = &mlp.held
+            else {
+                candle_core::bail!("a packed MLP among linear ones");
+            };
+            linears.extend([gate_proj, up_proj]);
+            downs.push(down_proj);
+        }
         let projected = Linear::forward_shared(&linears, x)?;
-        mlps.iter()
+        downs
+            .iter()
             .zip(projected.chunks_exact(2))
-            .map(|(m, gate_up)| m.down_proj.forward(&(gate_up[0].silu()? * &gate_up[1])?))
+            .map(|(down, gate_up)| down.forward(&(gate_up[0].silu()? * &gate_up[1])?))
             .collect()
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(packed) = self.packed() {
+            let (tokens, hidden) = x.dims2()?;
+            let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let rows: Vec<u32> = (0..tokens as u32).collect();
+            let out = PackedMlp::forward_each(&xs, hidden, &[(packed, &rows)]);
+            return Tensor::from_vec(out, (tokens, hidden), x.device())?.to_dtype(x.dtype());
+        }
         let mut out = Self::forward_shared(&[self], x)?;
         Ok(out.pop().expect("one output per MLP"))
     }
@@ -231,6 +340,11 @@ impl Moe {
         for (i, (&e, &w)) in routing.experts.iter().zip(&routing.weights).enumerate() {
             per_expert[e].push(((i / routing.top_k) as u32, w));
         }
+        let packed: Option<Vec<&PackedMlp>> = self.experts.iter().map(Mlp::packed).collect();
+        let shared_packed = self.shared_experts.as_ref().map(Mlp::packed);
+        if let (Some(packed), None | Some(Some(_))) = (packed, shared_packed) {
+            return Self::forward_packed(&packed, shared_packed.flatten(), &per_expert, x);
+        }
         // Per expert, its output rows. Experts that take every row (all of
         // them at batch 1) share their input with the shared experts: all
         // their gate and up projections run in one call.
@@ -273,6 +387,49 @@ impl Moe {
         }
     }
 
+    /// [`Self::forward`] with every expert packed: each active expert on its
+    /// own tokens and the shared experts on all of them, in two calls of
+    /// the packed kernel ([`PackedMlp::forward_each`]), then the weighted
+    /// sum on the host.
+    fn forward_packed(
+        experts: &[&PackedMlp],
+        shared: Option<&PackedMlp>,
+        per_expert: &[Vec<(u32, f32)>],
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let (tokens, hidden) = x.dims2()?;
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let rows: Vec<Vec<u32>> = per_expert
+            .iter()
+            .map(|pairs| pairs.iter().map(|p| p.0).collect())
+            .collect();
+        let all: Vec<u32> = (0..tokens as u32).collect();
+        let mut jobs: Vec<(&PackedMlp, &[u32])> = experts
+            .iter()
+            .zip(&rows)
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(&mlp, rows)| (mlp, rows.as_slice()))
+            .collect();
+        jobs.extend(shared.map(|mlp| (mlp, all.as_slice())));
+        let out = PackedMlp::forward_each(&xs, hidden, &jobs);
+        let mut out_rows = out.chunks_exact(hidden);
+        let mut sum = vec![0f32; tokens * hidden];
+        for &(token, weight) in per_expert.iter().flatten() {
+            let row = out_rows.next().expect("an output row per pair");
+            let dst = &mut sum[token as usize * hidden..][..hidden];
+            for (d, v) in dst.iter_mut().zip(row) {
+                *d += weight * v;
+            }
+        }
+        // The shared experts' rows come last, added after the routed sum.
+        for (dst, row) in sum.chunks_exact_mut(hidden).zip(out_rows) {
+            for (d, v) in dst.iter_mut().zip(row) {
+                *d += v;
+            }
+        }
+        Tensor::from_vec(sum, (tokens, hidden), x.device())?.to_dtype(x.dtype())
+    }
+
     /// The routing-weighted sum of the experts' outputs (`(output, pairs)`,
     /// an output row per pair), scattered back to the tokens' rows: a few
     /// host loops instead of six tensor operations, which dominate a decode
@@ -310,5 +467,120 @@ impl Moe {
             .to_dtype(x.dtype())?;
         let rows = Tensor::from_vec(rows, n, device)?;
         x.zeros_like()?.index_add(&rows, &weighted, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::Device;
+
+    use super::*;
+    use crate::layers::linear::Quantization;
+    use crate::layers::testing::values;
+
+    const HIDDEN: usize = 64;
+    const INTER: usize = 32;
+    const EXPERTS: usize = 8;
+
+    fn config() -> MoeConfig {
+        MoeConfig {
+            n_routed_experts: EXPERTS,
+            n_shared_experts: 1,
+            num_experts_per_tok: 2,
+            moe_intermediate_size: INTER,
+            first_k_dense_replace: 0,
+            moe_layer_freq: 1,
+            routed_scaling_factor: 1.0,
+            scoring_func: ScoringFunc::Softmax,
+            topk_method: TopkMethod::Greedy,
+            n_group: 1,
+            topk_group: 1,
+            norm_topk_prob: false,
+        }
+    }
+
+    /// Every weight of a MoE block, the experts' rounded through Q8_0 when
+    /// `rounded` (the router's never is).
+    fn weights(rounded: bool) -> HashMap<String, Tensor> {
+        let cpu = Device::Cpu;
+        let mut map = HashMap::new();
+        let mut seed = 0;
+        let mut add = |name: String, (n, k): (usize, usize), scale: f32| {
+            seed += 1;
+            let v: Vec<f32> = values(n * k, seed * 7919)
+                .iter()
+                .map(|v| v * scale)
+                .collect();
+            let mut t = Tensor::from_vec(v, (n, k), &cpu).unwrap();
+            if rounded && !name.starts_with("gate") {
+                t = QTensor::quantize(&t, GgmlDType::Q8_0)
+                    .unwrap()
+                    .dequantize(&cpu)
+                    .unwrap();
+            }
+            map.insert(name, t);
+        };
+        add("gate.weight".into(), (EXPERTS, HIDDEN), 0.2);
+        let experts = (0..EXPERTS).map(|e| format!("experts.{e}"));
+        for prefix in experts.chain(["shared_experts".to_string()]) {
+            add(format!("{prefix}.gate_proj.weight"), (INTER, HIDDEN), 0.2);
+            add(format!("{prefix}.up_proj.weight"), (INTER, HIDDEN), 0.2);
+            add(format!("{prefix}.down_proj.weight"), (HIDDEN, INTER), 0.2);
+        }
+        map
+    }
+
+    fn moe(rounded: bool, format: WeightFormat) -> Moe {
+        let vb = VarBuilder::from_tensors(weights(rounded), DType::F32, &Device::Cpu);
+        Moe::new(HIDDEN, &config(), Arch::V2, vb, format).unwrap()
+    }
+
+    /// Q8_0 experts (packed for the VNNI kernel where the CPU has it, else
+    /// candle's quantized matmul) give the output of f32 experts holding
+    /// the same rounded numbers, up to the quantization of activations,
+    /// whether every token shares the experts (one token) or each expert
+    /// takes its own tokens.
+    #[test]
+    fn q8_0_experts_equal_their_rounded_weights() {
+        let q8_0 = WeightFormat {
+            dtype: DType::F32,
+            quantize: Quantization::Q8_0,
+        };
+        let quantized = moe(false, q8_0);
+        let packed = quantized.experts.iter().all(|e| e.packed().is_some());
+        assert_eq!(packed, PackedQ8::available());
+        let dense = moe(true, WeightFormat::dense(DType::F32));
+        for tokens in [1, 5, 40] {
+            let x = Tensor::from_vec(
+                values(tokens * HIDDEN, tokens),
+                (tokens, HIDDEN),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let want = dense.forward(&x).unwrap();
+            let got = quantized.forward(&x).unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (&got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 0.02 * scale,
+                "{tokens} tokens: {diff} against outputs up to {scale}"
+            );
+        }
     }
 }

@@ -1,14 +1,23 @@
-//! MLA's absorbed per-head Q8_0 matrices, repacked for AVX-512-VNNI.
+//! Q8_0 weights repacked for AVX-512-VNNI: on CPUs that have it, every Q8_0
+//! weight of the model (projections, MLA's absorbed per-head matrices, the
+//! experts, lm_head) is held this way, as its only copy, and this kernel
+//! runs it at every input size.
 //!
-//! A Q8_0 weight row of 128 or 256 numbers is only four or eight blocks: the
-//! decode kernel's f32 tiles spend about a dozen instructions widening and
-//! scaling each block, for every output. Here each group of 16 output rows is
-//! stored block by block as `[8 k-quads][16 rows][4 bytes]`, so that one
-//! VNNI instruction multiplies four inputs with sixteen rows at once, with
-//! the 16 rows' scales beside them as f32. The input rows are quantized to
-//! int8 per 32-number block, as Q8_0 does to weights (candle's quantized
-//! matmul does the same to its inputs); a block's integer dot is exact, and
-//! its two scales are applied once per block and 16 rows.
+//! Each group of 16 output rows is stored block by block as `[8 k-quads][16
+//! rows][4 bytes]`, so that one VNNI instruction multiplies four inputs with
+//! sixteen rows at once, with the 16 rows' f16 scales beside them (34 bytes
+//! per 32 weights, as Q8_0). The input rows are quantized to int8 per
+//! 32-number block, as Q8_0 does to weights; a block's integer dot is
+//! exact, and its two scales are applied once per block and 16 rows. One
+//! call takes several weights, each with its own input rows (the experts of
+//! a step, each on its own tokens): the input is quantized once, and all
+//! their tiles share one parallel region.
+//!
+//! Against candle's quantized matmul, which repacks Q8_0 the same way: its
+//! inputs are quantized per 256 numbers (Q8K), a single row on one thread,
+//! and every weight is a call of its own. With 8 sequences a step runs ~21
+//! experts a layer on one or two rows each, and those per-call costs made
+//! half of it.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes: weights are stored offset
 //! by +128 as unsigned, and each input block's sum times 128 is taken off
@@ -29,8 +38,8 @@ const Q8_0_BYTES: usize = 34;
 pub struct PackedQ8 {
     n: usize,
     k: usize,
-    /// `[n / 16][k / 32][16]`: each row's block scale.
-    scales: Vec<f32>,
+    /// `[n / 16][k / 32][16]`: each row's block scale, as Q8_0 stores it.
+    scales: Vec<half::f16>,
     /// `[n / 16][k / 32][8][16][4]`: weights + 128.
     quads: Vec<u8>,
 }
@@ -62,14 +71,14 @@ impl PackedQ8 {
             n * blocks * Q8_0_BYTES,
             "not a [n, k] Q8_0 weight"
         );
-        let mut scales = vec![0f32; n * blocks];
+        let mut scales = vec![half::f16::ZERO; n * blocks];
         let mut quads = vec![0u8; n * k];
         for row in 0..n {
             let (tile, r) = (row / TILE, row % TILE);
             for b in 0..blocks {
                 let block = &data[(row * blocks + b) * Q8_0_BYTES..][..Q8_0_BYTES];
                 scales[(tile * blocks + b) * TILE + r] =
-                    half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                    half::f16::from_le_bytes([block[0], block[1]]);
                 let base = (tile * blocks + b) * TILE * BLOCK;
                 for (i, &q) in block[2..].iter().enumerate() {
                     let (quad, byte) = (i / 4, i % 4);
@@ -85,9 +94,24 @@ impl PackedQ8 {
         })
     }
 
+    /// `top` above `bottom` (both `[_, k]`): one `[n_top + n_bottom, k]`
+    /// weight. Tiles hold whole rows, so their tiles simply follow on.
+    pub fn stack(mut top: PackedQ8, bottom: PackedQ8) -> PackedQ8 {
+        assert_eq!(top.k, bottom.k, "stacked weights differ in width");
+        top.n += bottom.n;
+        top.scales.extend(bottom.scales);
+        top.quads.extend(bottom.quads);
+        top
+    }
+
+    /// `(n, k)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
     /// Bytes a full read takes.
     pub fn bytes(&self) -> usize {
-        self.quads.len() + self.scales.len() * 4
+        self.quads.len() + self.scales.len() * 2
     }
 
     /// The weight's numbers, `[n, k]` row-major, as Q8_0 dequantizes them
@@ -98,7 +122,7 @@ impl PackedQ8 {
         for (row, out) in out.chunks_exact_mut(self.k).enumerate() {
             let (tile, r) = (row / TILE, row % TILE);
             for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-                let scale = self.scales[(tile * blocks + b) * TILE + r];
+                let scale = self.scales[(tile * blocks + b) * TILE + r].to_f32();
                 let base = (tile * blocks + b) * TILE * BLOCK;
                 for (i, o) in out.iter_mut().enumerate() {
                     let q = self.quads[base + (i / 4 * TILE + r) * 4 + i % 4] as i16 - 128;
@@ -156,34 +180,114 @@ fn quantize_rows(x: &[f32]) -> Quantized {
 ///
 /// Panics when the CPU lacks AVX-512-VNNI ([`PackedQ8::available`]).
 pub fn matmul_groups(x: &[f32], m: usize, packs: &[&PackedQ8]) -> Vec<f32> {
-    assert!(
-        PackedQ8::available(),
-        "the packed kernel needs AVX-512-VNNI"
-    );
     let (n, k) = (packs[0].n, packs[0].k);
     assert!(packs.iter().all(|p| p.n == n && p.k == k), "groups differ");
     let groups = packs.len();
     assert_eq!(x.len(), m * groups * k, "x is not [m, groups * k]");
-    let input = quantize_rows(x);
     let columns = groups * n;
+    let tasks: Vec<Task> = packs
+        .iter()
+        .enumerate()
+        .map(|(g, &pack)| Task {
+            pack,
+            starts: (0..m).map(|i| (i * groups + g) * k).collect(),
+            out: g * n,
+            stride: columns,
+        })
+        .collect();
     let mut out = vec![0f32; m * columns];
-    let dst = Disjoint::new(&mut out);
-    let tiles = n / TILE;
-    parallel::for_ranges(groups * tiles, |units| {
-        for unit in units {
-            let (g, tile) = (unit / tiles, unit % tiles);
-            let pack = packs[g];
+    // SAFETY: group `g` writes columns `g·n..(g+1)·n` of each of the `m`
+    // rows of `columns`, inside `out`; no two groups share a column.
+    unsafe { run(x, &tasks, &mut out) };
+    out
+}
+
+/// Each weight of `jobs` times its own input rows of `x`: a job `(pack,
+/// starts)` multiplies the `k` numbers of `x` from each of `starts` (each a
+/// multiple of 32) by `pack` (`[n, k]`). The outputs are the jobs' `[rows,
+/// n]` results one after another. `x` is quantized once for all jobs, and
+/// every job's tiles are split over the pool in one call: the experts of a
+/// decode step, each on its own tokens.
+///
+/// Panics when the CPU lacks AVX-512-VNNI ([`PackedQ8::available`]), or
+/// when a job's rows do not lie in `x`.
+pub fn matmul_each(x: &[f32], jobs: &[(&PackedQ8, Vec<usize>)]) -> Vec<f32> {
+    let mut total = 0;
+    let tasks: Vec<Task> = jobs
+        .iter()
+        .map(|(pack, starts)| {
+            for &s in starts {
+                assert!(
+                    s.is_multiple_of(BLOCK) && s + pack.k <= x.len(),
+                    "a row does not lie in x"
+                );
+            }
+            let task = Task {
+                pack,
+                starts: starts.clone(),
+                out: total,
+                stride: pack.n,
+            };
+            total += starts.len() * pack.n;
+            task
+        })
+        .collect();
+    let mut out = vec![0f32; total];
+    // SAFETY: each job writes its own `[rows, n]` block of `out`, and the
+    // blocks follow one another.
+    unsafe { run(x, &tasks, &mut out) };
+    out
+}
+
+/// One weight's share of a [`run`]: `pack` times the input rows starting at
+/// `starts` (in numbers), row `i`'s output written at `out + i·stride`.
+struct Task<'a> {
+    pack: &'a PackedQ8,
+    starts: Vec<usize>,
+    out: usize,
+    stride: usize,
+}
+
+/// Quantizes `x` and runs every task's 16-row tiles over the pool.
+///
+/// # Safety
+/// Every task's rows lie in `x` on block boundaries, each output row's `n`
+/// numbers lie in `out`, and no two tasks' outputs overlap.
+unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
+    assert!(
+        PackedQ8::available(),
+        "the packed kernel needs AVX-512-VNNI"
+    );
+    assert!(x.len().is_multiple_of(BLOCK), "x is not whole blocks");
+    let input = quantize_rows(x);
+    let units: Vec<(u32, u32)> = tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.starts.is_empty())
+        .flat_map(|(i, t)| (0..t.pack.n / TILE).map(move |tile| (i as u32, tile as u32)))
+        .collect();
+    let dst = Disjoint::new(out);
+    parallel::for_ranges(units.len(), |range| {
+        for &(task, tile) in &units[range] {
+            let Task {
+                pack,
+                starts,
+                out,
+                stride,
+            } = &tasks[task as usize];
+            let (tile, k) = (tile as usize, pack.k);
             let blocks = k / BLOCK;
             let scales = &pack.scales[tile * blocks * TILE..][..blocks * TILE];
             let quads = &pack.quads[tile * blocks * TILE * BLOCK..][..blocks * TILE * BLOCK];
             let row = |i: usize| {
-                let first = (i * groups + g) * blocks;
+                let first = starts[i] / BLOCK;
                 Row {
-                    q: &input.q[first * BLOCK..][..k],
+                    q: &input.q[starts[i]..][..k],
                     scales: &input.scales[first..][..blocks],
                     sums: &input.sums[first..][..blocks],
                 }
             };
+            let m = starts.len();
             let mut i = 0;
             while i < m {
                 let r = (m - i).min(ROWS);
@@ -200,18 +304,18 @@ pub fn matmul_groups(x: &[f32], m: usize, packs: &[&PackedQ8]) -> Vec<f32> {
                     }
                 };
                 for (j, dots) in dots[..r].iter().enumerate() {
-                    let start = (i + j) * columns + g * n + tile * TILE;
-                    // SAFETY: this unit alone writes these 16 columns.
+                    let start = out + (i + j) * stride + tile * TILE;
+                    // SAFETY: this unit alone writes these 16 columns (the
+                    // caller keeps tasks apart; a task's tiles are distinct).
                     unsafe { dst.slice(start..start + TILE) }.copy_from_slice(dots);
                 }
                 i += r;
             }
         }
     });
-    out
 }
 
-/// One quantized input row of one group.
+/// One quantized input row.
 struct Row<'a> {
     q: &'a [i8],
     scales: &'a [f32],
@@ -255,7 +359,7 @@ mod vnni {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn tile<const R: usize>(
         rows: &[Row; super::ROWS],
-        scales: &[f32],
+        scales: &[half::f16],
         quads: &[u8],
         out: &mut [[f32; TILE]; super::ROWS],
     ) {
@@ -278,7 +382,8 @@ mod vnni {
                     }
                 }
             }
-            let w_scales = _mm512_loadu_ps(scales.as_ptr().add(b * TILE));
+            let w_scales =
+                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(b * TILE) as *const _));
             for ((t, a), row) in total.iter_mut().zip(&acc).zip(rows) {
                 // (w + 128)·x summed, less 128·Σx: the block's exact dot.
                 let dot = _mm512_sub_epi32(
@@ -356,6 +461,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn packed(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ8) {
+        let w = Tensor::from_vec(fill(n * k, seed), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let p = PackedQ8::new(&q.data().unwrap(), n, k).unwrap();
+        (q, p)
+    }
+
+    /// Each job multiplies its own rows, wherever they start in the input
+    /// and whatever its width, exactly as a call for each row alone does;
+    /// the outputs follow one another, and a job without rows adds none.
+    #[test]
+    fn each_job_takes_its_own_rows() {
+        if !PackedQ8::available() {
+            return;
+        }
+        let x = fill(6 * 64, 3);
+        let (_, a) = packed(48, 64, 10);
+        let (_, b) = packed(32, 32, 20);
+        let jobs = vec![
+            (&a, vec![0, 192, 64]),
+            (&b, vec![320, 32, 0]),
+            (&a, vec![]),
+            (&a, vec![128]),
+        ];
+        let got = matmul_each(&x, &jobs);
+        let mut want = Vec::new();
+        for (pack, starts) in &jobs {
+            for &s in starts {
+                want.extend(matmul_groups(&x[s..s + pack.k], 1, &[pack]));
+            }
+        }
+        assert_eq!(got, want);
+    }
+
+    /// A stacked weight is the one packed from both weights' rows.
+    #[test]
+    fn stacking_appends_rows() {
+        let (qa, a) = packed(32, 64, 1);
+        let (qb, b) = packed(16, 64, 2);
+        let both = [qa.data().unwrap(), qb.data().unwrap()].concat();
+        let whole = PackedQ8::new(&both, 48, 64).unwrap();
+        let stacked = PackedQ8::stack(a, b);
+        assert_eq!(stacked.dims(), (48, 64));
+        assert_eq!(stacked.dequantize(), whole.dequantize());
+        assert_eq!(stacked.quads, whole.quads);
     }
 
     /// Unpacking gives candle's dequantized numbers exactly.
