@@ -16,7 +16,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Module, Tensor};
 use ferroseek_model::layers::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
 use ferroseek_model::layers::decode_matmul::{matmul_groups, matmul_rows, WeightRows};
-use ferroseek_model::layers::packed_q8::{self, PackedQ8};
+use ferroseek_model::layers::packed::{self, PackedQ8};
 
 const N: usize = 8192;
 const K: usize = 4096;
@@ -75,7 +75,7 @@ fn main() {
         });
         let vnni = packed.as_ref().map(|p| {
             median_secs(|| {
-                std::hint::black_box(packed_q8::matmul_groups(&x, m, &[p]));
+                std::hint::black_box(packed::matmul_groups(&x, m, &[p]));
             })
         });
         let xt = Tensor::from_vec(x.clone(), (m, K), &Device::Cpu).unwrap();
@@ -153,7 +153,7 @@ fn grouped() {
         let vnni = packed.as_ref().map_or(String::from("-"), |p| {
             let packs = vec![p; heads];
             let secs = median_secs(|| {
-                std::hint::black_box(packed_q8::matmul_groups(&x, m, &packs));
+                std::hint::black_box(packed::matmul_groups(&x, m, &packs));
             });
             format!("{:.1}", gb / secs)
         });

@@ -103,7 +103,7 @@ impl Default for LoadOptions {
 
 #[derive(Debug, Clone)]
 enum FeedForward {
-    Dense(Mlp),
+    Dense(Box<Mlp>),
     Moe(Box<Moe>),
 }
 
@@ -136,7 +136,12 @@ impl DecoderLayer {
             Some(moe) if cfg.is_moe_layer(layer) => {
                 FeedForward::Moe(Box::new(Moe::new(h, moe, cfg.arch, vb.pp("mlp"), weights)?))
             }
-            _ => FeedForward::Dense(Mlp::new(h, cfg.intermediate_size, vb.pp("mlp"), weights)?),
+            _ => FeedForward::Dense(Box::new(Mlp::new(
+                h,
+                cfg.intermediate_size,
+                vb.pp("mlp"),
+                weights,
+            )?)),
         };
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::new(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,

@@ -137,10 +137,11 @@ pub fn tensor_shapes(cfg: &DeepSeekConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 /// xorshift64*: fast, and enough for weights nobody reads for meaning.
-struct Xorshift(u64);
+pub(crate) struct Xorshift(pub(crate) u64);
 
 impl Xorshift {
-    fn next_f32(&mut self) -> f32 {
+    /// Uniform in [0, 1).
+    pub(crate) fn next_f32(&mut self) -> f32 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;

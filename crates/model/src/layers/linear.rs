@@ -1,8 +1,8 @@
 //! A bias-free linear layer `y = x · Wᵀ` over a `[out, in]` checkpoint weight,
 //! held dense (f32, bf16, f16) or quantized at load (GGML Q8_0 or Q4_K).
 //!
-//! On a CPU with AVX-512-VNNI, a Q8_0 weight is held repacked for our int8
-//! kernel ([`packed_q8`](super::packed_q8)), which runs every input size.
+//! On a CPU with AVX-512-VNNI, a Q8_0 or Q4_K weight is held repacked for
+//! our int8 kernels ([`packed`](super::packed)), which run every input size.
 //! Otherwise, on CPU with f32 activations, the few rows of a decode step go
 //! through [`decode_matmul`](super::decode_matmul), which reads the weight
 //! once (f32, bf16, and Q8_0); larger inputs use candle's GEMM (a bf16
@@ -16,7 +16,7 @@ use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
 use super::decode_matmul::{blocked_kernel, matmul_groups, matmul_shared, WeightRows};
-use super::packed_q8::{self, PackedQ8};
+use super::packed::{self, Packed};
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
@@ -192,7 +192,7 @@ enum Weight {
     },
     /// Q8_0 repacked for the VNNI kernel, on CPUs that have it (the only
     /// copy): it runs every input size.
-    Packed(PackedQ8),
+    Packed(Packed),
 }
 
 #[derive(Debug, Clone)]
@@ -250,9 +250,9 @@ impl Linear {
                 ggml,
             )?
         };
-        if ggml == GgmlDType::Q8_0 && weight.device().is_cpu() && PackedQ8::available() {
+        if weight.device().is_cpu() && Packed::available() {
             let (n, k) = weight.dims2()?;
-            if let Some(packed) = PackedQ8::new(&q.data()?, n, k) {
+            if let Some(packed) = Packed::new(&q.data()?, ggml, n, k) {
                 return Ok(Linear {
                     weight: Weight::Packed(packed),
                 });
@@ -287,7 +287,7 @@ impl Linear {
     }
 
     /// The weight's packed Q8_0 form, if it has one.
-    pub(super) fn into_packed(self) -> Option<PackedQ8> {
+    pub(super) fn into_packed(self) -> Option<Packed> {
         match self.weight {
             Weight::Packed(packed) => Some(packed),
             _ => None,
@@ -299,7 +299,7 @@ impl Linear {
         match &self.weight {
             Weight::Dense(w) => format!("{:?}", w.dtype()).to_lowercase(),
             Weight::Quantized { q, .. } => format!("{:?}", q.dtype()).to_lowercase(),
-            Weight::Packed(_) => "q8_0".into(),
+            Weight::Packed(packed) => packed.format().into(),
         }
     }
 
@@ -397,7 +397,7 @@ impl Linear {
     /// candle's kernels win, its fused matrix-vector product (one
     /// quantization of `x`, one parallel region for all of them).
     pub fn forward_shared(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
-        let packed: Option<Vec<&PackedQ8>> = linears
+        let packed: Option<Vec<&Packed>> = linears
             .iter()
             .map(|l| match &l.weight {
                 Weight::Packed(packed) => Some(packed),
@@ -447,7 +447,7 @@ impl Linear {
 
     /// `x · Wᵀ` for each of `packs` (all `[_, k]`; `x`: `[.., k]`), in one
     /// call of the packed kernel: `x` is quantized once.
-    fn forward_packed(packs: &[&PackedQ8], x: &Tensor) -> Result<Vec<Tensor>> {
+    fn forward_packed(packs: &[&Packed], x: &Tensor) -> Result<Vec<Tensor>> {
         let k = x.dim(candle_core::D::Minus1)?;
         if let Some(p) = packs.iter().find(|p| p.dims().1 != k) {
             candle_core::bail!(
@@ -460,9 +460,8 @@ impl Linear {
         let lead = &x.dims()[..x.rank() - 1];
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let starts: Vec<usize> = (0..m).map(|i| i * k).collect();
-        let jobs: Vec<(&PackedQ8, Vec<usize>)> =
-            packs.iter().map(|&p| (p, starts.clone())).collect();
-        let mut out = packed_q8::matmul_each(&xs, &jobs);
+        let jobs: Vec<(&Packed, Vec<usize>)> = packs.iter().map(|&p| (p, starts.clone())).collect();
+        let mut out = packed::matmul_each(&xs, &jobs);
         let mut at = 0;
         packs
             .iter()
@@ -527,7 +526,7 @@ impl Module for Linear {
 }
 
 /// A packed weight's numbers as a dense CPU tensor of `dtype`.
-fn unpacked(packed: &PackedQ8, dtype: DType) -> Result<Tensor> {
+fn unpacked(packed: &Packed, dtype: DType) -> Result<Tensor> {
     let cpu = candle_core::Device::Cpu;
     Tensor::from_vec(packed.dequantize(), packed.dims(), &cpu)?.to_dtype(dtype)
 }
@@ -559,7 +558,7 @@ enum Held {
     },
     /// Q8_0 groups repacked for the VNNI kernel, on CPUs that have it (the
     /// only copy: larger batches dequantize it).
-    Packed(Vec<PackedQ8>),
+    Packed(Vec<Packed>),
 }
 
 impl GroupedLinear {
@@ -607,7 +606,7 @@ impl GroupedLinear {
     /// Bytes a full read of the weights takes.
     pub fn weight_bytes(&self) -> usize {
         match &self.held {
-            Held::Packed(packs) => packs.iter().map(PackedQ8::bytes).sum(),
+            Held::Packed(packs) => packs.iter().map(Packed::bytes).sum(),
             Held::Groups { linears, .. } => linears.iter().map(Linear::weight_bytes).sum(),
         }
     }
@@ -615,7 +614,7 @@ impl GroupedLinear {
     /// How the weights are held (as [`Linear::format`]).
     pub fn format(&self) -> String {
         match &self.held {
-            Held::Packed(_) => "q8_0".into(),
+            Held::Packed(packs) => packs.first().map_or("", Packed::format).into(),
             Held::Groups { linears, .. } => {
                 linears.first().map_or_else(String::new, Linear::format)
             }
@@ -665,8 +664,8 @@ impl GroupedLinear {
                 };
                 let start = layout.start_offset();
                 let xs = &cpu.as_slice::<f32>()?[start..start + rows * self.groups * self.k];
-                let refs: Vec<&PackedQ8> = packs.iter().collect();
-                let out = packed_q8::matmul_groups(xs, rows, &refs);
+                let refs: Vec<&Packed> = packs.iter().collect();
+                let out = packed::matmul_groups(xs, rows, &refs);
                 return Ok(Some(Tensor::from_vec(
                     out,
                     (rows, self.groups * self.n),

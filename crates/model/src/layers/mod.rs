@@ -6,7 +6,7 @@ pub mod linear;
 pub mod mla;
 pub mod moe;
 pub mod norm;
-pub mod packed_q8;
+pub mod packed;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -14,7 +14,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::linear::{Linear, WeightFormat};
-use super::packed_q8::{self, PackedQ8};
+use super::packed::{self, Packed};
 use crate::config::{Arch, MoeConfig, ScoringFunc, TopkMethod};
 
 /// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
@@ -38,8 +38,8 @@ enum MlpWeights {
 /// one pass over the input computes both.
 #[derive(Debug, Clone)]
 struct PackedMlp {
-    gate_up: PackedQ8,
-    down: PackedQ8,
+    gate_up: Packed,
+    down: Packed,
 }
 
 impl PackedMlp {
@@ -48,14 +48,14 @@ impl PackedMlp {
     /// Two calls of the packed kernel in all, one for every job's gate and
     /// up projections, one for their down projections.
     fn forward_each(x: &[f32], hidden: usize, jobs: &[(&PackedMlp, &[u32])]) -> Vec<f32> {
-        let first: Vec<(&PackedQ8, Vec<usize>)> = jobs
+        let first: Vec<(&Packed, Vec<usize>)> = jobs
             .iter()
             .map(|(mlp, rows)| {
                 let starts = rows.iter().map(|&r| r as usize * hidden).collect();
                 (&mlp.gate_up, starts)
             })
             .collect();
-        let gate_up = packed_q8::matmul_each(x, &first);
+        let gate_up = packed::matmul_each(x, &first);
         let mut h = Vec::new();
         let mut second = Vec::with_capacity(jobs.len());
         let mut rows_in = gate_up.as_slice();
@@ -74,7 +74,7 @@ impl PackedMlp {
                 (0..rows.len()).map(|r| start + r * inter).collect(),
             ));
         }
-        packed_q8::matmul_each(&h, &second)
+        packed::matmul_each(&h, &second)
     }
 
     fn bytes(&self) -> usize {
@@ -95,7 +95,7 @@ impl Mlp {
     }
 
     /// Q8_0 weights on a CPU with AVX-512-VNNI are repacked for the packed
-    /// kernel ([`PackedQ8`]), which then runs the MLP at every batch size.
+    /// kernel ([`Packed`]), which then runs the MLP at every batch size.
     pub fn new(
         hidden: usize,
         intermediate: usize,
@@ -113,7 +113,7 @@ impl Mlp {
                 let [gate, up, down] =
                     [gate_proj, up_proj, down_proj].map(|l| l.into_packed().expect("packed"));
                 MlpWeights::Packed(PackedMlp {
-                    gate_up: PackedQ8::stack(gate, up),
+                    gate_up: Packed::stack(gate, up),
                     down,
                 })
             }
@@ -479,10 +479,11 @@ mod tests {
 
     use super::*;
     use crate::layers::linear::Quantization;
-    use crate::layers::testing::values;
+    use crate::random::Xorshift;
 
-    const HIDDEN: usize = 64;
-    const INTER: usize = 32;
+    /// Q4_K's 256-weight blocks fit both widths.
+    const HIDDEN: usize = 256;
+    const INTER: usize = 256;
     const EXPERTS: usize = 8;
 
     fn config() -> MoeConfig {
@@ -502,21 +503,26 @@ mod tests {
         }
     }
 
-    /// Every weight of a MoE block, the experts' rounded through Q8_0 when
-    /// `rounded` (the router's never is).
-    fn weights(rounded: bool) -> HashMap<String, Tensor> {
+    /// `len` numbers uniform in `[-scale, scale)`.
+    fn uniform(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15 ^ seed);
+        (0..len)
+            .map(|_| (2.0 * rng.next_f32() - 1.0) * scale)
+            .collect()
+    }
+
+    /// Every weight of a MoE block, the experts' rounded through `rounded`
+    /// if given (the router's never is).
+    fn weights(rounded: Option<GgmlDType>) -> HashMap<String, Tensor> {
         let cpu = Device::Cpu;
         let mut map = HashMap::new();
         let mut seed = 0;
         let mut add = |name: String, (n, k): (usize, usize), scale: f32| {
             seed += 1;
-            let v: Vec<f32> = values(n * k, seed * 7919)
-                .iter()
-                .map(|v| v * scale)
-                .collect();
+            let v = uniform(n * k, seed, scale);
             let mut t = Tensor::from_vec(v, (n, k), &cpu).unwrap();
-            if rounded && !name.starts_with("gate") {
-                t = QTensor::quantize(&t, GgmlDType::Q8_0)
+            if let Some(ggml) = rounded.filter(|_| !name.starts_with("gate")) {
+                t = QTensor::quantize(&t, ggml)
                     .unwrap()
                     .dequantize(&cpu)
                     .unwrap();
@@ -533,33 +539,38 @@ mod tests {
         map
     }
 
-    fn moe(rounded: bool, format: WeightFormat) -> Moe {
+    fn moe(rounded: Option<GgmlDType>, format: WeightFormat) -> Moe {
         let vb = VarBuilder::from_tensors(weights(rounded), DType::F32, &Device::Cpu);
         Moe::new(HIDDEN, &config(), Arch::V2, vb, format).unwrap()
     }
 
-    /// Q8_0 experts (packed for the VNNI kernel where the CPU has it, else
-    /// candle's quantized matmul) give the output of f32 experts holding
-    /// the same rounded numbers, up to the quantization of activations,
-    /// whether every token shares the experts (one token) or each expert
-    /// takes its own tokens.
+    /// Quantized experts (packed for the VNNI kernels where the CPU has
+    /// them, else candle's quantized matmul) give the output of f32 experts
+    /// holding the same rounded numbers, up to the quantization of
+    /// activations, whether every token shares the experts (one token) or
+    /// each expert takes its own tokens.
     #[test]
-    fn q8_0_experts_equal_their_rounded_weights() {
-        let q8_0 = WeightFormat {
-            dtype: DType::F32,
-            quantize: Quantization::Q8_0,
-        };
-        let quantized = moe(false, q8_0);
-        let packed = quantized.experts.iter().all(|e| e.packed().is_some());
-        assert_eq!(packed, PackedQ8::available());
-        let dense = moe(true, WeightFormat::dense(DType::F32));
+    fn quantized_experts_equal_their_rounded_weights() {
+        for (quantize, ggml) in [
+            (Quantization::Q8_0, GgmlDType::Q8_0),
+            (Quantization::Q4K, GgmlDType::Q4K),
+        ] {
+            let format = WeightFormat {
+                dtype: DType::F32,
+                quantize,
+            };
+            let quantized = moe(None, format);
+            let packed = quantized.experts.iter().all(|e| e.packed().is_some());
+            assert_eq!(packed, Packed::available());
+            let dense = moe(Some(ggml), WeightFormat::dense(DType::F32));
+            agree(&quantized, &dense, ggml);
+        }
+    }
+
+    fn agree(quantized: &Moe, dense: &Moe, ggml: GgmlDType) {
         for tokens in [1, 5, 40] {
-            let x = Tensor::from_vec(
-                values(tokens * HIDDEN, tokens),
-                (tokens, HIDDEN),
-                &Device::Cpu,
-            )
-            .unwrap();
+            let x = uniform(tokens * HIDDEN, 1000 + tokens as u64, 1.0);
+            let x = Tensor::from_vec(x, (tokens, HIDDEN), &Device::Cpu).unwrap();
             let want = dense.forward(&x).unwrap();
             let got = quantized.forward(&x).unwrap();
             let scale = want
@@ -579,7 +590,7 @@ mod tests {
                 .unwrap();
             assert!(
                 diff <= 0.02 * scale,
-                "{tokens} tokens: {diff} against outputs up to {scale}"
+                "{ggml:?}, {tokens} tokens: {diff} against outputs up to {scale}"
             );
         }
     }

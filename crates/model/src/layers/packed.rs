@@ -1,29 +1,33 @@
-//! Q8_0 weights repacked for AVX-512-VNNI: on CPUs that have it, every Q8_0
-//! weight of the model (projections, MLA's absorbed per-head matrices, the
-//! experts, lm_head) is held this way, as its only copy, and this kernel
-//! runs it at every input size.
+//! Quantized weights repacked for AVX-512-VNNI: on CPUs that have it, every
+//! Q8_0 and Q4_K weight of the model (projections, MLA's absorbed per-head
+//! matrices, the experts, lm_head) is held this way, as its only copy, and
+//! these kernels run it at every input size.
 //!
-//! Each group of 16 output rows is stored block by block as `[8 k-quads][16
-//! rows][4 bytes]`, so that one VNNI instruction multiplies four inputs with
-//! sixteen rows at once, with the 16 rows' f16 scales beside them (34 bytes
-//! per 32 weights, as Q8_0). The input rows are quantized to int8 per
-//! 32-number block, as Q8_0 does to weights; a block's integer dot is
-//! exact, and its two scales are applied once per block and 16 rows. One
-//! call takes several weights, each with its own input rows (the experts of
-//! a step, each on its own tokens): the input is quantized once, and all
-//! their tiles share one parallel region.
+//! Each group of 16 output rows is stored so that one VNNI instruction
+//! multiplies four inputs with sixteen rows at once: for Q8_0 block by
+//! block as `[8 k-quads][16 rows][4 bytes]`, with the 16 rows' f16 scales
+//! beside them (34 bytes per 32 weights, as Q8_0); Q4_K in [`PackedQ4K`].
+//! The input rows are quantized to int8 per 32-number block, as Q8_0 does
+//! to weights; a block's integer dot is exact, and its scales are applied
+//! once per block and 16 rows. One call takes several weights, each with
+//! its own input rows (the experts of a step, each on its own tokens): the
+//! input is quantized once, and all their tiles share one parallel region.
 //!
-//! Against candle's quantized matmul, which repacks Q8_0 the same way: its
-//! inputs are quantized per 256 numbers (Q8K), a single row on one thread,
-//! and every weight is a call of its own. With 8 sequences a step runs ~21
-//! experts a layer on one or two rows each, and those per-call costs made
-//! half of it.
+//! Against candle's quantized matmul, which repacks both formats in a
+//! similar way: its inputs are quantized per 256 numbers (Q8K), a single
+//! row on one thread, and every weight is a call of its own. With 8
+//! sequences a step runs ~21 experts a layer on one or two rows each, and
+//! those per-call costs made half of it. Its Q4_K tiles also take 6 bits
+//! a weight, built beside the 4.5-bit original.
 //!
-//! `vpdpbusd` multiplies unsigned by signed bytes: weights are stored offset
-//! by +128 as unsigned, and each input block's sum times 128 is taken off
-//! again.
+//! `vpdpbusd` multiplies unsigned by signed bytes: Q8_0 weights are stored
+//! offset by +128 as unsigned, and each input block's sum times 128 is
+//! taken off again (Q4_K's numbers are unsigned already).
 
 use crate::parallel::{self, Disjoint};
+
+mod q4k;
+pub use q4k::PackedQ4K;
 
 /// Input rows a tile takes at once (independent accumulators): a batch of
 /// 8 sequences reads each weight tile once.
@@ -135,6 +139,118 @@ impl PackedQ8 {
     }
 }
 
+/// A weight held for the packed kernels, in either format.
+#[derive(Debug, Clone)]
+pub enum Packed {
+    Q8_0(PackedQ8),
+    Q4K(PackedQ4K),
+}
+
+impl Packed {
+    /// Whether this CPU runs the packed kernels.
+    pub fn available() -> bool {
+        PackedQ8::available()
+    }
+
+    /// candle's blocks of a `[n, k]` weight in `ggml`, repacked; `None`
+    /// for other formats, on CPUs without the kernels, and for shapes that
+    /// do not tile.
+    pub fn new(
+        data: &[u8],
+        ggml: candle_core::quantized::GgmlDType,
+        n: usize,
+        k: usize,
+    ) -> Option<Packed> {
+        use candle_core::quantized::GgmlDType;
+        if !Self::available() {
+            return None;
+        }
+        match ggml {
+            GgmlDType::Q8_0 => PackedQ8::new(data, n, k).map(Packed::Q8_0),
+            GgmlDType::Q4K => PackedQ4K::new(data, n, k).map(Packed::Q4K),
+            _ => None,
+        }
+    }
+
+    /// `(n, k)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Packed::Q8_0(p) => (p.n, p.k),
+            Packed::Q4K(p) => p.dims(),
+        }
+    }
+
+    /// Bytes a full read takes.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Packed::Q8_0(p) => p.bytes(),
+            Packed::Q4K(p) => p.bytes(),
+        }
+    }
+
+    /// The format's name, as candle's GGML types are named.
+    pub fn format(&self) -> &'static str {
+        match self {
+            Packed::Q8_0(_) => "q8_0",
+            Packed::Q4K(_) => "q4k",
+        }
+    }
+
+    /// The weight's numbers, `[n, k]` row-major, as the format
+    /// dequantizes them.
+    pub fn dequantize(&self) -> Vec<f32> {
+        match self {
+            Packed::Q8_0(p) => p.dequantize(),
+            Packed::Q4K(p) => p.dequantize(),
+        }
+    }
+
+    /// `top` above `bottom` (both `[_, k]`, in one format).
+    pub fn stack(top: Packed, bottom: Packed) -> Packed {
+        match (top, bottom) {
+            (Packed::Q8_0(t), Packed::Q8_0(b)) => Packed::Q8_0(PackedQ8::stack(t, b)),
+            (Packed::Q4K(t), Packed::Q4K(b)) => Packed::Q4K(PackedQ4K::stack(t, b)),
+            _ => panic!("stacked weights differ in format"),
+        }
+    }
+
+    /// The 16 dots of tile `tile` with each of the first `r` of `rows`.
+    ///
+    /// # Safety
+    /// The CPU has the kernels' features ([`Self::available`]).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile(&self, tile: usize, rows: &[Row; ROWS], r: usize) -> [[f32; TILE]; ROWS] {
+        macro_rules! by_rows {
+            ($($f:ident)::+, $($arg:expr),*) => {
+                match r {
+                    1 => $($f)::+::<1>($($arg),*),
+                    2 => $($f)::+::<2>($($arg),*),
+                    3 => $($f)::+::<3>($($arg),*),
+                    4 => $($f)::+::<4>($($arg),*),
+                    5 => $($f)::+::<5>($($arg),*),
+                    6 => $($f)::+::<6>($($arg),*),
+                    7 => $($f)::+::<7>($($arg),*),
+                    _ => $($f)::+::<8>($($arg),*),
+                }
+            };
+        }
+        let mut dots = [[0f32; TILE]; ROWS];
+        match self {
+            Packed::Q8_0(p) => {
+                let blocks = p.k / BLOCK;
+                let scales = &p.scales[tile * blocks * TILE..][..blocks * TILE];
+                let quads = &p.quads[tile * blocks * TILE * BLOCK..][..blocks * TILE * BLOCK];
+                by_rows!(vnni::tile, rows, scales, quads, &mut dots)
+            }
+            Packed::Q4K(p) => {
+                let (quads, d, scales) = p.tile(tile);
+                by_rows!(q4k::vnni::tile, rows, quads, d, scales, &mut dots)
+            }
+        }
+        dots
+    }
+}
+
 /// One input row's block quantized as Q8_0 quantizes weights: scale
 /// `max |x| / 127`, numbers rounded to the nearest multiple (ties to even,
 /// as the vector instructions round). The kernel's vector version computes
@@ -180,9 +296,9 @@ fn quantize_rows(x: &[f32]) -> Quantized {
 /// pool in one call.
 ///
 /// Panics when the CPU lacks AVX-512-VNNI ([`PackedQ8::available`]).
-pub fn matmul_groups(x: &[f32], m: usize, packs: &[&PackedQ8]) -> Vec<f32> {
-    let (n, k) = (packs[0].n, packs[0].k);
-    assert!(packs.iter().all(|p| p.n == n && p.k == k), "groups differ");
+pub fn matmul_groups(x: &[f32], m: usize, packs: &[&Packed]) -> Vec<f32> {
+    let (n, k) = packs[0].dims();
+    assert!(packs.iter().all(|p| p.dims() == (n, k)), "groups differ");
     let groups = packs.len();
     assert_eq!(x.len(), m * groups * k, "x is not [m, groups * k]");
     let columns = groups * n;
@@ -212,14 +328,15 @@ pub fn matmul_groups(x: &[f32], m: usize, packs: &[&PackedQ8]) -> Vec<f32> {
 ///
 /// Panics when the CPU lacks AVX-512-VNNI ([`PackedQ8::available`]), or
 /// when a job's rows do not lie in `x`.
-pub fn matmul_each(x: &[f32], jobs: &[(&PackedQ8, Vec<usize>)]) -> Vec<f32> {
+pub fn matmul_each(x: &[f32], jobs: &[(&Packed, Vec<usize>)]) -> Vec<f32> {
     let mut total = 0;
     let tasks: Vec<Task> = jobs
         .iter()
         .map(|(pack, starts)| {
+            let (n, k) = pack.dims();
             for &s in starts {
                 assert!(
-                    s.is_multiple_of(BLOCK) && s + pack.k <= x.len(),
+                    s.is_multiple_of(BLOCK) && s + k <= x.len(),
                     "a row does not lie in x"
                 );
             }
@@ -227,9 +344,9 @@ pub fn matmul_each(x: &[f32], jobs: &[(&PackedQ8, Vec<usize>)]) -> Vec<f32> {
                 pack,
                 starts: starts.clone(),
                 out: total,
-                stride: pack.n,
+                stride: n,
             };
-            total += starts.len() * pack.n;
+            total += starts.len() * n;
             task
         })
         .collect();
@@ -243,7 +360,7 @@ pub fn matmul_each(x: &[f32], jobs: &[(&PackedQ8, Vec<usize>)]) -> Vec<f32> {
 /// One weight's share of a [`run`]: `pack` times the input rows starting at
 /// `starts` (in numbers), row `i`'s output written at `out + i·stride`.
 struct Task<'a> {
-    pack: &'a PackedQ8,
+    pack: &'a Packed,
     starts: Vec<usize>,
     out: usize,
     stride: usize,
@@ -265,7 +382,7 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
         .iter()
         .enumerate()
         .filter(|(_, t)| !t.starts.is_empty())
-        .flat_map(|(i, t)| (0..t.pack.n / TILE).map(move |tile| (i as u32, tile as u32)))
+        .flat_map(|(i, t)| (0..t.pack.dims().0 / TILE).map(move |tile| (i as u32, tile as u32)))
         .collect();
     let dst = Disjoint::new(out);
     parallel::for_ranges(units.len(), |range| {
@@ -276,10 +393,8 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
                 out,
                 stride,
             } = &tasks[task as usize];
-            let (tile, k) = (tile as usize, pack.k);
+            let (tile, k) = (tile as usize, pack.dims().1);
             let blocks = k / BLOCK;
-            let scales = &pack.scales[tile * blocks * TILE..][..blocks * TILE];
-            let quads = &pack.quads[tile * blocks * TILE * BLOCK..][..blocks * TILE * BLOCK];
             let row = |i: usize| {
                 let first = starts[i] / BLOCK;
                 Row {
@@ -293,21 +408,11 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
             while i < m {
                 let r = (m - i).min(ROWS);
                 let rows: [Row; ROWS] = std::array::from_fn(|j| row(i + j.min(r - 1)));
-                let mut dots = [[0f32; TILE]; ROWS];
                 // SAFETY: `available` checked the CPU's features above.
                 #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    match r {
-                        1 => vnni::tile::<1>(&rows, scales, quads, &mut dots),
-                        2 => vnni::tile::<2>(&rows, scales, quads, &mut dots),
-                        3 => vnni::tile::<3>(&rows, scales, quads, &mut dots),
-                        4 => vnni::tile::<4>(&rows, scales, quads, &mut dots),
-                        5 => vnni::tile::<5>(&rows, scales, quads, &mut dots),
-                        6 => vnni::tile::<6>(&rows, scales, quads, &mut dots),
-                        7 => vnni::tile::<7>(&rows, scales, quads, &mut dots),
-                        _ => vnni::tile::<8>(&rows, scales, quads, &mut dots),
-                    }
-                };
+                let dots = unsafe { pack.tile(tile, &rows, r) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let dots = [[0f32; TILE]; ROWS];
                 for (j, dots) in dots[..r].iter().enumerate() {
                     let start = out + (i + j) * stride + tile * TILE;
                     // SAFETY: this unit alone writes these 16 columns (the
@@ -445,9 +550,9 @@ mod tests {
                     QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()
                 })
                 .collect();
-            let packs: Vec<PackedQ8> = weights
+            let packs: Vec<Packed> = weights
                 .iter()
-                .map(|w| PackedQ8::new(&w.data().unwrap(), n, k).unwrap())
+                .map(|w| Packed::Q8_0(PackedQ8::new(&w.data().unwrap(), n, k).unwrap()))
                 .collect();
             let got = matmul_groups(&x, m, &packs.iter().collect::<Vec<_>>());
             for (g, w) in weights.iter().enumerate() {
@@ -492,31 +597,109 @@ mod tests {
         (q, p)
     }
 
+    fn packed_q4k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ4K) {
+        let w = Tensor::from_vec(fill(n * k, seed), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        let p = PackedQ4K::new(&q.data().unwrap(), n, k).unwrap();
+        (q, p)
+    }
+
     /// Each job multiplies its own rows, wherever they start in the input
-    /// and whatever its width, exactly as a call for each row alone does;
-    /// the outputs follow one another, and a job without rows adds none.
+    /// and whatever its width and format, exactly as a call for each row
+    /// alone does; the outputs follow one another, and a job without rows
+    /// adds none.
     #[test]
     fn each_job_takes_its_own_rows() {
-        if !PackedQ8::available() {
+        if !Packed::available() {
             return;
         }
-        let x = fill(6 * 64, 3);
-        let (_, a) = packed(48, 64, 10);
-        let (_, b) = packed(32, 32, 20);
+        let x = fill(6 * 256, 3);
+        let a = Packed::Q8_0(packed(48, 64, 10).1);
+        let b = Packed::Q4K(packed_q4k(32, 256, 20).1);
+        let c = Packed::Q8_0(packed(16, 32, 30).1);
         let jobs = vec![
             (&a, vec![0, 192, 64]),
-            (&b, vec![320, 32, 0]),
+            (&b, vec![512, 0, 1024, 32, 96, 1280, 160, 224, 288]),
             (&a, vec![]),
-            (&a, vec![128]),
+            (&c, vec![1280]),
         ];
         let got = matmul_each(&x, &jobs);
         let mut want = Vec::new();
         for (pack, starts) in &jobs {
+            let k = pack.dims().1;
             for &s in starts {
-                want.extend(matmul_groups(&x[s..s + pack.k], 1, &[pack]));
+                want.extend(matmul_groups(&x[s..s + k], 1, &[pack]));
             }
         }
         assert_eq!(got, want);
+    }
+
+    /// The Q4_K kernel equals the same integer arithmetic done plainly
+    /// (exact up to f32 rounding) for every row count, and stays within
+    /// activation quantization of the f32 product with candle's
+    /// dequantized weights.
+    #[test]
+    fn q4k_kernel_matches_the_integer_arithmetic() {
+        if !Packed::available() {
+            return;
+        }
+        let (n, k) = (32, 512);
+        let (q, p) = packed_q4k(n, k, 40);
+        let data = q.data().unwrap();
+        let deq = dequantized(&q);
+        let p = Packed::Q4K(p);
+        for m in [1, 3, 9] {
+            let x: Vec<f32> = fill(m * k, m).iter().map(|v| v * 3.0).collect();
+            let got = matmul_groups(&x, m, &[&p]);
+            for i in 0..m {
+                let xs = &x[i * k..][..k];
+                for j in 0..n {
+                    let mut exact = 0f64;
+                    for sb in 0..k / 256 {
+                        let block = &data[(j * k / 256 + sb) * 144..][..144];
+                        let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                        let dmin = half::f16::from_le_bytes([block[2], block[3]]).to_f32();
+                        for sub in 0..8 {
+                            let mut xq = [0i8; BLOCK];
+                            let dx =
+                                quantize_block(&xs[(sb * 8 + sub) * BLOCK..][..BLOCK], &mut xq);
+                            let (sc, mn) = q4k::scale_min_for_tests(sub, &block[4..16]);
+                            let byte = |c: usize| block[16 + sub / 2 * 32 + c];
+                            let nib = |c: usize| ((byte(c) >> (4 * (sub % 2))) & 0x0F) as i32;
+                            let dot: i32 = (0..BLOCK).map(|c| nib(c) * xq[c] as i32).sum();
+                            let sum: i32 = xq.iter().map(|&v| v as i32).sum();
+                            let inner = (d * sc as f32) as f64 * dot as f64
+                                - (dmin * mn as f32) as f64 * sum as f64;
+                            exact += dx as f64 * inner;
+                        }
+                    }
+                    let plain: f64 = (0..k).map(|c| deq[j * k + c] as f64 * xs[c] as f64).sum();
+                    let have = got[i * n + j] as f64;
+                    assert!(
+                        (have - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                        "{m} rows, row {i} column {j}: {have} vs {exact}"
+                    );
+                    let norm = (k as f64).sqrt() * 3.0;
+                    assert!((have - plain).abs() <= 0.02 * norm, "{have} vs f32 {plain}");
+                }
+            }
+        }
+    }
+
+    /// Unpacking a Q4_K weight gives candle's dequantized numbers exactly,
+    /// and a stacked one is the one packed from both weights' rows.
+    #[test]
+    fn q4k_packing_keeps_every_number() {
+        let (qa, a) = packed_q4k(32, 512, 7);
+        let (qb, b) = packed_q4k(16, 512, 8);
+        assert_eq!(a.dequantize(), dequantized(&qa));
+        let both = [qa.data().unwrap(), qb.data().unwrap()].concat();
+        let whole = PackedQ4K::new(&both, 48, 512).unwrap();
+        let stacked = PackedQ4K::stack(a, b);
+        assert_eq!(stacked.dims(), (48, 512));
+        assert_eq!(stacked.dequantize(), whole.dequantize());
+        assert_eq!(stacked.dequantize()[32 * 512..], dequantized(&qb)[..]);
+        assert!(PackedQ4K::new(&[0; 144 * 2], 16, 256 / 8).is_none());
     }
 
     /// A stacked weight is the one packed from both weights' rows.
