@@ -16,7 +16,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Module, Tensor};
 use ferroseek_model::layers::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
 use ferroseek_model::layers::decode_matmul::{matmul_groups, matmul_rows, WeightRows};
-use ferroseek_model::layers::packed::{self, PackedQ8};
+use ferroseek_model::layers::packed::{self, Packed, PackedQ8};
 
 const N: usize = 8192;
 const K: usize = 4096;
@@ -62,7 +62,7 @@ fn main() {
     let q8_data = q8.data().unwrap().to_vec();
     let q8_mm = candle_core::quantized::QMatMul::from_qtensor(q8).unwrap();
     let only_q8_0 = std::env::args().skip(1).any(|a| a == "q8_0");
-    let packed = PackedQ8::available().then(|| PackedQ8::new(&q8_data, N, K).unwrap());
+    let packed = Packed::available().then(|| Packed::Q8_0(PackedQ8::new(&q8_data, N, K).unwrap()));
     println!(
         "| q8_0 | m | f32 tiles GB/s | packed VNNI GB/s | candle GB/s | best ours / bandwidth |"
     );
@@ -141,7 +141,7 @@ fn grouped() {
         .unwrap();
     let data = q8.data().unwrap().to_vec();
     let weights = vec![WeightRows::Q8_0(&data); heads];
-    let packed = PackedQ8::available().then(|| PackedQ8::new(&data, n, k).unwrap());
+    let packed = Packed::available().then(|| Packed::Q8_0(PackedQ8::new(&data, n, k).unwrap()));
     println!("| grouped q8_0, 16 x [256, 128] | m | f32 tiles GB/s | packed VNNI GB/s |");
     println!("|---|---:|---:|---:|");
     let gb = (heads * data.len()) as f64 / 1e9;
