@@ -458,23 +458,20 @@ impl Linear {
         }
         let m = x.elem_count() / k;
         let lead = &x.dims()[..x.rank() - 1];
-        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let starts: Vec<usize> = (0..m).map(|i| i * k).collect();
         let jobs: Vec<(&Packed, Vec<usize>)> = packs.iter().map(|&p| (p, starts.clone())).collect();
-        let mut out = packed::matmul_each(&xs, &jobs);
+        let out = with_f32(x, |xs| packed::matmul_each(xs, &jobs))?;
+        // One tensor; each weight's output a view of it.
+        let len = out.len();
+        let all = Tensor::from_vec(out, len, x.device())?.to_dtype(x.dtype())?;
         let mut at = 0;
         packs
             .iter()
             .map(|p| {
                 let n = p.dims().0;
-                let part = if packs.len() == 1 {
-                    std::mem::take(&mut out)
-                } else {
-                    out[at..at + m * n].to_vec()
-                };
+                let part = all.narrow(0, at, m * n)?;
                 at += m * n;
-                let shape = [lead, &[n]].concat();
-                Tensor::from_vec(part, shape, x.device())?.to_dtype(x.dtype())
+                part.reshape([lead, &[n]].concat())
             })
             .collect()
     }
@@ -523,6 +520,20 @@ impl Module for Linear {
             Weight::Packed(_) => unreachable!("handled above"),
         }
     }
+}
+
+/// `f` on `x`'s numbers, row-major, as f32: borrowed from a contiguous f32
+/// CPU tensor (the usual activation), else converted first.
+pub(super) fn with_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if x.dtype() == DType::F32 && x.is_contiguous() {
+        let (storage, layout) = x.storage_and_layout();
+        if let Storage::Cpu(cpu) = &*storage {
+            let start = layout.start_offset();
+            return Ok(f(&cpu.as_slice::<f32>()?[start..start + x.elem_count()]));
+        }
+    }
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(f(&xs))
 }
 
 /// A packed weight's numbers as a dense CPU tensor of `dtype`.

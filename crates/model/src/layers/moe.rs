@@ -13,7 +13,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::linear::{Linear, WeightFormat};
+use super::linear::{with_f32, Linear, WeightFormat};
 use super::packed::{self, Packed};
 use crate::config::{Arch, MoeConfig, ScoringFunc, TopkMethod};
 
@@ -163,9 +163,10 @@ impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(packed) = self.packed() {
             let (tokens, hidden) = x.dims2()?;
-            let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             let rows: Vec<u32> = (0..tokens as u32).collect();
-            let out = PackedMlp::forward_each(&xs, hidden, &[(packed, &rows)]);
+            let out = with_f32(x, |xs| {
+                PackedMlp::forward_each(xs, hidden, &[(packed, &rows)])
+            })?;
             return Tensor::from_vec(out, (tokens, hidden), x.device())?.to_dtype(x.dtype());
         }
         let mut out = Self::forward_shared(&[self], x)?;
@@ -398,7 +399,6 @@ impl Moe {
         x: &Tensor,
     ) -> Result<Tensor> {
         let (tokens, hidden) = x.dims2()?;
-        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let rows: Vec<Vec<u32>> = per_expert
             .iter()
             .map(|pairs| pairs.iter().map(|p| p.0).collect())
@@ -411,7 +411,7 @@ impl Moe {
             .map(|(&mlp, rows)| (mlp, rows.as_slice()))
             .collect();
         jobs.extend(shared.map(|mlp| (mlp, all.as_slice())));
-        let out = PackedMlp::forward_each(&xs, hidden, &jobs);
+        let out = with_f32(x, |xs| PackedMlp::forward_each(xs, hidden, &jobs))?;
         let mut out_rows = out.chunks_exact(hidden);
         let mut sum = vec![0f32; tokens * hidden];
         for &(token, weight) in per_expert.iter().flatten() {
