@@ -733,18 +733,11 @@ impl Module for GroupedLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::testing::values;
+    use crate::layers::testing::{max_abs, values};
     use candle_core::Device;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        max_abs(&(a - b).unwrap())
     }
 
     /// Per group, x's slice times the group's dense (dequantized) weight.

@@ -24,6 +24,16 @@ pub(crate) mod testing {
             .collect()
     }
 
+    /// The largest |number| of `t`.
+    pub fn max_abs(t: &candle_core::Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// A quantized weight's numbers, row-major.
     pub fn dequantized(q: &QTensor) -> Vec<f32> {
         q.dequantize(&Device::Cpu)

@@ -479,6 +479,7 @@ mod tests {
 
     use super::*;
     use crate::layers::linear::Quantization;
+    use crate::layers::testing::max_abs;
     use crate::random::Xorshift;
 
     /// Q4_K's 256-weight blocks fit both widths.
@@ -573,21 +574,8 @@ mod tests {
             let x = Tensor::from_vec(x, (tokens, HIDDEN), &Device::Cpu).unwrap();
             let want = dense.forward(&x).unwrap();
             let got = quantized.forward(&x).unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (&got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(&want);
+            let diff = max_abs(&(&got - &want).unwrap());
             assert!(
                 diff <= 0.02 * scale,
                 "{ggml:?}, {tokens} tokens: {diff} against outputs up to {scale}"
