@@ -548,9 +548,9 @@ const GROUPED_KERNEL_CALLS: usize = 4;
 
 /// Independent linear maps over consecutive slices of the input, one per
 /// group: `y[:, g·n..(g+1)·n] = x[:, g·k..(g+1)·k] · W_gᵀ`. MLA's absorbed
-/// `kv_b_proj` pieces are one per head. Decode steps run every group in one
-/// kernel call (Q8_0 included, whatever the CPU); larger inputs one batched
-/// matmul.
+/// `kv_b_proj` pieces are one per head. Every group runs in one kernel call:
+/// the packed kernel at any size, else the decode kernel within its row
+/// limits (larger inputs: one batched matmul, see `forward_kernel`).
 #[derive(Debug, Clone)]
 pub struct GroupedLinear {
     held: Held,
@@ -568,7 +568,7 @@ enum Held {
         stacked: Option<Tensor>,
     },
     /// Q8_0 groups repacked for the VNNI kernel, on CPUs that have it (the
-    /// only copy: larger batches dequantize it).
+    /// only copy; the expanded attention mode dequantizes it).
     Packed(Vec<Packed>),
 }
 
