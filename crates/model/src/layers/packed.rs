@@ -219,7 +219,7 @@ impl Packed {
     /// # Safety
     /// The CPU has the kernels' features ([`Self::available`]).
     #[cfg(target_arch = "x86_64")]
-    unsafe fn tile(&self, tile: usize, rows: &[Row; ROWS], r: usize) -> [[f32; TILE]; ROWS] {
+    unsafe fn tile(&self, tile: usize, rows: &[Row], r: usize) -> [[f32; TILE]; ROWS] {
         macro_rules! by_rows {
             ($($f:ident)::+, $($arg:expr),*) => {
                 match r {
@@ -387,34 +387,39 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
         .filter(|(_, t)| !t.starts.is_empty())
         .flat_map(|(i, t)| (0..t.pack.dims().0 / TILE).map(move |tile| (i as u32, tile as u32)))
         .collect();
-    let dst = Disjoint::new(out);
-    parallel::for_ranges(units.len(), |range| {
-        for &(task, tile) in &units[range] {
-            let Task {
-                pack,
-                starts,
-                out,
-                stride,
-            } = &tasks[task as usize];
-            let (tile, k) = (tile as usize, pack.dims().1);
+    // Each task's rows, found once rather than per tile.
+    let task_rows: Vec<Vec<Row>> = tasks
+        .iter()
+        .map(|t| {
+            let k = t.pack.dims().1;
             let blocks = k / BLOCK;
-            let row = |i: usize| {
-                let first = starts[i] / BLOCK;
+            let row = |start: usize| {
+                let first = start / BLOCK;
                 Row {
-                    q: &input.q[starts[i]..][..k],
+                    q: &input.q[start..][..k],
                     scales: &input.scales[first..][..blocks],
                     sums: &input.sums[first..][..blocks],
                     offsets: &input.offsets[first..][..blocks],
                 }
             };
-            let m = starts.len();
+            t.starts.iter().map(|&start| row(start)).collect()
+        })
+        .collect();
+    let dst = Disjoint::new(out);
+    parallel::for_ranges(units.len(), |range| {
+        for &(task, tile) in &units[range] {
+            let Task {
+                pack, out, stride, ..
+            } = &tasks[task as usize];
+            let rows = &task_rows[task as usize];
+            let tile = tile as usize;
+            let m = rows.len();
             let mut i = 0;
             while i < m {
                 let r = (m - i).min(ROWS);
-                let rows: [Row; ROWS] = std::array::from_fn(|j| row(i + j.min(r - 1)));
                 // SAFETY: `available` checked the CPU's features above.
                 #[cfg(target_arch = "x86_64")]
-                let dots = unsafe { pack.tile(tile, &rows, r) };
+                let dots = unsafe { pack.tile(tile, &rows[i..i + r], r) };
                 #[cfg(not(target_arch = "x86_64"))]
                 let dots = [[0f32; TILE]; ROWS];
                 for (j, dots) in dots[..r].iter().enumerate() {
@@ -483,7 +488,7 @@ mod vnni {
     /// sums are independent enough, and one each saves an add per block.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn tile<const R: usize>(
-        rows: &[Row; super::ROWS],
+        rows: &[Row],
         scales: &[half::f16],
         quads: &[u8],
         out: &mut [[f32; TILE]; super::ROWS],

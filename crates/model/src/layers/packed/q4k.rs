@@ -176,7 +176,7 @@ pub(super) mod vnni {
     /// (the pair's two sub-blocks).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn tile<const R: usize>(
-        rows: &[Row; ROWS],
+        rows: &[Row],
         quads: &[u8],
         d: &[half::f16],
         scales: &[u8],
