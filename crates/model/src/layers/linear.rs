@@ -94,33 +94,64 @@ fn quantize_rows(
     ggml: GgmlDType,
     threads: usize,
 ) -> Result<QTensor> {
+    let parts = on_row_parts(values, (n, k), threads, 1, |part, rows| {
+        let t = Tensor::from_slice(part, (rows, k), &candle_core::Device::Cpu)?;
+        Ok(QTensor::quantize(&t, ggml)?.data()?.into_owned())
+    })?;
     let cpu = candle_core::Device::Cpu;
-    let threads = threads.min(n);
-    if threads <= 1 || values.len() < QUANTIZE_SPLIT {
-        return QTensor::quantize(&Tensor::from_slice(values, (n, k), &cpu)?, ggml);
+    QTensor::new(
+        QStorage::from_data(Cow::Owned(parts.concat()), &cpu, ggml)?,
+        (n, k),
+    )
+}
+
+/// [`quantize_rows`], each thread packing its rows for the VNNI kernels
+/// too (in whole 16-row tiles, which then follow one another). `None` when
+/// the shape does not tile.
+fn pack_rows(
+    values: &[f32],
+    (n, k): (usize, usize),
+    ggml: GgmlDType,
+    threads: usize,
+) -> Result<Option<Packed>> {
+    if !Packed::fits(ggml, n, k) {
+        return Ok(None);
     }
-    let rows = n.div_ceil(threads);
-    let parts: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+    let parts = on_row_parts(values, (n, k), threads, 16, |part, rows| {
+        let t = Tensor::from_slice(part, (rows, k), &candle_core::Device::Cpu)?;
+        let q = QTensor::quantize(&t, ggml)?;
+        Ok(Packed::new(&q.data()?, ggml, rows, k))
+    })?;
+    let parts: Option<Vec<Packed>> = parts.into_iter().collect();
+    Ok(parts.and_then(|parts| parts.into_iter().reduce(Packed::stack)))
+}
+
+/// `f(rows' values, rows)` on consecutive slices of `[n, k]` `values`, each
+/// a multiple of `align` rows, on up to `threads` threads; the results in
+/// row order.
+fn on_row_parts<T: Send>(
+    values: &[f32],
+    (n, k): (usize, usize),
+    threads: usize,
+    align: usize,
+    f: impl Fn(&[f32], usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let threads = threads.min(n.div_ceil(align)).max(1);
+    if threads == 1 || values.len() < QUANTIZE_SPLIT {
+        return Ok(vec![f(values, n)?]);
+    }
+    let rows = n.div_ceil(threads).next_multiple_of(align);
+    std::thread::scope(|s| {
+        let f = &f;
         let handles: Vec<_> = values
             .chunks(rows * k)
-            .map(|part| {
-                s.spawn(move || {
-                    let t =
-                        Tensor::from_slice(part, (part.len() / k, k), &candle_core::Device::Cpu)?;
-                    Ok(QTensor::quantize(&t, ggml)?.data()?.into_owned())
-                })
-            })
+            .map(|part| s.spawn(move || f(part, part.len() / k)))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
-    });
-    let mut bytes = Vec::new();
-    for part in parts {
-        bytes.extend(part?);
-    }
-    QTensor::new(QStorage::from_data(Cow::Owned(bytes), &cpu, ggml)?, (n, k))
+    })
 }
 
 /// Weights with fewer numbers than this are quantized on one thread.
@@ -242,22 +273,22 @@ impl Linear {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        let threads = crate::parallel::threads();
+        if weight.device().is_cpu() {
+            if let Some(packed) = pack_rows(&values, weight.dims2()?, ggml, threads)? {
+                return Ok(Linear {
+                    weight: Weight::Packed(packed),
+                });
+            }
+        }
         let q = if weight.device().is_cpu() {
-            quantize_rows(&values, weight.dims2()?, ggml, crate::parallel::threads())?
+            quantize_rows(&values, weight.dims2()?, ggml, threads)?
         } else {
             QTensor::quantize(
                 &Tensor::from_vec(values, weight.shape(), weight.device())?,
                 ggml,
             )?
         };
-        if weight.device().is_cpu() && Packed::available() {
-            let (n, k) = weight.dims2()?;
-            if let Some(packed) = Packed::new(&q.data()?, ggml, n, k) {
-                return Ok(Linear {
-                    weight: Weight::Packed(packed),
-                });
-            }
-        }
         let q = Arc::new(q);
         Ok(Linear {
             weight: Weight::Quantized {
@@ -795,6 +826,31 @@ mod tests {
                 assert!(diff < bound, "{format:?}, {m} rows: {diff}");
             }
         }
+    }
+
+    /// Packing rows on several threads (parts of 112, 112 and 80 rows)
+    /// gives the weight packed whole; a shape that does not tile is left
+    /// to candle.
+    #[test]
+    fn split_packing_equals_packing_whole() {
+        let (n, k) = (304, 512);
+        assert!(n * k >= QUANTIZE_SPLIT);
+        let v = values(n * k, 9);
+        for ggml in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+            let Some(ours) = pack_rows(&v, (n, k), ggml, 3).unwrap() else {
+                assert!(!Packed::available());
+                continue;
+            };
+            let whole =
+                QTensor::quantize(&Tensor::from_slice(&v, (n, k), &Device::Cpu).unwrap(), ggml)
+                    .unwrap();
+            let whole = Packed::new(&whole.data().unwrap(), ggml, n, k).unwrap();
+            assert_eq!(ours.dims(), (n, k));
+            assert_eq!(ours.dequantize(), whole.dequantize(), "{ggml:?}");
+        }
+        assert!(pack_rows(&v[..40 * k], (40, k), GgmlDType::Q8_0, 3)
+            .unwrap()
+            .is_none());
     }
 
     /// Quantizing rows on several threads gives candle's bytes exactly.

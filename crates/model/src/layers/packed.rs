@@ -152,6 +152,18 @@ impl Packed {
         PackedQ8::available()
     }
 
+    /// Whether a `[n, k]` weight in `ggml` would be packed: a format the
+    /// kernels take, in whole tiles, on a CPU that runs them.
+    pub fn fits(ggml: candle_core::quantized::GgmlDType, n: usize, k: usize) -> bool {
+        use candle_core::quantized::GgmlDType;
+        let blocks = match ggml {
+            GgmlDType::Q8_0 => BLOCK,
+            GgmlDType::Q4K => 256,
+            _ => return false,
+        };
+        Self::available() && n.is_multiple_of(TILE) && k.is_multiple_of(blocks)
+    }
+
     /// candle's blocks of a `[n, k]` weight in `ggml`, repacked; `None`
     /// for other formats, on CPUs without the kernels, and for shapes that
     /// do not tile.
