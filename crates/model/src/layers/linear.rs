@@ -467,6 +467,32 @@ impl Linear {
         linears.iter().map(|l| l.forward(x)).collect()
     }
 
+    /// Each of `linears` on its own input (`xs`, all with the same rows),
+    /// such as the down projections of a step's experts. A run of equal
+    /// shapes that our decode kernel takes is one call, the inputs side by
+    /// side ([`matmul_groups`]); the rest take a call each.
+    pub fn forward_each(linears: &[&Linear], xs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let mut outs = Vec::with_capacity(linears.len());
+        let mut inputs = xs;
+        for run in linears.chunk_by(|a, b| a.dims().ok() == b.dims().ok()) {
+            let (these, rest) = inputs.split_at(run.len());
+            inputs = rest;
+            let rows = Self::decode_rows(&these[0])?.unwrap_or(usize::MAX);
+            if run.len() > 1 && run.iter().all(|l| l.kernel_wins(rows)) {
+                let (n, k) = run[0].dims()?;
+                let all = Self::kernel(run, &Tensor::cat(these, 1)?, n, k, false)?;
+                for i in 0..run.len() {
+                    outs.push(all.narrow(1, i * n, n)?);
+                }
+            } else {
+                for (l, x) in run.iter().zip(these) {
+                    outs.push(l.forward(x)?);
+                }
+            }
+        }
+        Ok(outs)
+    }
+
     /// Whether a CPU f32 input of `rows` rows goes to the decode kernel:
     /// within its row limit, and for Q8_0 only where candle's kernels do not
     /// win (with AVX-512-VNNI its repacked kernels win at every batch size,
@@ -824,6 +850,35 @@ mod tests {
                     0.15
                 };
                 assert!(diff < bound, "{format:?}, {m} rows: {diff}");
+            }
+        }
+    }
+
+    /// Linears on their own inputs give what a call each gives, whether a
+    /// run of equal shapes shares one kernel call or not.
+    #[test]
+    fn each_linear_on_its_own_input() {
+        let cpu = Device::Cpu;
+        let w = |n: usize, k: usize, seed: usize| {
+            Tensor::from_vec(values(n * k, seed), (n, k), &cpu).unwrap()
+        };
+        for dtype in [DType::F32, DType::BF16] {
+            let linears: Vec<Linear> = [(40, 64, 1), (40, 64, 2), (40, 32, 3), (40, 64, 4)]
+                .iter()
+                .map(|&(n, k, seed)| Linear::from_weight(w(n, k, seed).to_dtype(dtype).unwrap()))
+                .collect();
+            for m in [1, 3] {
+                let xs: Vec<Tensor> = linears
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| w(m, l.dims().unwrap().1, 10 + i))
+                    .collect();
+                let refs: Vec<&Linear> = linears.iter().collect();
+                let got = Linear::forward_each(&refs, &xs).unwrap();
+                for ((l, x), got) in linears.iter().zip(&xs).zip(&got) {
+                    let want = l.forward(x).unwrap();
+                    assert!(max_abs_diff(got, &want) < 1e-5, "{dtype:?}, {m} rows");
+                }
             }
         }
     }

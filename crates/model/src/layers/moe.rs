@@ -151,11 +151,11 @@ impl Mlp {
             downs.push(down_proj);
         }
         let projected = Linear::forward_shared(&linears, x)?;
-        downs
-            .iter()
-            .zip(projected.chunks_exact(2))
-            .map(|(down, gate_up)| down.forward(&(gate_up[0].silu()? * &gate_up[1])?))
-            .collect()
+        let hidden = projected
+            .chunks_exact(2)
+            .map(|gate_up| gate_up[0].silu()? * &gate_up[1])
+            .collect::<Result<Vec<_>>>()?;
+        Linear::forward_each(&downs, &hidden)
     }
 }
 
