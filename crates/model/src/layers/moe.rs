@@ -8,7 +8,10 @@
 //! expert once on its gathered rows (experts that every token picked, and the
 //! shared experts, read the input in place and project it in one call), and
 //! adds every weighted output back to its token's row in one pass. Experts
-//! without tokens cost nothing.
+//! without tokens cost nothing. With the packed kernels (quantized weights
+//! on AVX-512-VNNI CPUs) every active expert runs on its own rows in one
+//! call for all their gate and up projections and one for their down
+//! projections, whatever the batch.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -33,9 +36,10 @@ enum MlpWeights {
     Packed(PackedMlp),
 }
 
-/// An MLP's Q8_0 weights repacked for the VNNI kernel, on CPUs that have it
-/// (the only copy), gate and up stacked as one `[2·inter, hidden]` weight:
-/// one pass over the input computes both.
+/// An MLP's quantized weights (Q8_0 or Q4_K, each in its own) repacked for
+/// the VNNI kernels, on CPUs that have them (the only copy), gate and up
+/// stacked as one `[2·inter, hidden]` weight: one pass over the input
+/// computes both.
 #[derive(Debug, Clone)]
 struct PackedMlp {
     gate_up: Packed,
@@ -94,8 +98,9 @@ impl Mlp {
         }
     }
 
-    /// Q8_0 weights on a CPU with AVX-512-VNNI are repacked for the packed
-    /// kernel ([`Packed`]), which then runs the MLP at every batch size.
+    /// Quantized weights on a CPU with AVX-512-VNNI are repacked for the
+    /// packed kernels ([`Packed`]), which then run the MLP at every batch
+    /// size.
     pub fn new(
         hidden: usize,
         intermediate: usize,
