@@ -255,6 +255,28 @@ fn the_dockerfile_builds_with_the_readme_commands() {
     assert!(read(".dockerignore").lines().any(|l| l.trim() == "target/"));
 }
 
+/// The image builds with the Rust the workspace declares: candle-core 0.11.1
+/// needs 1.94 (older compilers reject its `__cpuid_count` outside `unsafe`;
+/// checked with `cargo +1.93 check`, which fails, and `cargo +1.94 check
+/// --workspace --all-targets`, which passes), and the declared version
+/// must be one the build image has.
+#[test]
+fn the_image_has_the_declared_rust() {
+    let manifest = read("Cargo.toml");
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = "))
+        .expect("the workspace declares a rust-version")
+        .trim_matches('"')
+        .to_string();
+    let image = dockerfile_arg_default(&read("docker/Dockerfile"), "RUST_IMAGE");
+    assert_eq!(
+        image,
+        format!("rust:{declared}-bookworm"),
+        "docker/Dockerfile's RUST_IMAGE is the declared rust-version"
+    );
+}
+
 /// Whether the server takes `FERROSEEK_DEVICE=value`: a value clap refuses
 /// is a usage error (exit 2); an accepted one gets as far as opening the
 /// device, which this CPU build refuses with its own message (exit 1). A
