@@ -420,6 +420,14 @@ impl Linear {
         Tensor::from_vec(out, (m, linears.len() * n), x.device())
     }
 
+    /// [`Self::kernel`] over `run` (weights of one shape), each weight's
+    /// output a view of the whole.
+    fn kernel_run(run: &[&Linear], x: &Tensor, shared: bool) -> Result<Vec<Tensor>> {
+        let (n, k) = run[0].dims()?;
+        let all = Self::kernel(run, x, n, k, shared)?;
+        (0..run.len()).map(|i| all.narrow(1, i * n, n)).collect()
+    }
+
     /// `x · Wᵀ` for every weight of `linears` (all `[_, k]`; `x`: `[m, k]`),
     /// such as an MLP's gate and up projections, or those of all the experts
     /// a decode step runs. A decode step takes as few calls as it can:
@@ -442,11 +450,7 @@ impl Linear {
         if linears.iter().all(|l| l.kernel_wins(rows)) {
             let mut outs = Vec::with_capacity(linears.len());
             for run in linears.chunk_by(|a, b| a.dims().ok() == b.dims().ok()) {
-                let (n, k) = run[0].dims()?;
-                let all = Self::kernel(run, x, n, k, true)?;
-                for i in 0..run.len() {
-                    outs.push(all.narrow(1, i * n, n)?);
-                }
+                outs.extend(Self::kernel_run(run, x, true)?);
             }
             return Ok(outs);
         }
@@ -479,11 +483,7 @@ impl Linear {
             inputs = rest;
             let rows = Self::decode_rows(&these[0])?.unwrap_or(usize::MAX);
             if run.len() > 1 && run.iter().all(|l| l.kernel_wins(rows)) {
-                let (n, k) = run[0].dims()?;
-                let all = Self::kernel(run, &Tensor::cat(these, 1)?, n, k, false)?;
-                for i in 0..run.len() {
-                    outs.push(all.narrow(1, i * n, n)?);
-                }
+                outs.extend(Self::kernel_run(run, &Tensor::cat(these, 1)?, false)?);
             } else {
                 for (l, x) in run.iter().zip(these) {
                     outs.push(l.forward(x)?);
@@ -725,15 +725,8 @@ impl GroupedLinear {
         };
         let (linears, stacked) = match &self.held {
             Held::Packed(packs) => {
-                let x = x.contiguous()?;
-                let (storage, layout) = x.storage_and_layout();
-                let Storage::Cpu(cpu) = &*storage else {
-                    candle_core::bail!("the packed kernel runs on CPU tensors only");
-                };
-                let start = layout.start_offset();
-                let xs = &cpu.as_slice::<f32>()?[start..start + rows * self.groups * self.k];
                 let refs: Vec<&Packed> = packs.iter().collect();
-                let out = packed::matmul_groups(xs, rows, &refs);
+                let out = with_f32(x, |xs| packed::matmul_groups(xs, rows, &refs))?;
                 return Ok(Some(Tensor::from_vec(
                     out,
                     (rows, self.groups * self.n),
