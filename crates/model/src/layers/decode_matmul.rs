@@ -195,7 +195,8 @@ fn each_tile(
 /// Weights smaller than this (times the row tiles) are read on one thread.
 const SERIAL_BYTES: usize = 256 << 10;
 
-/// How far ahead of the current column the SIMD tiles prefetch.
+/// How far ahead of the current column the SIMD tiles prefetch (on CPUs
+/// that want it: `x86::prefetches`).
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_BYTES: usize = 8192;
 
@@ -382,13 +383,13 @@ mod avx2 {
                 let mut a0 = [_mm256_setzero_ps(); T];
                 let mut a1 = [_mm256_setzero_ps(); T];
                 let main = k / 16 * 16;
+                let on = prefetches();
                 let mut c = 0;
                 while c < main {
-                    // The hardware prefetcher alone leaves the weight stream
-                    // short of the memory bandwidth (the loads wait on
-                    // misses); asking for the bytes a few rows of work ahead
-                    // keeps enough misses in flight.
-                    _mm_prefetch::<_MM_HINT_T0>((wp.add(c) as *const i8).add(PREFETCH_BYTES));
+                    // Where the hardware prefetcher alone leaves the weight
+                    // stream short of the bandwidth (see `prefetches`), the
+                    // bytes a few rows of work ahead are asked for.
+                    prefetch(on, (wp.add(c) as *const u8).wrapping_add(PREFETCH_BYTES), 1);
                     let w0 = $load(wp.add(c));
                     let w1 = $load(wp.add(c + 8));
                     for r in 0..T {
@@ -427,6 +428,7 @@ mod avx2 {
     }
 
     use super::PREFETCH_BYTES;
+    use crate::layers::x86::{prefetch, prefetches};
 
     tile!(dot_tile_f32, tile_f32, f32, load_f32, |v: f32| v);
     tile!(dot_tile_bf16, tile_bf16, bf16, load_bf16, |v: bf16| v
@@ -507,6 +509,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::PREFETCH_BYTES;
+    use crate::layers::x86::{prefetch, prefetches};
 
     /// Sixteen bf16 at `p` widened to f32.
     #[inline(always)]
@@ -529,9 +532,10 @@ mod avx512 {
                 let (wp, xp) = (w.as_ptr(), x.as_ptr());
                 let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
                 let main = k / 32 * 32;
+                let on = prefetches();
                 let mut c = 0;
                 while c < main {
-                    _mm_prefetch::<_MM_HINT_T0>((wp.add(c) as *const i8).add(PREFETCH_BYTES));
+                    prefetch(on, (wp.add(c) as *const u8).wrapping_add(PREFETCH_BYTES), 1);
                     a0 = _mm512_fmadd_ps($load(wp.add(c)), _mm512_loadu_ps(xp.add(c)), a0);
                     a1 =
                         _mm512_fmadd_ps($load(wp.add(c + 16)), _mm512_loadu_ps(xp.add(c + 16)), a1);
@@ -555,10 +559,11 @@ mod avx512 {
     pub unsafe fn dot_q8_0(w: &[u8], x: &[f32], k: usize) -> f32 {
         assert!(w.len() >= k / 32 * 34 && x.len() >= k);
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let on = prefetches();
         let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for b in 0..k / 32 {
             let block = wp.add(b * 34);
-            _mm_prefetch::<_MM_HINT_T0>((block as *const i8).add(PREFETCH_BYTES));
+            prefetch(on, block.wrapping_add(PREFETCH_BYTES), 1);
             let bits = u16::from_le_bytes([*block, *block.add(1)]);
             let scale = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
             let widen = |i: usize| {

@@ -459,6 +459,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::{Quantized, Row, BLOCK, TILE};
+    use crate::layers::x86::{prefetch, prefetches};
 
     /// Each 32-number block of `x`: scale `max |x| / 127`, the numbers over
     /// it rounded to the nearest integer (ties to even), and their sum.
@@ -485,7 +486,8 @@ mod vnni {
         }
     }
 
-    /// How far ahead of the block in use the weights are prefetched (4 KB;
+    /// How far ahead of the block in use the weights are prefetched, on
+    /// CPUs that want it (`x86::prefetches`; 4 KB;
     /// past a tile's end, into the next tile, which is usually the next
     /// one the thread takes). Without it the kernel waited on its weight
     /// loads: profile_batch at q8_0, ms a step, median of six alternating
@@ -512,12 +514,11 @@ mod vnni {
         }
         let chains = if R >= 4 { 1 } else { 2 };
         let qp = quads.as_ptr();
+        let on = prefetches();
         let mut total = [_mm512_setzero_ps(); R];
         for b in 0..blocks {
             let ahead = qp.wrapping_add((b + PREFETCH_BLOCKS) * BLOCK * TILE);
-            for line in 0..BLOCK * TILE / 64 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64) as *const i8);
-            }
+            prefetch(on, ahead, BLOCK * TILE / 64);
             let mut acc = [[_mm512_setzero_si512(); 2]; R];
             for pair in 0..BLOCK / 8 {
                 for (half, quad) in [2 * pair, 2 * pair + 1].into_iter().enumerate() {

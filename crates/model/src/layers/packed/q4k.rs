@@ -166,9 +166,10 @@ pub(super) mod vnni {
 
     use super::super::{Row, ROWS};
     use super::{BLOCK, SUPER, TILE, TILE_D, TILE_QUADS, TILE_SCALES};
+    use crate::layers::x86::{prefetch, prefetches};
 
-    /// How far ahead of the super-block in use the nibbles are prefetched
-    /// (4 KB, as for Q8_0).
+    /// How far ahead of the super-block in use the nibbles are prefetched,
+    /// on CPUs that want it (4 KB, as for Q8_0).
     const PREFETCH_SUPERS: usize = 2;
 
     /// The 16 dots of one tile's rows with each of the first `R` of `rows`:
@@ -189,13 +190,15 @@ pub(super) mod vnni {
             assert!(row.q.len() >= supers * SUPER && row.sums.len() >= supers * 8);
         }
         let low = _mm512_set1_epi8(0x0F);
+        let on = prefetches();
         let mut total = [_mm512_setzero_ps(); R];
         for sb in 0..supers {
             let qp = quads.as_ptr().add(sb * TILE_QUADS);
-            let ahead = qp.wrapping_add(PREFETCH_SUPERS * TILE_QUADS);
-            for line in 0..TILE_QUADS / 64 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64) as *const i8);
-            }
+            prefetch(
+                on,
+                qp.wrapping_add(PREFETCH_SUPERS * TILE_QUADS),
+                TILE_QUADS / 64,
+            );
             let dp = d.as_ptr().add(sb * TILE_D);
             let dv = _mm512_cvtph_ps(_mm256_loadu_si256(dp as *const _));
             let mv = _mm512_cvtph_ps(_mm256_loadu_si256(dp.add(TILE) as *const _));
