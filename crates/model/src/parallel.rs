@@ -12,6 +12,7 @@
 //! number of physical cores ([`set_threads`] sets both).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Threads of the pool, the calling thread included (read once, as candle
 /// reads them once when it starts the pool).
@@ -49,11 +50,21 @@ fn threads_from_env() -> usize {
 }
 
 /// Calls `f` on disjoint ranges covering `0..items`, in parallel on the
-/// pool (the calling thread takes part). A nested call, from inside `f`,
-/// runs inline: candle marks only its workers as inside the pool, and the
-/// calling thread, which holds the pool's lock while it takes its share,
-/// would wait on itself. (candle's own parallel ops, such as a quantized
-/// matmul, must still not be called from inside `f`.)
+/// pool (the calling thread takes part). Each thread takes, in turn, a
+/// range of a quarter (on two threads) of the items still left, so the
+/// last ranges are single items and the threads finish together. candle's
+/// `execute_chunked` takes fixed ranges of an eighth of a thread's share,
+/// and a decode step's ~57 calls each ended with one thread waiting out
+/// the other's last range: on a Zen 4 EPYC, median ms a decode step of
+/// the benchmark model, ten alternating rounds, fixed -> shrinking ranges:
+/// batch 1 q8_0 4.41 -> 4.09, q4_k 3.28 -> 3.04, bf16 7.23 -> 7.13;
+/// batch 8 q8_0 10.99 -> 10.75, q4_k 9.71 -> 9.40.
+///
+/// A nested call, from inside `f`, runs inline: on the calling thread,
+/// which holds the pool's lock while it takes its share, it would wait on
+/// itself, and on a worker it would wait for that lock. (candle's own
+/// parallel ops, such as a quantized matmul, must still not be called from
+/// inside `f`.)
 pub fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
     thread_local! {
         static CALLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -71,7 +82,24 @@ pub fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
     }
     CALLING.set(true);
     let _unmark = Unmark;
-    candle_core::utils::barrier_pool().execute_chunked(items, f);
+    let pool = candle_core::utils::barrier_pool();
+    let share = 2 * (pool.n_workers() + 1);
+    let cursor = AtomicUsize::new(0);
+    pool.execute(|_| {
+        CALLING.set(true);
+        let mut start = cursor.load(Ordering::Relaxed);
+        while start < items {
+            // A share of what is left: the last grabs are single items.
+            let end = start + ((items - start) / share).max(1);
+            match cursor.compare_exchange_weak(start, end, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    f(start..end);
+                    start = cursor.load(Ordering::Relaxed);
+                }
+                Err(now) => start = now,
+            }
+        }
+    });
 }
 
 /// A mutable buffer that parallel tasks write at disjoint indices.

@@ -236,10 +236,10 @@ pub fn bench_checkpoint(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
 }
 
 /// The machine's memory read bandwidth in GB/s, STREAM-style: a parallel
-/// sum over 1 GiB (far beyond the caches), best of five runs after a
-/// warm-up. It runs on the pool the decode kernels use and reads the way
-/// they do (software prefetch 8 KB ahead of the hardware prefetcher), so
-/// that a kernel's fraction of it compares like with like; sixteen
+/// sum over 1 GiB (far beyond the caches), the best of six runs. It runs
+/// on the pool the decode kernels use, every other run with software
+/// prefetch 8 KB ahead and the others without (the kernels prefetch on
+/// some CPUs only, and the best of both is the machine's limit); sixteen
 /// independent lanes let the loop vectorise, so memory, not the latency of
 /// one running sum, is the limit.
 pub fn read_bandwidth_gbps() -> f64 {
@@ -249,7 +249,9 @@ pub fn read_bandwidth_gbps() -> f64 {
     let chunks = big.len() / CHUNK;
     let mut sums = vec![0f32; chunks];
     let mut best = f64::MAX;
-    for _ in 0..6 {
+    for run in 0..6 {
+        #[cfg(target_arch = "x86_64")]
+        let on = run % 2 == 0;
         let t = std::time::Instant::now();
         let dst = Disjoint::new(&mut sums);
         parallel::for_ranges(chunks, |range| {
@@ -260,9 +262,8 @@ pub fn read_bandwidth_gbps() -> f64 {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: a prefetch never faults, wherever it points.
                     unsafe {
-                        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                        let ahead = (block.as_ptr() as *const i8).wrapping_add(8192);
-                        _mm_prefetch::<_MM_HINT_T0>(ahead);
+                        let ahead = (block.as_ptr() as *const u8).wrapping_add(8192);
+                        crate::layers::x86::prefetch(on, ahead, 1);
                     }
                     for (a, v) in acc.iter_mut().zip(block) {
                         *a += v;

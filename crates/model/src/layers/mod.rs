@@ -9,7 +9,7 @@ pub mod norm;
 pub mod packed;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 /// Helpers the layers' unit tests share.
 #[cfg(test)]
