@@ -20,8 +20,9 @@
 //! third experts 0.00017 apart (selection scores near 1); Q8_0 picks the
 //! third, and every later layer sees a different input. Against issue 6's
 //! rule (the first 8 tokens of every prompt whose reference margin stays
-//! above 0.1 over them), measured on a CPU with AVX-512-VNNI: 6 of the 7
-//! such prompts match. v2_plain case 2 flips its first token, whose
+//! above 0.1 over them), measured on a CPU with AVX-512-VNNI: 5 of the 6
+//! such prompts match (the ignored test below checks the rule and prints
+//! every prompt's margins). v2_plain case 2 flips its first token, whose
 //! reference margin is 0.156: the activations' rounding moves it (with the
 //! weights rounded alone, it matches). Quantizing inputs to 16 bits (two
 //! signed bytes, two VNNI products per weight) was tried: drift 0.085,
@@ -136,6 +137,72 @@ fn q8_0_keeps_reference_greedy_tokens_and_close_logprobs() {
         "{agreed} of {compared} steps agree"
     );
     assert!(worst.0 < 0.15, "q8_0 drifted: median {}", worst.0);
+}
+
+/// Issue 6's greedy bar, as the issue states it: with `--quantize q8_0`,
+/// the first 8 greedy tokens of every parity prompt whose reference
+/// top-1/top-2 margin stays above 0.1 over them match the reference.
+/// Ignored because it does not hold (`-- --ignored` runs it): besides the
+/// greedy tokens it prints, per such prompt, our smallest margin for the
+/// reference's token over those steps, fed the reference's tokens (negative:
+/// another token wins). Measured on a CPU with AVX-512-VNNI (Zen 4), ours
+/// (reference): v2_plain case 0 0.049 (0.181), case 2 -0.031 (0.156);
+/// v2_group case 1 0.181 (0.257), case 2 0.029 (0.184); v3_noaux_yarn
+/// case 1 0.268 (0.226), case 2 0.431 (0.422). With the inputs kept in f32
+/// (the weights rounded through Q8_0 alone, a throwaway build) every prompt
+/// passes, but not by much: 0.151, 0.105, 0.200, 0.030, 0.228, 0.468. So
+/// Q8_0's weight rounding alone moves these tiny models' margins by up to
+/// 0.15, and a margin of 0.1 is not safe from it.
+#[test]
+#[ignore = "issue 6's greedy bar: one prompt of six flips (see the doc comment)"]
+fn q8_0_greedy_matches_where_the_reference_margin_exceeds_0_1() {
+    let mut flipped = Vec::new();
+    for name in FIXTURES {
+        let model = load_quantized(&fixture_dir(name), Quantization::Q8_0);
+        for (k, case) in reference(name).iter().enumerate() {
+            let n = case.greedy.len().min(8);
+            let reference_margin = case.greedy_margins[..n]
+                .iter()
+                .fold(f32::INFINITY, |m, &v| m.min(v));
+            if reference_margin <= 0.1 {
+                eprintln!("{name} case {k}: reference margin {reference_margin:.3}, not compared");
+                continue;
+            }
+            // Teacher-forced: the prompt and the reference's tokens in one pass.
+            let mut seq = case.prompt.clone();
+            seq.extend_from_slice(&case.greedy[..n - 1]);
+            let logprobs = prompt_logprobs(&model, &seq);
+            let margin = (0..n)
+                .map(|j| {
+                    let row: Vec<f32> = logprobs
+                        .i(case.prompt.len() - 1 + j)
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    let chosen = case.greedy[j] as usize;
+                    let other = row
+                        .iter()
+                        .enumerate()
+                        .filter(|&(t, _)| t != chosen)
+                        .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
+                    row[chosen] - other
+                })
+                .fold(f32::INFINITY, f32::min);
+            let tokens = greedy(&model, &case.prompt, n);
+            let same = tokens
+                .iter()
+                .zip(&case.greedy)
+                .take_while(|(a, b)| a == b)
+                .count();
+            eprintln!(
+                "{name} case {k}: {same} of {n} greedy tokens match; smallest margin {margin:.3} (reference {reference_margin:.3})"
+            );
+            if same < n {
+                flipped.push(format!("{name} case {k} at token {same}"));
+            }
+        }
+    }
+    assert!(flipped.is_empty(), "greedy tokens differ: {flipped:?}");
 }
 
 #[test]

@@ -763,11 +763,10 @@ mod tests {
 
     /// Whether this CPU runs `simd` (detection picks only the widest).
     fn simd_available(simd: Simd) -> bool {
-        match (Simd::detect(), simd) {
-            (_, Simd::Portable) | (Simd::Avx512, _) => true,
-            (Simd::Avx2, Simd::Avx2) => true,
-            _ => false,
-        }
+        matches!(
+            (Simd::detect(), simd),
+            (_, Simd::Portable) | (Simd::Avx512, _) | (Simd::Avx2, Simd::Avx2)
+        )
     }
 
     #[test]
