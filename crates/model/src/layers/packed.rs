@@ -38,6 +38,43 @@ const BLOCK: usize = 32;
 /// Bytes of one Q8_0 block: an f16 scale and 32 i8.
 const Q8_0_BYTES: usize = 34;
 
+/// Bytes held in whole 64-byte cache lines, aligned to them: the kernels'
+/// 64-byte loads of packed weights never straddle two lines (a `Vec<u8>`
+/// of this size starts 16 bytes past a page, so each of its loads did).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Lines(Vec<Line>);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+impl Lines {
+    /// `bytes` zeros (a multiple of 64).
+    pub(crate) fn zeroed(bytes: usize) -> Lines {
+        assert!(bytes.is_multiple_of(64), "not whole lines");
+        Lines(vec![Line([0; 64]); bytes / 64])
+    }
+
+    pub(crate) fn extend(&mut self, other: Lines) {
+        self.0.extend(other.0);
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes with no padding.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u8, self.0.len() * 64) }
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `deref`; any byte is a valid `u8`.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u8, self.0.len() * 64) }
+    }
+}
+
 /// One `[n, k]` Q8_0 weight (`n` a multiple of 16, `k` of 32), repacked.
 #[derive(Debug, Clone)]
 pub struct PackedQ8 {
@@ -46,7 +83,7 @@ pub struct PackedQ8 {
     /// `[n / 16][k / 32][16]`: each row's block scale, as Q8_0 stores it.
     scales: Vec<half::f16>,
     /// `[n / 16][k / 32][8][16][4]`: weights + 128.
-    quads: Vec<u8>,
+    quads: Lines,
 }
 
 impl PackedQ8 {
@@ -77,7 +114,7 @@ impl PackedQ8 {
             "not a [n, k] Q8_0 weight"
         );
         let mut scales = vec![half::f16::ZERO; n * blocks];
-        let mut quads = vec![0u8; n * k];
+        let mut quads = Lines::zeroed(n * k);
         for row in 0..n {
             let (tile, r) = (row / TILE, row % TILE);
             for b in 0..blocks {

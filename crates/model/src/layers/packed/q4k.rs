@@ -15,7 +15,7 @@
 //! Q4_K dequantizes; an input block of 32 meets one sub-block, so each dot
 //! is `x_scale · (d·scale · Σ q·x - dmin·min · Σ x)` with exact integer sums.
 
-use super::{BLOCK, TILE};
+use super::{Lines, BLOCK, TILE};
 
 /// Weights per super-block.
 const SUPER: usize = 256;
@@ -34,7 +34,7 @@ pub struct PackedQ4K {
     n: usize,
     k: usize,
     /// `[n / 16][k / 256][4][8][16][4]`: Q4_K's nibble bytes.
-    quads: Vec<u8>,
+    quads: Lines,
     /// `[n / 16][k / 256][2][16]`: each row's `d`, then its `dmin`.
     d: Vec<half::f16>,
     /// `[n / 16][k / 256][2][8][16]`: each sub-block's scale, then its min.
@@ -72,7 +72,7 @@ impl PackedQ4K {
             "not a [n, k] Q4_K weight"
         );
         let units = n / TILE * supers;
-        let mut quads = vec![0u8; units * TILE_QUADS];
+        let mut quads = Lines::zeroed(units * TILE_QUADS);
         let mut d = vec![half::f16::ZERO; units * TILE_D];
         let mut scales = vec![0u8; units * TILE_SCALES];
         for row in 0..n {
