@@ -236,22 +236,34 @@ pub fn bench_checkpoint(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
 }
 
 /// The machine's memory read bandwidth in GB/s, STREAM-style: a parallel
-/// sum over 1 GiB (far beyond the caches), the best of six runs. It runs
-/// on the pool the decode kernels use, every other run with software
-/// prefetch 8 KB ahead and the others without (the kernels prefetch on
-/// some CPUs only, and the best of both is the machine's limit); sixteen
-/// independent lanes let the loop vectorise, so memory, not the latency of
-/// one running sum, is the limit.
+/// sum over a fresh 1 GiB buffer (far beyond the caches), the best of six
+/// runs. It runs on the pool the decode kernels use, every other run with
+/// software prefetch 8 KB ahead and the others without (the kernels
+/// prefetch on some CPUs only, and the best of both is the machine's
+/// limit); sixteen independent lanes let the loop vectorise, so memory,
+/// not the latency of one running sum, is the limit.
 pub fn read_bandwidth_gbps() -> f64 {
     use crate::parallel::{self, Disjoint};
     const CHUNK: usize = 1 << 16;
-    let big: Vec<f32> = (0..(256usize << 20)).map(|i| (i % 7) as f32).collect();
+    // Every page different, as the weights' are: nothing (a hypervisor
+    // merging identical pages, say) can serve it from fewer pages.
+    let big: Vec<f32> = (0..(256u64 << 20))
+        .map(|i| {
+            // splitmix64's finaliser: consecutive indices, unrelated bits.
+            let mut z = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32
+        })
+        .collect();
     let chunks = big.len() / CHUNK;
     let mut sums = vec![0f32; chunks];
     let mut best = f64::MAX;
     for run in 0..6 {
         #[cfg(target_arch = "x86_64")]
         let on = run % 2 == 0;
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = run;
         let t = std::time::Instant::now();
         let dst = Disjoint::new(&mut sums);
         parallel::for_ranges(chunks, |range| {
