@@ -18,11 +18,13 @@
 //!   they are held (attention, dense layer, router, shared and
 //!   `num_experts_per_tok` routed experts, embedding row, lm_head) plus the
 //!   sequence's latent cache rows. The median, not the best reading: on a
-//!   2-vCPU EPYC VM the probe reads 33-37 GB/s, but now and then 53-62
-//!   (a buffer kept and read for a minute reads so most of the time), while
-//!   decode steps timed beside such readings were no faster (most often
-//!   slower); the best reading is no limit the weights were seen to reach.
-//!   The fraction against the best reading is printed too (last column);
+//!   2-vCPU EPYC VM the probe reads 33-37 GB/s, but now and then, for a
+//!   second or two, 53-64 (and a buffer kept and read for a minute reads
+//!   so most of the time); decode steps timed beside such readings were
+//!   mostly no faster, though one f32 round read its weights at 40 GB/s.
+//!   The best reading would make one such moment every format's limit; the
+//!   fraction against it is printed too (last column), and the truth lies
+//!   between the two;
 //! - aggregate decode tokens/s with 1, 4, 8 and 16 concurrent streams
 //!   through the real HTTP server (the `ferroseek` binary, streaming
 //!   `/v1/completions` with 16-token id prompts, 64 tokens each, greedy,
