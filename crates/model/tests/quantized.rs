@@ -79,6 +79,16 @@ fn greedy(model: &DeepSeekModel, prompt: &[u32], steps: usize) -> Vec<u32> {
     out
 }
 
+/// How many of `steps` greedy tokens from `case`'s prompt agree with the
+/// reference's before the first that does not (after one, the paths differ).
+fn greedy_agreement(model: &DeepSeekModel, case: &Case, steps: usize) -> usize {
+    greedy(model, &case.prompt, steps)
+        .iter()
+        .zip(&case.greedy)
+        .take_while(|(a, b)| a == b)
+        .count()
+}
+
 fn prompt_logprobs(model: &DeepSeekModel, prompt: &[u32]) -> Tensor {
     let mut cache = cache_for(model, 32);
     run_in_chunks(model, &mut cache, &blocks(0, 32), prompt, &[prompt.len()])
@@ -114,13 +124,7 @@ fn q8_0_keeps_reference_greedy_tokens_and_close_logprobs() {
                 .iter()
                 .position(|&m| m < 0.2)
                 .unwrap_or(case.greedy.len().min(8));
-            let tokens = greedy(&model, &case.prompt, steps);
-            // Steps until the first disagreement (after one, the paths differ).
-            let same = tokens
-                .iter()
-                .zip(&case.greedy)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let same = greedy_agreement(&model, case, steps);
             eprintln!("{name} case {k}: {same} of {steps} greedy steps agree");
             compared += steps;
             agreed += same;
@@ -188,12 +192,7 @@ fn q8_0_greedy_matches_where_the_reference_margin_exceeds_0_1() {
                     row[chosen] - other
                 })
                 .fold(f32::INFINITY, f32::min);
-            let tokens = greedy(&model, &case.prompt, n);
-            let same = tokens
-                .iter()
-                .zip(&case.greedy)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let same = greedy_agreement(&model, case, n);
             eprintln!(
                 "{name} case {k}: {same} of {n} greedy tokens match; smallest margin {margin:.3} (reference {reference_margin:.3})"
             );
