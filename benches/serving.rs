@@ -21,7 +21,8 @@
 //!   2-vCPU EPYC VM the probe reads 33-37 GB/s, but now and then, for a
 //!   second or two, 53-64 (and a buffer kept and read for a minute reads
 //!   so most of the time); decode steps timed beside such readings were
-//!   mostly no faster, though one f32 round read its weights at 40 GB/s.
+//!   mostly no faster, though f32's best round twice read its weights at
+//!   40 GB/s.
 //!   The best reading would make one such moment every format's limit; the
 //!   fraction against it is printed too (last column), and the truth lies
 //!   between the two;
