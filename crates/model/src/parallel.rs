@@ -69,6 +69,9 @@ pub fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
     thread_local! {
         static CALLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
+    if items == 0 {
+        return;
+    }
     if CALLING.get() {
         f(0..items);
         return;
@@ -134,7 +137,24 @@ impl<T> Disjoint<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Every item is covered exactly once, for item counts around the
+    /// shares' edges (none, one, fewer than the threads, many).
+    #[test]
+    fn every_item_once() {
+        for items in [0, 1, 2, 3, 4, 7, 8, 9, 100, 1000] {
+            let seen: Vec<AtomicUsize> = (0..items).map(|_| AtomicUsize::new(0)).collect();
+            for_ranges(items, |range| {
+                for i in range {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(
+                seen.iter().all(|s| s.load(Ordering::Relaxed) == 1),
+                "{items} items"
+            );
+        }
+    }
 
     /// A call from inside a call finishes (it used to wait forever when the
     /// calling thread made it) and covers every item once.
