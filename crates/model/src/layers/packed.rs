@@ -41,7 +41,7 @@ const Q8_0_BYTES: usize = 34;
 /// Bytes held in whole 64-byte cache lines, aligned to them: the kernels'
 /// 64-byte loads of packed weights never straddle two lines (a `Vec<u8>`
 /// of this size starts 16 bytes past a page, so each of its loads did).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Lines(Vec<Line>);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
