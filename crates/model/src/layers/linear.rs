@@ -671,6 +671,15 @@ impl GroupedLinear {
         }))
     }
 
+    /// The per-group weights, where every one is repacked for the VNNI
+    /// kernels ([`packed`]).
+    pub fn packs(&self) -> Option<&[Packed]> {
+        match &self.held {
+            Held::Packed(packs) => Some(packs),
+            Held::Groups { .. } => None,
+        }
+    }
+
     /// Bytes a full read of the weights takes.
     pub fn weight_bytes(&self) -> usize {
         match &self.held {

@@ -16,9 +16,12 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
+use super::attention_kernel::{
+    absorbed_attention, fused_absorbed_attention, fused_pays, HeadMatrices, LatentShape, SeqSpan,
+};
 use super::linear::{GroupedLinear, Linear, WeightFormat};
 use super::norm::RmsNorm;
+use super::packed;
 use super::rope::Rope;
 use crate::config::DeepSeekConfig;
 
@@ -235,7 +238,30 @@ impl Attention {
         tokens: usize,
         dtype: DType,
     ) -> Result<Tensor> {
+        let shape = self.shape(layout.block_size);
+        let longest = layout.seqs.iter().map(|s| s.num_cached + s.num_new).max();
+        if fused_pays(self.heads, tokens, longest.unwrap_or(0)) {
+            if let Some(out) = self.fused(q_nope, q_pe, layout, cache, shape)? {
+                let dims = (tokens, self.heads * self.v_dim);
+                return Tensor::from_vec(out, dims, &layout.device);
+            }
+        }
+        self.unfused(q_nope, q_pe, layout, cache, tokens, dtype)
+    }
+
+    /// [`Self::absorbed`] a step at a time: each per-head matrix in a call
+    /// of its own, around [`absorbed_attention`].
+    fn unfused(
+        &self,
+        q_nope: &Tensor,
+        q_pe: &[f32],
+        layout: &BatchLayout,
+        cache: &[f32],
+        tokens: usize,
+        dtype: DType,
+    ) -> Result<Tensor> {
         let width = self.rank + self.rope_dim;
+        let shape = self.shape(layout.block_size);
         // q_lat = W_UKᵀ q_nope per head: `[tokens, heads * rank]`.
         let q_lat = self
             .w_uk
@@ -252,16 +278,46 @@ impl Attention {
             dst[..self.rank].copy_from_slice(lat);
             dst[self.rank..].copy_from_slice(pe);
         }
-        let latent = absorbed_attention(
-            &queries,
-            cache,
-            &layout.seqs,
-            self.shape(layout.block_size),
-            self.scale,
-        );
+        let latent = absorbed_attention(&queries, cache, &layout.seqs, shape, self.scale);
         let latent = Tensor::from_vec(latent, (tokens, self.heads * self.rank), &layout.device)?
             .to_dtype(dtype)?;
         self.w_uv.forward(&latent)
+    }
+
+    /// [`Self::absorbed`] in one parallel region
+    /// ([`fused_absorbed_attention`]), where the per-head matrices are
+    /// repacked for the VNNI kernels and the activations are f32; `None`
+    /// elsewhere. The numbers are the same as the unfused path's.
+    fn fused(
+        &self,
+        q_nope: &Tensor,
+        q_pe: &[f32],
+        layout: &BatchLayout,
+        cache: &[f32],
+        shape: LatentShape,
+    ) -> Result<Option<Vec<f32>>> {
+        let (Some(uk), Some(uv)) = (self.w_uk.packs(), self.w_uv.packs()) else {
+            return Ok(None);
+        };
+        if q_nope.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let matrices = HeadMatrices {
+            nope: self.nope,
+            v_dim: self.v_dim,
+            uk: |h: usize, x: &[f32], out: &mut [f32]| packed::matmul_here(x, &uk[h], out),
+            uv: |h: usize, x: &[f32], out: &mut [f32]| packed::matmul_here(x, &uv[h], out),
+        };
+        let q_nope = q_nope.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some(fused_absorbed_attention(
+            &q_nope,
+            q_pe,
+            cache,
+            &layout.seqs,
+            shape,
+            self.scale,
+            &matrices,
+        )))
     }
 
     /// The reference formulation: per sequence, rebuild per-head K and V of its
@@ -332,5 +388,105 @@ impl Attention {
             outputs.push(probs.matmul(&v)?);
         }
         Tensor::cat(&outputs, 1)?.to_dtype(dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::layers::linear::Quantization;
+
+    /// A deterministic pseudo-random fill in [-0.5, 0.5).
+    fn fill(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 2_654_435_761 + seed * 40_503) % 1000) as f32 / 1000.0 - 0.5)
+            .collect()
+    }
+
+    /// With the per-head matrices repacked (Q8_0 on a CPU with
+    /// AVX-512-VNNI), the fused attention gives the unfused path's numbers
+    /// exactly: sequences mid-decode and a prompt longer than a fused
+    /// item's token chunk, blocks in a scrambled order.
+    #[test]
+    fn fused_attention_equals_the_unfused_steps() {
+        let (hidden, heads, nope, rope_dim, rank, v_dim) = (64, 16, 32, 16, 64, 32);
+        let cfg = DeepSeekConfig::from_json(
+            &serde_json::json!({
+                "model_type": "deepseek_v2", "vocab_size": 32, "hidden_size": hidden,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1, "num_attention_heads": heads,
+                "kv_lora_rank": rank, "qk_nope_head_dim": nope,
+                "qk_rope_head_dim": rope_dim, "v_head_dim": v_dim, "q_lora_rank": null,
+                "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 512
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let dev = Device::Cpu;
+        let tensor = |shape: &[usize], seed| {
+            let n = shape.iter().product();
+            Tensor::from_vec(fill(n, seed), shape, &dev).unwrap()
+        };
+        let weights: HashMap<String, Tensor> = [
+            ("q_proj.weight", vec![heads * (nope + rope_dim), hidden]),
+            ("kv_a_proj_with_mqa.weight", vec![rank + rope_dim, hidden]),
+            ("kv_a_layernorm.weight", vec![rank]),
+            ("kv_b_proj.weight", vec![heads * (nope + v_dim), rank]),
+            ("o_proj.weight", vec![hidden, heads * v_dim]),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| (name.to_string(), tensor(&shape, i + 1)))
+        .collect();
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+        let format = WeightFormat {
+            dtype: DType::F32,
+            quantize: Quantization::Q8_0,
+        };
+        let attention = Attention::new(&cfg, vb, format).unwrap();
+
+        let (block_size, blocks) = (16, 12);
+        let width = rank + rope_dim;
+        let cache = fill(blocks * block_size * width, 9);
+        let table: Vec<u32> = (0..blocks as u32).map(|b| b * 5 % blocks as u32).collect();
+        let span = |start, num_new, num_cached, first: usize| SeqSpan {
+            start,
+            num_new,
+            num_cached,
+            block_table: &table[first..],
+        };
+        let seqs = vec![span(0, 1, 40, 0), span(1, 3, 20, 4), span(4, 35, 0, 6)];
+        let tokens = 39;
+        let layout = BatchLayout {
+            seqs,
+            positions: vec![],
+            slots: vec![],
+            block_size,
+            device: dev.clone(),
+        };
+        let q_nope = tensor(&[tokens, heads, nope], 11);
+        let q_pe = fill(tokens * heads * rope_dim, 12);
+        let shape = attention.shape(block_size);
+        let fused = attention
+            .fused(&q_nope, &q_pe, &layout, &cache, shape)
+            .unwrap();
+        let Some(fused) = fused else {
+            // Not repacked (no AVX-512-VNNI): the unfused path is the only one.
+            assert!(attention.w_uk.packs().is_none());
+            return;
+        };
+        let unfused: Vec<f32> = attention
+            .unfused(&q_nope, &q_pe, &layout, &cache, tokens, DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(fused.len(), unfused.len());
+        for (i, (a, b)) in fused.iter().zip(&unfused).enumerate() {
+            assert!(a == b, "number {i}: fused {a}, unfused {b}");
+        }
     }
 }

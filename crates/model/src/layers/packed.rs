@@ -325,6 +325,24 @@ struct Quantized {
     offsets: Vec<i32>,
 }
 
+impl Quantized {
+    /// Views of the `k` numbers from each of `starts` (block boundaries).
+    fn rows(&self, starts: impl Iterator<Item = usize>, k: usize) -> Vec<Row<'_>> {
+        let blocks = k / BLOCK;
+        starts
+            .map(|start| {
+                let first = start / BLOCK;
+                Row {
+                    q: &self.q[start..][..k],
+                    scales: &self.scales[first..][..blocks],
+                    sums: &self.sums[first..][..blocks],
+                    offsets: &self.offsets[first..][..blocks],
+                }
+            })
+            .collect()
+    }
+}
+
 /// Every block of `x` quantized (see [`vnni::quantize`]).
 fn quantize_rows(x: &[f32]) -> Quantized {
     let blocks = x.len() / BLOCK;
@@ -439,20 +457,7 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
     // Each task's rows, found once rather than per tile.
     let task_rows: Vec<Vec<Row>> = tasks
         .iter()
-        .map(|t| {
-            let k = t.pack.dims().1;
-            let blocks = k / BLOCK;
-            let row = |start: usize| {
-                let first = start / BLOCK;
-                Row {
-                    q: &input.q[start..][..k],
-                    scales: &input.scales[first..][..blocks],
-                    sums: &input.sums[first..][..blocks],
-                    offsets: &input.offsets[first..][..blocks],
-                }
-            };
-            t.starts.iter().map(|&start| row(start)).collect()
-        })
+        .map(|t| input.rows(t.starts.iter().copied(), t.pack.dims().1))
         .collect();
     let dst = Disjoint::new(out);
     parallel::for_ranges(units.len(), |range| {
@@ -460,27 +465,72 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
             let Task {
                 pack, out, stride, ..
             } = &tasks[task as usize];
-            let rows = &task_rows[task as usize];
             let tile = tile as usize;
-            let m = rows.len();
-            let mut i = 0;
-            while i < m {
-                let r = (m - i).min(ROWS);
-                // SAFETY: `available` checked the CPU's features above.
-                #[cfg(target_arch = "x86_64")]
-                let dots = unsafe { pack.tile(tile, &rows[i..i + r], r) };
-                #[cfg(not(target_arch = "x86_64"))]
-                let dots = [[0f32; TILE]; ROWS];
-                for (j, dots) in dots[..r].iter().enumerate() {
-                    let start = out + (i + j) * stride + tile * TILE;
+            // SAFETY: `available` checked the CPU's features above.
+            unsafe {
+                tile_rows(pack, tile, &task_rows[task as usize], |i, dots| {
+                    let start = out + i * stride + tile * TILE;
                     // SAFETY: this unit alone writes these 16 columns (the
                     // caller keeps tasks apart; a task's tiles are distinct).
-                    unsafe { dst.slice(start..start + TILE) }.copy_from_slice(dots);
-                }
-                i += r;
-            }
+                    dst.slice(start..start + TILE).copy_from_slice(dots);
+                })
+            };
         }
     });
+}
+
+/// Tile `tile` of `pack` against every one of `rows`, up to [`ROWS`] per
+/// weight load: `put(i, dots)` takes row `i`'s 16 dots.
+///
+/// # Safety
+/// The CPU has the kernels' features ([`PackedQ8::available`]).
+unsafe fn tile_rows(
+    pack: &Packed,
+    tile: usize,
+    rows: &[Row],
+    mut put: impl FnMut(usize, &[f32; TILE]),
+) {
+    let m = rows.len();
+    let mut i = 0;
+    while i < m {
+        let r = (m - i).min(ROWS);
+        #[cfg(target_arch = "x86_64")]
+        let dots = pack.tile(tile, &rows[i..i + r], r);
+        #[cfg(not(target_arch = "x86_64"))]
+        let dots = [[0f32; TILE]; ROWS];
+        for (j, dots) in dots[..r].iter().enumerate() {
+            put(i + j, dots);
+        }
+        i += r;
+    }
+}
+
+/// `x` (`[m, k]`) times `pack` (`[n, k]`), into `out` (`[m, n]`), on the
+/// calling thread alone: for work that is already split over the pool
+/// (MLA's per-head matrices inside the attention's work items). The input
+/// is quantized per block as [`matmul_groups`] quantizes it, and the
+/// numbers are the same.
+///
+/// Panics when the CPU lacks AVX-512-VNNI ([`PackedQ8::available`]).
+pub fn matmul_here(x: &[f32], pack: &Packed, out: &mut [f32]) {
+    assert!(
+        PackedQ8::available(),
+        "the packed kernel needs AVX-512-VNNI"
+    );
+    let (n, k) = pack.dims();
+    assert!(x.len().is_multiple_of(k), "x is not [m, k]");
+    let m = x.len() / k;
+    assert_eq!(out.len(), m * n, "out is not [m, n]");
+    let input = quantize_rows(x);
+    let rows = input.rows((0..m).map(|i| i * k), k);
+    for tile in 0..n / TILE {
+        // SAFETY: `available` checked the CPU's features above.
+        unsafe {
+            tile_rows(pack, tile, &rows, |i, dots| {
+                out[i * n + tile * TILE..][..TILE].copy_from_slice(dots)
+            })
+        };
+    }
 }
 
 /// One quantized input row.
@@ -698,6 +748,27 @@ mod tests {
             }
         }
         assert_eq!(got, want);
+    }
+
+    /// On the calling thread, a weight gives the numbers the pool's call
+    /// gives, for both formats and row counts below, at and past a tile's
+    /// eight rows.
+    #[test]
+    fn here_equals_the_pools_call() {
+        if !Packed::available() {
+            return;
+        }
+        let q8 = Packed::Q8_0(packed(48, 128, 50).1);
+        let q4 = Packed::Q4K(packed_q4k(32, 256, 60).1);
+        for pack in [&q8, &q4] {
+            let (n, k) = pack.dims();
+            for m in [1, 3, 8, 11] {
+                let x = fill(m * k, m);
+                let mut got = vec![0f32; m * n];
+                matmul_here(&x, pack, &mut got);
+                assert_eq!(got, matmul_groups(&x, m, &[pack]), "{m} rows of {k}");
+            }
+        }
     }
 
     /// The Q4_K kernel equals the same integer arithmetic done plainly
