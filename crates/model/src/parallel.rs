@@ -12,7 +12,7 @@
 //! number of physical cores ([`set_threads`] sets both).
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Threads of the pool, the calling thread included (read once, as candle
 /// reads them once when it starts the pool).
@@ -60,36 +60,59 @@ fn threads_from_env() -> usize {
 /// batch 1 q8_0 4.41 -> 4.09, q4_k 3.28 -> 3.04, bf16 7.23 -> 7.13;
 /// batch 8 q8_0 10.99 -> 10.75, q4_k 9.71 -> 9.40.
 ///
-/// A nested call, from inside `f`, runs inline: on the calling thread,
-/// which holds the pool's lock while it takes its share, it would wait on
-/// itself, and on a worker it would wait for that lock. (candle's own
-/// parallel ops, such as a quantized matmul, must still not be called from
-/// inside `f`.)
+/// A nested call, from inside `f`, runs inline (see [`team`]).
 pub fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
-    thread_local! {
-        static CALLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
     if items == 0 {
         return;
     }
-    if CALLING.get() {
-        f(0..items);
-        return;
-    }
-    /// Clears the mark however the call ends (a panic in `f` included).
-    struct Unmark;
-    impl Drop for Unmark {
-        fn drop(&mut self) {
-            CALLING.set(false);
-        }
-    }
-    CALLING.set(true);
-    let _unmark = Unmark;
-    let pool = candle_core::utils::barrier_pool();
-    let share = 2 * (pool.n_workers() + 1);
-    let cursor = AtomicUsize::new(0);
-    pool.execute(|_| {
-        CALLING.set(true);
+    team(|member| member.share(items, &f));
+}
+
+/// Most [`Member::share`] calls one [`team`] call may make.
+const SHARES: usize = 8;
+
+/// One [`team`] call's threads.
+struct Team {
+    threads: usize,
+    /// Threads at the barrier now, and how many barriers have opened.
+    arrived: AtomicUsize,
+    opened: AtomicUsize,
+    /// Each share's next unclaimed item.
+    cursors: [AtomicUsize; SHARES],
+    /// Set when a thread's closure panics: the others leave the barrier
+    /// (panicking too) instead of waiting for it forever.
+    failed: AtomicBool,
+    /// The first panic's payload, raised again on the calling thread once
+    /// the pool's call is over.
+    panic: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+/// The panic of a thread that left a barrier because another thread of
+/// its team had panicked.
+struct Secondary;
+
+/// One thread's part in a [`team`] call.
+pub struct Member<'a> {
+    team: &'a Team,
+    /// Shares this thread has taken part in so far.
+    shares: usize,
+}
+
+impl Member<'_> {
+    /// Calls `f` on disjoint ranges covering `0..items`, shared with the
+    /// team's other threads as [`for_ranges`] shares them. Every thread of
+    /// the team must make the same `share` calls in the same order (a
+    /// call's items are handed out by the thread that gets there first,
+    /// and none waits for the others: put a [`Member::barrier`] between
+    /// calls whose items depend on each other).
+    pub fn share(&mut self, items: usize, mut f: impl FnMut(Range<usize>)) {
+        assert!(
+            self.shares < SHARES,
+            "more than {SHARES} shares in one team call"
+        );
+        let cursor = &self.team.cursors[self.shares];
+        self.shares += 1;
+        let share = 2 * self.team.threads;
         let mut start = cursor.load(Ordering::Relaxed);
         while start < items {
             // A share of what is left: the last grabs are single items.
@@ -102,7 +125,97 @@ pub fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
                 Err(now) => start = now,
             }
         }
+    }
+
+    /// Waits until every thread of the team has reached this barrier:
+    /// whatever any of them wrote before it is seen by all after it.
+    pub fn barrier(&self) {
+        let team = self.team;
+        if team.threads == 1 {
+            return;
+        }
+        let opened = team.opened.load(Ordering::Acquire);
+        if team.arrived.fetch_add(1, Ordering::AcqRel) + 1 == team.threads {
+            team.arrived.store(0, Ordering::Relaxed);
+            team.opened.store(opened.wrapping_add(1), Ordering::Release);
+            return;
+        }
+        while team.opened.load(Ordering::Acquire) == opened {
+            if team.failed.load(Ordering::Relaxed) {
+                std::panic::panic_any(Secondary);
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Runs `f` once on every thread of the pool (the calling thread
+/// included), each with its [`Member`]: work split into phases, the
+/// threads sharing each phase's items ([`Member::share`]) and waiting for
+/// each other between phases ([`Member::barrier`]), all in one parallel
+/// region. Serial steps between regions (quantizing a kernel's input,
+/// say) leave the other threads idle; in a team they are shared too.
+///
+/// A nested call, from inside `f`, runs inline, its team the calling
+/// thread alone: on the pool's calling thread, which holds the pool's
+/// lock while it works, it would wait on itself, and on a worker it would
+/// wait for that lock. (candle's own parallel ops, such as a quantized
+/// matmul, must still not be called from inside `f`.)
+pub fn team(f: impl Fn(&mut Member) + Sync) {
+    thread_local! {
+        static CALLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let new_team = |threads| Team {
+        threads,
+        arrived: AtomicUsize::new(0),
+        opened: AtomicUsize::new(0),
+        cursors: std::array::from_fn(|_| AtomicUsize::new(0)),
+        failed: AtomicBool::new(false),
+        panic: std::sync::Mutex::new(None),
+    };
+    if CALLING.get() {
+        f(&mut Member {
+            team: &new_team(1),
+            shares: 0,
+        });
+        return;
+    }
+    /// Clears the mark however the call ends (a panic in `f` included).
+    struct Unmark;
+    impl Drop for Unmark {
+        fn drop(&mut self) {
+            CALLING.set(false);
+        }
+    }
+    CALLING.set(true);
+    let _unmark = Unmark;
+    let pool = candle_core::utils::barrier_pool();
+    let team = new_team(pool.n_workers() + 1);
+    pool.execute(|_| {
+        CALLING.set(true);
+        let mut member = Member {
+            team: &team,
+            shares: 0,
+        };
+        // No panic may leave the pool's call: it would poison the pool's
+        // lock, and every later call would fail.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut member)));
+        if let Err(payload) = run {
+            team.failed.store(true, Ordering::Relaxed);
+            let mut first = team.panic.lock().unwrap_or_else(|e| e.into_inner());
+            // The panic that started it, not a barrier's that followed.
+            let secondary = |p: &Box<dyn std::any::Any + Send>| p.is::<Secondary>();
+            if first
+                .as_ref()
+                .is_none_or(|p| secondary(p) && !secondary(&payload))
+            {
+                *first = Some(payload);
+            }
+        }
     });
+    if let Some(payload) = team.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 /// A mutable buffer that parallel tasks write at disjoint indices.
@@ -123,6 +236,13 @@ impl<T> Disjoint<T> {
     /// `index` lies inside the buffer and no other task touches it.
     pub(crate) unsafe fn write(&self, index: usize, value: T) {
         *self.0.add(index) = value;
+    }
+
+    /// # Safety
+    /// `range` lies inside the buffer and no task writes it while the
+    /// returned slice lives.
+    pub(crate) unsafe fn view(&self, range: Range<usize>) -> &[T] {
+        std::slice::from_raw_parts(self.0.add(range.start), range.len())
     }
 
     /// # Safety
@@ -154,6 +274,58 @@ mod tests {
                 "{items} items"
             );
         }
+    }
+
+    /// Every phase sees everything the phases before the barrier wrote:
+    /// each item of the second sums all of the first's outputs.
+    #[test]
+    fn a_barrier_separates_phases() {
+        for round in 0..50 {
+            let n = 64 + round;
+            let first: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            let second: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            team(|member| {
+                member.share(n, |range| {
+                    for i in range {
+                        first[i].store(i + 1, Ordering::Relaxed);
+                    }
+                });
+                member.barrier();
+                member.share(n, |range| {
+                    for i in range {
+                        let total = first.iter().map(|v| v.load(Ordering::Relaxed)).sum();
+                        second[i].store(total, Ordering::Relaxed);
+                    }
+                });
+            });
+            let want = n * (n + 1) / 2;
+            assert!(second.iter().all(|v| v.load(Ordering::Relaxed) == want));
+        }
+    }
+
+    /// A panic in one thread's part reaches the caller instead of leaving
+    /// the others waiting at a barrier, and the pool works after it.
+    #[test]
+    fn a_panic_in_a_team_reaches_the_caller() {
+        let result = std::panic::catch_unwind(|| {
+            team(|member| {
+                member.share(100, |range| assert!(!range.contains(&57), "item 57"));
+                member.barrier();
+                member.barrier();
+            })
+        });
+        // The panic that started it, whichever thread raised it first.
+        let payload = result.unwrap_err();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or(payload.downcast_ref::<String>().map(String::as_str));
+        assert_eq!(message, Some("item 57"));
+        let count = AtomicUsize::new(0);
+        for_ranges(10, |range| {
+            count.fetch_add(range.len(), Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 10);
     }
 
     /// A call from inside a call finishes (it used to wait forever when the
