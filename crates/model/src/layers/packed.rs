@@ -556,7 +556,9 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
         // Each task's rows, found once per thread that meets the task.
         let mut task_rows: Vec<Option<Vec<Row>>> = tasks.iter().map(|_| None).collect();
         member.share(units, |range| {
-            for unit in range {
+            // The range's tiles, a task at a time.
+            let mut unit = range.start;
+            while unit < range.end {
                 let task = firsts.partition_point(|&f| f <= unit) - 1;
                 let Task {
                     pack,
@@ -564,18 +566,23 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
                     out,
                     stride,
                 } = &tasks[task];
-                let tile = unit - firsts[task];
+                let first = firsts[task];
+                let end = range.end.min(first + pack.dims().0 / TILE);
                 let rows = task_rows[task]
                     .get_or_insert_with(|| input.rows(starts.iter().copied(), pack.dims().1));
-                // SAFETY: `available` checked the CPU's features above.
-                unsafe {
-                    tile_rows(pack, tile, rows, |i, dots| {
-                        let start = out + i * stride + tile * TILE;
-                        // SAFETY: this unit alone writes these 16 columns (the
-                        // caller keeps tasks apart; a task's tiles are distinct).
-                        dst.slice(start..start + TILE).copy_from_slice(dots);
-                    })
-                };
+                for tile in unit - first..end - first {
+                    // SAFETY: `available` checked the CPU's features above.
+                    unsafe {
+                        tile_rows(pack, tile, rows, |i, dots| {
+                            let start = out + i * stride + tile * TILE;
+                            // SAFETY: this unit alone writes these 16 columns
+                            // (the caller keeps tasks apart; a task's tiles
+                            // are distinct).
+                            dst.slice(start..start + TILE).copy_from_slice(dots);
+                        })
+                    };
+                }
+                unit = end;
             }
         });
     });
