@@ -655,7 +655,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::{Row, BLOCK, TILE};
-    use crate::layers::x86::{prefetch, prefetches};
+    use crate::layers::x86::{prefetch, tile_prefetches};
 
     /// Each 32-number block of `x`: scale `max |x| / 127`, the numbers over
     /// it rounded to the nearest integer (ties to even), and their sum.
@@ -689,7 +689,7 @@ mod vnni {
     }
 
     /// How far ahead of the block in use the weights are prefetched, on
-    /// CPUs that want it (`x86::prefetches`; 4 KB;
+    /// CPUs that want it (`x86::tile_prefetches`; 4 KB;
     /// past a tile's end, into the next tile, which is usually the next
     /// one the thread takes). Without it the kernel waited on its weight
     /// loads: profile_batch at q8_0, ms a step, median of six alternating
@@ -716,7 +716,7 @@ mod vnni {
         }
         let chains = if R >= 4 { 1 } else { 2 };
         let qp = quads.as_ptr();
-        let on = prefetches();
+        let on = tile_prefetches(R);
         let mut total = [_mm512_setzero_ps(); R];
         for b in 0..blocks {
             let ahead = qp.wrapping_add((b + PREFETCH_BLOCKS) * BLOCK * TILE);

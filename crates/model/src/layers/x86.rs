@@ -37,20 +37,44 @@ pub(crate) unsafe fn prefetch(on: bool, p: *const u8, lines: usize) {
 /// model took 5.5 ms without, 3.6-3.9 ms with). AMD's hardware prefetcher
 /// keeps the stream going alone, and the extra requests only get in its
 /// way: on a Zen 4 EPYC, median ms a step, prefetch on -> off, batch 1:
-/// f32 16.7 -> 14.1, bf16 8.4 -> 7.1, q8_0 4.8 -> 4.2, q4_k 3.4 -> 2.8
-/// (batch 8: q8_0 equal, q4_k 11.0 -> 10.2). So: on except on AMD CPUs;
+/// f32 16.7 -> 14.1, bf16 8.4 -> 7.1, q8_0 4.8 -> 4.2, q4_k 3.4 -> 2.8.
+/// So: on except on AMD CPUs (but see [`tile_prefetches`]);
 /// `FERROSEEK_PREFETCH=on|off` overrides (read once).
 pub(crate) fn prefetches() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| match std::env::var("FERROSEEK_PREFETCH").as_deref() {
-        Ok("on" | "1") => true,
-        Ok("off" | "0") => false,
-        _ => !amd(),
+    forced().unwrap_or_else(|| !amd())
+}
+
+/// [`prefetches`] for a packed-kernel tile that takes `rows` input rows
+/// per weight load. A full tile of 8 rows spends 64 VNNI instructions on
+/// each 64 bytes of weights, and there even AMD's hardware prefetcher falls
+/// behind: on a Zen 4 EPYC, ms a decode step, prefetch off -> on from 8
+/// rows, alternating rounds in one process: q8_0 batch 8 8.81 -> 8.10,
+/// batch 16 16.35 -> 15.75; q4_k batch 8 11.59 -> 11.08, batch 16 14.36 ->
+/// 13.49 (from 4 rows, batch 4 got slower: q8_0 6.52 -> 6.67, q4_k 6.70 ->
+/// 7.26).
+pub(crate) fn tile_prefetches(rows: usize) -> bool {
+    forced().unwrap_or_else(|| !amd() || rows >= 8)
+}
+
+/// `FERROSEEK_PREFETCH`'s setting, read once: `Some(on)`, or `None` for
+/// the CPU's default.
+fn forced() -> Option<bool> {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| match std::env::var("FERROSEEK_PREFETCH").as_deref() {
+        Ok("on" | "1") => Some(true),
+        Ok("off" | "0") => Some(false),
+        _ => None,
     })
 }
 
-/// Whether the CPU's vendor is AMD (or Hygon, which builds AMD's cores).
+/// Whether the CPU's vendor is AMD (or Hygon, which builds AMD's cores),
+/// found once.
 fn amd() -> bool {
+    static AMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMD.get_or_init(vendor_is_amd)
+}
+
+fn vendor_is_amd() -> bool {
     // SAFETY: leaf 0 exists on every x86_64 CPU.
     #[allow(unused_unsafe)]
     let id = unsafe { __cpuid(0) };

@@ -166,10 +166,10 @@ pub(super) mod vnni {
 
     use super::super::{Row, ROWS};
     use super::{BLOCK, SUPER, TILE, TILE_D, TILE_QUADS, TILE_SCALES};
-    use crate::layers::x86::{prefetch, prefetches};
+    use crate::layers::x86::{prefetch, tile_prefetches};
 
     /// How far ahead of the super-block in use the nibbles are prefetched,
-    /// on CPUs that want it (4 KB, as for Q8_0).
+    /// where it helps (`x86::tile_prefetches`; 4 KB, as for Q8_0).
     const PREFETCH_SUPERS: usize = 2;
 
     /// The 16 dots of one tile's rows with each of the first `R` of `rows`:
@@ -190,7 +190,7 @@ pub(super) mod vnni {
             assert!(row.q.len() >= supers * SUPER && row.sums.len() >= supers * 8);
         }
         let low = _mm512_set1_epi8(0x0F);
-        let on = prefetches();
+        let on = tile_prefetches(R);
         let mut total = [_mm512_setzero_ps(); R];
         for sb in 0..supers {
             let qp = quads.as_ptr().add(sb * TILE_QUADS);
