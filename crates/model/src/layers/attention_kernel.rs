@@ -109,60 +109,90 @@ struct Work {
     partial: Option<usize>,
 }
 
-/// `queries`: `[tokens, heads, width]`; `cache`: the layer's `[slots, width]` rows.
-/// Returns `[tokens, heads, rank]`: per head, softmax(scale · q·rowᵀ) · c_kv.
-/// Token `j` of a sequence sees cache positions `0..=num_cached + j`.
-pub fn absorbed_attention(
-    queries: &[f32],
-    cache: &[f32],
-    seqs: &[SeqSpan],
-    shape: LatentShape,
-    scale: f32,
-) -> Vec<f32> {
-    let LatentShape {
-        heads, rank, width, ..
-    } = shape;
-    // Per token: its sequence and how many cache rows it sees.
-    let owner: Vec<(&SeqSpan, usize)> = seqs
-        .iter()
-        .flat_map(|span| (0..span.num_new).map(move |j| (span, span.num_cached + j + 1)))
-        .collect();
-    let chunks: Vec<usize> = owner
-        .iter()
-        .map(|&(_, context)| chunks_for(context, owner.len(), heads * rank))
-        .collect();
-    let group = heads_per_item(heads, chunks.iter().sum());
-    let groups_per_token = heads / group;
-    let mut works = Vec::new();
-    let mut partials = 0;
-    for (token, (&(_, context), &n)) in owner.iter().zip(&chunks).enumerate() {
-        for c in 0..n {
-            for g in 0..groups_per_token {
-                works.push(Work {
-                    token,
-                    rows: c * context / n..(c + 1) * context / n,
-                    first_head: g * group,
-                    partial: (n > 1).then(|| {
-                        partials += 1;
-                        partials - 1
-                    }),
-                });
+/// How a call's tokens are split into work items: per token, its context
+/// in chunks (long ones split), each chunk a work item per group of heads.
+struct Plan<'s> {
+    /// Per token: its sequence and how many cache rows it sees.
+    owner: Vec<(&'s SeqSpan<'s>, usize)>,
+    /// Per token: how many chunks its context is split into.
+    chunks: Vec<usize>,
+    /// Heads per work item.
+    group: usize,
+    works: Vec<Work>,
+    /// Work items of split contexts, each with a partial output.
+    partials: usize,
+    /// Per token: its first partial (split tokens only matter).
+    first_partial: Vec<usize>,
+}
+
+impl<'s> Plan<'s> {
+    fn new(seqs: &'s [SeqSpan<'s>], shape: LatentShape) -> Plan<'s> {
+        let LatentShape { heads, rank, .. } = shape;
+        let owner: Vec<(&SeqSpan, usize)> = seqs
+            .iter()
+            .flat_map(|span| (0..span.num_new).map(move |j| (span, span.num_cached + j + 1)))
+            .collect();
+        let chunks: Vec<usize> = owner
+            .iter()
+            .map(|&(_, context)| chunks_for(context, owner.len(), heads * rank))
+            .collect();
+        let group = heads_per_item(heads, chunks.iter().sum());
+        let groups_per_token = heads / group;
+        let mut works = Vec::new();
+        let mut partials = 0;
+        let mut first_partial = Vec::with_capacity(owner.len());
+        for (token, (&(_, context), &n)) in owner.iter().zip(&chunks).enumerate() {
+            first_partial.push(partials);
+            for c in 0..n {
+                for g in 0..groups_per_token {
+                    works.push(Work {
+                        token,
+                        rows: c * context / n..(c + 1) * context / n,
+                        first_head: g * group,
+                        partial: (n > 1).then(|| {
+                            partials += 1;
+                            partials - 1
+                        }),
+                    });
+                }
             }
         }
+        Plan {
+            owner,
+            chunks,
+            group,
+            works,
+            partials,
+            first_partial,
+        }
     }
-    let mut out = vec![0f32; owner.len() * heads * rank];
-    let mut partial_out = vec![0f32; partials * group * rank];
-    let mut partial_stats = vec![RowStats::default(); partials * group];
-    let dst = Disjoint::new(&mut out);
-    let (partial_dst, stats_dst) = (
-        Disjoint::new(&mut partial_out),
-        Disjoint::new(&mut partial_stats),
-    );
-    let path = Path::detect();
-    parallel::for_ranges(works.len(), |range| {
+
+    /// Work items `range`: each writes its heads' rows of `out` (`[tokens,
+    /// heads, rank]`), normalised, or (split contexts) its partial output
+    /// and statistics.
+    ///
+    /// # Safety
+    /// No other thread runs these items meanwhile, and the buffers have the
+    /// plan's sizes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attend(
+        &self,
+        range: std::ops::Range<usize>,
+        queries: &[f32],
+        cache: &[f32],
+        shape: LatentShape,
+        scale: f32,
+        out: &Disjoint<f32>,
+        partial_out: &Disjoint<f32>,
+        partial_stats: &Disjoint<RowStats>,
+    ) {
+        let LatentShape {
+            heads, rank, width, ..
+        } = shape;
+        let (group, path) = (self.group, Path::detect());
         let mut rows: Vec<&[f32]> = Vec::new();
-        for work in &works[range] {
-            let (span, _) = owner[work.token];
+        for work in &self.works[range] {
+            let (span, _) = self.owner[work.token];
             // The item's cache rows, found once (not per head or per
             // column block).
             context_rows(span, work.rows.clone(), cache, shape, &mut rows);
@@ -173,38 +203,56 @@ pub fn absorbed_attention(
                 rank,
                 scale,
             };
-            // SAFETY: each item owns its slices of the output buffers.
             match work.partial {
                 None => {
                     let start = (work.token * heads + work.first_head) * rank;
-                    let out = unsafe { dst.slice(start..start + group * rank) };
+                    let out = out.slice(start..start + group * rank);
                     let stats = item.attend_on(path, &rows, out);
                     for (o, s) in out.chunks_exact_mut(rank).zip(stats) {
                         o.iter_mut().for_each(|v| *v /= s.sum);
                     }
                 }
                 Some(p) => {
-                    let out =
-                        unsafe { partial_dst.slice(p * group * rank..(p + 1) * group * rank) };
+                    let out = partial_out.slice(p * group * rank..(p + 1) * group * rank);
                     let stats = item.attend_on(path, &rows, out);
-                    unsafe { stats_dst.slice(p * group..(p + 1) * group) }.copy_from_slice(&stats);
+                    partial_stats
+                        .slice(p * group..(p + 1) * group)
+                        .copy_from_slice(&stats);
                 }
             }
         }
-    });
-    // Each split token's chunks, merged: rescaled to the largest maximum.
-    let mut first_partial = 0;
-    for (token, &n) in chunks.iter().enumerate().filter(|(_, &n)| n > 1) {
+    }
+
+    /// The tokens whose contexts were split.
+    fn split_tokens(&self) -> Vec<usize> {
+        (0..self.owner.len())
+            .filter(|&t| self.chunks[t] > 1)
+            .collect()
+    }
+
+    /// Split token `token`'s chunks merged into `out` (its `[heads, rank]`
+    /// rows), each rescaled to the largest maximum.
+    fn merge(
+        &self,
+        token: usize,
+        out: &mut [f32],
+        partial_out: &[f32],
+        partial_stats: &[RowStats],
+        shape: LatentShape,
+    ) {
+        let LatentShape { heads, rank, .. } = shape;
+        let (group, n) = (self.group, self.chunks[token]);
+        let groups_per_token = heads / group;
         for h in 0..heads {
             let (g, i) = (h / group, h % group);
             let parts: Vec<usize> = (0..n)
-                .map(|c| first_partial + c * groups_per_token + g)
+                .map(|c| self.first_partial[token] + c * groups_per_token + g)
                 .collect();
             let max = parts
                 .iter()
                 .map(|&p| partial_stats[p * group + i].max)
                 .fold(f32::NEG_INFINITY, f32::max);
-            let o = &mut out[(token * heads + h) * rank..][..rank];
+            let o = &mut out[h * rank..][..rank];
             let mut sum = 0f32;
             for &p in &parts {
                 let stats = partial_stats[p * group + i];
@@ -214,7 +262,50 @@ pub fn absorbed_attention(
             }
             o.iter_mut().for_each(|v| *v /= sum);
         }
-        first_partial += n * groups_per_token;
+    }
+}
+
+/// `queries`: `[tokens, heads, width]`; `cache`: the layer's `[slots, width]` rows.
+/// Returns `[tokens, heads, rank]`: per head, softmax(scale · q·rowᵀ) · c_kv.
+/// Token `j` of a sequence sees cache positions `0..=num_cached + j`.
+pub fn absorbed_attention(
+    queries: &[f32],
+    cache: &[f32],
+    seqs: &[SeqSpan],
+    shape: LatentShape,
+    scale: f32,
+) -> Vec<f32> {
+    let LatentShape { heads, rank, .. } = shape;
+    let plan = Plan::new(seqs, shape);
+    let tokens = plan.owner.len();
+    let mut out = vec![0f32; tokens * heads * rank];
+    let mut partial_out = vec![0f32; plan.partials * plan.group * rank];
+    let mut partial_stats = vec![RowStats::default(); plan.partials * plan.group];
+    {
+        let (dst, partial_dst, stats_dst) = (
+            Disjoint::new(&mut out),
+            Disjoint::new(&mut partial_out),
+            Disjoint::new(&mut partial_stats),
+        );
+        parallel::for_ranges(plan.works.len(), |range| {
+            // SAFETY: each item owns its slices of the output buffers.
+            unsafe {
+                plan.attend(
+                    range,
+                    queries,
+                    cache,
+                    shape,
+                    scale,
+                    &dst,
+                    &partial_dst,
+                    &stats_dst,
+                )
+            }
+        });
+    }
+    for token in plan.split_tokens() {
+        let o = &mut out[token * heads * rank..][..heads * rank];
+        plan.merge(token, o, &partial_out, &partial_stats, shape);
     }
     out
 }
@@ -259,17 +350,17 @@ pub struct HeadMatrices<UK, UV> {
 /// the first), and its buffers stay small however long the prompt.
 const FUSED_TOKENS: usize = 32;
 
-/// Whether [`fused_absorbed_attention`] beats the unfused steps for
+/// Whether [`fused_absorbed_attention`] is the faster fused kernel for
 /// `heads` heads and `tokens` tokens whose longest context is `context`
-/// rows. Its work items are groups of heads, each over every token and its
-/// whole context: that keeps the pool busy only with two items per thread,
-/// and it reads each cache row once per item, where [`absorbed_attention`]
-/// shares a row among more heads once there are enough tokens to give each
-/// thread two (on a Zen 4 EPYC, a batch-8 step of the benchmark model took
-/// 2-3% longer fused) and splits contexts longer than [`CHUNK_ROWS`]. With
-/// fewer tokens and shorter contexts both split the heads alike, and the
-/// fused path saves the two per-head matrices' separate parallel regions
-/// and the host-side steps between them.
+/// rows; elsewhere [`phased_absorbed_attention`] is. Its work items are
+/// groups of heads, each over every token and its whole context: that
+/// keeps the pool busy only with two items per thread, and it reads each
+/// cache row once per item, where [`absorbed_attention`]'s items share a
+/// row among more heads once there are enough tokens to give each thread
+/// two (on a Zen 4 EPYC, a batch-8 step of the benchmark model took 2-3%
+/// longer than unfused) and split contexts longer than [`CHUNK_ROWS`].
+/// With fewer tokens and shorter contexts both split the heads alike, and
+/// it needs no barrier between its steps.
 pub fn fused_pays(heads: usize, tokens: usize, context: usize) -> bool {
     let threads = parallel::threads();
     heads >= 2 * threads && tokens < 2 * threads && context <= CHUNK_ROWS
@@ -393,6 +484,146 @@ where
                 }
             }
         }
+    });
+    out
+}
+
+/// [`fused_absorbed_attention`]'s three steps for any number of tokens, in
+/// one parallel region ([`parallel::team`]) of four phases: per head, the
+/// latent queries of every token; the attention's work items as
+/// [`absorbed_attention`] splits them (a token's row read once for many
+/// heads, long contexts in chunks); the split contexts' chunks merged;
+/// per head, `W_UV` times every token's attended latent. Where
+/// [`fused_pays`] says no, this saves the host-side steps between the
+/// three calls of the unfused path (and the calls' own fixed costs). The
+/// numbers are the unfused steps'. On a Zen 4 EPYC, ms a decode step of
+/// the benchmark model, unfused -> phased, alternating rounds in one
+/// process: q8_0 batch 4 5.81 -> 5.64, batch 8 8.73 -> 8.55, batch 16
+/// 13.19 -> 13.19; q4_k batch 8 10.23 -> 9.82, batch 16 17.30 -> 16.53;
+/// a 128-token prefill within 2% either way.
+pub fn phased_absorbed_attention<UK, UV>(
+    q_nope: &[f32],
+    q_pe: &[f32],
+    cache: &[f32],
+    seqs: &[SeqSpan],
+    shape: LatentShape,
+    scale: f32,
+    matrices: &HeadMatrices<UK, UV>,
+) -> Vec<f32>
+where
+    UK: Fn(usize, &[f32], &mut [f32]) + Sync,
+    UV: Fn(usize, &[f32], &mut [f32]) + Sync,
+{
+    let LatentShape {
+        heads, rank, width, ..
+    } = shape;
+    let (nope, v_dim, rope) = (matrices.nope, matrices.v_dim, width - rank);
+    let plan = Plan::new(seqs, shape);
+    let tokens = plan.owner.len();
+    assert_eq!(
+        q_nope.len(),
+        tokens * heads * nope,
+        "q_nope is not [tokens, heads, nope]"
+    );
+    assert_eq!(
+        q_pe.len(),
+        tokens * heads * rope,
+        "q_pe is not [tokens, heads, rope]"
+    );
+    let split = plan.split_tokens();
+    let mut queries = vec![0f32; tokens * heads * width];
+    let mut latents = vec![0f32; tokens * heads * rank];
+    let mut partial_out = vec![0f32; plan.partials * plan.group * rank];
+    let mut partial_stats = vec![RowStats::default(); plan.partials * plan.group];
+    let mut out = vec![0f32; tokens * heads * v_dim];
+    // Every buffer is reached through these pointers alone until the
+    // region ends.
+    let (queries, latents) = (Disjoint::new(&mut queries), Disjoint::new(&mut latents));
+    let (partial_dst, stats_dst) = (
+        Disjoint::new(&mut partial_out),
+        Disjoint::new(&mut partial_stats),
+    );
+    let dst = Disjoint::new(&mut out);
+    parallel::team(|member| {
+        let m = FUSED_TOKENS.min(tokens);
+        let mut x = vec![0f32; m * nope.max(rank)];
+        let mut y = vec![0f32; m * rank.max(v_dim)];
+        // Per head, the latent queries of every token, `[lat | pe]`.
+        member.share(heads, |hs| {
+            for h in hs {
+                for chunk in (0..tokens).step_by(FUSED_TOKENS) {
+                    let m = FUSED_TOKENS.min(tokens - chunk);
+                    for t in 0..m {
+                        let from = ((chunk + t) * heads + h) * nope;
+                        x[t * nope..][..nope].copy_from_slice(&q_nope[from..][..nope]);
+                    }
+                    (matrices.uk)(h, &x[..m * nope], &mut y[..m * rank]);
+                    for t in 0..m {
+                        let at = (chunk + t) * heads + h;
+                        // SAFETY: head `h`'s query rows are this task's alone.
+                        let q = unsafe { queries.slice(at * width..(at + 1) * width) };
+                        q[..rank].copy_from_slice(&y[t * rank..][..rank]);
+                        q[rank..].copy_from_slice(&q_pe[at * rope..][..rope]);
+                    }
+                }
+            }
+        });
+        member.barrier();
+        // SAFETY: nothing writes the queries after the barrier.
+        let queries = unsafe { queries.view(0..tokens * heads * width) };
+        member.share(plan.works.len(), |range| {
+            // SAFETY: each item owns its slices of the outputs.
+            unsafe {
+                plan.attend(
+                    range,
+                    queries,
+                    cache,
+                    shape,
+                    scale,
+                    &latents,
+                    &partial_dst,
+                    &stats_dst,
+                )
+            }
+        });
+        member.barrier();
+        member.share(split.len(), |range| {
+            // SAFETY: the partials are written no more; each split token's
+            // rows of the latents are this task's alone.
+            let (partials, stats) = unsafe {
+                (
+                    partial_dst.view(0..plan.partials * plan.group * rank),
+                    stats_dst.view(0..plan.partials * plan.group),
+                )
+            };
+            for &token in &split[range] {
+                let rows = token * heads * rank..(token + 1) * heads * rank;
+                let o = unsafe { latents.slice(rows) };
+                plan.merge(token, o, partials, stats, shape);
+            }
+        });
+        member.barrier();
+        // SAFETY: nothing writes the latents after the barrier.
+        let latents = unsafe { latents.view(0..tokens * heads * rank) };
+        // Per head, `W_UV` times every token's attended latent.
+        member.share(heads, |hs| {
+            for h in hs {
+                for chunk in (0..tokens).step_by(FUSED_TOKENS) {
+                    let m = FUSED_TOKENS.min(tokens - chunk);
+                    for t in 0..m {
+                        let from = ((chunk + t) * heads + h) * rank;
+                        x[t * rank..][..rank].copy_from_slice(&latents[from..][..rank]);
+                    }
+                    (matrices.uv)(h, &x[..m * rank], &mut y[..m * v_dim]);
+                    for t in 0..m {
+                        let at = ((chunk + t) * heads + h) * v_dim;
+                        // SAFETY: head `h`'s output rows are this task's alone.
+                        unsafe { dst.slice(at..at + v_dim) }
+                            .copy_from_slice(&y[t * v_dim..][..v_dim]);
+                    }
+                }
+            }
+        });
     });
     out
 }
@@ -984,29 +1215,30 @@ mod tests {
         }
     }
 
-    /// The fused kernel equals its three steps run one after another (the
+    /// Both fused kernels equal the three steps run one after another (the
     /// per-head matrices here plain f32 products): sequences mid-decode,
-    /// one a prompt longer than an item's chunk of tokens, blocks in a
-    /// scrambled order, a head count no power of two.
+    /// one with a context long enough to be split into chunks, one a
+    /// prompt longer than an item's chunk of tokens, blocks in a scrambled
+    /// order, a head count no power of two.
     #[test]
     fn fused_equals_the_steps_one_after_another() {
         let (heads, nope, rank, rope, v_dim, block_size) = (12, 24, 40, 8, 20, 16);
         let width = rank + rope;
-        let blocks = 20;
+        let blocks = 60;
         let cache = fill(blocks * block_size * width, 5);
         let table: Vec<u32> = (0..blocks as u32).map(|b| b * 7 % blocks as u32).collect();
         let seqs = [
             SeqSpan {
                 start: 0,
                 num_new: 2,
-                num_cached: 90,
+                num_cached: 700,
                 block_table: &table,
             },
             SeqSpan {
                 start: 2,
                 num_new: 37,
                 num_cached: 3,
-                block_table: &table[8..],
+                block_table: &table[45..],
             },
         ];
         let tokens = 39;
@@ -1037,8 +1269,6 @@ mod tests {
             width,
             block_size,
         };
-        let got = fused_absorbed_attention(&q_nope, &q_pe, &cache, &seqs, shape, 0.3, &matrices);
-
         let mut queries = vec![0f32; tokens * heads * width];
         for (i, q) in queries.chunks_exact_mut(width).enumerate() {
             (matrices.uk)(i % heads, &q_nope[i * nope..][..nope], &mut q[..rank]);
@@ -1049,11 +1279,15 @@ mod tests {
         for (i, out) in want.chunks_exact_mut(v_dim).enumerate() {
             (matrices.uv)(i % heads, &latents[i * rank..][..rank], out);
         }
-        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
-                "number {i}: fused {a}, steps {b}"
-            );
+        for run in [fused_absorbed_attention, phased_absorbed_attention] {
+            let got = run(&q_nope, &q_pe, &cache, &seqs, shape, 0.3, &matrices);
+            assert_eq!(got.len(), want.len());
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "number {i}: fused {a}, steps {b}"
+                );
+            }
         }
     }
 

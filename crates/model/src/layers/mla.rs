@@ -17,7 +17,8 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention_kernel::{
-    absorbed_attention, fused_absorbed_attention, fused_pays, HeadMatrices, LatentShape, SeqSpan,
+    absorbed_attention, fused_absorbed_attention, fused_pays, phased_absorbed_attention,
+    HeadMatrices, LatentShape, SeqSpan,
 };
 use super::linear::{GroupedLinear, Linear, WeightFormat};
 use super::norm::RmsNorm;
@@ -27,6 +28,15 @@ use crate::config::DeepSeekConfig;
 
 /// DeepSeek's inner norms use a fixed epsilon, whatever `rms_norm_eps` says.
 const LORA_NORM_EPS: f64 = 1e-6;
+
+/// How [`Attention::fused`] splits its work over the pool: work items of
+/// head groups over every token ([`fused_absorbed_attention`], where
+/// [`fused_pays`]), or phases ([`phased_absorbed_attention`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fusion {
+    Heads,
+    Phases,
+}
 
 /// How attention is computed from the latent cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -240,11 +250,13 @@ impl Attention {
     ) -> Result<Tensor> {
         let shape = self.shape(layout.block_size);
         let longest = layout.seqs.iter().map(|s| s.num_cached + s.num_new).max();
-        if fused_pays(self.heads, tokens, longest.unwrap_or(0)) {
-            if let Some(out) = self.fused(q_nope, q_pe, layout, cache, shape)? {
-                let dims = (tokens, self.heads * self.v_dim);
-                return Tensor::from_vec(out, dims, &layout.device);
-            }
+        let fusion = match fused_pays(self.heads, tokens, longest.unwrap_or(0)) {
+            true => Fusion::Heads,
+            false => Fusion::Phases,
+        };
+        if let Some(out) = self.fused(q_nope, q_pe, layout, cache, shape, fusion)? {
+            let dims = (tokens, self.heads * self.v_dim);
+            return Tensor::from_vec(out, dims, &layout.device);
         }
         self.unfused(q_nope, q_pe, layout, cache, tokens, dtype)
     }
@@ -284,10 +296,10 @@ impl Attention {
         self.w_uv.forward(&latent)
     }
 
-    /// [`Self::absorbed`] in one parallel region
-    /// ([`fused_absorbed_attention`]), where the per-head matrices are
-    /// repacked for the VNNI kernels and the activations are f32; `None`
-    /// elsewhere. The numbers are the same as the unfused path's.
+    /// [`Self::absorbed`] in one parallel region, split as `fusion` says,
+    /// where the per-head matrices are repacked for the VNNI kernels and
+    /// the activations are f32; `None` elsewhere. The numbers are the same
+    /// as the unfused path's.
     fn fused(
         &self,
         q_nope: &Tensor,
@@ -295,6 +307,7 @@ impl Attention {
         layout: &BatchLayout,
         cache: &[f32],
         shape: LatentShape,
+        fusion: Fusion,
     ) -> Result<Option<Vec<f32>>> {
         let (Some(uk), Some(uv)) = (self.w_uk.packs(), self.w_uv.packs()) else {
             return Ok(None);
@@ -309,7 +322,11 @@ impl Attention {
             uv: |h: usize, x: &[f32], out: &mut [f32]| packed::matmul_here(x, &uv[h], out),
         };
         let q_nope = q_nope.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Some(fused_absorbed_attention(
+        let run = match fusion {
+            Fusion::Heads => fused_absorbed_attention,
+            Fusion::Phases => phased_absorbed_attention,
+        };
+        Ok(Some(run(
             &q_nope,
             q_pe,
             cache,
@@ -469,14 +486,6 @@ mod tests {
         let q_nope = tensor(&[tokens, heads, nope], 11);
         let q_pe = fill(tokens * heads * rope_dim, 12);
         let shape = attention.shape(block_size);
-        let fused = attention
-            .fused(&q_nope, &q_pe, &layout, &cache, shape)
-            .unwrap();
-        let Some(fused) = fused else {
-            // Not repacked (no AVX-512-VNNI): the unfused path is the only one.
-            assert!(attention.w_uk.packs().is_none());
-            return;
-        };
         let unfused: Vec<f32> = attention
             .unfused(&q_nope, &q_pe, &layout, &cache, tokens, DType::F32)
             .unwrap()
@@ -484,9 +493,19 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        assert_eq!(fused.len(), unfused.len());
-        for (i, (a, b)) in fused.iter().zip(&unfused).enumerate() {
-            assert!(a == b, "number {i}: fused {a}, unfused {b}");
+        for fusion in [Fusion::Heads, Fusion::Phases] {
+            let fused = attention
+                .fused(&q_nope, &q_pe, &layout, &cache, shape, fusion)
+                .unwrap();
+            let Some(fused) = fused else {
+                // Not repacked (no AVX-512-VNNI): the unfused path is the only one.
+                assert!(attention.w_uk.packs().is_none());
+                return;
+            };
+            assert_eq!(fused.len(), unfused.len());
+            for (i, (a, b)) in fused.iter().zip(&unfused).enumerate() {
+                assert!(a == b, "{fusion:?}, number {i}: fused {a}, unfused {b}");
+            }
         }
     }
 }
