@@ -109,6 +109,14 @@ struct Work {
     partial: Option<usize>,
 }
 
+/// Per token of `seqs`, in order: its sequence and how many cache rows it
+/// sees.
+fn owners<'s>(seqs: &'s [SeqSpan<'s>]) -> Vec<(&'s SeqSpan<'s>, usize)> {
+    seqs.iter()
+        .flat_map(|span| (0..span.num_new).map(move |j| (span, span.num_cached + j + 1)))
+        .collect()
+}
+
 /// How a call's tokens are split into work items: per token, its context
 /// in chunks (long ones split), each chunk a work item per group of heads.
 struct Plan<'s> {
@@ -128,10 +136,7 @@ struct Plan<'s> {
 impl<'s> Plan<'s> {
     fn new(seqs: &'s [SeqSpan<'s>], shape: LatentShape) -> Plan<'s> {
         let LatentShape { heads, rank, .. } = shape;
-        let owner: Vec<(&SeqSpan, usize)> = seqs
-            .iter()
-            .flat_map(|span| (0..span.num_new).map(move |j| (span, span.num_cached + j + 1)))
-            .collect();
+        let owner = owners(seqs);
         let chunks: Vec<usize> = owner
             .iter()
             .map(|&(_, context)| chunks_for(context, owner.len(), heads * rank))
@@ -345,6 +350,103 @@ pub struct HeadMatrices<UK, UV> {
     pub uv: UV,
 }
 
+/// A thread's buffers for [`HeadMatrices`]' calls: a chunk of tokens'
+/// rows of one head, in and out.
+struct Scratch {
+    x: Vec<f32>,
+    y: Vec<f32>,
+}
+
+impl<UK, UV> HeadMatrices<UK, UV>
+where
+    UK: Fn(usize, &[f32], &mut [f32]) + Sync,
+    UV: Fn(usize, &[f32], &mut [f32]) + Sync,
+{
+    /// Checks a call's inputs: `[tokens, heads, nope]` and `[tokens,
+    /// heads, width - rank]`.
+    fn check(&self, q_nope: &[f32], q_pe: &[f32], tokens: usize, shape: LatentShape) {
+        let rope = shape.width - shape.rank;
+        let heads = shape.heads;
+        let nope = self.nope;
+        assert_eq!(
+            q_nope.len(),
+            tokens * heads * nope,
+            "q_nope is not [tokens, heads, nope]"
+        );
+        assert_eq!(
+            q_pe.len(),
+            tokens * heads * rope,
+            "q_pe is not [tokens, heads, rope]"
+        );
+    }
+
+    fn scratch(&self, tokens: usize, rank: usize) -> Scratch {
+        let m = FUSED_TOKENS.min(tokens);
+        Scratch {
+            x: vec![0f32; m * self.nope.max(rank)],
+            y: vec![0f32; m * rank.max(self.v_dim)],
+        }
+    }
+
+    /// Head `h`'s latent queries for the tokens `chunk` (at most
+    /// [`FUSED_TOKENS`]): `put(t, lat, pe)` takes the `t`-th token's
+    /// `W_UK · q_nope` and its `q_pe`.
+    #[allow(clippy::too_many_arguments)]
+    fn queries(
+        &self,
+        h: usize,
+        chunk: std::ops::Range<usize>,
+        q_nope: &[f32],
+        q_pe: &[f32],
+        shape: LatentShape,
+        scratch: &mut Scratch,
+        mut put: impl FnMut(usize, &[f32], &[f32]),
+    ) {
+        let LatentShape {
+            heads, rank, width, ..
+        } = shape;
+        let (nope, rope, m) = (self.nope, width - rank, chunk.len());
+        for (t, token) in chunk.clone().enumerate() {
+            let from = (token * heads + h) * nope;
+            scratch.x[t * nope..][..nope].copy_from_slice(&q_nope[from..][..nope]);
+        }
+        (self.uk)(h, &scratch.x[..m * nope], &mut scratch.y[..m * rank]);
+        for (t, token) in chunk.enumerate() {
+            let pe = &q_pe[(token * heads + h) * rope..][..rope];
+            put(t, &scratch.y[t * rank..][..rank], pe);
+        }
+    }
+
+    /// Head `h`'s outputs for the tokens `chunk` (at most
+    /// [`FUSED_TOKENS`]), from `latent(t)`, the `t`-th token's attended
+    /// latent: `put(t, out)` takes `W_UV · latent`.
+    fn outputs<'l>(
+        &self,
+        h: usize,
+        chunk: std::ops::Range<usize>,
+        rank: usize,
+        latent: impl Fn(usize) -> &'l [f32],
+        scratch: &mut Scratch,
+        mut put: impl FnMut(usize, &[f32]),
+    ) {
+        let (v_dim, m) = (self.v_dim, chunk.len());
+        for t in 0..m {
+            scratch.x[t * rank..][..rank].copy_from_slice(latent(t));
+        }
+        (self.uv)(h, &scratch.x[..m * rank], &mut scratch.y[..m * v_dim]);
+        for t in 0..m {
+            put(t, &scratch.y[t * v_dim..][..v_dim]);
+        }
+    }
+}
+
+/// The chunks of [`FUSED_TOKENS`] tokens of `0..tokens`.
+fn token_chunks(tokens: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..tokens)
+        .step_by(FUSED_TOKENS)
+        .map(move |c| c..(c + FUSED_TOKENS).min(tokens))
+}
+
 /// Tokens a fused work item takes through its three steps at once: its
 /// per-head matrices are read once per this many tokens (from cache after
 /// the first), and its buffers stay small however long the prompt.
@@ -397,23 +499,10 @@ where
     let LatentShape {
         heads, rank, width, ..
     } = shape;
-    let (nope, v_dim, rope) = (matrices.nope, matrices.v_dim, width - rank);
-    // Per token: its sequence and its context length.
-    let owner: Vec<(&SeqSpan, usize)> = seqs
-        .iter()
-        .flat_map(|span| (0..span.num_new).map(move |j| (span, span.num_cached + j + 1)))
-        .collect();
+    let v_dim = matrices.v_dim;
+    let owner = owners(seqs);
     let tokens = owner.len();
-    assert_eq!(
-        q_nope.len(),
-        tokens * heads * nope,
-        "q_nope is not [tokens, heads, nope]"
-    );
-    assert_eq!(
-        q_pe.len(),
-        tokens * heads * rope,
-        "q_pe is not [tokens, heads, rope]"
-    );
+    matrices.check(q_nope, q_pe, tokens, shape);
     // As many heads per item as leave two items per thread: each cache
     // row loaded serves that many heads.
     let mut group = heads;
@@ -425,33 +514,25 @@ where
     let path = Path::detect();
     parallel::for_ranges(heads / group, |items| {
         let mut rows: Vec<&[f32]> = Vec::new();
+        let mut scratch = matrices.scratch(tokens, rank);
         let m = FUSED_TOKENS.min(tokens);
-        // Per head of the item: its rows in, its rows out.
-        let mut x = vec![0f32; m * nope.max(rank)];
-        let mut y = vec![0f32; m * rank.max(v_dim)];
         // `[m, group, width]` queries, then `[m, group, rank]` latents.
         let mut queries = vec![0f32; m * group * width];
         let mut latents = vec![0f32; m * group * rank];
         for item in items {
             let first = item * group;
-            for chunk in (0..tokens).step_by(FUSED_TOKENS) {
-                let m = FUSED_TOKENS.min(tokens - chunk);
+            for chunk in token_chunks(tokens) {
                 for g in 0..group {
-                    let h = first + g;
-                    for t in 0..m {
-                        let from = ((chunk + t) * heads + h) * nope;
-                        x[t * nope..][..nope].copy_from_slice(&q_nope[from..][..nope]);
-                    }
-                    (matrices.uk)(h, &x[..m * nope], &mut y[..m * rank]);
-                    for t in 0..m {
+                    let put = |t: usize, lat: &[f32], pe: &[f32]| {
                         let q = &mut queries[(t * group + g) * width..][..width];
-                        q[..rank].copy_from_slice(&y[t * rank..][..rank]);
-                        q[rank..]
-                            .copy_from_slice(&q_pe[((chunk + t) * heads + h) * rope..][..rope]);
-                    }
+                        q[..rank].copy_from_slice(lat);
+                        q[rank..].copy_from_slice(pe);
+                    };
+                    let (from, to) = (q_nope, q_pe);
+                    matrices.queries(first + g, chunk.clone(), from, to, shape, &mut scratch, put);
                 }
-                for t in 0..m {
-                    let (span, context) = owner[chunk + t];
+                for t in 0..chunk.len() {
+                    let (span, context) = owner[chunk.start + t];
                     context_rows(span, 0..context, cache, shape, &mut rows);
                     let item = Item {
                         q: &queries[t * group * width..][..group * width],
@@ -469,18 +550,14 @@ where
                 }
                 for g in 0..group {
                     let h = first + g;
-                    for t in 0..m {
-                        x[t * rank..][..rank]
-                            .copy_from_slice(&latents[(t * group + g) * rank..][..rank]);
-                    }
-                    (matrices.uv)(h, &x[..m * rank], &mut y[..m * v_dim]);
-                    for t in 0..m {
-                        let at = ((chunk + t) * heads + h) * v_dim;
+                    let latent = |t: usize| &latents[(t * group + g) * rank..][..rank];
+                    let put = |t: usize, y: &[f32]| {
+                        let at = ((chunk.start + t) * heads + h) * v_dim;
                         // SAFETY: head `h`'s columns of each token are
                         // written by this item alone.
-                        unsafe { dst.slice(at..at + v_dim) }
-                            .copy_from_slice(&y[t * v_dim..][..v_dim]);
-                    }
+                        unsafe { dst.slice(at..at + v_dim) }.copy_from_slice(y);
+                    };
+                    matrices.outputs(h, chunk.clone(), rank, latent, &mut scratch, put);
                 }
             }
         }
@@ -517,19 +594,10 @@ where
     let LatentShape {
         heads, rank, width, ..
     } = shape;
-    let (nope, v_dim, rope) = (matrices.nope, matrices.v_dim, width - rank);
+    let v_dim = matrices.v_dim;
     let plan = Plan::new(seqs, shape);
     let tokens = plan.owner.len();
-    assert_eq!(
-        q_nope.len(),
-        tokens * heads * nope,
-        "q_nope is not [tokens, heads, nope]"
-    );
-    assert_eq!(
-        q_pe.len(),
-        tokens * heads * rope,
-        "q_pe is not [tokens, heads, rope]"
-    );
+    matrices.check(q_nope, q_pe, tokens, shape);
     let split = plan.split_tokens();
     let mut queries = vec![0f32; tokens * heads * width];
     let mut latents = vec![0f32; tokens * heads * rank];
@@ -545,26 +613,20 @@ where
     );
     let dst = Disjoint::new(&mut out);
     parallel::team(|member| {
-        let m = FUSED_TOKENS.min(tokens);
-        let mut x = vec![0f32; m * nope.max(rank)];
-        let mut y = vec![0f32; m * rank.max(v_dim)];
+        let mut scratch = matrices.scratch(tokens, rank);
         // Per head, the latent queries of every token, `[lat | pe]`.
         member.share(heads, |hs| {
             for h in hs {
-                for chunk in (0..tokens).step_by(FUSED_TOKENS) {
-                    let m = FUSED_TOKENS.min(tokens - chunk);
-                    for t in 0..m {
-                        let from = ((chunk + t) * heads + h) * nope;
-                        x[t * nope..][..nope].copy_from_slice(&q_nope[from..][..nope]);
-                    }
-                    (matrices.uk)(h, &x[..m * nope], &mut y[..m * rank]);
-                    for t in 0..m {
-                        let at = (chunk + t) * heads + h;
+                for chunk in token_chunks(tokens) {
+                    let first = chunk.start;
+                    let put = |t: usize, lat: &[f32], pe: &[f32]| {
+                        let at = (first + t) * heads + h;
                         // SAFETY: head `h`'s query rows are this task's alone.
                         let q = unsafe { queries.slice(at * width..(at + 1) * width) };
-                        q[..rank].copy_from_slice(&y[t * rank..][..rank]);
-                        q[rank..].copy_from_slice(&q_pe[at * rope..][..rope]);
-                    }
+                        q[..rank].copy_from_slice(lat);
+                        q[rank..].copy_from_slice(pe);
+                    };
+                    matrices.queries(h, chunk, q_nope, q_pe, shape, &mut scratch, put);
                 }
             }
         });
@@ -608,19 +670,15 @@ where
         // Per head, `W_UV` times every token's attended latent.
         member.share(heads, |hs| {
             for h in hs {
-                for chunk in (0..tokens).step_by(FUSED_TOKENS) {
-                    let m = FUSED_TOKENS.min(tokens - chunk);
-                    for t in 0..m {
-                        let from = ((chunk + t) * heads + h) * rank;
-                        x[t * rank..][..rank].copy_from_slice(&latents[from..][..rank]);
-                    }
-                    (matrices.uv)(h, &x[..m * rank], &mut y[..m * v_dim]);
-                    for t in 0..m {
-                        let at = ((chunk + t) * heads + h) * v_dim;
+                for chunk in token_chunks(tokens) {
+                    let first = chunk.start;
+                    let latent = |t: usize| &latents[((first + t) * heads + h) * rank..][..rank];
+                    let put = |t: usize, y: &[f32]| {
+                        let at = ((first + t) * heads + h) * v_dim;
                         // SAFETY: head `h`'s output rows are this task's alone.
-                        unsafe { dst.slice(at..at + v_dim) }
-                            .copy_from_slice(&y[t * v_dim..][..v_dim]);
-                    }
+                        unsafe { dst.slice(at..at + v_dim) }.copy_from_slice(y);
+                    };
+                    matrices.outputs(h, chunk, rank, latent, &mut scratch, put);
                 }
             }
         });
