@@ -565,6 +565,14 @@ where
     out
 }
 
+/// Whether [`phased_absorbed_attention`] keeps the pool busy with `heads`
+/// heads: its first and last phases share the heads among the threads
+/// (a per-head matrix is one task), so with fewer heads than threads some
+/// would idle there, where the unfused steps split each matrix's tiles.
+pub fn phases_fit(heads: usize) -> bool {
+    heads >= parallel::threads()
+}
+
 /// [`fused_absorbed_attention`]'s three steps for any number of tokens, in
 /// one parallel region ([`parallel::team`]) of four phases: per head, the
 /// latent queries of every token; the attention's work items as

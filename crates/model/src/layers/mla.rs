@@ -18,7 +18,7 @@ use candle_nn::VarBuilder;
 
 use super::attention_kernel::{
     absorbed_attention, fused_absorbed_attention, fused_pays, phased_absorbed_attention,
-    HeadMatrices, LatentShape, SeqSpan,
+    phases_fit, HeadMatrices, LatentShape, SeqSpan,
 };
 use super::linear::{GroupedLinear, Linear, WeightFormat};
 use super::norm::RmsNorm;
@@ -31,7 +31,8 @@ const LORA_NORM_EPS: f64 = 1e-6;
 
 /// How [`Attention::fused`] splits its work over the pool: work items of
 /// head groups over every token ([`fused_absorbed_attention`], where
-/// [`fused_pays`]), or phases ([`phased_absorbed_attention`]).
+/// [`fused_pays`]), or phases ([`phased_absorbed_attention`], where
+/// [`phases_fit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fusion {
     Heads,
@@ -250,13 +251,18 @@ impl Attention {
     ) -> Result<Tensor> {
         let shape = self.shape(layout.block_size);
         let longest = layout.seqs.iter().map(|s| s.num_cached + s.num_new).max();
-        let fusion = match fused_pays(self.heads, tokens, longest.unwrap_or(0)) {
-            true => Fusion::Heads,
-            false => Fusion::Phases,
+        let fusion = if fused_pays(self.heads, tokens, longest.unwrap_or(0)) {
+            Some(Fusion::Heads)
+        } else if phases_fit(self.heads) {
+            Some(Fusion::Phases)
+        } else {
+            None
         };
-        if let Some(out) = self.fused(q_nope, q_pe, layout, cache, shape, fusion)? {
-            let dims = (tokens, self.heads * self.v_dim);
-            return Tensor::from_vec(out, dims, &layout.device);
+        if let Some(fusion) = fusion {
+            if let Some(out) = self.fused(q_nope, q_pe, layout, cache, shape, fusion)? {
+                let dims = (tokens, self.heads * self.v_dim);
+                return Tensor::from_vec(out, dims, &layout.device);
+            }
         }
         self.unfused(q_nope, q_pe, layout, cache, tokens, dtype)
     }
