@@ -16,7 +16,7 @@ use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
 use super::decode_matmul::{blocked_kernel, matmul_groups, matmul_shared, WeightRows};
-use super::packed::{self, Packed};
+use super::packed::{self, Packed, PackedQ8};
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
@@ -118,6 +118,9 @@ fn pack_rows(
         return Ok(None);
     }
     let parts = on_row_parts(values, (n, k), threads, 16, |part, rows| {
+        if ggml == GgmlDType::Q8_0 {
+            return Ok(PackedQ8::quantize(part, rows, k).map(Packed::Q8_0));
+        }
         let t = Tensor::from_slice(part, (rows, k), &candle_core::Device::Cpu)?;
         let q = QTensor::quantize(&t, ggml)?;
         Ok(Packed::new(&q.data()?, ggml, rows, k))

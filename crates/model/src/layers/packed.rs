@@ -136,6 +136,49 @@ impl PackedQ8 {
         })
     }
 
+    /// `w` (`[n, k]` f32, row-major) quantized to Q8_0 as candle (GGML)
+    /// quantizes it, and packed: the same bytes as [`Self::new`] on
+    /// candle's blocks, without them. Per 32 numbers `d = max|x| / 127`
+    /// (stored as f16) and `q = round(x · (1/d))`, halves away from zero.
+    /// candle does it one number at a time, with a call to `roundf` each:
+    /// that took three fifths of loading the benchmark model as q8_0.
+    /// `None` when the shape does not tile or the CPU lacks the kernels.
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> Option<PackedQ8> {
+        if !Self::available() || !n.is_multiple_of(TILE) || !k.is_multiple_of(BLOCK) {
+            return None;
+        }
+        assert_eq!(w.len(), n * k, "not a [n, k] weight");
+        let blocks = k / BLOCK;
+        let mut scales = vec![half::f16::ZERO; n * blocks];
+        let mut quads = Lines::zeroed(n * k);
+        let mut q = [0i8; BLOCK];
+        for row in 0..n {
+            let (tile, r) = (row / TILE, row % TILE);
+            for b in 0..blocks {
+                let x = &w[row * k + b * BLOCK..][..BLOCK];
+                // SAFETY: `available` checked the CPU's features above.
+                #[cfg(target_arch = "x86_64")]
+                let d = unsafe { vnni::quantize_q8_0(x, &mut q) };
+                #[cfg(not(target_arch = "x86_64"))]
+                let d = 0.0;
+                scales[(tile * blocks + b) * TILE + r] = half::f16::from_f32(d);
+                let base = (tile * blocks + b) * TILE * BLOCK;
+                for (quad, four) in q.chunks_exact(4).enumerate() {
+                    let at = base + (quad * TILE + r) * 4;
+                    for (dst, &v) in quads[at..at + 4].iter_mut().zip(four) {
+                        *dst = (v as i16 + 128) as u8;
+                    }
+                }
+            }
+        }
+        Some(PackedQ8 {
+            n,
+            k,
+            scales,
+            quads,
+        })
+    }
+
     /// `top` above `bottom` (both `[_, k]`): one `[n_top + n_bottom, k]`
     /// weight. Tiles hold whole rows, so their tiles simply follow on.
     pub fn stack(mut top: PackedQ8, bottom: PackedQ8) -> PackedQ8 {
@@ -688,6 +731,37 @@ mod vnni {
         }
     }
 
+    /// One block of 32 weights as GGML's Q8_0 quantizes it (see
+    /// `PackedQ8::quantize`): returns `d`, `q` takes the numbers. The same
+    /// f32 operations as candle's scalar loop, so the same results; its
+    /// `roundf` (halves away from zero) is a truncation plus one where the
+    /// dropped fraction is at least a half.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize_q8_0(x: &[f32], q: &mut [i8; BLOCK]) -> f32 {
+        assert!(x.len() >= BLOCK);
+        let p = x.as_ptr();
+        let (v0, v1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        let d = amax / 127.0;
+        let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let round = |v: __m512| {
+            const TRUNC: i32 = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+            let t = _mm512_roundscale_ps::<TRUNC>(v);
+            let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
+                _mm512_abs_ps(_mm512_sub_ps(v, t)),
+                _mm512_set1_ps(0.5),
+            );
+            // ±1 with `v`'s sign.
+            let one = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(v, _mm512_set1_ps(-0.0)));
+            _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, one))
+        };
+        let (q0, q1) = (round(_mm512_mul_ps(v0, id)), round(_mm512_mul_ps(v1, id)));
+        let dst = q.as_mut_ptr();
+        _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(dst.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+        d
+    }
+
     /// How far ahead of the block in use the weights are prefetched, on
     /// CPUs that want it (`x86::tile_prefetches`; 4 KB;
     /// past a tile's end, into the next tile, which is usually the next
@@ -863,6 +937,37 @@ mod tests {
             }
         }
         assert_eq!(got, want);
+    }
+
+    /// Quantizing f32 weights straight into the packed layout gives the
+    /// bytes candle's Q8_0 blocks pack into: random weights, a block of
+    /// exact halves (which round away from zero), a block of zeros, and
+    /// tiny and huge magnitudes.
+    #[test]
+    fn quantizing_packs_what_candle_quantizes() {
+        if !PackedQ8::available() {
+            return;
+        }
+        let (n, k) = (32, 256);
+        let mut w = fill(n * k, 70);
+        // Row 0, block 0: max 127, so d = 1 and x·(1/d) = x: exact halves.
+        for (i, v) in w[..BLOCK].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) + 0.5;
+        }
+        w[BLOCK - 1] = 127.0;
+        w[BLOCK..2 * BLOCK].fill(0.0);
+        for (i, v) in w[k..k + BLOCK].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 1e-30;
+        }
+        for (i, v) in w[2 * k..2 * k + BLOCK].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 1e30;
+        }
+        let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
+        let candle = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+        let want = PackedQ8::new(&candle.data().unwrap(), n, k).unwrap();
+        let got = PackedQ8::quantize(&w, n, k).unwrap();
+        assert_eq!(got.scales, want.scales);
+        assert!(got.quads == want.quads, "the packed numbers differ");
     }
 
     /// On the calling thread, a weight gives the numbers the pool's call
