@@ -16,7 +16,7 @@ use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
 use super::decode_matmul::{blocked_kernel, matmul_groups, matmul_shared, WeightRows};
-use super::packed::{self, Packed, PackedQ8};
+use super::packed::{self, Packed, PackedQ4K, PackedQ8};
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
@@ -118,8 +118,10 @@ fn pack_rows(
         return Ok(None);
     }
     let parts = on_row_parts(values, (n, k), threads, 16, |part, rows| {
-        if ggml == GgmlDType::Q8_0 {
-            return Ok(PackedQ8::quantize(part, rows, k).map(Packed::Q8_0));
+        match ggml {
+            GgmlDType::Q8_0 => return Ok(PackedQ8::quantize(part, rows, k).map(Packed::Q8_0)),
+            GgmlDType::Q4K => return Ok(PackedQ4K::quantize(part, rows, k).map(Packed::Q4K)),
+            _ => {}
         }
         let t = Tensor::from_slice(part, (rows, k), &candle_core::Device::Cpu)?;
         let q = QTensor::quantize(&t, ggml)?;

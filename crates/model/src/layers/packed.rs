@@ -970,6 +970,53 @@ mod tests {
         assert!(got.quads == want.quads, "the packed numbers differ");
     }
 
+    /// Our Q4_K quantization gives candle's bytes: random weights, and
+    /// super-blocks with a constant sub-block, all zeros, only positive or
+    /// only negative numbers, tiny and huge magnitudes; packed straight
+    /// from f32, it equals candle's blocks packed.
+    #[test]
+    fn q4k_quantizing_gives_candles_blocks() {
+        let (n, k) = (32, 512);
+        let mut w = fill(n * k, 80);
+        w[..32].fill(0.25);
+        w[256..512].fill(0.0);
+        for v in &mut w[k..k + 256] {
+            *v = v.abs() + 0.1;
+        }
+        for v in &mut w[k + 256..2 * k] {
+            *v = -v.abs() - 0.1;
+        }
+        for v in &mut w[2 * k..2 * k + 256] {
+            *v *= 1e-30;
+        }
+        for v in &mut w[2 * k + 256..3 * k] {
+            *v *= 1e30;
+        }
+        let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
+        let candle = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+        let candle = candle.data().unwrap();
+        let ours = q4k::quantize_blocks(&w);
+        assert_eq!(ours.len(), candle.len());
+        let differing = ours
+            .iter()
+            .zip(candle.iter())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(differing, 0, "{differing} bytes differ");
+        if Packed::available() {
+            let want = PackedQ4K::new(&candle, n, k).unwrap();
+            let got = PackedQ4K::quantize(&w, n, k).unwrap();
+            // Bit for bit: the huge block's scales overflow f16 to infinity.
+            let bits = |p: &PackedQ4K| {
+                p.dequantize()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert!(bits(&got) == bits(&want), "packed differently");
+        }
+    }
+
     /// On the calling thread, a weight gives the numbers the pool's call
     /// gives, for both formats and row counts below, at and past a tile's
     /// eight rows.
