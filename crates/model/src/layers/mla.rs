@@ -20,7 +20,7 @@ use super::attention_kernel::{
     absorbed_attention, fused_absorbed_attention, fused_pays, phased_absorbed_attention,
     phases_fit, HeadMatrices, LatentShape, SeqSpan,
 };
-use super::linear::{GroupedLinear, Linear, WeightFormat};
+use super::linear::{with_f32, GroupedLinear, Linear, WeightFormat};
 use super::norm::RmsNorm;
 use super::packed;
 use super::rope::Rope;
@@ -327,20 +327,15 @@ impl Attention {
             uk: |h: usize, x: &[f32], out: &mut [f32]| packed::matmul_here(x, &uk[h], out),
             uv: |h: usize, x: &[f32], out: &mut [f32]| packed::matmul_here(x, &uv[h], out),
         };
-        let q_nope = q_nope.flatten_all()?.to_vec1::<f32>()?;
         let run = match fusion {
             Fusion::Heads => fused_absorbed_attention,
             Fusion::Phases => phased_absorbed_attention,
         };
-        Ok(Some(run(
-            &q_nope,
-            q_pe,
-            cache,
-            &layout.seqs,
-            shape,
-            self.scale,
-            &matrices,
-        )))
+        let (seqs, scale) = (&layout.seqs, self.scale);
+        let out = with_f32(q_nope, |q_nope| {
+            run(q_nope, q_pe, cache, seqs, shape, scale, &matrices)
+        })?;
+        Ok(Some(out))
     }
 
     /// The reference formulation: per sequence, rebuild per-head K and V of its

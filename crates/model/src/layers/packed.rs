@@ -38,6 +38,25 @@ const BLOCK: usize = 32;
 /// Bytes of one Q8_0 block: an f16 scale and 32 i8.
 const Q8_0_BYTES: usize = 34;
 
+/// Row `row`'s block `b` (of `blocks` a row) of a Q8_0 weight into the
+/// packed layout: its scale `d`, its 32 numbers `q` stored `+ 128` as
+/// `[8 k-quads][16 rows][4 bytes]` of its tile.
+fn put_block(
+    scales: &mut [half::f16],
+    quads: &mut [u8],
+    (row, b, blocks): (usize, usize, usize),
+    d: half::f16,
+    q: impl Iterator<Item = i8>,
+) {
+    let (tile, r) = (row / TILE, row % TILE);
+    scales[(tile * blocks + b) * TILE + r] = d;
+    let base = (tile * blocks + b) * TILE * BLOCK;
+    for (i, q) in q.enumerate() {
+        let (quad, byte) = (i / 4, i % 4);
+        quads[base + (quad * TILE + r) * 4 + byte] = (q as i16 + 128) as u8;
+    }
+}
+
 /// Bytes held in whole 64-byte cache lines, aligned to them: the kernels'
 /// 64-byte loads of packed weights never straddle two lines (a `Vec<u8>`
 /// of this size starts 16 bytes past a page, so each of its loads did).
@@ -116,16 +135,11 @@ impl PackedQ8 {
         let mut scales = vec![half::f16::ZERO; n * blocks];
         let mut quads = Lines::zeroed(n * k);
         for row in 0..n {
-            let (tile, r) = (row / TILE, row % TILE);
             for b in 0..blocks {
                 let block = &data[(row * blocks + b) * Q8_0_BYTES..][..Q8_0_BYTES];
-                scales[(tile * blocks + b) * TILE + r] =
-                    half::f16::from_le_bytes([block[0], block[1]]);
-                let base = (tile * blocks + b) * TILE * BLOCK;
-                for (i, &q) in block[2..].iter().enumerate() {
-                    let (quad, byte) = (i / 4, i % 4);
-                    quads[base + (quad * TILE + r) * 4 + byte] = (q as i8 as i16 + 128) as u8;
-                }
+                let d = half::f16::from_le_bytes([block[0], block[1]]);
+                let q = block[2..].iter().map(|&q| q as i8);
+                put_block(&mut scales, &mut quads, (row, b, blocks), d, q);
             }
         }
         Some(PackedQ8 {
@@ -153,7 +167,6 @@ impl PackedQ8 {
         let mut quads = Lines::zeroed(n * k);
         let mut q = [0i8; BLOCK];
         for row in 0..n {
-            let (tile, r) = (row / TILE, row % TILE);
             for b in 0..blocks {
                 let x = &w[row * k + b * BLOCK..][..BLOCK];
                 // SAFETY: `available` checked the CPU's features above.
@@ -161,14 +174,14 @@ impl PackedQ8 {
                 let d = unsafe { vnni::quantize_q8_0(x, &mut q) };
                 #[cfg(not(target_arch = "x86_64"))]
                 let d = 0.0;
-                scales[(tile * blocks + b) * TILE + r] = half::f16::from_f32(d);
-                let base = (tile * blocks + b) * TILE * BLOCK;
-                for (quad, four) in q.chunks_exact(4).enumerate() {
-                    let at = base + (quad * TILE + r) * 4;
-                    for (dst, &v) in quads[at..at + 4].iter_mut().zip(four) {
-                        *dst = (v as i16 + 128) as u8;
-                    }
-                }
+                let d = half::f16::from_f32(d);
+                put_block(
+                    &mut scales,
+                    &mut quads,
+                    (row, b, blocks),
+                    d,
+                    q.iter().copied(),
+                );
             }
         }
         Some(PackedQ8 {
@@ -552,24 +565,18 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
         Disjoint::new(&mut input.offsets),
     );
     // Tile `u` of all tasks' tiles in order: the task whose first tile
-    // index is the largest not above `u`.
+    // index is the largest not above `u` (tasks without rows have none).
+    let mut units = 0;
     let firsts: Vec<usize> = tasks
         .iter()
-        .scan(0, |next, t| {
-            let first = *next;
+        .map(|t| {
+            let first = units;
             if !t.starts.is_empty() {
-                *next += t.pack.dims().0 / TILE;
+                units += t.pack.dims().0 / TILE;
             }
-            Some(first)
+            first
         })
         .collect();
-    let units = tasks
-        .iter()
-        .zip(&firsts)
-        .filter(|(t, _)| !t.starts.is_empty())
-        .map(|(t, &first)| first + t.pack.dims().0 / TILE)
-        .max()
-        .unwrap_or(0);
     let dst = Disjoint::new(out);
     parallel::team(|member| {
         member.share(blocks.div_ceil(QUANTIZE_BLOCKS), |range| {
