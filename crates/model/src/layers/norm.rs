@@ -55,8 +55,8 @@ fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     if rows <= ROWS_PER_TASK {
         return norm(x, out);
     }
-    let dst = crate::parallel::Disjoint::new(out);
-    crate::parallel::for_ranges(rows.div_ceil(ROWS_PER_TASK), |tasks| {
+    let dst = crate::kernels::parallel::Disjoint::new(out);
+    crate::kernels::parallel::for_ranges(rows.div_ceil(ROWS_PER_TASK), |tasks| {
         let rows = tasks.start * ROWS_PER_TASK..(tasks.end * ROWS_PER_TASK).min(rows);
         let numbers = rows.start * n..rows.end * n;
         // SAFETY: each task's rows are its own.
