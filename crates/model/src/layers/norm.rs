@@ -30,9 +30,9 @@ const ROWS_PER_TASK: usize = 16;
 
 /// Each `weight.len()`-long row of `x` normalised into `out`, as candle's
 /// `rms_norm` computes it (`x / sqrt(mean(x²) + eps) · weight`), but with
-/// the sum of squares in sixteen lanes: candle's one running sum took ~1 µs
-/// a 1024-wide row, a tenth of a batch-8 decode step's serial work in its
-/// two norms a layer. Many rows are shared over the pool.
+/// the sum of squares in sixteen lanes: candle's one running sum, a
+/// dependent addition per number, made the norms a visible share of a
+/// decode step's serial work. Many rows are shared over the pool.
 fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
     let norm = |x: &[f32], out: &mut [f32]| {

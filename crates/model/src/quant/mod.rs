@@ -79,8 +79,8 @@ impl Packed {
 
 /// `[n, k]` `values` quantized on the CPU, the rows split over `threads`
 /// threads (the compute pool's size): candle quantizes on one thread, and
-/// Q4_K's search for each block's scales made loading the 265M benchmark
-/// model as q4_k take about 12 s. Blocks lie within rows, so the parts'
+/// Q4_K's search for each block's scales is slow. Blocks lie within rows,
+/// so the parts'
 /// bytes concatenate to the whole's.
 pub(crate) fn quantize_rows(
     values: &[f32],

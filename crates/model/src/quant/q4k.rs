@@ -129,8 +129,7 @@ fn scales_and_mins(x: &[f32]) -> [(f32, f32); 8] {
 /// under the super-block's f16 `d` and `dmin`, then each number's 4-bit
 /// level. candle's version allocates for every sub-block, calls `roundf`
 /// for every number in every round, and waits on one running sum after
-/// another: loading the benchmark model as q4_k took 3.9 s on the Zen 4
-/// EPYC, now 2.3 (one 512 x 1024 weight on one thread: 9.2 -> 5.3 ms).
+/// another, which made loading a model as q4_k slow.
 pub(crate) fn quantize_blocks(x: &[f32]) -> Vec<u8> {
     assert!(x.len().is_multiple_of(SUPER), "not whole super-blocks");
     let mut out = Vec::with_capacity(x.len() / SUPER * Q4K_BYTES);

@@ -57,8 +57,8 @@ impl PackedQ8 {
     /// quantizes it, and packed: the same bytes as [`Self::new`] on
     /// candle's blocks, without them. Per 32 numbers `d = max|x| / 127`
     /// (stored as f16) and `q = round(x · (1/d))`, halves away from zero.
-    /// candle does it one number at a time, with a call to `roundf` each:
-    /// that took three fifths of loading the benchmark model as q8_0.
+    /// candle does it one number at a time, with a call to `roundf` each,
+    /// which made most of loading a model as q8_0.
     /// `None` when the shape does not tile or the CPU lacks the kernels.
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Option<PackedQ8> {
         if !Self::available() || !n.is_multiple_of(TILE) || !k.is_multiple_of(BLOCK) {
@@ -107,6 +107,9 @@ mod vnni {
     /// f32 operations as candle's scalar loop, so the same results; its
     /// `roundf` (halves away from zero) is a truncation plus one where the
     /// dropped fraction is at least a half.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX-512BW (`x` is checked to hold a block).
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn quantize_q8_0(x: &[f32], q: &mut [i8; BLOCK]) -> f32 {
         assert!(x.len() >= BLOCK);

@@ -1,3 +1,5 @@
+//! The packers and quantizers give candle's bytes, whole or split over threads.
+
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 

@@ -2,6 +2,8 @@
 
 use std::arch::x86_64::*;
 
+/// # Safety
+/// The CPU has AVX (called from the AVX2 + FMA paths).
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -11,6 +13,9 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 /// `out[h]` = the dot product of the `h`-th of `H` consecutive
 /// `width`-long query rows of `q` with `key`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (the lengths are checked).
 #[inline(always)]
 pub unsafe fn dots<const H: usize>(q: &[f32], width: usize, key: &[f32], out: &mut [f32; 4]) {
     assert!(q.len() >= H * width && key.len() >= width);
@@ -34,6 +39,9 @@ pub unsafe fn dots<const H: usize>(q: &[f32], width: usize, key: &[f32], out: &m
 
 /// `out[h·rank + c] += Σ_t p[h·context + t] · rows[t][c]` for `H` heads,
 /// 16 columns at a time held in registers over all rows.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (the lengths are checked).
 #[inline(always)]
 pub unsafe fn weighted_sums<const H: usize>(
     p: &[f32],

@@ -16,6 +16,9 @@ fn lanes(n: usize) -> __mmask16 {
 
 /// `out[r][h]` = the dot product of the `h`-th of `H` consecutive
 /// `width`-long query rows of `q` with `keys[r]`.
+///
+/// # Safety
+/// The CPU has AVX-512F (the lengths are checked).
 #[inline(always)]
 pub unsafe fn dots<const H: usize, const R: usize>(
     q: &[f32],
@@ -49,8 +52,10 @@ pub unsafe fn dots<const H: usize, const R: usize>(
 
 /// [`super::softmax_rows`] sixteen scores at a time, with
 /// [`exp512`]: glibc's scalar `expf` took about a tenth of the
-/// attention (`--bench kernels -- attention` on a Zen 4 EPYC, two
-/// threads: 123 -> 138 GFLOP/s at 512 rows).
+/// attention (`--bench kernels -- attention`).
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[inline(always)]
 pub unsafe fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<super::RowStats> {
     scores
@@ -77,6 +82,9 @@ pub unsafe fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<super::Row
 /// `out[h·rank + c] += Σ_t p[h·context + t] · rows[t][c]` for `H` heads:
 /// 64 columns at a time held in registers over all rows, then 16 (the
 /// last ones masked).
+///
+/// # Safety
+/// The CPU has AVX-512F (the lengths are checked).
 #[inline(always)]
 pub unsafe fn weighted_sums<const H: usize>(
     p: &[f32],
@@ -98,6 +106,12 @@ pub unsafe fn weighted_sums<const H: usize>(
 
 /// [`weighted_sums`] for the `16·V` columns from `c`, the last 16 of
 /// them masked by `last`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `p` holds `H` rows of `rows.len()` numbers, `out`
+/// and every row at least `H·rank` and `rank` numbers, and the columns
+/// `c..c + 16·V` lie within `rank` but for the lanes `last` masks off (as
+/// [`weighted_sums`] calls it).
 #[inline(always)]
 unsafe fn columns<const H: usize, const V: usize>(
     p: &[f32],

@@ -15,8 +15,8 @@ use crate::kernels::parallel::{self, Disjoint};
 /// keeps the pool busy only with two items per thread, and it reads each
 /// cache row once per item, where [`absorbed_attention`]'s items share a
 /// row among more heads once there are enough tokens to give each thread
-/// two (on a Zen 4 EPYC, a batch-8 step of the benchmark model took 2-3%
-/// longer than unfused) and split contexts longer than [`CHUNK_ROWS`].
+/// two (there a batch-8 step was slower fused than unfused) and split
+/// contexts longer than [`CHUNK_ROWS`].
 /// With fewer tokens and shorter contexts both split the heads alike, and
 /// it needs no barrier between its steps.
 pub fn fused_pays(heads: usize, tokens: usize, context: usize) -> bool {
@@ -30,11 +30,8 @@ pub fn fused_pays(heads: usize, tokens: usize, context: usize) -> bool {
 /// attended latent. Work items are groups of heads over every token, so a
 /// decode step runs no separate region (and no host-side step between
 /// regions) for the two per-head matrices, which are small enough that
-/// those fixed costs weighed as much as reading them. On a Zen 4 EPYC, ms
-/// a decode step of the benchmark model, unfused -> fused, median of 20
-/// alternating rounds in one process: q4_k batch 1 2.51 -> 2.39, batch 3
-/// 5.68 -> 5.27; q8_0 batch 1 4.13 -> 3.94, batch 3 5.63 -> 5.34 (the
-/// attention's share of a q4_k batch-1 step: 644 -> 594-610 µs).
+/// those fixed costs weighed as much as reading them (measurements in
+/// `crates/model/benches/README.md`).
 ///
 /// `q_nope`: `[tokens, heads, nope]`; `q_pe`: `[tokens, heads, width -
 /// rank]` (rotated). Returns `[tokens, heads, v_dim]`. Any call gives the

@@ -60,6 +60,9 @@ impl Item<'_> {
     /// (or weighted sums) advance together, so each cache row is loaded
     /// once per four heads, the FMA chains are independent, and the output
     /// sums stay in registers across all rows.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn attend_avx2(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
@@ -105,8 +108,10 @@ impl Item<'_> {
     /// sums over 64 columns held in sixteen registers across all rows.
     /// Two rows, not four: with four, sixteen sums and four keys left the
     /// compiler short of registers, and it kept one sum on the stack, its
-    /// load and store in the inner loop (`--bench kernels -- attention` on
-    /// a Zen 4 EPYC, two threads: 110 -> 123 GFLOP/s at 512 and 2048 rows).
+    /// load and store in the inner loop (`--bench kernels -- attention`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn attend_avx512(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {

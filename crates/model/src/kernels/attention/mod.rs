@@ -8,6 +8,15 @@
 //! cache is read in place through each sequence's block table: nothing is gathered
 //! into a contiguous copy. Work is split over (token, group of heads); within an
 //! item every cache row is loaded once and used for all of its heads.
+//!
+//! - `plan`: how a call's tokens split into work items, and how split
+//!   contexts merge.
+//! - `unfused`: the attention step alone ([`absorbed_attention`]), between
+//!   the per-head matrices the caller runs.
+//! - `fused` and `phased`: the per-head matrices (`matrices`) and the
+//!   attention in one parallel region, for few tokens and for any number.
+//! - `item`: one work item's scores, softmax and weighted sums, with the
+//!   `avx2` and `avx512` inner loops.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -22,9 +31,9 @@ mod plan;
 mod tests;
 mod unfused;
 
-pub use fused::{fused_absorbed_attention, fused_pays};
-pub use matrices::HeadMatrices;
-pub use phased::{phased_absorbed_attention, phases_fit};
+pub(crate) use fused::{fused_absorbed_attention, fused_pays};
+pub(crate) use matrices::HeadMatrices;
+pub(crate) use phased::{phased_absorbed_attention, phases_fit};
 pub use unfused::absorbed_attention;
 
 /// Where one sequence's tokens sit in the flattened batch and in the cache.

@@ -23,11 +23,7 @@ pub fn phases_fit(heads: usize) -> bool {
 /// per head, `W_UV` times every token's attended latent. Where
 /// [`fused_pays`] says no, this saves the host-side steps between the
 /// three calls of the unfused path (and the calls' own fixed costs). The
-/// numbers are the unfused steps'. On a Zen 4 EPYC, ms a decode step of
-/// the benchmark model, unfused -> phased, alternating rounds in one
-/// process: q8_0 batch 4 5.81 -> 5.64, batch 8 8.73 -> 8.55, batch 16
-/// 13.19 -> 13.19; q4_k batch 8 10.23 -> 9.82, batch 16 17.30 -> 16.53;
-/// a 128-token prefill within 2% either way.
+/// numbers are the unfused steps'.
 pub fn phased_absorbed_attention<UK, UV>(
     q_nope: &[f32],
     q_pe: &[f32],

@@ -1,3 +1,6 @@
+//! The attention kernels against plain loops and a direct softmax in f64,
+//! and the fused kernels against the steps one after another.
+
 use super::item::{Item, Path};
 use super::plan::{chunks_for, CHUNK_ROWS, PARTIAL_BUDGET};
 use super::*;

@@ -1,6 +1,11 @@
+//! The decode GEMV's tiles with AVX2 + FMA (+ F16C for Q8_0 scales): one
+//! weight row against up to four input rows.
+
 use half::bf16;
 use std::arch::x86_64::*;
 
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -13,6 +18,9 @@ unsafe fn hsum(v: __m256) -> f32 {
 }
 
 /// Eight bf16 at `p` widened to f32.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA, and `p` points at 8 readable bf16.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn load_bf16(p: *const bf16) -> __m256 {
@@ -25,6 +33,10 @@ unsafe fn load_bf16(p: *const bf16) -> __m256 {
 macro_rules! tile {
     ($name:ident, $inner:ident, $elem:ty, $load:expr, $scalar:expr) => {
         /// `T` is a constant so that the accumulators live in registers.
+        ///
+        /// # Safety
+        /// The CPU has AVX2 and FMA; `w` holds `k` weights, and `xs` `T` rows
+        /// `stride` apart of `k` numbers each.
         #[inline]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $inner<const T: usize>(
@@ -65,6 +77,9 @@ macro_rules! tile {
             }
         }
 
+        /// # Safety
+        /// The CPU has AVX2 and FMA; `w` holds `k` weights, and `xs` `t` (at most
+        /// 4) rows `stride` apart of `k` numbers each.
         #[target_feature(enable = "avx2,fma")]
         pub unsafe fn $name(
             w: &[$elem],
@@ -93,6 +108,10 @@ tile!(dot_tile_bf16, tile_bf16, bf16, load_bf16, |v: bf16| v
 
 /// Q8_0 rows: per block, the 32 weights are widened once and used for
 /// every input row; the block's dot is scaled into the running sum.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` holds `k / 32` Q8_0 blocks (`k` a
+/// multiple of 32), and `xs` `T` rows `stride` apart of `k` numbers each.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_tile<const T: usize>(
@@ -131,6 +150,10 @@ unsafe fn q8_0_tile<const T: usize>(
     }
 }
 
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `w` holds `k / 32` Q8_0 blocks (`k` a
+/// multiple of 32), and `xs` `t` (at most 4) rows `stride` apart of `k`
+/// numbers each.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_tile_q8_0(
     w: &[u8],
@@ -148,6 +171,8 @@ pub unsafe fn dot_tile_q8_0(
     }
 }
 
+/// # Safety
+/// The CPU has AVX2 and FMA, and `p` points at 8 readable f32.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn load_f32(p: *const f32) -> __m256 {

@@ -1,8 +1,8 @@
 //! One weight row against one input row with 16-lane AVX-512 vectors: half
 //! the instructions per weight of the AVX2 tiles, which a single row needs
 //! to keep up with memory (most of all Q8_0, whose widening is the work).
-//! From two rows on the AVX2 tiles are as fast or faster (benches/kernels.rs:
-//! m = 1 q8_0 17 -> 27 GB/s, bf16 31 -> 38-49, f32 20 -> 22; m = 4 slower).
+//! From two rows on the AVX2 tiles are as fast or faster (`--bench
+//! kernels`; figures in `crates/model/benches/README.md`).
 
 use half::bf16;
 use std::arch::x86_64::*;
@@ -11,12 +11,17 @@ use super::PREFETCH_BYTES;
 use crate::kernels::x86::{prefetch, prefetches};
 
 /// Sixteen bf16 at `p` widened to f32.
+///
+/// # Safety
+/// From AVX-512F and BW code, and `p` points at 16 readable bf16.
 #[inline(always)]
 unsafe fn load_bf16(p: *const bf16) -> __m512 {
     let h = _mm256_loadu_si256(p as *const __m256i);
     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
 }
 
+/// # Safety
+/// From AVX-512F code, and `p` points at 16 readable f32.
 #[inline(always)]
 unsafe fn load_f32(p: *const f32) -> __m512 {
     _mm512_loadu_ps(p)
@@ -25,6 +30,8 @@ unsafe fn load_f32(p: *const f32) -> __m512 {
 /// A dense weight row's dot with `x`, 32 columns a step.
 macro_rules! dot {
     ($name:ident, $elem:ty, $load:expr, $scalar:expr) => {
+        /// # Safety
+        /// The CPU has AVX-512F and AVX-512BW (the lengths are checked).
         #[target_feature(enable = "avx512f,avx512bw")]
         pub unsafe fn $name(w: &[$elem], x: &[f32], k: usize) -> f32 {
             assert!(w.len() >= k && x.len() >= k);
@@ -53,6 +60,9 @@ dot!(dot_bf16, bf16, load_bf16, |v: bf16| v.to_f32());
 
 /// A Q8_0 row's dot with `x`: per block, the 32 weights are widened to
 /// two vectors, scaled, and multiplied into two running sums.
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX-512BW and F16C (the lengths are checked).
 #[target_feature(enable = "avx512f,avx512bw,f16c")]
 pub unsafe fn dot_q8_0(w: &[u8], x: &[f32], k: usize) -> f32 {
     assert!(w.len() >= k / 32 * 34 && x.len() >= k);

@@ -22,6 +22,10 @@ const KC: usize = 256;
 /// For weight rows `js` of `w` (`[n, k]`, `k` a multiple of 16): their
 /// dots with every input row of `x` (`m` rows `stride` apart), handed to
 /// `store(row, first weight row, dots)` a row's run of outputs at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F and BW, AVX2, FMA and F16C, and `js` are rows of
+/// `w` (the input's length is checked).
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 pub unsafe fn columns(
     w: WeightRows<'_>,
@@ -84,6 +88,11 @@ pub unsafe fn columns(
 
 /// `sums[i·J + c] += x_i · w_c` over `kc` columns for `R` input rows and
 /// the block's `rows` weight rows, four weight rows at a time.
+///
+/// # Safety
+/// From AVX-512F code; `x` points at `R` rows `stride` apart, `w` at `rows`
+/// weight rows `wstride` apart, each with `kc` readable numbers (`kc` a
+/// multiple of 16), and `sums` at `R` writable rows of [`J`].
 #[inline(always)]
 unsafe fn block<const R: usize>(
     x: *const f32,
@@ -106,6 +115,9 @@ unsafe fn block<const R: usize>(
 }
 
 /// `R` input rows against `C` ≤ 4 weight rows: `R·C` independent sums.
+///
+/// # Safety
+/// As [`block`], for `C` weight rows.
 #[inline(always)]
 unsafe fn micro<const R: usize, const C: usize>(
     x: *const f32,
@@ -137,6 +149,9 @@ unsafe fn micro<const R: usize, const C: usize>(
 }
 
 /// `src` (bf16) widened into the start of `dst`.
+///
+/// # Safety
+/// From AVX-512F and BW code (the lengths are checked).
 #[inline(always)]
 unsafe fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
     assert!(dst.len() >= src.len() && src.len().is_multiple_of(16));
@@ -148,6 +163,9 @@ unsafe fn widen_bf16(src: &[bf16], dst: &mut [f32]) {
 }
 
 /// Q8_0 blocks `src` dequantized into the start of `dst`.
+///
+/// # Safety
+/// From AVX-512F, BW and F16C code (the lengths are checked).
 #[inline(always)]
 unsafe fn widen_q8_0(src: &[u8], dst: &mut [f32]) {
     assert!(dst.len() >= src.len() / Q8_0_BYTES * 32);

@@ -238,8 +238,10 @@ impl Simd {
 /// on each instruction set (on AVX-512, one row on 16 lanes; several rows as
 /// on AVX2).
 struct Tiles<W: 'static> {
+    /// Callable where [`Simd::detect`] found AVX-512.
     #[cfg(target_arch = "x86_64")]
     one_row: unsafe fn(&[W], &[f32], usize) -> f32,
+    /// Callable where [`Simd::detect`] found AVX2 (or AVX-512).
     #[cfg(target_arch = "x86_64")]
     avx2: unsafe fn(&[W], &[f32], usize, usize, usize, &mut Dots),
     portable: fn(&[W], &[f32], usize, usize, usize, &mut Dots),

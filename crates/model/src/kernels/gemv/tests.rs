@@ -1,3 +1,5 @@
+//! The GEMV tiles against one another and against a plain matmul.
+
 use super::*;
 
 fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {

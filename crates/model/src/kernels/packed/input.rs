@@ -125,6 +125,9 @@ mod vnni {
 
     /// Each 32-number block of `x`: scale `max |x| / 127`, the numbers over
     /// it rounded to the nearest integer (ties to even), and their sum.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX-512BW (the lengths are checked).
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn quantize(
         x: &[f32],

@@ -112,6 +112,10 @@ pub(super) mod vnni {
     /// The 16 dots of one tile's rows with each of the first `R` of `rows`:
     /// each nibble load serves every row, with two integer sums per row
     /// (the pair's two sub-blocks).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX-512BW and AVX-512VNNI; `R` is at most
+    /// [`ROWS`] (the lengths are checked).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn tile<const R: usize>(
         rows: &[Row],

@@ -82,9 +82,8 @@ pub(super) mod vnni {
     /// CPUs that want it (`x86::tile_prefetches`; 4 KB;
     /// past a tile's end, into the next tile, which is usually the next
     /// one the thread takes). Without it the kernel waited on its weight
-    /// loads: profile_batch at q8_0, ms a step, median of six alternating
-    /// runs: batch 1 5.5 -> 3.6-3.9, batch 8 19.5 -> 15.0 (4 blocks: 16.3,
-    /// 16: 17.1).
+    /// loads; 4 or 16 blocks ahead were slower than 8 (see the benches'
+    /// README).
     const PREFETCH_BLOCKS: usize = 8;
 
     /// The 16 dots of one tile's rows with each of the first `R` of `rows`:
@@ -92,6 +91,10 @@ pub(super) mod vnni {
     /// each row keeps two integer sums (even and odd quads) so that the
     /// VNNI instructions do not wait on each other; from four, the rows'
     /// sums are independent enough, and one each saves an add per block.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX-512BW and AVX-512VNNI; `R` is at most
+    /// [`ROWS`] (the lengths are checked).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn tile<const R: usize>(
         rows: &[Row],

@@ -1,3 +1,5 @@
+//! The packed kernels against the same integer arithmetic done plainly.
+
 use super::input::quantize_block;
 use super::*;
 use crate::testing::unit::{dequantized, packed_q4k, packed_q8_0, values as fill};

@@ -24,11 +24,10 @@ pub use grouped::GroupedLinear;
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
 /// compute-bound). At 16 rows the kernel still wins: the GEMM runs on
-/// rayon's pool, beside the one the rest of the step runs on (engine
-/// throughput bench, 16 sequences: 138 -> 188 tokens/s with the limit
-/// raised from 8 to 16). With AVX-512 the kernel's register-blocked path
-/// beats candle's GEMM up to 64 rows (benches/kernels.rs, 8192x4096 f32:
-/// 9.9 against 4.5 GB/s at 32 rows, 3.5 against 2.4 at 64).
+/// rayon's pool, beside the one the rest of the step runs on. With AVX-512
+/// the kernel's register-blocked path beats candle's GEMM up to 64 rows
+/// (`--bench kernels`; the figures behind these limits are in
+/// `crates/model/benches/README.md`).
 fn decode_rows_f32() -> usize {
     if blocked_kernel() {
         64
@@ -39,8 +38,7 @@ fn decode_rows_f32() -> usize {
 /// For a bf16 weight the alternative is widening the whole weight per call,
 /// so the kernel keeps the job for larger batches: up to 64 rows, or with
 /// the register-blocked kernel (AVX-512) 256, where it still beats widening
-/// plus candle's GEMM (2048x1024 bf16 weight, 2 threads: 4.0-5.6 against
-/// 6.6-7.4 ms at 128 rows, 7.5-8.9 against 12.4-14.5 at 256).
+/// plus candle's GEMM.
 fn decode_rows_bf16() -> usize {
     if blocked_kernel() {
         256
