@@ -7,8 +7,8 @@
 //!   and Q8_0 weights, reading each weight once.
 //! - [`packed`]: the int8 AVX-512-VNNI kernels over Q8_0 and Q4_K weights
 //!   held in their own tiled layout.
-//! - `experts`, `silu`: the routed experts' MLPs on the packed kernels, and
-//!   SwiGLU's activation.
+//! - `experts`, `silu`, `rms_norm`: the routed experts' MLPs on the packed
+//!   kernels, SwiGLU's activation, RMSNorm's rows.
 //! - [`parallel`]: the one compute pool every kernel (and candle) runs on.
 //! - `x86`: the AVX-512 helpers the kernels share (horizontal sums,
 //!   prefetching, a vector `exp`).
@@ -21,6 +21,7 @@ pub(crate) mod experts;
 pub mod gemv;
 pub mod packed;
 pub mod parallel;
+pub(crate) mod rms_norm;
 pub(crate) mod silu;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
