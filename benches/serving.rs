@@ -38,7 +38,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
-use ferroseek_model::random::{bench_checkpoint, read_bandwidth_gbps};
+use ferroseek_model::testing::{bench_checkpoint, read_bandwidth_gbps};
 use ferroseek_model::{
     resolve_model, Batch, DeepSeekModel, HubOptions, LatentCache, LoadOptions, LogitsRows, SeqInput,
 };
@@ -245,7 +245,7 @@ async fn through_http(client: &reqwest::Client, base: &str, streams: usize) -> f
 
 fn main() {
     // Both pools sized as the server sizes them.
-    let threads = ferroseek_model::parallel::set_threads(None);
+    let threads = ferroseek_model::set_threads(None);
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-models");
     let dir = bench_checkpoint(&cache, DType::BF16).expect("writing the bench checkpoint");
     // The server needs a tokenizer; the default model's serves (ids it does

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let args = Cli::parse().into_serve();
     logging::init(args.log_format);
     // Before any compute thread exists (`--threads`, else one per core).
-    ferroseek_model::parallel::set_threads(args.threads);
+    ferroseek_model::set_threads(args.threads);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

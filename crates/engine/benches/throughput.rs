@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use ferroseek_engine::{Engine, EngineConfig, Event, Request, SamplingParams, Tokenizer};
-use ferroseek_model::random::bench_checkpoint;
+use ferroseek_model::testing::bench_checkpoint;
 use ferroseek_model::{
     resolve_model, DTypeChoice, DeepSeekModel, HubOptions, LoadOptions, Quantization,
 };

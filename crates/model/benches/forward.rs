@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::deepseek2::{DeepSeekV2, DeepSeekV2Config};
-use ferroseek_model::random::bench_checkpoint;
+use ferroseek_model::testing::bench_checkpoint;
 use ferroseek_model::{
     resolve_model, Batch, DTypeChoice, DeepSeekModel, HubOptions, LatentCache, LoadOptions,
     LogitsRows, Quantization, SeqInput,

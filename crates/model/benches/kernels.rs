@@ -14,9 +14,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
-use ferroseek_model::layers::attention_kernel::{absorbed_attention, LatentShape, SeqSpan};
-use ferroseek_model::layers::decode_matmul::{matmul_groups, matmul_rows, WeightRows};
-use ferroseek_model::layers::packed::{self, Packed, PackedQ8};
+use ferroseek_model::kernels::attention::{absorbed_attention, LatentShape, SeqSpan};
+use ferroseek_model::kernels::gemv::{matmul_groups, matmul_rows, WeightRows};
+use ferroseek_model::kernels::packed::{self, Packed, PackedQ8};
 
 const N: usize = 8192;
 const K: usize = 4096;
@@ -47,7 +47,7 @@ fn main() {
         return;
     }
     let threads = rayon::current_num_threads();
-    let bandwidth = ferroseek_model::random::read_bandwidth_gbps();
+    let bandwidth = ferroseek_model::testing::read_bandwidth_gbps();
     println!("threads: {threads}; read bandwidth (parallel sum over 1 GiB): {bandwidth:.1} GB/s");
     let w: Vec<f32> = (0..N * K)
         .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)

@@ -10,15 +10,16 @@ use candle_nn::{Embedding, VarBuilder};
 
 use crate::batch::{Batch, LogitsRows};
 use crate::cache::LatentCache;
+use crate::checkpoint::{Checkpoint, ModelFiles};
 use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::attention_kernel::SeqSpan;
-use crate::layers::linear::{Linear, Quantization, WeightFormat};
+use crate::kernels::attention::SeqSpan;
+use crate::layers::linear::{Linear, WeightFormat};
 use crate::layers::mla::{Attention, AttentionMode, BatchLayout};
 use crate::layers::moe::{Mlp, Moe};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::Rope;
-use crate::weights::{Checkpoint, ModelFiles};
+use crate::quant::Quantization;
 
 /// The precision weights are held and computed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

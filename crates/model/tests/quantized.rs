@@ -36,7 +36,7 @@ mod common;
 
 use candle_core::{DType, IndexOp, Tensor};
 use common::*;
-use ferroseek_model::random::write_random_checkpoint;
+use ferroseek_model::testing::write_random_checkpoint;
 use ferroseek_model::{
     resolve_model, Batch, DTypeChoice, DeepSeekModel, HubOptions, LoadOptions, LogitsRows,
     Quantization, SeqInput,

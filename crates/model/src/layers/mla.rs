@@ -16,15 +16,15 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention_kernel::{
+use super::linear::{with_f32, GroupedLinear, Linear, WeightFormat};
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use crate::config::DeepSeekConfig;
+use crate::kernels::attention::{
     absorbed_attention, fused_absorbed_attention, fused_pays, phased_absorbed_attention,
     phases_fit, HeadMatrices, LatentShape, SeqSpan,
 };
-use super::linear::{with_f32, GroupedLinear, Linear, WeightFormat};
-use super::norm::RmsNorm;
-use super::packed;
-use super::rope::Rope;
-use crate::config::DeepSeekConfig;
+use crate::kernels::packed;
 
 /// DeepSeek's inner norms use a fixed epsilon, whatever `rms_norm_eps` says.
 const LORA_NORM_EPS: f64 = 1e-6;
@@ -414,7 +414,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::layers::linear::Quantization;
+    use crate::quant::Quantization;
 
     /// A deterministic pseudo-random fill in [-0.5, 0.5).
     fn fill(n: usize, seed: usize) -> Vec<f32> {

@@ -17,10 +17,10 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::linear::{with_f32, Linear, WeightFormat};
-use super::packed::{self, Packed};
-#[cfg(target_arch = "x86_64")]
-use super::x86::exp512;
 use crate::config::{Arch, MoeConfig, ScoringFunc, TopkMethod};
+use crate::kernels::experts::PackedMlp;
+use crate::kernels::packed::Packed;
+use crate::kernels::silu::silu_times_tensor;
 
 /// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
 #[derive(Debug, Clone)]
@@ -36,108 +36,6 @@ enum MlpWeights {
         down_proj: Linear,
     },
     Packed(PackedMlp),
-}
-
-/// An MLP's quantized weights (Q8_0 or Q4_K, each in its own) repacked for
-/// the VNNI kernels, on CPUs that have them (the only copy), gate and up
-/// stacked as one `[2·inter, hidden]` weight: one pass over the input
-/// computes both.
-#[derive(Debug, Clone)]
-struct PackedMlp {
-    gate_up: Packed,
-    down: Packed,
-}
-
-impl PackedMlp {
-    /// Each job `(mlp, rows)` applied to its rows of `x` (`[tokens, hidden]`,
-    /// row-major): every job's `[rows, hidden]` output, one after another.
-    /// Two calls of the packed kernel in all, one for every job's gate and
-    /// up projections, one for their down projections.
-    fn forward_each(x: &[f32], hidden: usize, jobs: &[(&PackedMlp, &[u32])]) -> Vec<f32> {
-        let first: Vec<(&Packed, Vec<usize>)> = jobs
-            .iter()
-            .map(|(mlp, rows)| {
-                let starts = rows.iter().map(|&r| r as usize * hidden).collect();
-                (&mlp.gate_up, starts)
-            })
-            .collect();
-        let gate_up = packed::matmul_each(x, &first);
-        let mut h = Vec::new();
-        let mut second = Vec::with_capacity(jobs.len());
-        let mut rows_in = gate_up.as_slice();
-        for (mlp, rows) in jobs {
-            let inter = mlp.down.dims().1;
-            let start = h.len();
-            for _ in 0..rows.len() {
-                let (row, rest) = rows_in.split_at(2 * inter);
-                rows_in = rest;
-                let (gate, up) = row.split_at(inter);
-                silu_times(gate, up, &mut h);
-            }
-            second.push((
-                &mlp.down,
-                (0..rows.len()).map(|r| start + r * inter).collect(),
-            ));
-        }
-        packed::matmul_each(&h, &second)
-    }
-
-    fn bytes(&self) -> usize {
-        self.gate_up.bytes() + self.down.bytes()
-    }
-}
-
-/// Appends `silu(gate) · up` to `out`, silu as candle computes it
-/// (`x / (1 + e^-x)`), sixteen numbers at a time with AVX-512
-/// ([`exp512`]). With glibc's scalar `expf`, the silu of a batch-8 q8_0
-/// decode step's experts took 0.46 ms of 9.2 on a Zen 4 EPYC (0.05
-/// without the exponentials); with `exp512`, 0.07.
-fn silu_times(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        unsafe { silu_times_avx512(gate, up, out) };
-        return;
-    }
-    out.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
-}
-
-/// `silu(gate) · up` for tensors: [`silu_times`] where they are f32 (the
-/// compute dtype on CPU), candle's ops otherwise.
-fn silu_times_tensor(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.dims() != up.dims() {
-        return gate.silu()? * up;
-    }
-    let (g, u) = (
-        gate.flatten_all()?.to_vec1::<f32>()?,
-        up.flatten_all()?.to_vec1::<f32>()?,
-    );
-    let mut out = Vec::with_capacity(g.len());
-    silu_times(&g, &u, &mut out);
-    Tensor::from_vec(out, gate.shape(), gate.device())
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn silu_times_avx512(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
-    use std::arch::x86_64::*;
-    assert_eq!(gate.len(), up.len());
-    let start = out.len();
-    out.resize(start + gate.len(), 0.0);
-    let dst = &mut out[start..];
-    for ((g, u), d) in gate.chunks(16).zip(up.chunks(16)).zip(dst.chunks_mut(16)) {
-        let m: __mmask16 = if g.len() == 16 {
-            0xffff
-        } else {
-            (1u16 << g.len()) - 1
-        };
-        let gv = _mm512_maskz_loadu_ps(m, g.as_ptr());
-        let uv = _mm512_maskz_loadu_ps(m, u.as_ptr());
-        let one = _mm512_set1_ps(1.0);
-        let e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
-        let silu = _mm512_div_ps(gv, _mm512_add_ps(one, e));
-        _mm512_mask_storeu_ps(d.as_mut_ptr(), m, _mm512_mul_ps(silu, uv));
-    }
 }
 
 impl Mlp {
@@ -537,34 +435,13 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::layers::linear::Quantization;
-    use crate::layers::testing::max_abs;
-    use crate::random::Xorshift;
+    use crate::quant::Quantization;
+    use crate::testing::unit::max_abs;
+    use crate::testing::Xorshift;
 
     /// Q4_K's 256-weight blocks fit both widths.
     const HIDDEN: usize = 256;
 
-    /// The vector silu gives the scalar formula's numbers within a few
-    /// ulp, for lengths with and without a partial last vector, appended
-    /// after what the output holds.
-    #[test]
-    fn silu_times_matches_the_scalar_formula() {
-        for n in [1, 15, 16, 40, 256] {
-            let gate: Vec<f32> = (0..n).map(|i| (i as f32 - 20.0) * 0.37).collect();
-            let up: Vec<f32> = (0..n).map(|i| 1.0 - i as f32 * 0.05).collect();
-            let mut out = vec![7.0];
-            silu_times(&gate, &up, &mut out);
-            assert_eq!(out.len(), n + 1);
-            assert_eq!(out[0], 7.0);
-            for ((g, u), got) in gate.iter().zip(&up).zip(&out[1..]) {
-                let want = g / (1.0 + (-g).exp()) * u;
-                assert!(
-                    (got - want).abs() <= 4.0 * f32::EPSILON * want.abs().max(1e-30),
-                    "silu({g}) · {u}: {got} vs {want}"
-                );
-            }
-        }
-    }
     const INTER: usize = 256;
     const EXPERTS: usize = 8;
 

@@ -1,5 +1,7 @@
-//! Benchmark support. Checkpoints of random weights: a Hugging Face folder
-//! (`config.json` + `model.safetensors`) with every tensor a DeepSeek
+//! Benchmark support, behind the `testing` feature (the crate's own tests
+//! and benches, and the other crates' benches, enable it): the machine's
+//! read bandwidth ([`read_bandwidth_gbps`]), and checkpoints of random
+//! weights: a Hugging Face folder (`config.json` + `model.safetensors`) with every tensor a DeepSeek
 //! config asks for, named as on the hub, so that any loader of real
 //! checkpoints (ours, candle-transformers') reads it. Weights are uniform
 //! with the variance of a 1/fan-in initialisation, norms are 1, so
@@ -13,6 +15,9 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use crate::config::{DeepSeekConfig, TopkMethod};
 use crate::error::{ModelError, Result};
+
+#[cfg(test)]
+pub(crate) mod unit;
 
 /// The benchmark model: DeepSeek-V2-Lite's architecture (no q LoRA, 64-wide
 /// rope key, 128-wide heads, softmax greedy routing over fine-grained
@@ -243,7 +248,7 @@ pub fn bench_checkpoint(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
 /// limit); sixteen independent lanes let the loop vectorise, so memory,
 /// not the latency of one running sum, is the limit.
 pub fn read_bandwidth_gbps() -> f64 {
-    use crate::parallel::{self, Disjoint};
+    use crate::kernels::parallel::{self, Disjoint};
     const CHUNK: usize = 1 << 16;
     // Every page different, as the weights' are: nothing (a hypervisor
     // merging identical pages, say) can serve it from fewer pages.
@@ -275,7 +280,7 @@ pub fn read_bandwidth_gbps() -> f64 {
                     // SAFETY: a prefetch never faults, wherever it points.
                     unsafe {
                         let ahead = (block.as_ptr() as *const u8).wrapping_add(8192);
-                        crate::layers::x86::prefetch(on, ahead, 1);
+                        crate::kernels::x86::prefetch(on, ahead, 1);
                     }
                     for (a, v) in acc.iter_mut().zip(block) {
                         *a += v;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Threads of the pool, the calling thread included (read once, as candle
 /// reads them once when it starts the pool).
-pub fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(threads_from_env)
 }
@@ -55,13 +55,10 @@ fn threads_from_env() -> usize {
 /// last ranges are single items and the threads finish together. candle's
 /// `execute_chunked` takes fixed ranges of an eighth of a thread's share,
 /// and a decode step's ~57 calls each ended with one thread waiting out
-/// the other's last range: on a Zen 4 EPYC, median ms a decode step of
-/// the benchmark model, ten alternating rounds, fixed -> shrinking ranges:
-/// batch 1 q8_0 4.41 -> 4.09, q4_k 3.28 -> 3.04, bf16 7.23 -> 7.13;
-/// batch 8 q8_0 10.99 -> 10.75, q4_k 9.71 -> 9.40.
+/// the other's last range (measurements in `crates/model/benches/README.md`).
 ///
 /// A nested call, from inside `f`, runs inline (see [`team`]).
-pub fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
+pub(crate) fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
     if items == 0 {
         return;
     }
@@ -92,7 +89,7 @@ struct Team {
 struct Secondary;
 
 /// One thread's part in a [`team`] call.
-pub struct Member<'a> {
+pub(crate) struct Member<'a> {
     team: &'a Team,
     /// Shares this thread has taken part in so far.
     shares: usize,
@@ -161,7 +158,7 @@ impl Member<'_> {
 /// lock while it works, it would wait on itself, and on a worker it would
 /// wait for that lock. (candle's own parallel ops, such as a quantized
 /// matmul, must still not be called from inside `f`.)
-pub fn team(f: impl Fn(&mut Member) + Sync) {
+pub(crate) fn team(f: impl Fn(&mut Member) + Sync) {
     thread_local! {
         static CALLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }

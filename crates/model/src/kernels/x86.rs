@@ -3,6 +3,9 @@
 use std::arch::x86_64::*;
 
 /// The sums of `H <= 4` vectors, in order (the rest zero).
+///
+/// # Safety
+/// Only from code compiled with AVX-512F, on a CPU that has it.
 #[inline(always)]
 pub(crate) unsafe fn reduce4<const H: usize>(acc: &[__m512; H]) -> [f32; 4] {
     let mut y = [_mm256_setzero_ps(); 4];
@@ -21,6 +24,9 @@ pub(crate) unsafe fn reduce4<const H: usize>(acc: &[__m512; H]) -> [f32; 4] {
 /// Asks for the `lines` cache lines from `p` on, when `on` (the kernels pass
 /// [`prefetches`], read once per call). A prefetch never faults: `p` may
 /// lie past the weight's end.
+///
+/// # Safety
+/// None beyond x86_64 itself: a prefetch never faults, wherever `p` points.
 #[inline(always)]
 pub(crate) unsafe fn prefetch(on: bool, p: *const u8, lines: usize) {
     if on {
@@ -33,12 +39,10 @@ pub(crate) unsafe fn prefetch(on: bool, p: *const u8, lines: usize) {
 /// Whether the weight-streaming kernels (the decode matmul's tiles and the
 /// packed VNNI kernels) prefetch their weights in software, a few KB ahead
 /// of the bytes in use. Intel's cores need it: without it the loads wait on
-/// misses (on an Emerald Rapids Xeon, a q8_0 decode step of the benchmark
-/// model took 5.5 ms without, 3.6-3.9 ms with). AMD's hardware prefetcher
-/// keeps the stream going alone, and the extra requests only get in its
-/// way: on a Zen 4 EPYC, median ms a step, prefetch on -> off, batch 1:
-/// f32 16.7 -> 14.1, bf16 8.4 -> 7.1, q8_0 4.8 -> 4.2, q4_k 3.4 -> 2.8.
-/// So: on except on AMD CPUs (but see [`tile_prefetches`]);
+/// misses. AMD's hardware prefetcher keeps the stream going alone, and the
+/// extra requests only get in its way (measurements in
+/// `crates/model/benches/README.md`). So: on except on AMD CPUs (but see
+/// [`tile_prefetches`]);
 /// `FERROSEEK_PREFETCH=on|off` overrides (read once).
 pub(crate) fn prefetches() -> bool {
     forced().unwrap_or_else(|| !amd())
@@ -47,11 +51,8 @@ pub(crate) fn prefetches() -> bool {
 /// [`prefetches`] for a packed-kernel tile that takes `rows` input rows
 /// per weight load. A full tile of 8 rows spends 64 VNNI instructions on
 /// each 64 bytes of weights, and there even AMD's hardware prefetcher falls
-/// behind: on a Zen 4 EPYC, ms a decode step, prefetch off -> on from 8
-/// rows, alternating rounds in one process: q8_0 batch 8 8.81 -> 8.10,
-/// batch 16 16.35 -> 15.75; q4_k batch 8 11.59 -> 11.08, batch 16 14.36 ->
-/// 13.49 (from 4 rows, batch 4 got slower: q8_0 6.52 -> 6.67, q4_k 6.70 ->
-/// 7.26).
+/// behind; from 4 rows prefetching was slower there (see the benches'
+/// README).
 pub(crate) fn tile_prefetches(rows: usize) -> bool {
     forced().unwrap_or_else(|| !amd() || rows >= 8)
 }
@@ -89,9 +90,12 @@ fn vendor_is_amd() -> bool {
 /// result is a normal number (Cephes' `expf`: `x = k·ln 2 + r` with `ln 2`
 /// in two parts, a degree-7 polynomial for `e^r` on |r| ≤ ln 2 / 2, and
 /// `scalef` for `2^k`). Below about -87.3 it gives 0 or a subnormal, above
-/// about 88.7 infinity; NaN stays NaN. For the kernels' softmax and silu:
-/// glibc's scalar `expf` took ~14 cycles a number there (a batch-8 decode
-/// step of the benchmark model spent 0.4 ms in the experts' silu alone).
+/// about 88.7 infinity; NaN stays NaN. For the kernels' softmax and silu,
+/// where glibc's scalar `expf` (a call a number) was a visible share of a
+/// decode step.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn exp512(x: __m512) -> __m512 {
     // Past these the result is 0 or infinity already; clamping keeps

@@ -1,48 +1,14 @@
-//! Q4_K weights repacked for the VNNI kernel.
-//!
-//! A Q4_K super-block holds 256 weights of one row: eight sub-blocks of 32,
-//! each with a 6-bit scale and a 6-bit min, under the super-block's f16 `d`
-//! and `dmin`: `w = d·scale·q - dmin·min`, `q` in 0..16. Here each group of
-//! 16 rows keeps its nibbles as Q4_K stores them, one byte holding sub-block
-//! `2p`'s number in its low nibble and sub-block `2p + 1`'s in its high
-//! one, reordered as `[4 pairs][8 k-quads][16 rows][4 bytes]`: one load and
-//! two masks give two vectors of four numbers for sixteen rows, each a
-//! `vpdpbusd` operand as it is (the numbers are unsigned). Beside them, per
-//! super-block, the 16 rows' `d` and `dmin` (f16) and their sub-blocks'
-//! scales and mins, one byte each: 2368 bytes per 16 x 256 weights (4.6 bits
-//! a weight, against Q4_K's 4.5; candle's repacked tiles take 6 and keep
-//! the original beside them). A sub-block's scale is `d · scale` in f32, as
-//! Q4_K dequantizes; an input block of 32 meets one sub-block, so each dot
-//! is `x_scale · (d·scale · Σ q·x - dmin·min · Σ x)` with exact integer sums.
+//! Q4_K weights as GGML quantizes them, and into the packed layout of
+//! [`PackedQ4K`].
 
-use super::{Lines, BLOCK, TILE};
+use crate::kernels::packed::q4k::{SUPER, TILE_D, TILE_QUADS, TILE_SCALES};
+use crate::kernels::packed::{Lines, PackedQ4K, BLOCK, TILE};
 
-/// Weights per super-block.
-const SUPER: usize = 256;
 /// Bytes of one Q4_K block: `d`, `dmin`, 12 bytes of scales, 128 of nibbles.
 const Q4K_BYTES: usize = 144;
-/// Nibble bytes per tile and super-block.
-const TILE_QUADS: usize = TILE * SUPER / 2;
-/// `d` and `dmin` per tile and super-block.
-const TILE_D: usize = 2 * TILE;
-/// Scales and mins per tile and super-block.
-const TILE_SCALES: usize = 2 * 8 * TILE;
-
-/// One `[n, k]` Q4_K weight (`n` a multiple of 16, `k` of 256), repacked.
-#[derive(Debug, Clone)]
-pub struct PackedQ4K {
-    n: usize,
-    k: usize,
-    /// `[n / 16][k / 256][4][8][16][4]`: Q4_K's nibble bytes.
-    quads: Lines,
-    /// `[n / 16][k / 256][2][16]`: each row's `d`, then its `dmin`.
-    d: Vec<half::f16>,
-    /// `[n / 16][k / 256][2][8][16]`: each sub-block's scale, then its min.
-    scales: Vec<u8>,
-}
 
 /// Sub-block `j`'s 6-bit scale and min in Q4_K's 12 packed bytes.
-fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
@@ -163,9 +129,8 @@ fn scales_and_mins(x: &[f32]) -> [(f32, f32); 8] {
 /// under the super-block's f16 `d` and `dmin`, then each number's 4-bit
 /// level. candle's version allocates for every sub-block, calls `roundf`
 /// for every number in every round, and waits on one running sum after
-/// another: loading the benchmark model as q4_k took 3.9 s on the Zen 4
-/// EPYC, now 2.3 (one 512 x 1024 weight on one thread: 9.2 -> 5.3 ms).
-pub(super) fn quantize_blocks(x: &[f32]) -> Vec<u8> {
+/// another, which made loading a model as q4_k slow.
+pub(crate) fn quantize_blocks(x: &[f32]) -> Vec<u8> {
     assert!(x.len().is_multiple_of(SUPER), "not whole super-blocks");
     let mut out = Vec::with_capacity(x.len() / SUPER * Q4K_BYTES);
     for x in x.chunks_exact(SUPER) {
@@ -223,11 +188,6 @@ pub(super) fn quantize_blocks(x: &[f32]) -> Vec<u8> {
     out
 }
 
-#[cfg(test)]
-pub(super) fn scale_min_for_tests(j: usize, s: &[u8]) -> (u8, u8) {
-    scale_min(j, s)
-}
-
 impl PackedQ4K {
     /// `data`: candle's Q4_K blocks of a `[n, k]` weight, row-major. `None`
     /// when the shape does not tile.
@@ -282,143 +242,5 @@ impl PackedQ4K {
         }
         assert_eq!(w.len(), n * k, "not a [n, k] weight");
         PackedQ4K::new(&quantize_blocks(w), n, k)
-    }
-
-    /// `(n, k)`.
-    pub fn dims(&self) -> (usize, usize) {
-        (self.n, self.k)
-    }
-
-    /// Bytes a full read takes.
-    pub fn bytes(&self) -> usize {
-        self.quads.len() + self.d.len() * 2 + self.scales.len()
-    }
-
-    /// `top` above `bottom` (both `[_, k]`): tiles hold whole rows.
-    pub fn stack(mut top: PackedQ4K, bottom: PackedQ4K) -> PackedQ4K {
-        assert_eq!(top.k, bottom.k, "stacked weights differ in width");
-        top.n += bottom.n;
-        top.quads.extend(bottom.quads);
-        top.d.extend(bottom.d);
-        top.scales.extend(bottom.scales);
-        top
-    }
-
-    /// Tile `tile`'s nibbles, `d`s and scales, all its super-blocks.
-    pub(super) fn tile(&self, tile: usize) -> (&[u8], &[half::f16], &[u8]) {
-        let supers = self.k / SUPER;
-        (
-            &self.quads[tile * supers * TILE_QUADS..][..supers * TILE_QUADS],
-            &self.d[tile * supers * TILE_D..][..supers * TILE_D],
-            &self.scales[tile * supers * TILE_SCALES..][..supers * TILE_SCALES],
-        )
-    }
-
-    /// The weight's numbers, `[n, k]` row-major, as Q4_K dequantizes them.
-    pub fn dequantize(&self) -> Vec<f32> {
-        let supers = self.k / SUPER;
-        let mut out = vec![0f32; self.n * self.k];
-        for (row, out) in out.chunks_exact_mut(self.k).enumerate() {
-            let (tile, r) = (row / TILE, row % TILE);
-            for (sb, out) in out.chunks_exact_mut(SUPER).enumerate() {
-                let unit = tile * supers + sb;
-                let d = self.d[unit * TILE_D + r].to_f32();
-                let dmin = self.d[unit * TILE_D + TILE + r].to_f32();
-                for (j, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-                    let scale = d * self.scales[unit * TILE_SCALES + j * TILE + r] as f32;
-                    let min = dmin * self.scales[unit * TILE_SCALES + (8 + j) * TILE + r] as f32;
-                    let (pair, shift) = (j / 2, 4 * (j % 2));
-                    for (i, o) in out.iter_mut().enumerate() {
-                        let (quad, b) = (i / 4, i % 4);
-                        let byte =
-                            self.quads[unit * TILE_QUADS + ((pair * 8 + quad) * TILE + r) * 4 + b];
-                        *o = scale * ((byte >> shift) & 0x0F) as f32 - min;
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-pub(super) mod vnni {
-    use std::arch::x86_64::*;
-
-    use super::super::{Row, ROWS};
-    use super::{BLOCK, SUPER, TILE, TILE_D, TILE_QUADS, TILE_SCALES};
-    use crate::layers::x86::{prefetch, tile_prefetches};
-
-    /// How far ahead of the super-block in use the nibbles are prefetched,
-    /// where it helps (`x86::tile_prefetches`; 4 KB, as for Q8_0).
-    const PREFETCH_SUPERS: usize = 2;
-
-    /// The 16 dots of one tile's rows with each of the first `R` of `rows`:
-    /// each nibble load serves every row, with two integer sums per row
-    /// (the pair's two sub-blocks).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn tile<const R: usize>(
-        rows: &[Row],
-        quads: &[u8],
-        d: &[half::f16],
-        scales: &[u8],
-        out: &mut [[f32; TILE]; ROWS],
-    ) {
-        let supers = rows[0].scales.len() * BLOCK / SUPER;
-        assert!(quads.len() >= supers * TILE_QUADS && d.len() >= supers * TILE_D);
-        assert!(scales.len() >= supers * TILE_SCALES);
-        for row in &rows[..R] {
-            assert!(row.q.len() >= supers * SUPER && row.sums.len() >= supers * 8);
-        }
-        let low = _mm512_set1_epi8(0x0F);
-        let on = tile_prefetches(R);
-        let mut total = [_mm512_setzero_ps(); R];
-        for sb in 0..supers {
-            let qp = quads.as_ptr().add(sb * TILE_QUADS);
-            prefetch(
-                on,
-                qp.wrapping_add(PREFETCH_SUPERS * TILE_QUADS),
-                TILE_QUADS / 64,
-            );
-            let dp = d.as_ptr().add(sb * TILE_D);
-            let dv = _mm512_cvtph_ps(_mm256_loadu_si256(dp as *const _));
-            let mv = _mm512_cvtph_ps(_mm256_loadu_si256(dp.add(TILE) as *const _));
-            let sp = scales.as_ptr().add(sb * TILE_SCALES);
-            for pair in 0..4 {
-                let mut acc = [[_mm512_setzero_si512(); 2]; R];
-                for quad in 0..8 {
-                    let v = _mm512_loadu_si512(qp.add((pair * 8 + quad) * 64) as *const _);
-                    let w = [
-                        _mm512_and_si512(v, low),
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
-                    ];
-                    for (a, row) in acc.iter_mut().zip(rows) {
-                        for (half, w) in w.iter().enumerate() {
-                            let at = (sb * 8 + 2 * pair + half) * BLOCK + quad * 4;
-                            let x = (row.q.as_ptr().add(at) as *const i32).read_unaligned();
-                            a[half] = _mm512_dpbusd_epi32(a[half], *w, _mm512_set1_epi32(x));
-                        }
-                    }
-                }
-                for half in 0..2 {
-                    let j = 2 * pair + half;
-                    let widen = |p: *const u8| {
-                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const _)))
-                    };
-                    let scale = _mm512_mul_ps(dv, widen(sp.add(j * TILE)));
-                    let min = _mm512_mul_ps(mv, widen(sp.add((8 + j) * TILE)));
-                    let b = sb * 8 + j;
-                    for ((t, a), row) in total.iter_mut().zip(&acc).zip(rows) {
-                        let dot = _mm512_mul_ps(_mm512_cvtepi32_ps(a[half]), scale);
-                        let sum = _mm512_set1_ps(row.sums[b] as f32);
-                        let dot = _mm512_fnmadd_ps(min, sum, dot);
-                        *t = _mm512_fmadd_ps(dot, _mm512_set1_ps(row.scales[b]), *t);
-                    }
-                }
-            }
-        }
-        for (o, t) in out.iter_mut().zip(&total) {
-            _mm512_storeu_ps(o.as_mut_ptr(), *t);
-        }
     }
 }

@@ -2,30 +2,32 @@
 //! held dense (f32, bf16, f16) or quantized at load (GGML Q8_0 or Q4_K).
 //!
 //! On a CPU with AVX-512-VNNI, a Q8_0 or Q4_K weight is held repacked for
-//! our int8 kernels ([`packed`](super::packed)), which run every input size.
+//! our int8 kernels ([`packed`](crate::kernels::packed)), which run every input size.
 //! Otherwise, on CPU with f32 activations, the few rows of a decode step go
-//! through [`decode_matmul`](super::decode_matmul), which reads the weight
+//! through [`gemv`](crate::kernels::gemv), which reads the weight
 //! once (f32, bf16, and Q8_0); larger inputs use candle's GEMM (a bf16
 //! weight widened to f32 for the call) or candle's quantized matmul.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
-use super::decode_matmul::{blocked_kernel, matmul_groups, matmul_shared, WeightRows};
-use super::packed::{self, Packed, PackedQ4K, PackedQ8};
+use crate::kernels::gemv::{blocked_kernel, matmul_groups, matmul_shared, WeightRows};
+use crate::kernels::packed::{self, Packed};
+use crate::quant::{pack_rows, quantize_rows, Quantization};
+
+mod grouped;
+pub use grouped::GroupedLinear;
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
 /// compute-bound). At 16 rows the kernel still wins: the GEMM runs on
-/// rayon's pool, beside the one the rest of the step runs on (engine
-/// throughput bench, 16 sequences: 138 -> 188 tokens/s with the limit
-/// raised from 8 to 16). With AVX-512 the kernel's register-blocked path
-/// beats candle's GEMM up to 64 rows (benches/kernels.rs, 8192x4096 f32:
-/// 9.9 against 4.5 GB/s at 32 rows, 3.5 against 2.4 at 64).
+/// rayon's pool, beside the one the rest of the step runs on. With AVX-512
+/// the kernel's register-blocked path beats candle's GEMM up to 64 rows
+/// (`--bench kernels`; the figures behind these limits are in
+/// `crates/model/benches/README.md`).
 fn decode_rows_f32() -> usize {
     if blocked_kernel() {
         64
@@ -36,8 +38,7 @@ fn decode_rows_f32() -> usize {
 /// For a bf16 weight the alternative is widening the whole weight per call,
 /// so the kernel keeps the job for larger batches: up to 64 rows, or with
 /// the register-blocked kernel (AVX-512) 256, where it still beats widening
-/// plus candle's GEMM (2048x1024 bf16 weight, 2 threads: 4.0-5.6 against
-/// 6.6-7.4 ms at 128 rows, 7.5-8.9 against 12.4-14.5 at 256).
+/// plus candle's GEMM.
 fn decode_rows_bf16() -> usize {
     if blocked_kernel() {
         256
@@ -80,125 +81,6 @@ fn candle_q8_0_is_fast() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
-    }
-}
-
-/// `[n, k]` `values` quantized on the CPU, the rows split over `threads`
-/// threads (the compute pool's size): candle quantizes on one thread, and
-/// Q4_K's search for each block's scales made loading the 265M benchmark
-/// model as q4_k take about 12 s. Blocks lie within rows, so the parts'
-/// bytes concatenate to the whole's.
-fn quantize_rows(
-    values: &[f32],
-    (n, k): (usize, usize),
-    ggml: GgmlDType,
-    threads: usize,
-) -> Result<QTensor> {
-    let parts = on_row_parts(values, (n, k), threads, 1, |part, rows| {
-        let t = Tensor::from_slice(part, (rows, k), &candle_core::Device::Cpu)?;
-        Ok(QTensor::quantize(&t, ggml)?.data()?.into_owned())
-    })?;
-    let cpu = candle_core::Device::Cpu;
-    QTensor::new(
-        QStorage::from_data(Cow::Owned(parts.concat()), &cpu, ggml)?,
-        (n, k),
-    )
-}
-
-/// [`quantize_rows`], each thread packing its rows for the VNNI kernels
-/// too (in whole 16-row tiles, which then follow one another). `None` when
-/// the shape does not tile.
-fn pack_rows(
-    values: &[f32],
-    (n, k): (usize, usize),
-    ggml: GgmlDType,
-    threads: usize,
-) -> Result<Option<Packed>> {
-    if !Packed::fits(ggml, n, k) {
-        return Ok(None);
-    }
-    let parts = on_row_parts(values, (n, k), threads, 16, |part, rows| {
-        match ggml {
-            GgmlDType::Q8_0 => return Ok(PackedQ8::quantize(part, rows, k).map(Packed::Q8_0)),
-            GgmlDType::Q4K => return Ok(PackedQ4K::quantize(part, rows, k).map(Packed::Q4K)),
-            _ => {}
-        }
-        let t = Tensor::from_slice(part, (rows, k), &candle_core::Device::Cpu)?;
-        let q = QTensor::quantize(&t, ggml)?;
-        Ok(Packed::new(&q.data()?, ggml, rows, k))
-    })?;
-    let parts: Option<Vec<Packed>> = parts.into_iter().collect();
-    Ok(parts.and_then(|parts| parts.into_iter().reduce(Packed::stack)))
-}
-
-/// `f(rows' values, rows)` on consecutive slices of `[n, k]` `values`, each
-/// a multiple of `align` rows, on up to `threads` threads; the results in
-/// row order.
-fn on_row_parts<T: Send>(
-    values: &[f32],
-    (n, k): (usize, usize),
-    threads: usize,
-    align: usize,
-    f: impl Fn(&[f32], usize) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    let threads = threads.min(n.div_ceil(align)).max(1);
-    if threads == 1 || values.len() < QUANTIZE_SPLIT {
-        return Ok(vec![f(values, n)?]);
-    }
-    let rows = n.div_ceil(threads).next_multiple_of(align);
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = values
-            .chunks(rows * k)
-            .map(|part| s.spawn(move || f(part, part.len() / k)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    })
-}
-
-/// Weights with fewer numbers than this are quantized on one thread.
-const QUANTIZE_SPLIT: usize = 1 << 16;
-
-/// In-situ quantization of the linear weights at load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Quantization {
-    #[default]
-    None,
-    /// 8-bit, blocks of 32 with one f16 scale (8.5 bits per weight).
-    Q8_0,
-    /// 4-bit k-quants, super-blocks of 256 (4.5 bits per weight).
-    Q4K,
-}
-
-impl Quantization {
-    /// The GGML format a weight of input width `in_dim` gets.
-    fn ggml_for(self, in_dim: usize) -> Option<GgmlDType> {
-        let fits = |t: GgmlDType| in_dim.is_multiple_of(t.block_size());
-        match self {
-            Quantization::None => None,
-            Quantization::Q4K if fits(GgmlDType::Q4K) => Some(GgmlDType::Q4K),
-            Quantization::Q8_0 | Quantization::Q4K if fits(GgmlDType::Q8_0) => {
-                Some(GgmlDType::Q8_0)
-            }
-            _ => None,
-        }
-    }
-}
-
-impl std::str::FromStr for Quantization {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "none" => Ok(Quantization::None),
-            "q8_0" => Ok(Quantization::Q8_0),
-            "q4_k" | "q4k" => Ok(Quantization::Q4K),
-            other => Err(format!(
-                "unknown quantization `{other}` (expected none, q8_0 or q4_k)"
-            )),
-        }
     }
 }
 
@@ -278,7 +160,7 @@ impl Linear {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let threads = crate::parallel::threads();
+        let threads = crate::kernels::parallel::threads();
         if weight.device().is_cpu() {
             if let Some(packed) = pack_rows(&values, weight.dims2()?, ggml, threads)? {
                 return Ok(Linear {
@@ -598,268 +480,11 @@ pub(super) fn with_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
     Ok(f(&xs))
 }
 
-/// A packed weight's numbers as a dense CPU tensor of `dtype`.
-fn unpacked(packed: &Packed, dtype: DType) -> Result<Tensor> {
-    let cpu = candle_core::Device::Cpu;
-    Tensor::from_vec(packed.dequantize(), packed.dims(), &cpu)?.to_dtype(dtype)
-}
-
-/// Most decode-kernel calls a [`GroupedLinear`] makes for one input before
-/// it makes its weights dense for one batched matmul instead.
-const GROUPED_KERNEL_CALLS: usize = 4;
-
-/// Independent linear maps over consecutive slices of the input, one per
-/// group: `y[:, g·n..(g+1)·n] = x[:, g·k..(g+1)·k] · W_gᵀ`. MLA's absorbed
-/// `kv_b_proj` pieces are one per head. Every group runs in one kernel call:
-/// the packed kernel at any size, else the decode kernel within its row
-/// limits (larger inputs: one batched matmul, see `forward_kernel`).
-#[derive(Debug, Clone)]
-pub struct GroupedLinear {
-    held: Held,
-    groups: usize,
-    n: usize,
-    k: usize,
-}
-
-/// How a [`GroupedLinear`]'s weights are held.
-#[derive(Debug, Clone)]
-enum Held {
-    /// A linear per group; dense ones view `stacked` (`[groups, n, k]`).
-    Groups {
-        linears: Vec<Linear>,
-        stacked: Option<Tensor>,
-    },
-    /// Q8_0 groups repacked for the VNNI kernel, on CPUs that have it (the
-    /// only copy; the expanded attention mode dequantizes it).
-    Packed(Vec<Packed>),
-}
-
-impl GroupedLinear {
-    /// `weights`: `[groups, n, k]`, held as `format` says, except that
-    /// Q4_K becomes Q8_0: the per-group matrices are small, and only Q8_0
-    /// runs all groups in one decode kernel call.
-    pub fn new(weights: &Tensor, format: WeightFormat) -> Result<Self> {
-        let format = match format.quantize {
-            Quantization::Q4K => WeightFormat {
-                quantize: Quantization::Q8_0,
-                ..format
-            },
-            _ => format,
-        };
-        let (g, n, k) = weights.dims3()?;
-        let grouped = |held| GroupedLinear {
-            held,
-            groups: g,
-            n,
-            k,
-        };
-        if format.quantize.ggml_for(k).is_none() {
-            let stacked = weights.to_dtype(format.dtype)?.contiguous()?;
-            let linears = (0..g)
-                .map(|i| Ok(Linear::from_weight(stacked.get(i)?)))
-                .collect::<Result<Vec<_>>>()?;
-            return Ok(grouped(Held::Groups {
-                linears,
-                stacked: Some(stacked),
-            }));
-        }
-        let linears = (0..g)
-            .map(|i| Linear::from_tensor(&weights.get(i)?, format))
-            .collect::<Result<Vec<_>>>()?;
-        if linears.iter().all(Linear::is_packed) {
-            let packs = linears.into_iter().filter_map(Linear::into_packed);
-            return Ok(grouped(Held::Packed(packs.collect())));
-        }
-        Ok(grouped(Held::Groups {
-            linears,
-            stacked: None,
-        }))
-    }
-
-    /// The per-group weights, where every one is repacked for the VNNI
-    /// kernels ([`packed`]).
-    pub fn packs(&self) -> Option<&[Packed]> {
-        match &self.held {
-            Held::Packed(packs) => Some(packs),
-            Held::Groups { .. } => None,
-        }
-    }
-
-    /// Bytes a full read of the weights takes.
-    pub fn weight_bytes(&self) -> usize {
-        match &self.held {
-            Held::Packed(packs) => packs.iter().map(Packed::bytes).sum(),
-            Held::Groups { linears, .. } => linears.iter().map(Linear::weight_bytes).sum(),
-        }
-    }
-
-    /// How the weights are held (as [`Linear::format`]).
-    pub fn format(&self) -> String {
-        match &self.held {
-            Held::Packed(packs) => packs.first().map_or("", Packed::format).into(),
-            Held::Groups { linears, .. } => {
-                linears.first().map_or_else(String::new, Linear::format)
-            }
-        }
-    }
-
-    /// The weights as a dense `[groups, n, k]` tensor of `dtype`
-    /// (dequantized when quantized).
-    pub fn dense(&self, dtype: DType) -> Result<Tensor> {
-        let parts = match &self.held {
-            Held::Groups {
-                stacked: Some(stacked),
-                ..
-            } => return stacked.to_dtype(dtype),
-            Held::Groups { linears, .. } => linears
-                .iter()
-                .map(|l| match &l.weight {
-                    Weight::Dense(w) => w.to_dtype(dtype),
-                    Weight::Quantized { q, .. } => q.dequantize(&q.device())?.to_dtype(dtype),
-                    Weight::Packed(p) => unpacked(p, dtype),
-                })
-                .collect::<Result<Vec<_>>>()?,
-            Held::Packed(packs) => packs
-                .iter()
-                .map(|p| unpacked(p, dtype))
-                .collect::<Result<Vec<_>>>()?,
-        };
-        Tensor::stack(&parts, 0)
-    }
-
-    /// Our kernels, where they take `x` (`rows` rows on the CPU in f32):
-    /// the packed one, or the decode kernel. Both beat the batched matmul
-    /// at every size measured where they run it whole (the packed kernel,
-    /// and the register-blocked kernel on AVX-512); elsewhere the decode
-    /// kernel takes its row limit per call, for a few calls. `None`: the
-    /// input is for one batched matmul.
-    fn forward_kernel(&self, x: &Tensor, rows: Option<usize>) -> Result<Option<Tensor>> {
-        let Some(rows) = rows else {
-            return Ok(None);
-        };
-        let (linears, stacked) = match &self.held {
-            Held::Packed(packs) => {
-                let refs: Vec<&Packed> = packs.iter().collect();
-                let out = with_f32(x, |xs| packed::matmul_groups(xs, rows, &refs))?;
-                return Ok(Some(Tensor::from_vec(
-                    out,
-                    (rows, self.groups * self.n),
-                    x.device(),
-                )?));
-            }
-            Held::Groups { linears, stacked } => (linears, stacked),
-        };
-        let limit = linears.iter().map(Linear::kernel_rows).min().unwrap_or(0);
-        let refs: Vec<&Linear> = linears.iter().collect();
-        if rows <= limit || (limit > 0 && blocked_kernel()) {
-            return Linear::kernel(&refs, x, self.n, self.k, false).map(Some);
-        }
-        // A few times the kernel's limit (a batch of decode steps): one
-        // kernel call per `limit` rows, unless the weights are already the
-        // dense f32 the batched matmul takes. Making them dense costs about
-        // as much as reading them once per row.
-        let dense_as_is = stacked.as_ref().is_some_and(|w| w.dtype() == x.dtype());
-        if dense_as_is || rows > GROUPED_KERNEL_CALLS * limit {
-            return Ok(None);
-        }
-        let x = x.contiguous()?;
-        let parts = (0..rows)
-            .step_by(limit)
-            .map(|r| {
-                let chunk = x.narrow(0, r, limit.min(rows - r))?;
-                Linear::kernel(&refs, &chunk, self.n, self.k, false)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&parts, 0).map(Some)
-    }
-}
-
-impl Module for GroupedLinear {
-    /// `x`: `[m, groups·k]` -> `[m, groups·n]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(out) = self.forward_kernel(x, Linear::decode_rows(x)?)? {
-            return Ok(out);
-        }
-        // Larger inputs: one batched matmul over the weights made dense for
-        // the call (widening or dequantizing them costs a fraction of the
-        // matmul; one small quantized matmul per group cost more).
-        let m = x.dim(0)?;
-        let w = self.dense(x.dtype())?;
-        x.reshape((m, self.groups, self.k))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .matmul(&w.transpose(1, 2)?)?
-            .transpose(0, 1)?
-            .reshape((m, self.groups * self.n))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::testing::{max_abs, values};
+    use crate::testing::unit::{max_abs_diff, values};
     use candle_core::Device;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        max_abs(&(a - b).unwrap())
-    }
-
-    /// Per group, x's slice times the group's dense (dequantized) weight.
-    fn reference(w: &Tensor, x: &Tensor) -> Tensor {
-        let (g, _, k) = w.dims3().unwrap();
-        let parts: Vec<Tensor> = (0..g)
-            .map(|i| {
-                x.narrow(1, i * k, k)
-                    .unwrap()
-                    .matmul(&w.get(i).unwrap().t().unwrap())
-                    .unwrap()
-            })
-            .collect();
-        Tensor::cat(&parts, 1).unwrap()
-    }
-
-    #[test]
-    fn grouped_kernel_and_per_group_matmuls_agree_in_every_format() {
-        // 48 rows a group tile for the packed VNNI kernel (where the CPU has
-        // it); 40 do not.
-        for (g, n, k) in [(3, 40, 64), (3, 48, 64)] {
-            grouped_agrees(g, n, k);
-        }
-    }
-
-    fn grouped_agrees(g: usize, n: usize, k: usize) {
-        let w = Tensor::from_vec(values(g * n * k, 1), (g, n, k), &Device::Cpu).unwrap();
-        for format in [
-            WeightFormat::dense(DType::F32),
-            WeightFormat::dense(DType::BF16),
-            WeightFormat {
-                dtype: DType::F32,
-                quantize: Quantization::Q8_0,
-            },
-        ] {
-            let grouped = GroupedLinear::new(&w, format).unwrap();
-            let held = grouped.dense(DType::F32).unwrap();
-            // The held weights are the given ones, up to rounding.
-            assert!(
-                max_abs_diff(&held, &w) < 0.01,
-                "{format:?}: the held weights are not the given ones"
-            );
-            // By format and CPU: the packed kernel, the decode kernel (in
-            // one call, or a few at 20 rows) or one batched matmul.
-            for m in [2, 20, 300] {
-                let x = Tensor::from_vec(values(m * g * k, m), (m, g * k), &Device::Cpu).unwrap();
-                let got = grouped.forward(&x).unwrap();
-                let want = reference(&held, &x);
-                let diff = max_abs_diff(&got, &want);
-                let bound = if format.quantize == Quantization::None {
-                    1e-4
-                } else {
-                    0.15
-                };
-                assert!(diff < bound, "{format:?}, {m} rows: {diff}");
-            }
-        }
-    }
 
     /// Linears on their own inputs give what a call each gives, whether a
     /// run of equal shapes shares one kernel call or not.
@@ -887,47 +512,6 @@ mod tests {
                     assert!(max_abs_diff(got, &want) < 1e-5, "{dtype:?}, {m} rows");
                 }
             }
-        }
-    }
-
-    /// Packing rows on several threads (parts of 112, 112 and 80 rows)
-    /// gives the weight packed whole; a shape that does not tile is left
-    /// to candle.
-    #[test]
-    fn split_packing_equals_packing_whole() {
-        let (n, k) = (304, 512);
-        assert!(n * k >= QUANTIZE_SPLIT);
-        let v = values(n * k, 9);
-        for ggml in [GgmlDType::Q8_0, GgmlDType::Q4K] {
-            let Some(ours) = pack_rows(&v, (n, k), ggml, 3).unwrap() else {
-                assert!(!Packed::available());
-                continue;
-            };
-            let whole =
-                QTensor::quantize(&Tensor::from_slice(&v, (n, k), &Device::Cpu).unwrap(), ggml)
-                    .unwrap();
-            let whole = Packed::new(&whole.data().unwrap(), ggml, n, k).unwrap();
-            assert_eq!(ours.dims(), (n, k));
-            assert_eq!(ours.dequantize(), whole.dequantize(), "{ggml:?}");
-        }
-        assert!(pack_rows(&v[..40 * k], (40, k), GgmlDType::Q8_0, 3)
-            .unwrap()
-            .is_none());
-    }
-
-    /// Quantizing rows on several threads gives candle's bytes exactly.
-    #[test]
-    fn split_quantization_equals_candles() {
-        let (n, k) = (301, 256);
-        assert!(n * k >= QUANTIZE_SPLIT);
-        let v = values(n * k, 7);
-        for ggml in [GgmlDType::Q8_0, GgmlDType::Q4K] {
-            let ours = quantize_rows(&v, (n, k), ggml, 3).unwrap();
-            let whole =
-                QTensor::quantize(&Tensor::from_slice(&v, (n, k), &Device::Cpu).unwrap(), ggml)
-                    .unwrap();
-            assert_eq!(ours.shape().dims2().unwrap(), (n, k));
-            assert!(ours.data().unwrap() == whole.data().unwrap(), "{ggml:?}");
         }
     }
 }

@@ -1,0 +1,104 @@
+//! The files of a checkpoint: `config.json`, the weights (one
+//! `model.safetensors`, or the shards an index names) and the tokenizer's
+//! files, found in a folder or a hub repository.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::hub::{HubOptions, HubRepo};
+use crate::error::{read_json, ModelError, Result};
+
+const INDEX_FILE: &str = "model.safetensors.index.json";
+const SINGLE_FILE: &str = "model.safetensors";
+
+/// The files of one checkpoint, wherever they came from.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config: PathBuf,
+    pub weights: Vec<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+    pub tokenizer_config: Option<PathBuf>,
+    pub generation_config: Option<PathBuf>,
+    /// `chat_template.jinja`: where newer repositories keep the chat
+    /// template (it wins over `tokenizer_config.json`'s).
+    pub chat_template: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+fn read_shard_names(index: &Path) -> Result<Vec<String>> {
+    let parsed: ShardIndex = read_json(index)?;
+    let mut shards: Vec<String> = parsed.weight_map.into_values().collect();
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
+}
+
+/// A source of named files: a folder, or a hub repository.
+pub(super) trait FileSource {
+    fn fetch(&self, name: &str) -> Result<Option<PathBuf>>;
+    fn describe(&self) -> String;
+}
+
+struct Folder(PathBuf);
+
+impl FileSource for Folder {
+    fn fetch(&self, name: &str) -> Result<Option<PathBuf>> {
+        let path = self.0.join(name);
+        Ok(path.is_file().then_some(path))
+    }
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+fn collect_files(source: &dyn FileSource) -> Result<ModelFiles> {
+    let missing = |name: &str| ModelError::Hub {
+        model: source.describe(),
+        message: format!("has no {name}"),
+    };
+    let config = source
+        .fetch("config.json")?
+        .ok_or_else(|| missing("config.json"))?;
+    let weights = if let Some(index) = source.fetch(INDEX_FILE)? {
+        read_shard_names(&index)?
+            .iter()
+            .map(|shard| source.fetch(shard)?.ok_or_else(|| missing(shard)))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        let single = source.fetch(SINGLE_FILE)?;
+        vec![single.ok_or_else(|| missing("model.safetensors or model.safetensors.index.json"))?]
+    };
+    Ok(ModelFiles {
+        config,
+        weights,
+        tokenizer: source.fetch("tokenizer.json")?,
+        tokenizer_config: source.fetch("tokenizer_config.json")?,
+        generation_config: source.fetch("generation_config.json")?,
+        chat_template: source.fetch("chat_template.jinja")?,
+    })
+}
+
+/// Resolves `model` — a folder, or a hub id such as `deepseek-ai/DeepSeek-V2-Lite-Chat` —
+/// to its files, downloading into the hub cache when allowed.
+pub fn resolve_model(model: &str, hub: &HubOptions) -> Result<ModelFiles> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return collect_files(&Folder(path.to_path_buf()));
+    }
+    let looks_like_id = model.split('/').count() == 2
+        && !model.starts_with('.')
+        && model.split('/').all(|part| !part.is_empty());
+    if !looks_like_id {
+        return Err(ModelError::Hub {
+            model: model.to_string(),
+            message: "is neither a folder nor a hub id of the form `org/name`".into(),
+        });
+    }
+    collect_files(&HubRepo::new(model, hub)?)
+}

@@ -1,0 +1,147 @@
+//! The AVX-512 inner loops of an item's attention.
+
+use std::arch::x86_64::*;
+
+use crate::kernels::x86::exp512;
+
+/// Lanes `0..n` of a 16-lane mask (all for `n >= 16`).
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// `out[r][h]` = the dot product of the `h`-th of `H` consecutive
+/// `width`-long query rows of `q` with `keys[r]`.
+///
+/// # Safety
+/// The CPU has AVX-512F (the lengths are checked).
+#[inline(always)]
+pub unsafe fn dots<const H: usize, const R: usize>(
+    q: &[f32],
+    width: usize,
+    keys: [&[f32]; R],
+    out: &mut [[f32; 4]; R],
+) {
+    assert!(q.len() >= H * width && keys.iter().all(|k| k.len() >= width));
+    let qp = q.as_ptr();
+    let mut acc = [[_mm512_setzero_ps(); R]; H];
+    let mut c = 0;
+    while c < width {
+        // Masked-off lanes are neither read nor faulted on.
+        let m = lanes(width - c);
+        let mut k = [_mm512_setzero_ps(); R];
+        for (k, key) in k.iter_mut().zip(&keys) {
+            *k = _mm512_maskz_loadu_ps(m, key.as_ptr().add(c));
+        }
+        for (h, a) in acc.iter_mut().enumerate() {
+            let qv = _mm512_maskz_loadu_ps(m, qp.add(h * width + c));
+            for (a, k) in a.iter_mut().zip(&k) {
+                *a = _mm512_fmadd_ps(qv, *k, *a);
+            }
+        }
+        c += 16;
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = crate::kernels::x86::reduce4(&std::array::from_fn::<_, H, _>(|h| acc[h][r]));
+    }
+}
+
+/// [`super::softmax_rows`] sixteen scores at a time, with
+/// [`exp512`]: glibc's scalar `expf` took about a tenth of the
+/// attention (`--bench kernels -- attention`).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+pub unsafe fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<super::RowStats> {
+    scores
+        .chunks_exact_mut(context)
+        .map(|s| {
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = _mm512_setzero_ps();
+            for chunk in s.chunks_mut(16) {
+                let m = lanes(chunk.len());
+                let p = chunk.as_mut_ptr();
+                let v = _mm512_maskz_loadu_ps(m, p);
+                let e = exp512(_mm512_sub_ps(v, _mm512_set1_ps(max)));
+                _mm512_mask_storeu_ps(p, m, e);
+                sum = _mm512_mask_add_ps(sum, m, sum, e);
+            }
+            super::RowStats {
+                max,
+                sum: _mm512_reduce_add_ps(sum),
+            }
+        })
+        .collect()
+}
+
+/// `out[h·rank + c] += Σ_t p[h·context + t] · rows[t][c]` for `H` heads:
+/// 64 columns at a time held in registers over all rows, then 16 (the
+/// last ones masked).
+///
+/// # Safety
+/// The CPU has AVX-512F (the lengths are checked).
+#[inline(always)]
+pub unsafe fn weighted_sums<const H: usize>(
+    p: &[f32],
+    rows: &[&[f32]],
+    rank: usize,
+    out: &mut [f32],
+) {
+    assert!(p.len() >= H * rows.len() && out.len() >= H * rank);
+    let mut c = 0;
+    while c + 64 <= rank {
+        columns::<H, 4>(p, rows, rank, c, 0xffff, out);
+        c += 64;
+    }
+    while c < rank {
+        columns::<H, 1>(p, rows, rank, c, lanes(rank - c), out);
+        c += 16;
+    }
+}
+
+/// [`weighted_sums`] for the `16·V` columns from `c`, the last 16 of
+/// them masked by `last`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `p` holds `H` rows of `rows.len()` numbers, `out`
+/// and every row at least `H·rank` and `rank` numbers, and the columns
+/// `c..c + 16·V` lie within `rank` but for the lanes `last` masks off (as
+/// [`weighted_sums`] calls it).
+#[inline(always)]
+unsafe fn columns<const H: usize, const V: usize>(
+    p: &[f32],
+    rows: &[&[f32]],
+    rank: usize,
+    c: usize,
+    last: __mmask16,
+    out: &mut [f32],
+) {
+    let context = rows.len();
+    let mask = |i: usize| if i + 1 == V { last } else { 0xffff };
+    let mut acc = [[_mm512_setzero_ps(); V]; H];
+    for (t, row) in rows.iter().enumerate() {
+        assert!(row.len() >= rank);
+        let mut v = [_mm512_setzero_ps(); V];
+        for (i, v) in v.iter_mut().enumerate() {
+            *v = _mm512_maskz_loadu_ps(mask(i), row.as_ptr().add(c + 16 * i));
+        }
+        for (h, a) in acc.iter_mut().enumerate() {
+            let w = _mm512_set1_ps(*p.as_ptr().add(h * context + t));
+            for i in 0..V {
+                a[i] = _mm512_fmadd_ps(w, v[i], a[i]);
+            }
+        }
+    }
+    for (h, a) in acc.iter().enumerate() {
+        for (i, a) in a.iter().enumerate() {
+            let o = out.as_mut_ptr().add(h * rank + c + 16 * i);
+            let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask(i), o), *a);
+            _mm512_mask_storeu_ps(o, mask(i), sum);
+        }
+    }
+}

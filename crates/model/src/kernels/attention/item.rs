@@ -1,0 +1,227 @@
+//! One work item's attention: some heads of one token against the cache
+//! rows it sees, in plain loops or with AVX2 or AVX-512, chosen at run time.
+
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, avx512};
+use super::{axpy, dot, RowStats};
+
+/// The instruction set the kernel runs on, chosen at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Path {
+    Plain,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Path {
+    pub(super) fn detect() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            // The AVX-512 path also uses AVX2 and FMA instructions.
+            if has!("avx2") && has!("fma") {
+                if has!("avx512f") {
+                    return Path::Avx512;
+                }
+                return Path::Avx2;
+            }
+        }
+        Path::Plain
+    }
+}
+
+/// One work item: `group` heads of one token against the cache rows it sees.
+pub(super) struct Item<'a> {
+    /// The heads' queries, `[group, width]`.
+    pub(super) q: &'a [f32],
+    pub(super) group: usize,
+    pub(super) width: usize,
+    pub(super) rank: usize,
+    pub(super) scale: f32,
+}
+
+impl Item<'_> {
+    /// `out` (`[group, rank]`) = per head, Σ exp(scale · q·rowᵀ - max) ·
+    /// c_kv over `rows`, on `path`, with each head's max and sum.
+    pub(super) fn attend_on(&self, path: Path, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
+        match path {
+            Path::Plain => self.attend(rows, out),
+            // SAFETY: `Path::detect` found the features each path needs.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => unsafe { self.attend_avx2(rows, out) },
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => unsafe { self.attend_avx512(rows, out) },
+        }
+    }
+
+    /// The same work with AVX2 + FMA intrinsics: four heads' dot products
+    /// (or weighted sums) advance together, so each cache row is loaded
+    /// once per four heads, the FMA chains are independent, and the output
+    /// sums stay in registers across all rows.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn attend_avx2(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
+        let (q, context, group, width, rank) =
+            (self.q, rows.len(), self.group, self.width, self.rank);
+        let mut scores = vec![0f32; group * context];
+        let mut h = 0;
+        while h < group {
+            let n = (group - h).min(4);
+            let qh = &q[h * width..];
+            let mut dots = [0f32; 4];
+            for (t, key) in rows.iter().enumerate() {
+                match n {
+                    4 => avx2::dots::<4>(qh, width, key, &mut dots),
+                    3 => avx2::dots::<3>(qh, width, key, &mut dots),
+                    2 => avx2::dots::<2>(qh, width, key, &mut dots),
+                    _ => avx2::dots::<1>(qh, width, key, &mut dots),
+                }
+                for (i, d) in dots[..n].iter().enumerate() {
+                    scores[(h + i) * context + t] = d * self.scale;
+                }
+            }
+            h += n;
+        }
+        weigh(
+            &mut scores,
+            group,
+            rank,
+            out,
+            softmax_rows,
+            |n, p, o| match n {
+                4 => avx2::weighted_sums::<4>(p, rows, rank, o),
+                3 => avx2::weighted_sums::<3>(p, rows, rank, o),
+                2 => avx2::weighted_sums::<2>(p, rows, rank, o),
+                _ => avx2::weighted_sums::<1>(p, rows, rank, o),
+            },
+        )
+    }
+
+    /// The AVX-512 version: four heads against `KEYS` cache rows at a time
+    /// for the scores (independent sums; each row loaded once per four heads,
+    /// each query chunk once per `KEYS` rows), and four heads' weighted
+    /// sums over 64 columns held in sixteen registers across all rows.
+    /// Two rows, not four: with four, sixteen sums and four keys left the
+    /// compiler short of registers, and it kept one sum on the stack, its
+    /// load and store in the inner loop (`--bench kernels -- attention`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn attend_avx512(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
+        const KEYS: usize = 2;
+        let (q, context, group, width, rank) =
+            (self.q, rows.len(), self.group, self.width, self.rank);
+        let mut scores = vec![0f32; group * context];
+        let mut h = 0;
+        while h < group {
+            let n = (group - h).min(4);
+            let qh = &q[h * width..];
+            let mut dots = [[0f32; 4]; KEYS];
+            let mut t = 0;
+            while t < context {
+                // The last few rows repeat the final one to fill the block.
+                let take = (context - t).min(KEYS);
+                let keys: [&[f32]; KEYS] = std::array::from_fn(|r| rows[t + r.min(take - 1)]);
+                match n {
+                    4 => avx512::dots::<4, KEYS>(qh, width, keys, &mut dots),
+                    3 => avx512::dots::<3, KEYS>(qh, width, keys, &mut dots),
+                    2 => avx512::dots::<2, KEYS>(qh, width, keys, &mut dots),
+                    _ => avx512::dots::<1, KEYS>(qh, width, keys, &mut dots),
+                }
+                for (r, row) in dots[..take].iter().enumerate() {
+                    for (i, d) in row[..n].iter().enumerate() {
+                        scores[(h + i) * context + t + r] = d * self.scale;
+                    }
+                }
+                t += take;
+            }
+            h += n;
+        }
+        let softmax = |s: &mut [f32], context| avx512::softmax_rows(s, context);
+        weigh(&mut scores, group, rank, out, softmax, |n, p, o| match n {
+            4 => avx512::weighted_sums::<4>(p, rows, rank, o),
+            3 => avx512::weighted_sums::<3>(p, rows, rank, o),
+            2 => avx512::weighted_sums::<2>(p, rows, rank, o),
+            _ => avx512::weighted_sums::<1>(p, rows, rank, o),
+        })
+    }
+
+    /// [`Self::attend_on`] in plain loops.
+    pub(super) fn attend(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
+        let Item {
+            q,
+            group,
+            width,
+            rank,
+            scale,
+        } = *self;
+        let context = rows.len();
+        let mut scores = vec![0f32; group * context];
+        for (t, key) in rows.iter().enumerate() {
+            for h in 0..group {
+                scores[h * context + t] = dot(&q[h * width..(h + 1) * width], key) * scale;
+            }
+        }
+        let stats = softmax_rows(&mut scores, context);
+        for (t, row) in rows.iter().enumerate() {
+            let value = &row[..rank];
+            for h in 0..group {
+                axpy(
+                    &mut out[h * rank..(h + 1) * rank],
+                    scores[h * context + t],
+                    value,
+                );
+            }
+        }
+        stats
+    }
+}
+
+/// The rest of an item once its `[group, context]` scores are in: softmax
+/// numerators per head (`softmax`, as [`softmax_rows`]), then `sums(n, p,
+/// o)` adding the weighted sums of `n` ≤ 4 heads (numerators `p`, output
+/// rows `o`) into the output.
+#[inline(always)]
+pub(super) fn weigh(
+    scores: &mut [f32],
+    group: usize,
+    rank: usize,
+    out: &mut [f32],
+    softmax: impl Fn(&mut [f32], usize) -> Vec<RowStats>,
+    sums: impl Fn(usize, &[f32], &mut [f32]),
+) -> Vec<RowStats> {
+    let context = scores.len() / group;
+    let stats = softmax(scores, context);
+    let mut h = 0;
+    while h < group {
+        let n = (group - h).min(4);
+        sums(n, &scores[h * context..], &mut out[h * rank..]);
+        h += n;
+    }
+    stats
+}
+
+/// Replaces each `context`-long row of scores by `exp(score - max)` and
+/// returns the rows' max and sum.
+#[inline(always)]
+pub(super) fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<RowStats> {
+    scores
+        .chunks_exact_mut(context)
+        .map(|s| {
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for v in s.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            RowStats { max, sum }
+        })
+        .collect()
+}

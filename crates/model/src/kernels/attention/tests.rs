@@ -1,0 +1,251 @@
+//! The attention kernels against plain loops and a direct softmax in f64,
+//! and the fused kernels against the steps one after another.
+
+use super::item::{Item, Path};
+use super::plan::{chunks_for, CHUNK_ROWS, PARTIAL_BUDGET};
+use super::*;
+
+/// A deterministic pseudo-random fill in [-1, 1).
+fn fill(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| {
+            let x = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 2001;
+            x as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+/// The SIMD loops equal the plain ones for odd head counts, widths and
+/// ranks with tails, and contexts that cross cache blocks and leave a
+/// partial block of key rows.
+#[test]
+fn simd_paths_match_plain_loops() {
+    let mut paths = vec![];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            paths.push(Path::Avx2);
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            paths.push(Path::Avx512);
+        }
+    }
+    for (group, rank, rope, context) in [
+        (4, 256, 64, 300),
+        (3, 40, 12, 17),
+        (1, 16, 8, 1),
+        (7, 24, 5, 33),
+        (5, 72, 9, 6),
+        (2, 8, 3, 2),
+    ] {
+        let width = rank + rope;
+        let q = fill(group * width, 1);
+        let cache = fill(320 * width, 2);
+        // 40 blocks of 8 rows, in a scrambled order.
+        let rows: Vec<&[f32]> = (0..context)
+            .map(|t| {
+                let slot = (t / 8 * 17 % 40) * 8 + t % 8;
+                &cache[slot * width..(slot + 1) * width]
+            })
+            .collect();
+        let item = Item {
+            q: &q,
+            group,
+            width,
+            rank,
+            scale: 0.3,
+        };
+        let normalised = |out: &mut Vec<f32>, stats: Vec<RowStats>| {
+            for (o, s) in out.chunks_exact_mut(rank).zip(stats) {
+                o.iter_mut().for_each(|v| *v /= s.sum);
+            }
+        };
+        let mut plain = vec![0f32; group * rank];
+        let stats = item.attend(&rows, &mut plain);
+        normalised(&mut plain, stats);
+        for &path in &paths {
+            let mut simd = vec![0f32; group * rank];
+            let stats = item.attend_on(path, &rows, &mut simd);
+            normalised(&mut simd, stats);
+            for (a, b) in plain.iter().zip(&simd) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                    "{path:?}: {a} vs {b} ({group}, {rank}, {rope}, {context})"
+                );
+            }
+        }
+    }
+}
+
+/// Whole calls against a direct softmax in f64: sequences whose contexts
+/// are split into chunks (merged by their statistics) and ones that are
+/// not, several new tokens each, blocks in a scrambled order.
+#[test]
+fn split_contexts_match_a_direct_softmax() {
+    let (heads, rank, rope, block_size) = (4, 40, 8, 16);
+    let width = rank + rope;
+    let blocks = 160;
+    let cache = fill(blocks * block_size * width, 3);
+    let table: Vec<u32> = (0..blocks as u32).map(|b| b * 37 % blocks as u32).collect();
+    let seqs = [
+        // 3 new tokens over 700 cached rows: split.
+        SeqSpan {
+            start: 0,
+            num_new: 3,
+            num_cached: 700,
+            block_table: &table,
+        },
+        // Short: one chunk each.
+        SeqSpan {
+            start: 3,
+            num_new: 2,
+            num_cached: 30,
+            block_table: &table[50..],
+        },
+        // Exactly one chunk, then one row over.
+        SeqSpan {
+            start: 5,
+            num_new: 2,
+            num_cached: CHUNK_ROWS - 1,
+            block_table: &table[100..],
+        },
+    ];
+    let tokens = 7;
+    let queries = fill(tokens * heads * width, 4);
+    let shape = LatentShape {
+        heads,
+        rank,
+        width,
+        block_size,
+    };
+    let got = absorbed_attention(&queries, &cache, &seqs, shape, 0.2);
+    let mut token = 0;
+    for span in &seqs {
+        for j in 0..span.num_new {
+            let context = span.num_cached + j + 1;
+            let row = |t: usize| {
+                let slot = span.block_table[t / block_size] as usize * block_size + t % block_size;
+                &cache[slot * width..(slot + 1) * width]
+            };
+            for h in 0..heads {
+                let q = &queries[(token * heads + h) * width..][..width];
+                let scores: Vec<f64> = (0..context)
+                    .map(|t| {
+                        let key = row(t);
+                        0.2 * (0..width).map(|c| q[c] as f64 * key[c] as f64).sum::<f64>()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for c in 0..rank {
+                    let want = (0..context)
+                        .map(|t| weights[t] * row(t)[c] as f64)
+                        .sum::<f64>()
+                        / total;
+                    let have = got[(token * heads + h) * rank + c] as f64;
+                    assert!(
+                        (want - have).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "token {token} head {h} column {c}: {have} vs {want}"
+                    );
+                }
+            }
+            token += 1;
+        }
+    }
+}
+
+/// Both fused kernels equal the three steps run one after another (the
+/// per-head matrices here plain f32 products): sequences mid-decode,
+/// one with a context long enough to be split into chunks, one a
+/// prompt longer than an item's chunk of tokens, blocks in a scrambled
+/// order, a head count no power of two.
+#[test]
+fn fused_equals_the_steps_one_after_another() {
+    let (heads, nope, rank, rope, v_dim, block_size) = (12, 24, 40, 8, 20, 16);
+    let width = rank + rope;
+    let blocks = 60;
+    let cache = fill(blocks * block_size * width, 5);
+    let table: Vec<u32> = (0..blocks as u32).map(|b| b * 7 % blocks as u32).collect();
+    let seqs = [
+        SeqSpan {
+            start: 0,
+            num_new: 2,
+            num_cached: 700,
+            block_table: &table,
+        },
+        SeqSpan {
+            start: 2,
+            num_new: 37,
+            num_cached: 3,
+            block_table: &table[45..],
+        },
+    ];
+    let tokens = 39;
+    let (w_uk, w_uv) = (fill(heads * rank * nope, 6), fill(heads * v_dim * rank, 7));
+    // `out[i, r] = Σ_c x[i, c] · w[head][r, c]` for `[rows, cols]` weights.
+    let product = |w: &[f32], head: usize, rows: usize, x: &[f32], out: &mut [f32]| {
+        let cols = x.len() / (out.len() / rows);
+        let w = &w[head * rows * cols..][..rows * cols];
+        for (x, out) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
+            for (o, w) in out.iter_mut().zip(w.chunks_exact(cols)) {
+                *o = dot(x, w);
+            }
+        }
+    };
+    let matrices = HeadMatrices {
+        nope,
+        v_dim,
+        uk: |h: usize, x: &[f32], out: &mut [f32]| product(&w_uk, h, rank, x, out),
+        uv: |h: usize, x: &[f32], out: &mut [f32]| product(&w_uv, h, v_dim, x, out),
+    };
+    let (q_nope, q_pe) = (
+        fill(tokens * heads * nope, 8),
+        fill(tokens * heads * rope, 9),
+    );
+    let shape = LatentShape {
+        heads,
+        rank,
+        width,
+        block_size,
+    };
+    let mut queries = vec![0f32; tokens * heads * width];
+    for (i, q) in queries.chunks_exact_mut(width).enumerate() {
+        (matrices.uk)(i % heads, &q_nope[i * nope..][..nope], &mut q[..rank]);
+        q[rank..].copy_from_slice(&q_pe[i * rope..][..rope]);
+    }
+    let latents = absorbed_attention(&queries, &cache, &seqs, shape, 0.3);
+    let mut want = vec![0f32; tokens * heads * v_dim];
+    for (i, out) in want.chunks_exact_mut(v_dim).enumerate() {
+        (matrices.uv)(i % heads, &latents[i * rank..][..rank], out);
+    }
+    for run in [fused_absorbed_attention, phased_absorbed_attention] {
+        let got = run(&q_nope, &q_pe, &cache, &seqs, shape, 0.3, &matrices);
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                "number {i}: fused {a}, steps {b}"
+            );
+        }
+    }
+}
+
+/// Long contexts split into 512-row chunks, unless the partial outputs
+/// of that many tokens would pass the budget.
+#[test]
+fn split_contexts_stay_within_the_partial_budget() {
+    // One decode token of DeepSeek-V3's attention (128 heads, rank 512).
+    let per_chunk = 128 * 512;
+    assert_eq!(chunks_for(100, 1, per_chunk), 1);
+    assert_eq!(chunks_for(2048, 1, per_chunk), 4);
+    assert_eq!(chunks_for(2049, 1, per_chunk), 5);
+    // A 128K-token context: as many chunks as the budget allows.
+    assert_eq!(
+        chunks_for(131_072, 1, per_chunk),
+        PARTIAL_BUDGET / per_chunk
+    );
+    // A long prompt's prefill: no split.
+    assert_eq!(chunks_for(8192, 4096, per_chunk), 1);
+    assert!(16 * chunks_for(65_536, 16, per_chunk) * per_chunk <= PARTIAL_BUDGET);
+}

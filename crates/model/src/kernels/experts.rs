@@ -1,0 +1,59 @@
+//! Routed experts on the packed kernels: every active expert's MLP on its
+//! own tokens, in one call of the packed kernel for all gate and up
+//! projections and one for all down projections.
+
+use super::packed::{self, Packed};
+use super::silu::silu_times;
+
+/// An MLP's quantized weights (Q8_0 or Q4_K, each in its own) repacked for
+/// the VNNI kernels, on CPUs that have them (the only copy), gate and up
+/// stacked as one `[2·inter, hidden]` weight: one pass over the input
+/// computes both.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedMlp {
+    pub(crate) gate_up: Packed,
+    pub(crate) down: Packed,
+}
+
+impl PackedMlp {
+    /// Each job `(mlp, rows)` applied to its rows of `x` (`[tokens, hidden]`,
+    /// row-major): every job's `[rows, hidden]` output, one after another.
+    /// Two calls of the packed kernel in all, one for every job's gate and
+    /// up projections, one for their down projections.
+    pub(crate) fn forward_each(
+        x: &[f32],
+        hidden: usize,
+        jobs: &[(&PackedMlp, &[u32])],
+    ) -> Vec<f32> {
+        let first: Vec<(&Packed, Vec<usize>)> = jobs
+            .iter()
+            .map(|(mlp, rows)| {
+                let starts = rows.iter().map(|&r| r as usize * hidden).collect();
+                (&mlp.gate_up, starts)
+            })
+            .collect();
+        let gate_up = packed::matmul_each(x, &first);
+        let mut h = Vec::new();
+        let mut second = Vec::with_capacity(jobs.len());
+        let mut rows_in = gate_up.as_slice();
+        for (mlp, rows) in jobs {
+            let inter = mlp.down.dims().1;
+            let start = h.len();
+            for _ in 0..rows.len() {
+                let (row, rest) = rows_in.split_at(2 * inter);
+                rows_in = rest;
+                let (gate, up) = row.split_at(inter);
+                silu_times(gate, up, &mut h);
+            }
+            second.push((
+                &mlp.down,
+                (0..rows.len()).map(|r| start + r * inter).collect(),
+            ));
+        }
+        packed::matmul_each(&h, &second)
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.gate_up.bytes() + self.down.bytes()
+    }
+}

@@ -1,0 +1,170 @@
+//! The packed kernels against the same integer arithmetic done plainly.
+
+use super::input::quantize_block;
+use super::*;
+use crate::testing::unit::{dequantized, packed_q4k, packed_q8_0, values as fill};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+/// The kernel equals the same integer arithmetic done plainly (exact up
+/// to f32 rounding), and stays within activation quantization of the
+/// f32 product with the dequantized weights.
+#[test]
+fn packed_kernel_matches_the_integer_arithmetic() {
+    if !PackedQ8::available() {
+        return;
+    }
+    for (m, groups, n, k) in [
+        (1, 3, 16, 32),
+        (2, 16, 256, 128),
+        (5, 2, 48, 256),
+        (11, 2, 16, 64),
+    ] {
+        let x = fill(m * groups * k, 1);
+        let weights: Vec<QTensor> = (0..groups)
+            .map(|g| {
+                let w = Tensor::from_vec(fill(n * k, 100 + g), (n, k), &Device::Cpu).unwrap();
+                QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()
+            })
+            .collect();
+        let packs: Vec<Packed> = weights
+            .iter()
+            .map(|w| Packed::Q8_0(PackedQ8::new(&w.data().unwrap(), n, k).unwrap()))
+            .collect();
+        let got = matmul_groups(&x, m, &packs.iter().collect::<Vec<_>>());
+        for (g, w) in weights.iter().enumerate() {
+            let data = w.data().unwrap();
+            let deq = dequantized(w);
+            for i in 0..m {
+                let xs = &x[(i * groups + g) * k..][..k];
+                for j in 0..n {
+                    let mut exact = 0f64;
+                    let mut plain = 0f64;
+                    for b in 0..k / BLOCK {
+                        let mut q = [0i8; BLOCK];
+                        let dx = quantize_block(&xs[b * BLOCK..][..BLOCK], &mut q);
+                        let block = &data[(j * k / BLOCK + b) * Q8_0_BYTES..];
+                        let dw = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                        let dot: i32 = (0..BLOCK)
+                            .map(|c| block[2 + c] as i8 as i32 * q[c] as i32)
+                            .sum();
+                        exact += (dw * dx) as f64 * dot as f64;
+                    }
+                    for c in 0..k {
+                        plain += deq[j * k + c] as f64 * xs[c] as f64;
+                    }
+                    let have = got[i * groups * n + g * n + j] as f64;
+                    assert!(
+                        (have - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                        "{m}x{groups}x{n}x{k} row {i} group {g} column {j}: {have} vs {exact}"
+                    );
+                    // Activation quantization: well under 1% of the scale.
+                    let norm = (k as f64).sqrt();
+                    assert!((have - plain).abs() <= 0.02 * norm, "{have} vs f32 {plain}");
+                }
+            }
+        }
+    }
+}
+
+/// Each job multiplies its own rows, wherever they start in the input
+/// and whatever its width and format, exactly as a call for each row
+/// alone does; the outputs follow one another, and a job without rows
+/// adds none.
+#[test]
+fn each_job_takes_its_own_rows() {
+    if !Packed::available() {
+        return;
+    }
+    let x = fill(6 * 256, 3);
+    let a = Packed::Q8_0(packed_q8_0(48, 64, 10).1);
+    let b = Packed::Q4K(packed_q4k(32, 256, 20).1);
+    let c = Packed::Q8_0(packed_q8_0(16, 32, 30).1);
+    let jobs = vec![
+        (&a, vec![0, 192, 64]),
+        (&b, vec![512, 0, 1024, 32, 96, 1280, 160, 224, 288]),
+        (&a, vec![]),
+        (&c, vec![1280]),
+    ];
+    let got = matmul_each(&x, &jobs);
+    let mut want = Vec::new();
+    for (pack, starts) in &jobs {
+        let k = pack.dims().1;
+        for &s in starts {
+            want.extend(matmul_groups(&x[s..s + k], 1, &[pack]));
+        }
+    }
+    assert_eq!(got, want);
+}
+
+/// On the calling thread, a weight gives the numbers the pool's call
+/// gives, for both formats and row counts below, at and past a tile's
+/// eight rows.
+#[test]
+fn here_equals_the_pools_call() {
+    if !Packed::available() {
+        return;
+    }
+    let q8 = Packed::Q8_0(packed_q8_0(48, 128, 50).1);
+    let q4 = Packed::Q4K(packed_q4k(32, 256, 60).1);
+    for pack in [&q8, &q4] {
+        let (n, k) = pack.dims();
+        for m in [1, 3, 8, 11] {
+            let x = fill(m * k, m);
+            let mut got = vec![0f32; m * n];
+            matmul_here(&x, pack, &mut got);
+            assert_eq!(got, matmul_groups(&x, m, &[pack]), "{m} rows of {k}");
+        }
+    }
+}
+
+/// The Q4_K kernel equals the same integer arithmetic done plainly
+/// (exact up to f32 rounding) for every row count, and stays within
+/// activation quantization of the f32 product with candle's
+/// dequantized weights.
+#[test]
+fn q4k_kernel_matches_the_integer_arithmetic() {
+    if !Packed::available() {
+        return;
+    }
+    let (n, k) = (32, 512);
+    let (q, p) = packed_q4k(n, k, 40);
+    let data = q.data().unwrap();
+    let deq = dequantized(&q);
+    let p = Packed::Q4K(p);
+    for m in [1, 3, 9] {
+        let x: Vec<f32> = fill(m * k, m).iter().map(|v| v * 3.0).collect();
+        let got = matmul_groups(&x, m, &[&p]);
+        for i in 0..m {
+            let xs = &x[i * k..][..k];
+            for j in 0..n {
+                let mut exact = 0f64;
+                for sb in 0..k / 256 {
+                    let block = &data[(j * k / 256 + sb) * 144..][..144];
+                    let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                    let dmin = half::f16::from_le_bytes([block[2], block[3]]).to_f32();
+                    for sub in 0..8 {
+                        let mut xq = [0i8; BLOCK];
+                        let dx = quantize_block(&xs[(sb * 8 + sub) * BLOCK..][..BLOCK], &mut xq);
+                        let (sc, mn) = crate::quant::q4k::scale_min(sub, &block[4..16]);
+                        let byte = |c: usize| block[16 + sub / 2 * 32 + c];
+                        let nib = |c: usize| ((byte(c) >> (4 * (sub % 2))) & 0x0F) as i32;
+                        let dot: i32 = (0..BLOCK).map(|c| nib(c) * xq[c] as i32).sum();
+                        let sum: i32 = xq.iter().map(|&v| v as i32).sum();
+                        let inner = (d * sc as f32) as f64 * dot as f64
+                            - (dmin * mn as f32) as f64 * sum as f64;
+                        exact += dx as f64 * inner;
+                    }
+                }
+                let plain: f64 = (0..k).map(|c| deq[j * k + c] as f64 * xs[c] as f64).sum();
+                let have = got[i * n + j] as f64;
+                assert!(
+                    (have - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                    "{m} rows, row {i} column {j}: {have} vs {exact}"
+                );
+                let norm = (k as f64).sqrt() * 3.0;
+                assert!((have - plain).abs() <= 0.02 * norm, "{have} vs f32 {plain}");
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! What the crate's unit tests share: deterministic fills, tensor
+//! distances, and weights quantized by candle beside their packed form.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::kernels::packed::{PackedQ4K, PackedQ8};
+
+/// A deterministic pseudo-random fill in [-1, 1).
+pub fn values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i + seed) * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// The largest |number| of `t`.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The largest |difference| between `a` and `b`.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
+}
+
+/// A quantized weight's numbers, row-major.
+pub fn dequantized(q: &QTensor) -> Vec<f32> {
+    q.dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// A `[n, k]` fill quantized to `ggml` by candle.
+fn quantized(n: usize, k: usize, seed: usize, ggml: GgmlDType) -> QTensor {
+    let w = Tensor::from_vec(values(n * k, seed), (n, k), &Device::Cpu).unwrap();
+    QTensor::quantize(&w, ggml).unwrap()
+}
+
+/// A `[n, k]` fill in candle's Q8_0, and packed.
+pub fn packed_q8_0(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ8) {
+    let q = quantized(n, k, seed, GgmlDType::Q8_0);
+    let p = PackedQ8::new(&q.data().unwrap(), n, k).unwrap();
+    (q, p)
+}
+
+/// A `[n, k]` fill in candle's Q4_K, and packed.
+pub fn packed_q4k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ4K) {
+    let q = quantized(n, k, seed, GgmlDType::Q4K);
+    let p = PackedQ4K::new(&q.data().unwrap(), n, k).unwrap();
+    (q, p)
+}
