@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use tracing::Instrument;
 
-use ferroseek_engine::{Event, Request, RequestStream};
+use ferroseek_engine::{ChoiceDelta, ChoiceOutput, Event, Request, RequestStream};
 
 use crate::chat_prompt::{self, TemplateOptions};
 use crate::error::ApiError;
@@ -19,7 +19,6 @@ use crate::openai::chat::{
     ChatMessageOut, ChatTokenLogprob, ChunkChoice, Delta,
 };
 use crate::openai::common::{unix_now, Usage};
-use crate::reasoning::{ReasoningSplitter, Split};
 use crate::routes::RequestId;
 use crate::state::AppState;
 use crate::validate::{check_streaming, check_top_logprobs, SamplingFields};
@@ -37,40 +36,30 @@ struct Context {
     timing: Timing,
 }
 
-/// One choice's progress: the reasoning split and the counts.
+/// One choice's progress: its output pipeline and the counts.
 struct Choice {
-    splitter: ReasoningSplitter,
+    output: ChoiceOutput,
     completion_tokens: usize,
-    reasoning_tokens: usize,
     finish_reason: Option<String>,
 }
 
 impl Choice {
     fn new(reasoning: bool, opens_reasoning: bool) -> Self {
         Choice {
-            splitter: ReasoningSplitter::new(reasoning, opens_reasoning),
+            output: ChoiceOutput::new(reasoning, opens_reasoning),
             completion_tokens: 0,
-            reasoning_tokens: 0,
             finish_reason: None,
         }
     }
 
-    /// A token's text; the token counts as reasoning if it came inside `<think>`.
-    fn token(&mut self, text: &str) -> Split {
-        if self.splitter.inside() {
-            self.reasoning_tokens += 1;
-        }
-        self.splitter.push(text)
+    fn token(&mut self, text: &str) -> ChoiceDelta {
+        self.output.token(text)
     }
 
-    fn finish(&mut self, text: &str, reason: &str, completion_tokens: usize) -> Split {
-        let mut split = self.splitter.push(text);
-        let rest = self.splitter.finish();
-        split.reasoning.push_str(&rest.reasoning);
-        split.content.push_str(&rest.content);
+    fn finish(&mut self, text: &str, reason: &str, completion_tokens: usize) -> ChoiceDelta {
         self.finish_reason = Some(reason.to_string());
         self.completion_tokens = completion_tokens;
-        split
+        self.output.finish(text)
     }
 }
 
@@ -284,7 +273,7 @@ fn usage(ctx: &Context, choices: &[Choice], cached_tokens: usize) -> Usage {
         ctx.prompt_tokens,
         choices.iter().map(|c| c.completion_tokens).sum(),
         cached_tokens,
-        choices.iter().map(|c| c.reasoning_tokens).sum(),
+        choices.iter().map(|c| c.output.reasoning_tokens()).sum(),
     )
 }
 
@@ -446,7 +435,7 @@ impl Drop for ChatStream {
     }
 }
 
-fn delta_of(split: Split) -> Delta {
+fn delta_of(split: ChoiceDelta) -> Delta {
     Delta {
         role: None,
         content: Some(split.content).filter(|s| !s.is_empty()),
