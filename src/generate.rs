@@ -148,12 +148,16 @@ pub trait Shape: Send + 'static {
         Vec::new()
     }
 
-    /// The prompt of engine request `p` is in the cache.
+    /// The prompt of engine request `p` is in the cache, with its tokens'
+    /// log-probabilities if asked for.
     fn prompt(
         &mut self,
         p: usize,
         logprobs: Option<Vec<Option<TokenLogprob>>>,
-    ) -> Result<Vec<Self::Part>, ApiError>;
+    ) -> Result<Vec<Self::Part>, ApiError> {
+        let _ = (p, logprobs);
+        Ok(Vec::new())
+    }
 
     /// Choice `index` generated `token`, which made `delta` final.
     fn token(

@@ -158,14 +158,6 @@ impl Shape for ChatShape {
             .collect()
     }
 
-    fn prompt(
-        &mut self,
-        _: usize,
-        _: Option<Vec<Option<TokenLogprob>>>,
-    ) -> Result<Vec<ChunkChoice>, ApiError> {
-        Ok(Vec::new())
-    }
-
     fn token(
         &mut self,
         index: usize,
