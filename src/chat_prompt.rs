@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::openai::chat::{ChatMessageIn, ContentIn, ThinkingOption};
-use crate::reasoning::prompt_opens_reasoning;
 use crate::state::Ready;
+use ferroseek_engine::output::prompt_opens_reasoning;
 
 /// A rendered and tokenized conversation.
 #[derive(Debug)]

@@ -16,7 +16,6 @@ mod load;
 mod logging;
 mod metrics;
 mod openai;
-mod reasoning;
 mod routes;
 mod state;
 mod tokens;

@@ -1,20 +1,17 @@
 //! `POST /v1/completions`: one engine request per prompt, `n` choices each
 //! (choice `index` = prompt number × n + choice), whole or streamed.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
-use tracing::Instrument;
 
-use ferroseek_engine::{Event, Request, RequestStream, TokenLogprob};
+use ferroseek_engine::{ChoiceDelta, ChoiceOutput, Request, TokenLogprob};
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::generate::{sse_response, system_fingerprint, SseData, Timing};
+use crate::generate::{system_fingerprint, Generation, Head, Shape, SseData};
 use crate::openai::common::{finite_logprob, unix_now, TokenMap, Usage};
 use crate::openai::completions::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, PromptField,
@@ -34,38 +31,18 @@ struct Prompt {
     text: String,
 }
 
-/// Text and log-probabilities to add to one choice.
-struct Piece {
-    index: usize,
-    text: String,
-    logprobs: Option<CompletionLogprobs>,
-    finish_reason: Option<String>,
-}
-
-/// One choice's running state.
-#[derive(Default)]
-struct Choice {
-    /// Character offset in the choice's text where the next token starts.
-    offset: usize,
-    completion_tokens: usize,
-    finish_reason: Option<String>,
-}
-
-/// The request's progress over all prompts and choices.
-struct Completion {
+/// The completion's JSON: a `text_completion` chunk per piece of text, or
+/// one text per choice; with `echo`, each choice starts with its prompt.
+struct CompletionShape {
     state: AppState,
-    id: String,
-    model: String,
-    created: u64,
     prompts: Vec<Prompt>,
+    /// Choices per prompt.
     n: usize,
     echo: bool,
     logprobs: bool,
     skip_special_tokens: bool,
-    include_usage: bool,
-    choices: Vec<Choice>,
-    cached_tokens: usize,
-    timing: Timing,
+    /// Per choice: the character offset in its text where the next token starts.
+    offsets: Vec<usize>,
 }
 
 #[utoipa::path(
@@ -161,38 +138,28 @@ pub async fn completions(
         "completion"
     );
     let choices = prompts.len() * n;
-    let completion = Completion {
+    let generation = Generation {
         state: state.clone(),
-        id: format!("cmpl-{}", request_id.0),
-        model,
-        created: unix_now(),
-        prompts,
-        n,
-        echo,
-        logprobs: logprobs.is_some(),
-        skip_special_tokens,
+        head: Head {
+            id: format!("cmpl-{}", request_id.0),
+            model,
+            created: unix_now(),
+        },
+        prompt_tokens: prompts.iter().map(|p| p.ids.len()).sum(),
         include_usage,
-        choices: (0..choices).map(|_| Choice::default()).collect(),
-        cached_tokens: 0,
-        timing: Timing::new(start, choices),
+        start,
+        shape: CompletionShape {
+            state: state.clone(),
+            prompts,
+            n,
+            echo,
+            logprobs: logprobs.is_some(),
+            skip_special_tokens,
+            offsets: vec![0; choices],
+        },
     };
-    let events = merge(streams);
-    if stream {
-        let span = tracing::Span::current();
-        let s = CompletionStream {
-            completion,
-            events,
-            queue: VecDeque::new(),
-            done: false,
-        };
-        Ok(sse_response(stream::unfold(s, move |s| {
-            s.next_data().instrument(span.clone())
-        })))
-    } else {
-        collect(completion, events)
-            .await
-            .map(|r| Json(r).into_response())
-    }
+    let outputs = (0..choices).map(|_| ChoiceOutput::plain()).collect();
+    generation.respond(streams, outputs, stream).await
 }
 
 fn tokenize_prompts(
@@ -243,18 +210,6 @@ fn tokenize_prompts(
     Ok(prompts)
 }
 
-type Tagged = BoxStream<'static, (usize, Event)>;
-
-/// The events of all prompts as one stream, each tagged with its prompt number.
-fn merge(streams: Vec<RequestStream>) -> SelectAll<Tagged> {
-    stream::select_all(streams.into_iter().enumerate().map(|(p, events)| {
-        stream::unfold(events, move |mut events| async move {
-            events.next().await.map(|e| ((p, e), events))
-        })
-        .boxed()
-    }))
-}
-
 /// Log-probabilities of the prompt tokens, for `echo`.
 fn prompt_logprobs(
     table: &TokenTable,
@@ -294,137 +249,18 @@ fn token_chars(table: &TokenTable, id: u32, skip_special_tokens: bool) -> usize 
     }
 }
 
-impl Completion {
-    fn ready(&self) -> Result<&Ready, ApiError> {
-        self.state.ready()
-    }
-
-    /// What an event adds to the choices; `Err` for an engine failure.
-    fn on_event(&mut self, p: usize, event: Event) -> Result<Vec<Piece>, ApiError> {
-        let mut pieces = Vec::new();
-        match event {
-            Event::Prompt {
-                cached_tokens,
-                logprobs,
-            } => {
-                self.cached_tokens += cached_tokens;
-                if !self.echo {
-                    return Ok(pieces);
-                }
-                let Some(prompt) = self.prompts.get(p) else {
-                    return Ok(pieces);
-                };
-                let ready = self.ready()?;
-                let mut lps = prompt_logprobs(
-                    &ready.tokens,
-                    &prompt.ids,
-                    logprobs.as_deref(),
-                    self.skip_special_tokens,
-                );
-                // Offsets index the echoed text: never past its end, where
-                // the generated text starts.
-                let offset = prompt.text.chars().count();
-                for o in &mut lps.text_offset {
-                    *o = (*o).min(offset);
-                }
-                for c in 0..self.n {
-                    let index = p * self.n + c;
-                    if let Some(choice) = self.choices.get_mut(index) {
-                        choice.offset = offset;
-                    }
-                    pieces.push(Piece {
-                        index,
-                        text: prompt.text.clone(),
-                        logprobs: self.logprobs.then(|| lps.clone()),
-                        finish_reason: None,
-                    });
-                }
-            }
-            Event::Token {
-                choice,
-                token,
-                text,
-                logprob,
-            } => {
-                let index = p * self.n + choice;
-                self.timing.token(self.state.metrics(), index);
-                let logprobs = match logprob {
-                    Some(lp) if self.logprobs => {
-                        let ready = self.ready()?;
-                        let offset = self.choices.get(index).map_or(0, |c| c.offset);
-                        Some(CompletionLogprobs {
-                            tokens: vec![ready.tokens.text(lp.token)],
-                            token_logprobs: vec![Some(finite_logprob(lp.logprob))],
-                            top_logprobs: vec![Some(top_map(&ready.tokens, &lp))],
-                            text_offset: vec![offset],
-                        })
-                    }
-                    _ => None,
-                };
-                let added = match self.ready() {
-                    Ok(ready) => token_chars(&ready.tokens, token, self.skip_special_tokens),
-                    Err(_) => text.chars().count(),
-                };
-                if let Some(c) = self.choices.get_mut(index) {
-                    c.offset += added;
-                }
-                if !text.is_empty() || logprobs.is_some() {
-                    pieces.push(Piece {
-                        index,
-                        text,
-                        logprobs,
-                        finish_reason: None,
-                    });
-                }
-            }
-            Event::Finished {
-                choice,
-                reason,
-                text,
-                completion_tokens,
-            } => {
-                let index = p * self.n + choice;
-                if let Some(c) = self.choices.get_mut(index) {
-                    c.finish_reason = Some(reason.as_openai().to_string());
-                    c.completion_tokens = completion_tokens;
-                }
-                pieces.push(Piece {
-                    index,
-                    text,
-                    logprobs: None,
-                    finish_reason: Some(reason.as_openai().to_string()),
-                });
-            }
-            Event::Error(message) => {
-                return Err(ApiError::internal(format!("generation failed: {message}")))
-            }
-        }
-        Ok(pieces)
-    }
-
-    fn usage(&self) -> Usage {
-        Usage::new(
-            self.prompts.iter().map(|p| p.ids.len()).sum(),
-            self.choices.iter().map(|c| c.completion_tokens).sum(),
-            self.cached_tokens,
-            0,
-        )
-    }
-
-    fn unfinished(&self) -> bool {
-        self.choices.iter().any(|c| c.finish_reason.is_none())
-    }
-
+impl CompletionShape {
     fn response(
         &self,
+        head: &Head,
         choices: Vec<CompletionChoice>,
         usage: Option<Option<Usage>>,
     ) -> CompletionResponse {
         CompletionResponse {
-            id: self.id.clone(),
+            id: head.id.clone(),
             object: "text_completion",
-            created: self.created,
-            model: self.model.clone(),
+            created: head.created,
+            model: head.model.clone(),
             system_fingerprint: system_fingerprint(),
             choices,
             usage,
@@ -432,110 +268,136 @@ impl Completion {
     }
 }
 
-async fn collect(
-    mut completion: Completion,
-    mut events: SelectAll<Tagged>,
-) -> Result<CompletionResponse, ApiError> {
-    let mut choices: Vec<CompletionChoice> = (0..completion.choices.len())
-        .map(|index| CompletionChoice {
+impl Shape for CompletionShape {
+    type Part = CompletionChoice;
+    type Whole = CompletionChoice;
+    const ENDPOINT: &'static str = "completions";
+
+    fn prompt(
+        &mut self,
+        p: usize,
+        logprobs: Option<Vec<Option<TokenLogprob>>>,
+    ) -> Result<Vec<CompletionChoice>, ApiError> {
+        let mut parts = Vec::new();
+        if !self.echo {
+            return Ok(parts);
+        }
+        let Some(prompt) = self.prompts.get(p) else {
+            return Ok(parts);
+        };
+        let ready = self.state.ready()?;
+        let mut lps = prompt_logprobs(
+            &ready.tokens,
+            &prompt.ids,
+            logprobs.as_deref(),
+            self.skip_special_tokens,
+        );
+        // Offsets index the echoed text: never past its end, where
+        // the generated text starts.
+        let offset = prompt.text.chars().count();
+        for o in &mut lps.text_offset {
+            *o = (*o).min(offset);
+        }
+        for c in 0..self.n {
+            let index = p * self.n + c;
+            if let Some(o) = self.offsets.get_mut(index) {
+                *o = offset;
+            }
+            parts.push(CompletionChoice {
+                index,
+                text: prompt.text.clone(),
+                logprobs: self.logprobs.then(|| lps.clone()),
+                finish_reason: None,
+            });
+        }
+        Ok(parts)
+    }
+
+    fn token(
+        &mut self,
+        index: usize,
+        token: u32,
+        delta: ChoiceDelta,
+        logprob: Option<TokenLogprob>,
+    ) -> Result<Option<CompletionChoice>, ApiError> {
+        let text = delta.content;
+        let logprobs = match logprob {
+            Some(lp) if self.logprobs => {
+                let ready = self.state.ready()?;
+                let offset = self.offsets.get(index).copied().unwrap_or(0);
+                Some(CompletionLogprobs {
+                    tokens: vec![ready.tokens.text(lp.token)],
+                    token_logprobs: vec![Some(finite_logprob(lp.logprob))],
+                    top_logprobs: vec![Some(top_map(&ready.tokens, &lp))],
+                    text_offset: vec![offset],
+                })
+            }
+            _ => None,
+        };
+        let added = match self.state.ready() {
+            Ok(ready) => token_chars(&ready.tokens, token, self.skip_special_tokens),
+            Err(_) => text.chars().count(),
+        };
+        if let Some(o) = self.offsets.get_mut(index) {
+            *o += added;
+        }
+        Ok(
+            (!text.is_empty() || logprobs.is_some()).then_some(CompletionChoice {
+                index,
+                text,
+                logprobs,
+                finish_reason: None,
+            }),
+        )
+    }
+
+    fn finished(
+        &mut self,
+        index: usize,
+        delta: ChoiceDelta,
+        reason: &str,
+    ) -> Vec<CompletionChoice> {
+        vec![CompletionChoice {
+            index,
+            text: delta.content,
+            logprobs: None,
+            finish_reason: Some(reason.to_string()),
+        }]
+    }
+
+    fn chunk(
+        &self,
+        head: &Head,
+        parts: Vec<CompletionChoice>,
+        usage: Option<Option<Usage>>,
+    ) -> SseData {
+        SseData::json(&self.response(head, parts, usage))
+    }
+
+    fn empty(&self, index: usize) -> CompletionChoice {
+        CompletionChoice {
             index,
             text: String::new(),
-            logprobs: completion.logprobs.then(CompletionLogprobs::default),
+            logprobs: self.logprobs.then(CompletionLogprobs::default),
             finish_reason: None,
-        })
-        .collect();
-    while let Some((p, event)) = events.next().await {
-        for piece in completion.on_event(p, event)? {
-            let Some(choice) = choices.get_mut(piece.index) else {
-                continue;
-            };
-            choice.text.push_str(&piece.text);
-            if let (Some(all), Some(more)) = (&mut choice.logprobs, piece.logprobs) {
-                all.append(more);
-            }
-            if piece.finish_reason.is_some() {
-                choice.finish_reason = piece.finish_reason;
-            }
-        }
-    }
-    completion
-        .timing
-        .finish(completion.state.metrics(), "completions");
-    if completion.unfinished() {
-        return Err(ApiError::internal("the engine ended the request early"));
-    }
-    let usage = completion.usage();
-    Ok(completion.response(choices, Some(Some(usage))))
-}
-
-struct CompletionStream {
-    completion: Completion,
-    events: SelectAll<Tagged>,
-    queue: VecDeque<SseData>,
-    done: bool,
-}
-
-impl CompletionStream {
-    async fn next_data(mut self) -> Option<(SseData, Self)> {
-        loop {
-            if let Some(data) = self.queue.pop_front() {
-                return Some((data, self));
-            }
-            if self.done {
-                return None;
-            }
-            match self.events.next().await {
-                Some((p, event)) => self.on_event(p, event),
-                None => self.on_end(),
-            }
         }
     }
 
-    fn on_event(&mut self, p: usize, event: Event) {
-        let usage = self.completion.include_usage.then_some(None);
-        match self.completion.on_event(p, event) {
-            Ok(pieces) => {
-                for piece in pieces {
-                    let chunk = self.completion.response(
-                        vec![CompletionChoice {
-                            index: piece.index,
-                            text: piece.text,
-                            logprobs: piece.logprobs,
-                            finish_reason: piece.finish_reason,
-                        }],
-                        usage.clone(),
-                    );
-                    self.queue.push_back(SseData::json(&chunk));
-                }
-            }
-            Err(e) => {
-                tracing::warn!("{}", e.detail.message);
-                self.queue.push_back(SseData::error(&e));
-                self.queue.push_back(SseData::Done);
-                self.done = true;
-            }
+    fn index(part: &CompletionChoice) -> usize {
+        part.index
+    }
+
+    fn add(whole: &mut CompletionChoice, part: CompletionChoice) {
+        whole.text.push_str(&part.text);
+        if let (Some(all), Some(more)) = (&mut whole.logprobs, part.logprobs) {
+            all.append(more);
+        }
+        if part.finish_reason.is_some() {
+            whole.finish_reason = part.finish_reason;
         }
     }
 
-    fn on_end(&mut self) {
-        self.done = true;
-        let c = &self.completion;
-        c.timing.finish(c.state.metrics(), "completions");
-        if c.unfinished() {
-            let e = ApiError::internal("the engine ended the request early");
-            self.queue.push_back(SseData::error(&e));
-        } else if c.include_usage {
-            let chunk = c.response(Vec::new(), Some(Some(c.usage())));
-            self.queue.push_back(SseData::json(&chunk));
-        }
-        self.queue.push_back(SseData::Done);
-    }
-}
-
-impl Drop for CompletionStream {
-    fn drop(&mut self) {
-        if !self.done {
-            tracing::info!(id = %self.completion.id, "client went away mid-stream; request cancelled");
-        }
+    fn body(&self, head: &Head, choices: Vec<CompletionChoice>, usage: Usage) -> Response {
+        Json(self.response(head, choices, Some(Some(usage)))).into_response()
     }
 }

@@ -25,8 +25,8 @@ use tokio::sync::mpsc as async_mpsc;
 use ferroseek_model::{Batch, DeepSeekModel, LatentCache, LogitsRows, SeqInput};
 
 use crate::block_manager::BlockManager;
-use crate::detokenizer::{IncrementalDecoder, StopMatcher, StopOutcome};
 use crate::error::{Error, Result};
+use crate::output::{SeqText, StopOutcome};
 use crate::request::{
     Event, FinishReason, Request, StopConditions, SubmitError, TokenLogprob, MAX_TOP_LOGPROBS,
 };
@@ -452,8 +452,7 @@ struct Group {
 struct SeqData {
     group: u64,
     sampler: Sampler,
-    decoder: IncrementalDecoder,
-    stop: StopMatcher,
+    text: SeqText,
     /// Whether it has been admitted once (left the submit queue).
     admitted: bool,
     /// Samplers of the choices still to fork (parent only).
@@ -517,8 +516,7 @@ impl Worker {
         let data = SeqData {
             group: key,
             sampler,
-            decoder: IncrementalDecoder::with_prompt(&r.prompt, r.skip_special_tokens),
-            stop: StopMatcher::new(r.stop.stop_strings.iter().cloned()),
+            text: SeqText::new(&r.prompt, r.skip_special_tokens, &r.stop.stop_strings),
             admitted: false,
             fork_samplers: samplers.collect(),
             sampled: Vec::new(),
@@ -715,12 +713,11 @@ impl Worker {
                 let group = parent.data.group;
                 let prompt = parent.tokens[..parent.prompt_len].to_vec();
                 let stops = self.groups[&group].stop.stop_strings.clone();
-                let skip = parent.data.decoder.skip_special_tokens();
+                let skip = parent.data.text.skip_special_tokens();
                 self.sched.fork(i, &firsts, |_| SeqData {
                     group,
                     sampler: samplers.next().expect("one sampler per fork"),
-                    decoder: IncrementalDecoder::with_prompt(&prompt, skip),
-                    stop: StopMatcher::new(stops.iter().cloned()),
+                    text: SeqText::new(&prompt, skip, &stops),
                     admitted: true,
                     fork_samplers: Vec::new(),
                     sampled: Vec::new(),
@@ -793,19 +790,13 @@ impl Worker {
         if stop_id {
             reason = Some(FinishReason::EosToken(token));
         } else {
-            let piece = match seq.data.decoder.push(tokenizer, token) {
-                Ok(p) => p.unwrap_or_default(),
-                Err(e) => {
-                    tracing::warn!(request_id = %group.id, "detokenization failed: {e}");
-                    String::new()
-                }
-            };
-            match seq.data.stop.push(&piece) {
-                StopOutcome::Continue(t) => text = t,
-                StopOutcome::Stopped { text: t, stop } => {
+            match seq.data.text.push(tokenizer, token) {
+                Ok(StopOutcome::Continue(t)) => text = t,
+                Ok(StopOutcome::Stopped { text: t, stop }) => {
                     text = t;
                     reason = Some(FinishReason::StopString(stop));
                 }
+                Err(e) => tracing::warn!(request_id = %group.id, "detokenization failed: {e}"),
             }
         }
         let _ = group.tx.send(Event::Token {
@@ -824,18 +815,8 @@ impl Worker {
         let Some(mut reason) = reason else { return };
         let mut tail = String::new();
         if !matches!(reason, FinishReason::StopString(_)) {
-            let rest = seq
-                .data
-                .decoder
-                .finish(tokenizer)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            match seq.data.stop.push(&rest) {
-                StopOutcome::Continue(t) => {
-                    tail = t;
-                    tail.push_str(&seq.data.stop.finish());
-                }
+            match seq.data.text.finish(tokenizer) {
+                StopOutcome::Continue(t) => tail = t,
                 StopOutcome::Stopped { text, stop } => {
                     tail = text;
                     reason = FinishReason::StopString(stop);

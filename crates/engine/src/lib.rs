@@ -7,18 +7,20 @@
 //! the plain types here.
 
 pub mod block_manager;
-pub mod detokenizer;
 pub mod engine;
 pub mod error;
+pub mod output;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
 pub mod template;
 pub mod tokenizer;
 
-pub use detokenizer::{IncrementalDecoder, StopMatcher, StopOutcome};
 pub use engine::{Engine, EngineConfig, EngineStats, RequestStream};
 pub use error::{Error, Result};
+pub use output::{
+    ChoiceDelta, ChoiceOutput, IncrementalDecoder, SeqText, StopMatcher, StopOutcome,
+};
 pub use request::{
     Event, FinishReason, Request, SamplingParams, StopConditions, SubmitError, TokenLogprob,
     MAX_TOP_LOGPROBS,

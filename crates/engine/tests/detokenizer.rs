@@ -3,6 +3,9 @@
 //! piece ends in a half character, and stop strings cut the text where a
 //! one-shot scan would, however the text is split into pieces.
 //!
+//! `tokenizers`' own `DecodeStream` is compared with ours: the same pieces
+//! where it applies, and the three cases that make us keep ours.
+//!
 //! Two tokenizers: the embedded default model's byte-level BPE
 //! (models/tiny-deepseek-v3), and a Llama-style SentencePiece BPE with byte
 //! fallback built here, whose decoder strips a leading space.
@@ -262,6 +265,98 @@ fn invalid_byte_fallback_run_does_not_stall_the_stream() {
         "\u{FFFD}\u{FFFD} hello"
     );
     assert_eq!(pieces.concat(), "\0\u{FFFD} hello");
+}
+
+/// Streams `ids` through `tokenizers`' own `DecodeStream`: the pieces, or
+/// the error it stopped at.
+fn decode_stream(
+    tok: &Tokenizer,
+    skip_special_tokens: bool,
+    ids: &[u32],
+) -> Result<Vec<String>, String> {
+    let mut stream = tok.inner().decode_stream(skip_special_tokens);
+    let mut pieces = Vec::new();
+    for &id in ids {
+        pieces.extend(stream.step(id).map_err(|e| e.to_string())?);
+    }
+    Ok(pieces)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Where `DecodeStream` applies (no prompt before the output, every
+    /// character complete at the end, no U+FFFD of its own: it holds one
+    /// back as if incomplete) it gives our text, piece for piece.
+    #[test]
+    fn decode_stream_gives_the_same_pieces_on_complete_text(text in unicode_text(), skip in any::<bool>()) {
+        prop_assume!(!text.contains('\u{FFFD}'));
+        for tok in [byte_level(), sentencepiece()] {
+            let ids = tok.encode(&text, false).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let ours = stream(tok, &mut IncrementalDecoder::new(skip), &ids);
+            let theirs = decode_stream(tok, skip, &ids).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(ours, theirs);
+        }
+    }
+}
+
+/// Why we keep our decoder (1/3): `DecodeStream` cannot start after a
+/// prompt, so a SentencePiece decoder strips the space that starts the
+/// first generated token, and the client's text runs into the prompt's.
+#[test]
+fn decode_stream_drops_the_first_space_after_a_prompt() {
+    let tok = sentencepiece();
+    let prompt = tok.encode("hello", false).unwrap_or_default();
+    let ids = tok.encode(" ab", false).unwrap_or_default();
+    let ids = &ids[1..]; // The encoding's own leading `▁` belongs to the prompt's side.
+    let ours = stream(
+        tok,
+        &mut IncrementalDecoder::with_prompt(&prompt, false),
+        ids,
+    );
+    let whole = tok
+        .decode(&[prompt.as_slice(), ids].concat(), false)
+        .unwrap_or_default();
+    assert_eq!(whole, "hello ab");
+    assert_eq!(ours.concat(), " ab");
+    assert_eq!(
+        decode_stream(tok, false, ids).map(|p| p.concat()),
+        Ok("ab".to_owned())
+    );
+}
+
+/// Why we keep our decoder (2/3): `DecodeStream` has no end of stream, so a
+/// sequence that stops inside a character loses its last bytes, where the
+/// one-shot decode (and ours) ends in U+FFFD. (The same holds for a text
+/// that ends in a U+FFFD of its own.)
+#[test]
+fn decode_stream_drops_an_unfinished_last_character() {
+    let tok = byte_level();
+    let ids = tok.encode("a😀", false).unwrap_or_default();
+    let ids = &ids[..ids.len() - 1];
+    let whole = tok.decode(ids, false).unwrap_or_default();
+    assert!(
+        whole.starts_with('a') && whole.ends_with('\u{FFFD}'),
+        "{whole:?}"
+    );
+    let ours = stream(tok, &mut IncrementalDecoder::new(false), ids);
+    assert_eq!(ours.concat(), whole);
+    assert_eq!(decode_stream(tok, false, ids), Ok(vec!["a".to_owned()]));
+}
+
+/// Why we keep our decoder (3/3): where the decoder rewrites text already
+/// sent (a byte-fallback run that is not valid UTF-8), `DecodeStream`
+/// fails for good; ours goes on (see
+/// `invalid_byte_fallback_run_does_not_stall_the_stream`).
+#[test]
+fn decode_stream_fails_where_the_decoder_rewrites_sent_text() {
+    let tok = sentencepiece();
+    let byte = |b: u8| 3 + u32::from(b);
+    let hello = tok.token_to_id("▁hello").unwrap_or_default();
+    let ids = [byte(0), byte(0x80), hello];
+    assert!(decode_stream(tok, false, &ids).is_err());
+    let ours = stream(tok, &mut IncrementalDecoder::new(false), &ids);
+    assert_eq!(ours.concat(), "\0\u{FFFD} hello");
 }
 
 /// One-shot reference: cut at the stop string that completes first (the

@@ -1,18 +1,15 @@
-//! Splits a reasoning model's output into `reasoning_content` (between
-//! `<think>` and `</think>`) and `content`, as DeepSeek's API does. Text
-//! arrives in pieces, so a tag may be cut between two pieces: a piece's tail
-//! that could begin a tag is held back until the next piece decides.
+//! The `<think>` split: [`ReasoningSplitter`] divides a reasoning model's
+//! output into reasoning (between `<think>` and `</think>`) and content, as
+//! DeepSeek's API does. Text arrives in pieces, so a tag may be cut between
+//! two pieces: a piece's tail that could begin a tag is held back until the
+//! next piece decides.
+
+use super::ChoiceDelta;
 
 const START: &str = "<think>";
 const END: &str = "</think>";
 
-/// Text of one piece, sorted.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Split {
-    pub reasoning: String,
-    pub content: String,
-}
-
+/// Sorts one choice's text into reasoning and content, piece by piece.
 #[derive(Debug, Clone)]
 pub struct ReasoningSplitter {
     enabled: bool,
@@ -39,8 +36,9 @@ impl ReasoningSplitter {
         self.inside
     }
 
-    pub fn push(&mut self, text: &str) -> Split {
-        let mut out = Split::default();
+    /// Sorts the next piece of text; a possible tag at its end is held back.
+    pub fn push(&mut self, text: &str) -> ChoiceDelta {
+        let mut out = ChoiceDelta::default();
         if !self.enabled {
             out.content.push_str(text);
             return out;
@@ -78,9 +76,9 @@ impl ReasoningSplitter {
     }
 
     /// Releases held-back text at the end of the output.
-    pub fn finish(&mut self) -> Split {
+    pub fn finish(&mut self) -> ChoiceDelta {
         let held = std::mem::take(&mut self.held);
-        let mut out = Split::default();
+        let mut out = ChoiceDelta::default();
         if self.inside {
             out.reasoning = held;
         } else {
@@ -115,8 +113,8 @@ pub fn prompt_opens_reasoning(prompt: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn run(splitter: &mut ReasoningSplitter, pieces: &[&str]) -> Split {
-        let mut all = Split::default();
+    fn run(splitter: &mut ReasoningSplitter, pieces: &[&str]) -> ChoiceDelta {
+        let mut all = ChoiceDelta::default();
         for piece in pieces {
             let s = splitter.push(piece);
             all.reasoning += &s.reasoning;

@@ -1,0 +1,137 @@
+//! Everything that turns generated token ids into the text a client sees,
+//! as a pipeline of stages per choice:
+//!
+//! 1. [`detokenize`]: ids to text pieces that never end in half a character
+//!    ([`IncrementalDecoder`]);
+//! 2. [`stop`]: the text cut at the first stop string ([`StopMatcher`]);
+//! 3. [`reasoning`]: the text sorted into reasoning and content at the
+//!    `<think>` tags ([`ReasoningSplitter`]).
+//!
+//! Stages 1 and 2 run on the engine's worker thread, as [`SeqText`]: a stop
+//! string ends the sequence there, and the request's events carry the text
+//! that is final. Stage 3 runs where the events are read, as
+//! [`ChoiceOutput`], whose output is a [`ChoiceDelta`]: a later stage (a
+//! tool-call parser) adds itself there and its field to the delta.
+
+pub mod detokenize;
+pub mod reasoning;
+pub mod stop;
+
+pub use detokenize::IncrementalDecoder;
+pub use reasoning::{prompt_opens_reasoning, ReasoningSplitter};
+pub use stop::{StopMatcher, StopOutcome};
+
+use crate::error::Result;
+use crate::tokenizer::Tokenizer;
+
+/// The engine's side of one sequence's output: its ids decoded and cut at
+/// the first stop string.
+#[derive(Debug, Clone)]
+pub struct SeqText {
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+}
+
+impl SeqText {
+    /// The text that follows `prompt`, cut at the first of `stops`.
+    pub fn new(prompt: &[u32], skip_special_tokens: bool, stops: &[String]) -> Self {
+        SeqText {
+            decoder: IncrementalDecoder::with_prompt(prompt, skip_special_tokens),
+            stop: StopMatcher::new(stops.iter().cloned()),
+        }
+    }
+
+    /// Whether special tokens are left out of the text.
+    pub fn skip_special_tokens(&self) -> bool {
+        self.decoder.skip_special_tokens()
+    }
+
+    /// Add the next generated id; returns the text that became final.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<StopOutcome> {
+        let piece = self.decoder.push(tokenizer, id)?.unwrap_or_default();
+        Ok(self.stop.push(&piece))
+    }
+
+    /// The sequence ended: everything still held back, unless a stop string
+    /// completes in it. Held text that fails to decode is dropped.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> StopOutcome {
+        let rest = self
+            .decoder
+            .finish(tokenizer)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match self.stop.push(&rest) {
+            StopOutcome::Continue(mut text) => {
+                text.push_str(&self.stop.finish());
+                StopOutcome::Continue(text)
+            }
+            stopped => stopped,
+        }
+    }
+}
+
+/// What one piece of a choice's text adds to each part of the answer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChoiceDelta {
+    /// Text between `<think>` and `</think>`.
+    pub reasoning: String,
+    /// The answer proper.
+    pub content: String,
+}
+
+impl ChoiceDelta {
+    /// Whether it adds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.reasoning.is_empty() && self.content.is_empty()
+    }
+
+    fn append(&mut self, more: ChoiceDelta) {
+        self.reasoning.push_str(&more.reasoning);
+        self.content.push_str(&more.content);
+    }
+}
+
+/// The reader's side of one choice's output: the final text of each event
+/// sorted into a [`ChoiceDelta`], with the tokens spent reasoning counted.
+#[derive(Debug, Clone)]
+pub struct ChoiceOutput {
+    splitter: ReasoningSplitter,
+    reasoning_tokens: usize,
+}
+
+impl ChoiceOutput {
+    /// `reasoning`: the model has think tags; `starts_inside`: the prompt
+    /// opened `<think>` (see [`prompt_opens_reasoning`]).
+    pub fn new(reasoning: bool, starts_inside: bool) -> Self {
+        ChoiceOutput {
+            splitter: ReasoningSplitter::new(reasoning, starts_inside),
+            reasoning_tokens: 0,
+        }
+    }
+
+    /// All text is content (a plain completion).
+    pub fn plain() -> Self {
+        Self::new(false, false)
+    }
+
+    /// A token's text; the token counts as reasoning if it came inside `<think>`.
+    pub fn token(&mut self, text: &str) -> ChoiceDelta {
+        if self.splitter.inside() {
+            self.reasoning_tokens += 1;
+        }
+        self.splitter.push(text)
+    }
+
+    /// The choice's last text; releases whatever was held back.
+    pub fn finish(&mut self, text: &str) -> ChoiceDelta {
+        let mut delta = self.splitter.push(text);
+        delta.append(self.splitter.finish());
+        delta
+    }
+
+    /// Tokens generated inside `<think>`.
+    pub fn reasoning_tokens(&self) -> usize {
+        self.reasoning_tokens
+    }
+}
