@@ -14,7 +14,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use ferroseek_engine::{IncrementalDecoder, StopMatcher, StopOutcome, Tokenizer};
+use ferroseek_engine::{IncrementalDecoder, SeqText, StopMatcher, StopOutcome, Tokenizer};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -357,6 +357,30 @@ fn decode_stream_fails_where_the_decoder_rewrites_sent_text() {
     assert!(decode_stream(tok, false, &ids).is_err());
     let ours = stream(tok, &mut IncrementalDecoder::new(false), &ids);
     assert_eq!(ours.concat(), "\0\u{FFFD} hello");
+}
+
+/// The worker's per-sequence text: a possible stop string is held back while
+/// it might still match, and comes out when the sequence ends without it.
+#[test]
+fn seq_text_releases_a_held_stop_prefix_at_the_end() {
+    let tok = byte_level();
+    let ids = tok.encode("hello wo", false).unwrap_or_default();
+    let mut text = SeqText::new(&[], false, &["world".to_owned()]);
+    let mut out = String::new();
+    for &id in &ids {
+        match text.push(tok, id) {
+            Ok(StopOutcome::Continue(t)) => out.push_str(&t),
+            other => panic!("no stop string completes: {other:?}"),
+        }
+    }
+    assert_eq!(out, "hello ");
+    assert_eq!(text.finish(tok), StopOutcome::Continue("wo".to_owned()));
+    let mut text = SeqText::new(&[], false, &["lo w".to_owned()]);
+    let stopped = ids.iter().find_map(|&id| match text.push(tok, id) {
+        Ok(StopOutcome::Stopped { stop, .. }) => Some(stop),
+        _ => None,
+    });
+    assert_eq!(stopped.as_deref(), Some("lo w"));
 }
 
 /// One-shot reference: cut at the stop string that completes first (the

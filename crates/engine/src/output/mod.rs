@@ -135,3 +135,30 @@ impl ChoiceOutput {
         self.reasoning_tokens
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_output_counts_tokens_that_start_inside_think_as_reasoning() {
+        let mut out = ChoiceOutput::new(true, false);
+        let mut all = ChoiceDelta::default();
+        for text in ["<think>", "a", "b</think>", "c"] {
+            all.append(out.token(text));
+        }
+        all.append(out.finish("d"));
+        assert_eq!(all.reasoning, "ab");
+        assert_eq!(all.content, "cd");
+        // "a" and "b</think>" came inside; the tag's own token did not.
+        assert_eq!(out.reasoning_tokens(), 2);
+    }
+
+    #[test]
+    fn plain_choice_output_is_all_content() {
+        let mut out = ChoiceOutput::plain();
+        assert_eq!(out.token("<think>x").content, "<think>x");
+        assert_eq!(out.finish("</think>").content, "</think>");
+        assert_eq!(out.reasoning_tokens(), 0);
+    }
+}
