@@ -71,7 +71,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         root,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_body_size: args.max_body_size,
-        max_num_seqs: args.max_num_seqs,
         cors_allow_origin: args.cors_allow_origin.clone(),
     };
     let metrics = metrics::Metrics::new().context("cannot set up metrics")?;

@@ -19,7 +19,6 @@ pub struct Settings {
     pub root: String,
     pub api_key: Option<String>,
     pub max_body_size: usize,
-    pub max_num_seqs: usize,
     pub cors_allow_origin: Vec<String>,
 }
 

@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
+use ferroseek_engine::validate::check_token_ids;
+
 use crate::chat_prompt::{self, TemplateOptions};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -145,20 +147,7 @@ pub async fn detokenize(
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
     let ready = state.ready()?;
     state.resolve_model(req.model.as_deref())?;
-    if let Some((i, id)) = req
-        .tokens
-        .iter()
-        .enumerate()
-        .find(|(_, &id)| id as usize >= ready.vocab_size)
-    {
-        return Err(ApiError::invalid(
-            format!("tokens[{i}]"),
-            format!(
-                "`tokens[{i}]` is {id}, outside the vocabulary (ids 0..{})",
-                ready.vocab_size
-            ),
-        ));
-    }
+    check_token_ids("tokens", &req.tokens, ready.vocab_size)?;
     let prompt = ready
         .engine
         .tokenizer()

@@ -17,8 +17,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::state::{AppState, Ready};
-use crate::validate::Limits;
+use crate::state::AppState;
 
 /// The id of one HTTP request: logged on every line of it, returned in
 /// `x-request-id`, and part of the completion's `id`.
@@ -53,15 +52,6 @@ pub fn app(state: AppState) -> Router {
         router = router.layer(cors);
     }
     router.with_state(state)
-}
-
-/// The engine's limits as validation needs them.
-pub fn limits(state: &AppState, ready: &Ready) -> Limits {
-    Limits {
-        vocab_size: ready.vocab_size,
-        max_num_seqs: state.settings().max_num_seqs,
-        max_model_len: ready.engine.max_model_len(),
-    }
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

@@ -12,13 +12,16 @@ use crate::metrics::Metrics;
 use crate::state::{AppState, Settings};
 
 fn state(api_key: Option<&str>) -> AppState {
+    serving(&["tiny-deepseek-v3"], api_key)
+}
+
+fn serving(names: &[&str], api_key: Option<&str>) -> AppState {
     AppState::new(
         Settings {
-            served_names: vec!["tiny-deepseek-v3".into()],
-            root: "tiny-deepseek-v3".into(),
+            served_names: names.iter().map(|n| n.to_string()).collect(),
+            root: names[0].into(),
             api_key: api_key.map(str::to_string),
             max_body_size: 1024,
-            max_num_seqs: 4,
             cors_allow_origin: Vec::new(),
         },
         Metrics::new().unwrap(),
@@ -26,9 +29,20 @@ fn state(api_key: Option<&str>) -> AppState {
 }
 
 fn loaded_state() -> AppState {
+    loaded(state(None))
+}
+
+/// `state` with the embedded model loaded.
+fn loaded(state: AppState) -> AppState {
     use clap::Parser;
-    let args: ServeArgs = Cli::parse_from(["ferroseek", "--kv-cache-memory", "8MiB"]).into_serve();
-    let state = state(None);
+    let args: ServeArgs = Cli::parse_from([
+        "ferroseek",
+        "--kv-cache-memory",
+        "8MiB",
+        "--max-num-seqs",
+        "4",
+    ])
+    .into_serve();
     let device = args.device.open().expect("the CPU opens");
     state.set_ready(crate::load::load(&args, device).expect("the embedded model loads"));
     state
@@ -145,4 +159,32 @@ async fn loaded_router_serves_models_tokenize_and_chat() {
         call(&s, post("/v1/chat/completions", chat)).await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+/// A type error inside the flattened sampling fields still names the field.
+#[test]
+fn wrongly_typed_sampling_fields_name_their_field() {
+    use crate::extract::parse_json;
+    use crate::openai::chat::ChatCompletionRequest;
+    use crate::openai::completions::CompletionRequest;
+    let chat = br#"{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}"#;
+    let e = parse_json::<ChatCompletionRequest>(chat).unwrap_err();
+    assert_eq!(e.detail.param.as_deref(), Some("temperature"));
+    assert!(
+        e.detail.message.starts_with("`temperature`: invalid type"),
+        "{}",
+        e.detail.message
+    );
+    let e = parse_json::<CompletionRequest>(br#"{"prompt": "x", "stop": 17}"#).unwrap_err();
+    assert_eq!(e.detail.param.as_deref(), Some("stop"));
+    let e = parse_json::<CompletionRequest>(br#"{"prompt": "x", "n": 1.5}"#).unwrap_err();
+    assert_eq!(e.detail.param.as_deref(), Some("n"));
+    // Fields of the route's own struct keep their paths, and unknown fields are ignored.
+    let e = parse_json::<ChatCompletionRequest>(br#"{"messages": [{"role": 5}]}"#).unwrap_err();
+    assert_eq!(e.detail.param.as_deref(), Some("messages[0].role"));
+    let r = parse_json::<CompletionRequest>(
+        br#"{"prompt": "x", "max_tokens": 3, "logprobs": 2, "frobnicate": [1]}"#,
+    )
+    .unwrap();
+    assert_eq!((r.sampling.max_tokens, r.logprobs), (Some(3), Some(2)));
 }
