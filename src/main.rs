@@ -69,7 +69,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let settings = Settings {
         served_names,
         root,
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        api_key: args.api_key.clone(),
         max_body_size: args.max_body_size,
         cors_allow_origin: args.cors_allow_origin.clone(),
     };

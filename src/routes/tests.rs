@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::app;
-use crate::cli::{Cli, ServeArgs};
+use crate::cli::{ApiKey, Cli, ServeArgs};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Settings};
 
@@ -20,7 +20,7 @@ fn serving(names: &[&str], api_key: Option<&str>) -> AppState {
         Settings {
             served_names: names.iter().map(|n| n.to_string()).collect(),
             root: names[0].into(),
-            api_key: api_key.map(str::to_string),
+            api_key: api_key.map(ApiKey::new),
             max_body_size: 1024,
             cors_allow_origin: Vec::new(),
         },
@@ -108,6 +108,14 @@ async fn api_key_is_checked_before_anything_else_but_not_on_health() {
         call(&s, get("/health")).await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+#[test]
+fn the_settings_never_show_the_api_key() {
+    let s = state(Some("sk-settings-7310"));
+    let shown = format!("{:?}", s.settings());
+    assert!(!shown.contains("sk-settings-7310"), "{shown}");
+    assert!(shown.contains("[redacted]"), "{shown}");
 }
 
 #[tokio::test]
