@@ -169,6 +169,31 @@ async fn loaded_router_serves_models_tokenize_and_chat() {
     );
 }
 
+#[tokio::test]
+async fn every_served_name_is_retrievable_even_one_that_starts_with_a_slash() {
+    let s = loaded(serving(
+        &["tiny-deepseek-v3", "/srv/models/tiny", "org/tiny"],
+        None,
+    ));
+    for (path, id) in [
+        ("/v1/models/tiny-deepseek-v3", "tiny-deepseek-v3"),
+        // What the OpenAI Python client sends for `models.retrieve("/srv/models/tiny")`:
+        // older versions send the name as it is, newer ones percent-encode it.
+        ("/v1/models//srv/models/tiny", "/srv/models/tiny"),
+        ("/v1/models/%2Fsrv%2Fmodels%2Ftiny", "/srv/models/tiny"),
+        ("/v1/models/org/tiny", "org/tiny"),
+        ("/v1/models/org%2Ftiny", "org/tiny"),
+        ("/v1/models//tiny-deepseek-v3", "tiny-deepseek-v3"),
+    ] {
+        let (status, body) = call(&s, get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body["id"], id, "{path}");
+    }
+    let (status, body) = call(&s, get("/v1/models/srv/models/tiny")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "model_not_found");
+}
+
 /// A type error inside the flattened sampling fields still names the field.
 #[test]
 fn wrongly_typed_sampling_fields_name_their_field() {
