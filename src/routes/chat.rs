@@ -1,7 +1,6 @@
 //! `POST /v1/chat/completions`, whole or streamed.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -80,10 +79,7 @@ impl Choice {
     request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "A chat completion, or with `stream: true` an SSE stream of `chat.completion.chunk`s ending with `data: [DONE]`", body = ChatCompletionResponse),
-        (status = 400, description = "Invalid request", body = crate::error::ErrorResponse),
-        (status = 404, description = "Unknown model", body = crate::error::ErrorResponse),
-        (status = 429, description = "Queue full", body = crate::error::ErrorResponse),
-        (status = 503, description = "Loading or shutting down", body = crate::error::ErrorResponse),
+        crate::routes::GenerationErrors,
     )
 )]
 pub async fn chat_completions(
@@ -91,9 +87,7 @@ pub async fn chat_completions(
     Extension(request_id): Extension<RequestId>,
     JsonBody(req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let start = Instant::now();
-    let ready = state.ready()?;
-    let model = state.resolve_model(req.model.as_deref())?;
+    let (start, ready, model) = crate::routes::begin(&state, req.model.as_deref())?;
     let logprobs_on = req.logprobs.unwrap_or(false);
     let top_logprobs = match (logprobs_on, req.top_logprobs) {
         (true, k) => Some(k.unwrap_or(0)),

@@ -2,7 +2,6 @@
 //! (choice `index` = prompt number × n + choice), whole or streamed.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -74,10 +73,7 @@ struct Completion {
     request_body = CompletionRequest,
     responses(
         (status = 200, description = "A completion, or with `stream: true` an SSE stream of `text_completion` chunks ending with `data: [DONE]`", body = CompletionResponse),
-        (status = 400, description = "Invalid request", body = crate::error::ErrorResponse),
-        (status = 404, description = "Unknown model", body = crate::error::ErrorResponse),
-        (status = 429, description = "Queue full", body = crate::error::ErrorResponse),
-        (status = 503, description = "Loading or shutting down", body = crate::error::ErrorResponse),
+        crate::routes::GenerationErrors,
     )
 )]
 pub async fn completions(
@@ -85,9 +81,7 @@ pub async fn completions(
     Extension(request_id): Extension<RequestId>,
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let start = Instant::now();
-    let ready = state.ready()?;
-    let model = state.resolve_model(req.model.as_deref())?;
+    let (start, ready, model) = crate::routes::begin(&state, req.model.as_deref())?;
     let echo = req.echo.unwrap_or(false);
     let base = validate::engine_fields(&req.sampling);
     let fields = SamplingFields {

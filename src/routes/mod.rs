@@ -6,6 +6,8 @@ pub mod chat;
 pub mod completions;
 pub mod misc;
 
+use std::time::Instant;
+
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
@@ -15,8 +17,8 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::error::{ApiError, ErrorResponse};
+use crate::state::{AppState, Ready};
 
 /// The id of one HTTP request: logged on every line of it, returned in
 /// `x-request-id`, and part of the completion's `id`.
@@ -51,6 +53,35 @@ pub fn app(state: AppState) -> Router {
         router = router.layer(cors);
     }
     router.with_state(state)
+}
+
+/// Where a generation request starts: the time it came (for the latency
+/// metrics), the loaded model, and the served name its `model` asks for.
+pub fn begin<'a>(
+    state: &'a AppState,
+    model: Option<&str>,
+) -> Result<(Instant, &'a Ready, String), ApiError> {
+    let start = Instant::now();
+    Ok((start, state.ready()?, state.resolve_model(model)?))
+}
+
+/// The refusals of a generation route, for the OpenAPI document (never
+/// built: each variant only describes a status and its body).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum GenerationErrors {
+    /// Invalid request
+    #[response(status = 400)]
+    Invalid(ErrorResponse),
+    /// Unknown model
+    #[response(status = 404)]
+    UnknownModel(ErrorResponse),
+    /// Queue full
+    #[response(status = 429)]
+    QueueFull(ErrorResponse),
+    /// Loading or shutting down
+    #[response(status = 503)]
+    Unavailable(ErrorResponse),
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
