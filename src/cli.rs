@@ -1,11 +1,13 @@
 //! The command line: `ferroseek serve [flags]` (also what `ferroseek` alone
 //! runs). Every flag can also come from a `FERROSEEK_*` environment variable.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferroseek_model::{DTypeChoice, Quantization};
+use subtle::ConstantTimeEq;
 
 use crate::device::DeviceChoice;
 
@@ -46,10 +48,13 @@ impl ServeArgs {
     /// `FERROSEEK_MODEL=` for "the default", and an empty `--api-key` must
     /// never become a key that an empty bearer token matches.
     fn unset_empty(mut self) -> Self {
-        for field in [&mut self.model, &mut self.revision, &mut self.api_key] {
+        for field in [&mut self.model, &mut self.revision] {
             if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *field = None;
             }
+        }
+        if self.api_key.as_ref().is_some_and(|k| k.0.trim().is_empty()) {
+            self.api_key = None;
         }
         if self
             .chat_template
@@ -61,6 +66,28 @@ impl ServeArgs {
         self.served_model_name.retain(|n| !n.trim().is_empty());
         self.cors_allow_origin.retain(|o| !o.trim().is_empty());
         self
+    }
+}
+
+/// The key clients must send; its `Debug` prints `[redacted]`, so neither
+/// the configuration nor a log line shows it.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+
+    /// Whether `given` is the key, compared in constant time.
+    pub fn matches(&self, given: &str) -> bool {
+        bool::from(given.as_bytes().ct_eq(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
     }
 }
 
@@ -143,8 +170,8 @@ pub struct ServeArgs {
     pub max_queue: usize,
 
     /// Require `Authorization: Bearer <key>` on `/v1/*`, `/tokenize` and `/detokenize`.
-    #[arg(long, env = "FERROSEEK_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    #[arg(long, env = "FERROSEEK_API_KEY", hide_env_values = true, value_parser = parse_api_key)]
+    pub api_key: Option<ApiKey>,
 
     /// Compute threads (default: one per core).
     #[arg(long, env = "FERROSEEK_THREADS")]
@@ -175,6 +202,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "FERROSEEK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+fn parse_api_key(s: &str) -> Result<ApiKey, String> {
+    Ok(ApiKey::new(s))
 }
 
 fn parse_dtype(s: &str) -> Result<DTypeChoice, String> {
@@ -233,8 +264,19 @@ mod tests {
         ])
         .into_serve();
         assert_eq!(args.model, None);
-        assert_eq!(args.api_key, None);
+        assert!(args.api_key.is_none());
         assert_eq!(args.revision, None);
+    }
+
+    #[test]
+    fn the_api_key_never_shows_in_debug_output() {
+        let args = Cli::parse_from(["ferroseek", "--api-key", "sk-secret-4821"]).into_serve();
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("sk-secret-4821"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        let key = args.api_key.unwrap();
+        assert!(key.matches("sk-secret-4821"));
+        assert!(!key.matches("sk-secret-482") && !key.matches(""));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use ferroseek_engine::SubmitError;
+use ferroseek_engine::{InvalidParameter, SubmitError};
 
 /// OpenAI's error body.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -175,12 +175,16 @@ impl From<SubmitError> for ApiError {
             SubmitError::ShuttingDown => {
                 ApiError::unavailable("the server is shutting down and takes no new requests")
             }
-            SubmitError::EmptyPrompt => ApiError::invalid("prompt", message),
             SubmitError::ContextTooLong { .. } | SubmitError::CacheTooSmall { .. } => {
                 ApiError::bad_request(message).with_code("context_length_exceeded")
             }
-            SubmitError::InvalidParameter { param, .. } => ApiError::invalid(param, message),
         }
+    }
+}
+
+impl From<InvalidParameter> for ApiError {
+    fn from(e: InvalidParameter) -> Self {
+        ApiError::invalid(e.param, e.message)
     }
 }
 
@@ -199,13 +203,24 @@ mod tests {
             status(SubmitError::ShuttingDown),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(status(SubmitError::EmptyPrompt), StatusCode::BAD_REQUEST);
-        let e = ApiError::from(SubmitError::InvalidParameter {
-            param: "top_p",
-            message: "`top_p` must be in (0, 1], got 2".into(),
+        let e = ApiError::from(SubmitError::ContextTooLong {
+            prompt_tokens: 10,
+            max_tokens: 20,
+            max_model_len: 16,
         });
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.detail.code.as_deref(), Some("context_length_exceeded"));
+    }
+
+    #[test]
+    fn invalid_parameters_carry_their_field_to_param() {
+        let e = ApiError::from(InvalidParameter::new(
+            "top_p",
+            "`top_p` must be in (0, 1], got 2",
+        ));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.detail.param.as_deref(), Some("top_p"));
+        assert_eq!(e.detail.message, "`top_p` must be in (0, 1], got 2");
     }
 
     #[test]

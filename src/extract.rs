@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::openai::common::SamplingRequest;
 use crate::state::AppState;
 
 /// A request body parsed as JSON into `T`; every failure is an [`ApiError`].
@@ -44,12 +45,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_data() && path != "." {
-            ApiError::invalid(path.clone(), format!("`{path}`: {inner}"))
+            field_error(&path, &inner)
         } else if inner.is_data() {
             let message = format!("invalid request body: {inner}");
             match missing_field(&inner.to_string()) {
                 Some(field) => ApiError::invalid(field, message),
-                None => ApiError::bad_request(message),
+                None => {
+                    flattened_field_error(bytes).unwrap_or_else(|| ApiError::bad_request(message))
+                }
             }
         } else {
             ApiError::bad_request(format!("the request body is not valid JSON: {inner}"))
@@ -58,6 +61,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     Ok(value)
+}
+
+fn field_error(path: &str, inner: &serde_json::Error) -> ApiError {
+    ApiError::invalid(path, format!("`{path}`: {inner}"))
+}
+
+/// serde reports an error inside a `#[serde(flatten)]` struct without its
+/// path. The sampling fields are the one flattened part of our bodies, so
+/// they are parsed alone to name the field at fault.
+fn flattened_field_error(bytes: &[u8]) -> Option<ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let e = serde_path_to_error::deserialize::<_, SamplingRequest>(&mut de).err()?;
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    (inner.is_data() && path != ".").then(|| field_error(&path, &inner))
 }
 
 /// The field named by serde's "missing field `x`" message.

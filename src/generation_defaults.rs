@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context as _, Result};
 use ferroseek_engine::SamplingParams;
 use serde_json::Value;
 
-use crate::validate::{Allowed, MIN_P, REPETITION_PENALTY, TEMPERATURE, TOP_P};
+use ferroseek_engine::validate::{Allowed, MIN_P, REPETITION_PENALTY, TEMPERATURE, TOP_P};
 
 /// The defaults `file` sets (none without a file), and a `key=value` per
 /// value taken, for the log.
@@ -34,7 +34,7 @@ pub fn from_file(file: Option<&Path>) -> Result<(SamplingParams, Vec<String>)> {
         let x = v
             .as_f64()
             .ok_or_else(|| format!("`{key}` must be {}, got {v}", allowed.rule))
-            .and_then(|x| allowed.check(key, x).map(|_| x))
+            .and_then(|x| allowed.check(key, x).map(|_| x).map_err(|e| e.message))
             .map_err(|e| anyhow!("{}: {e}", file.display()))?;
         taken.push(format!("{key}={x}"));
         Ok(Some(x as f32))

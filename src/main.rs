@@ -3,6 +3,27 @@
 //! `/health` answers 503 while the model loads), loads the model off the
 //! async runtime, and on SIGTERM/SIGINT stops taking requests, lets the
 //! running ones finish (bounded by `--shutdown-timeout`) and exits 0.
+//!
+//! The parts:
+//! - `cli`: the flags (`ServeArgs`), each also a `FERROSEEK_*` variable,
+//!   and the API key type that never prints.
+//! - `routes`: the router, the API-key check, request ids and spans; one
+//!   module per route group (`chat`, `completions`, `misc`).
+//! - `openai`: the wire types, as serde structs and OpenAPI schemas; the
+//!   sampling fields chat and completions share are one flattened struct.
+//! - `extract`: the JSON body extractor, whose errors name the field.
+//! - `validate`: turns the shared sampling fields into the engine's
+//!   `SamplingFields`, which the engine's one validation checks.
+//! - `error`: `ApiError`, every refusal as OpenAI's error body and status.
+//! - `generate`, `reasoning`, `tokens`: streaming (SSE) and timing, the
+//!   `<think>` split, token texts for log-probabilities.
+//! - `chat_prompt`: messages to prompt ids through the chat template.
+//! - `metrics`, `logging`: the Prometheus registry behind `/metrics`; text
+//!   or JSON log lines.
+//! - `load`, `device`, `generation_defaults`, `embedded`: loading a model
+//!   onto a device, its sampling defaults, and the small model built into
+//!   the binary.
+//! - `state`: what every handler shares (settings, the loaded engine).
 
 mod chat_prompt;
 mod cli;
@@ -68,9 +89,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let settings = Settings {
         served_names,
         root,
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        api_key: args.api_key.clone(),
         max_body_size: args.max_body_size,
-        max_num_seqs: args.max_num_seqs,
         cors_allow_origin: args.cors_allow_origin.clone(),
     };
     let metrics = metrics::Metrics::new().context("cannot set up metrics")?;

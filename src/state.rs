@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use ferroseek_engine::Engine;
 
+use crate::cli::ApiKey;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::tokens::TokenTable;
@@ -17,9 +18,8 @@ pub struct Settings {
     pub served_names: Vec<String>,
     /// What `--model` named (shown as `root` in `/v1/models`).
     pub root: String,
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     pub max_body_size: usize,
-    pub max_num_seqs: usize,
     pub cors_allow_origin: Vec<String>,
 }
 

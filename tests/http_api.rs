@@ -382,9 +382,26 @@ async fn small_routes_models_tokenize_metrics_openapi() {
         .await
         .unwrap();
     assert!(doc["paths"]["/v1/chat/completions"]["post"].is_object());
-    assert!(
-        doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]["messages"].is_object()
-    );
+    // Each request's own fields, and the sampling fields both share
+    // (flattened: `allOf` the shared schema and the request's own object).
+    let schemas = &doc["components"]["schemas"];
+    for (request, own) in [
+        ("ChatCompletionRequest", "messages"),
+        ("CompletionRequest", "prompt"),
+    ] {
+        let parts = schemas[request]["allOf"].as_array().unwrap();
+        assert!(
+            parts.iter().any(|p| p["properties"][own].is_object()),
+            "{request}"
+        );
+        assert!(
+            parts
+                .iter()
+                .any(|p| p["$ref"] == "#/components/schemas/SamplingRequest"),
+            "{request}"
+        );
+    }
+    assert!(schemas["SamplingRequest"]["properties"]["temperature"].is_object());
 }
 
 #[tokio::test]

@@ -25,7 +25,13 @@ fn official_python_client_works_unchanged() {
             return;
         }
     };
-    let server = Server::start(&["--api-key", "sk-python"]);
+    // A second name that starts with `/`, as a model given by its absolute path is named.
+    let server = Server::start(&[
+        "--api-key",
+        "sk-python",
+        "--served-model-name",
+        "tiny-deepseek-v3,/srv/models/tiny-deepseek-v3",
+    ]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
     let out = Command::new(&python)
         .args([script, &server.url("/v1"), "sk-python", "tiny-deepseek-v3"])

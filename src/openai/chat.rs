@@ -2,14 +2,13 @@
 //! response and stream chunks in OpenAI's shape (with DeepSeek's
 //! `reasoning_content`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::common::{StopField, StreamOptions, Usage};
+use super::common::{SamplingRequest, Usage};
 
 /// A chat completion request. Unknown fields are ignored; `null` means
 /// "the default".
@@ -18,47 +17,16 @@ pub struct ChatCompletionRequest {
     /// The served model name; may be left out when the server serves one model.
     pub model: Option<String>,
     pub messages: Vec<ChatMessageIn>,
-    /// Most tokens to generate per choice (deprecated by OpenAI in favour of
-    /// `max_completion_tokens`, which wins when both are set). Default: until
-    /// the context is full.
-    pub max_tokens: Option<i64>,
+    /// How to sample, when to stop, how to stream. `max_tokens` is
+    /// deprecated by OpenAI in favour of `max_completion_tokens`, which wins
+    /// when both are set.
+    #[serde(flatten)]
+    pub sampling: SamplingRequest,
     pub max_completion_tokens: Option<i64>,
-    /// [0, 2]; 0 is greedy. Default 1.
-    pub temperature: Option<f64>,
-    /// (0, 1]. Default 1.
-    pub top_p: Option<f64>,
-    /// Choices to generate. Default 1.
-    pub n: Option<i64>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
-    /// Up to 16 strings that end a choice (not included in the output).
-    pub stop: Option<StopField>,
-    /// [-2, 2].
-    pub presence_penalty: Option<f64>,
-    /// [-2, 2].
-    pub frequency_penalty: Option<f64>,
-    /// Token id (as a string) to a bias in [-100, 100] added to its logit.
-    pub logit_bias: Option<BTreeMap<String, f64>>,
     /// Return the log-probability of each generated token.
     pub logprobs: Option<bool>,
     /// Alternatives per token, 0..=20; needs `logprobs: true`.
     pub top_logprobs: Option<i64>,
-    /// Same seed, same parameters, same prompt: same output.
-    pub seed: Option<i64>,
-    /// An end-user id, logged.
-    pub user: Option<String>,
-    /// Keep only the `top_k` most likely tokens (vLLM extension; -1 or 0 = all).
-    pub top_k: Option<i64>,
-    /// Drop tokens less likely than `min_p` times the most likely, [0, 1] (vLLM extension).
-    pub min_p: Option<f64>,
-    /// > 1 discourages repeating prompt or output tokens (vLLM extension).
-    pub repetition_penalty: Option<f64>,
-    /// Keep generating past end-of-sequence tokens (vLLM extension).
-    pub ignore_eos: Option<bool>,
-    /// Token ids that end a choice, besides the model's eos (vLLM extension).
-    pub stop_token_ids: Option<Vec<u32>>,
-    /// Drop special tokens from the output text. Default true (vLLM extension).
-    pub skip_special_tokens: Option<bool>,
     /// Tool definitions, passed to the chat template as given.
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<serde_json::Value>>,
@@ -271,7 +239,7 @@ mod tests {
             r#"{"model": null, "messages": [], "temperature": null, "frobnicate": {"x": 1}}"#,
         )
         .unwrap();
-        assert!(r.model.is_none() && r.temperature.is_none());
+        assert!(r.model.is_none() && r.sampling.temperature.is_none());
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Pieces shared by the chat and the legacy completion APIs: `stop`,
-//! `stream_options`, `usage`, and the helpers that turn fields a client may
-//! send in several shapes into one.
+//! Pieces shared by the chat and the legacy completion APIs: the sampling
+//! fields both requests have, `stop`, `stream_options`, `usage`, and the
+//! helpers that turn fields a client may send in several shapes into one.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +8,49 @@ use std::fmt;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
+
+/// The fields chat and completion requests share, flattened into each:
+/// how to sample, when to stop, how to stream. Unknown fields are ignored;
+/// `null` means "the default".
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct SamplingRequest {
+    /// Most tokens to generate per choice. Default: for chat, until the
+    /// context is full; for completions 16, as OpenAI (there 0 with `echo`
+    /// returns only the prompt and its log-probabilities).
+    pub max_tokens: Option<i64>,
+    /// [0, 2]; 0 is greedy. Default 1.
+    pub temperature: Option<f64>,
+    /// (0, 1]. Default 1.
+    pub top_p: Option<f64>,
+    /// Choices to generate (per prompt). Default 1.
+    pub n: Option<i64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Up to 16 strings that end a choice (not included in the output).
+    pub stop: Option<StopField>,
+    /// [-2, 2].
+    pub presence_penalty: Option<f64>,
+    /// [-2, 2].
+    pub frequency_penalty: Option<f64>,
+    /// Token id (as a string) to a bias in [-100, 100] added to its logit.
+    pub logit_bias: Option<BTreeMap<String, f64>>,
+    /// Same seed, same parameters, same prompt: same output.
+    pub seed: Option<i64>,
+    /// An end-user id, logged.
+    pub user: Option<String>,
+    /// Keep only the `top_k` most likely tokens (vLLM extension; -1 or 0 = all).
+    pub top_k: Option<i64>,
+    /// Drop tokens less likely than `min_p` times the most likely, [0, 1] (vLLM extension).
+    pub min_p: Option<f64>,
+    /// (0, 10]; > 1 discourages repeating prompt or output tokens (vLLM extension).
+    pub repetition_penalty: Option<f64>,
+    /// Keep generating past end-of-sequence tokens (vLLM extension).
+    pub ignore_eos: Option<bool>,
+    /// Token ids that end a choice, besides the model's eos (vLLM extension).
+    pub stop_token_ids: Option<Vec<u32>>,
+    /// Drop special tokens from the output text. Default true (vLLM extension).
+    pub skip_special_tokens: Option<bool>,
+}
 
 /// `stop`: one string or a list of strings.
 #[derive(Debug, Clone, PartialEq, ToSchema)]
@@ -18,9 +61,9 @@ pub enum StopField {
 }
 
 impl StopField {
-    pub fn into_vec(self) -> Vec<String> {
+    pub fn as_slice(&self) -> &[String] {
         match self {
-            StopField::One(s) => vec![s],
+            StopField::One(s) => std::slice::from_ref(s),
             StopField::Many(v) => v,
         }
     }
@@ -145,9 +188,9 @@ mod tests {
     #[test]
     fn stop_accepts_a_string_or_a_list() {
         let one: StopField = serde_json::from_str(r#""\n""#).unwrap();
-        assert_eq!(one.into_vec(), ["\n"]);
+        assert_eq!(one.as_slice(), ["\n"]);
         let many: StopField = serde_json::from_str(r#"["a", "b"]"#).unwrap();
-        assert_eq!(many.into_vec(), ["a", "b"]);
+        assert_eq!(many.as_slice(), ["a", "b"]);
         let err = serde_json::from_str::<StopField>("5").unwrap_err();
         assert!(err.to_string().contains("a string or a list of strings"));
     }

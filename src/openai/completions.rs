@@ -2,49 +2,30 @@
 //! harnesses still use): prompts as text or token ids, `echo`, and the
 //! integer `logprobs` form.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::common::{StopField, StreamOptions, TokenMap, Usage};
+use super::common::{SamplingRequest, TokenMap, Usage};
 
 /// A completion request. Unknown fields are ignored; `null` means "the default".
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: PromptField,
-    /// Most tokens to generate per choice. Default 16 (as OpenAI); 0 with
-    /// `echo` returns only the prompt (and its log-probabilities).
-    pub max_tokens: Option<i64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    /// Choices per prompt.
-    pub n: Option<i64>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
+    /// How to sample, when to stop, how to stream.
+    #[serde(flatten)]
+    pub sampling: SamplingRequest,
     /// Return the log-probability of each token and this many alternatives (0..=20).
     pub logprobs: Option<i64>,
     /// Put the prompt before the generated text (and its tokens in `logprobs`).
     pub echo: Option<bool>,
-    pub stop: Option<StopField>,
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
     /// Only `best_of` equal to `n` is served.
     pub best_of: Option<i64>,
-    pub logit_bias: Option<BTreeMap<String, f64>>,
-    pub seed: Option<i64>,
-    pub user: Option<String>,
     /// Not served; must be empty when given.
     pub suffix: Option<String>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f64>,
-    pub repetition_penalty: Option<f64>,
-    pub ignore_eos: Option<bool>,
-    pub stop_token_ids: Option<Vec<u32>>,
-    pub skip_special_tokens: Option<bool>,
     /// Add the tokenizer's special tokens (BOS) to text prompts. Default true.
     pub add_special_tokens: Option<bool>,
 }

@@ -1,12 +1,10 @@
 //! `POST /v1/chat/completions`, whole or streamed.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
-use ferroseek_engine::{ChoiceDelta, ChoiceOutput, Request, TokenLogprob};
+use ferroseek_engine::{ChoiceDelta, ChoiceOutput, SamplingFields, TokenLogprob};
 
 use crate::chat_prompt::{self, TemplateOptions};
 use crate::error::ApiError;
@@ -19,7 +17,7 @@ use crate::openai::chat::{
 use crate::openai::common::{unix_now, Usage};
 use crate::routes::RequestId;
 use crate::state::AppState;
-use crate::validate::{check_streaming, check_top_logprobs, SamplingFields};
+use crate::validate;
 
 #[utoipa::path(
     post,
@@ -27,10 +25,7 @@ use crate::validate::{check_streaming, check_top_logprobs, SamplingFields};
     request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "A chat completion, or with `stream: true` an SSE stream of `chat.completion.chunk`s ending with `data: [DONE]`", body = ChatCompletionResponse),
-        (status = 400, description = "Invalid request", body = crate::error::ErrorResponse),
-        (status = 404, description = "Unknown model", body = crate::error::ErrorResponse),
-        (status = 429, description = "Queue full", body = crate::error::ErrorResponse),
-        (status = 503, description = "Loading or shutting down", body = crate::error::ErrorResponse),
+        crate::routes::GenerationErrors,
     )
 )]
 pub async fn chat_completions(
@@ -38,48 +33,32 @@ pub async fn chat_completions(
     Extension(request_id): Extension<RequestId>,
     JsonBody(req): JsonBody<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let start = Instant::now();
-    let ready = state.ready()?;
-    let model = state.resolve_model(req.model.as_deref())?;
-    let limits = crate::routes::limits(&state, ready);
-    let max_tokens = match (req.max_completion_tokens, req.max_tokens) {
-        (Some(m), _) => Some(("max_completion_tokens", m)),
-        (None, Some(m)) => Some(("max_tokens", m)),
-        (None, None) => None,
-    };
-    let valid = SamplingFields {
-        max_tokens,
-        min_max_tokens: 1,
-        temperature: req.temperature,
-        top_p: req.top_p,
-        n: req.n,
-        stop: req.stop.as_ref(),
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: req.logit_bias.as_ref(),
-        seed: req.seed,
-        top_k: req.top_k,
-        min_p: req.min_p,
-        repetition_penalty: req.repetition_penalty,
-        ignore_eos: req.ignore_eos,
-        stop_token_ids: req.stop_token_ids.as_deref(),
-    }
-    .validate_with(&limits, &ready.sampling_defaults)?;
-    let top_logprobs = req
-        .top_logprobs
-        .map(|k| check_top_logprobs("top_logprobs", k))
-        .transpose()?;
-    let logprobs = match (req.logprobs.unwrap_or(false), top_logprobs) {
+    let (start, ready, model) = crate::routes::begin(&state, req.model.as_deref())?;
+    let logprobs_on = req.logprobs.unwrap_or(false);
+    let top_logprobs = match (logprobs_on, req.top_logprobs) {
         (true, k) => Some(k.unwrap_or(0)),
-        (false, Some(k)) if k > 0 => {
-            return Err(ApiError::invalid(
-                "top_logprobs",
-                "`top_logprobs` needs `logprobs: true`",
-            ))
-        }
-        (false, _) => None,
+        (false, Some(0)) => None,
+        // Refused below once its range is checked: it needs `logprobs: true`.
+        (false, k) => k,
     };
-    let (stream, include_usage) = check_streaming(req.stream, req.stream_options.as_ref())?;
+    let base = validate::engine_fields(&req.sampling);
+    let fields = SamplingFields {
+        max_tokens: req
+            .max_completion_tokens
+            .map(|m| ("max_completion_tokens", m))
+            .or(base.max_tokens),
+        min_max_tokens: 1,
+        logprobs: top_logprobs.map(|k| ("top_logprobs", k)),
+        ..base
+    };
+    let valid = validate::validate(&fields, ready)?;
+    if !logprobs_on && valid.logprobs().is_some() {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        ));
+    }
+    let (stream, include_usage) = validate::streaming(&req.sampling)?;
     let prompt = chat_prompt::build(
         ready,
         &req.messages,
@@ -93,23 +72,15 @@ pub async fn chat_completions(
     )?;
     let prompt_tokens = prompt.ids.len();
     tracing::debug!(prompt = %prompt.text, "rendered chat prompt");
-    let n = valid.n;
-    let request = Request {
-        id: request_id.0.clone(),
-        prompt: prompt.ids,
-        sampling: valid.sampling,
-        stop: valid.stop,
-        n,
-        logprobs,
-        prompt_logprobs: None,
-        skip_special_tokens: req.skip_special_tokens.unwrap_or(true),
-    };
+    let n = valid.n();
+    let logprobs = valid.logprobs().is_some();
+    let request = valid.request(request_id.0.clone(), prompt.ids)?;
     let events = ready.engine.submit(request)?;
     tracing::info!(
         prompt_tokens,
         n,
         stream,
-        user = req.user.as_deref().unwrap_or(""),
+        user = req.sampling.user.as_deref().unwrap_or(""),
         "chat completion"
     );
     let generation = Generation {
@@ -117,7 +88,7 @@ pub async fn chat_completions(
         shape: ChatShape {
             state: state.clone(),
             n,
-            logprobs: logprobs.is_some(),
+            logprobs,
         },
         head: Head {
             id: format!("chatcmpl-{}", request_id.0),

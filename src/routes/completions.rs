@@ -1,13 +1,11 @@
 //! `POST /v1/completions`: one engine request per prompt, `n` choices each
 //! (choice `index` = prompt number × n + choice), whole or streamed.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
-use ferroseek_engine::{ChoiceDelta, ChoiceOutput, Request, TokenLogprob};
+use ferroseek_engine::{ChoiceDelta, ChoiceOutput, SamplingFields, TokenLogprob};
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -19,7 +17,7 @@ use crate::openai::completions::{
 use crate::routes::RequestId;
 use crate::state::{AppState, Ready};
 use crate::tokens::TokenTable;
-use crate::validate::{check_streaming, check_top_logprobs, SamplingFields};
+use crate::validate;
 
 /// OpenAI's default `max_tokens` for this API.
 const DEFAULT_MAX_TOKENS: i64 = 16;
@@ -51,10 +49,7 @@ struct CompletionShape {
     request_body = CompletionRequest,
     responses(
         (status = 200, description = "A completion, or with `stream: true` an SSE stream of `text_completion` chunks ending with `data: [DONE]`", body = CompletionResponse),
-        (status = 400, description = "Invalid request", body = crate::error::ErrorResponse),
-        (status = 404, description = "Unknown model", body = crate::error::ErrorResponse),
-        (status = 429, description = "Queue full", body = crate::error::ErrorResponse),
-        (status = 503, description = "Loading or shutting down", body = crate::error::ErrorResponse),
+        crate::routes::GenerationErrors,
     )
 )]
 pub async fn completions(
@@ -62,29 +57,21 @@ pub async fn completions(
     Extension(request_id): Extension<RequestId>,
     JsonBody(req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let start = Instant::now();
-    let ready = state.ready()?;
-    let model = state.resolve_model(req.model.as_deref())?;
-    let limits = crate::routes::limits(&state, ready);
-    let valid = SamplingFields {
-        max_tokens: Some(("max_tokens", req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))),
+    let (start, ready, model) = crate::routes::begin(&state, req.model.as_deref())?;
+    let echo = req.echo.unwrap_or(false);
+    let base = validate::engine_fields(&req.sampling);
+    let fields = SamplingFields {
+        max_tokens: Some(
+            base.max_tokens
+                .unwrap_or(("max_tokens", DEFAULT_MAX_TOKENS)),
+        ),
         min_max_tokens: 0,
-        temperature: req.temperature,
-        top_p: req.top_p,
-        n: req.n,
-        stop: req.stop.as_ref(),
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: req.logit_bias.as_ref(),
-        seed: req.seed,
-        top_k: req.top_k,
-        min_p: req.min_p,
-        repetition_penalty: req.repetition_penalty,
-        ignore_eos: req.ignore_eos,
-        stop_token_ids: req.stop_token_ids.as_deref(),
-    }
-    .validate_with(&limits, &ready.sampling_defaults)?;
-    if let Some(best_of) = req.best_of.filter(|&b| b != valid.n as i64) {
+        logprobs: req.logprobs.map(|k| ("logprobs", k)),
+        prompt_logprobs: req.logprobs.filter(|_| echo).map(|k| ("logprobs", k)),
+        ..base
+    };
+    let valid = validate::validate(&fields, ready)?;
+    if let Some(best_of) = req.best_of.filter(|&b| b != valid.n() as i64) {
         return Err(ApiError::invalid(
             "best_of",
             format!("`best_of` other than `n` is not supported, got {best_of}"),
@@ -93,40 +80,34 @@ pub async fn completions(
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid("suffix", "`suffix` is not supported"));
     }
-    let logprobs = req
-        .logprobs
-        .map(|k| check_top_logprobs("logprobs", k))
-        .transpose()?;
-    let (stream, include_usage) = check_streaming(req.stream, req.stream_options.as_ref())?;
-    let echo = req.echo.unwrap_or(false);
-    let skip_special_tokens = req.skip_special_tokens.unwrap_or(true);
+    let (stream, include_usage) = validate::streaming(&req.sampling)?;
+    let skip_special_tokens = valid.skip_special_tokens();
     let prompts = tokenize_prompts(ready, req.prompt, req.add_special_tokens.unwrap_or(true))?;
-    let n = valid.n;
-    let mut streams = Vec::with_capacity(prompts.len());
-    for (p, prompt) in prompts.iter().enumerate() {
-        let request = Request {
-            id: if prompts.len() == 1 {
-                request_id.0.clone()
-            } else {
+    let n = valid.n();
+    let logprobs = valid.logprobs().is_some();
+    // Every prompt is checked before any is submitted.
+    let several = prompts.len() > 1;
+    let requests = prompts
+        .iter()
+        .enumerate()
+        .map(|(p, prompt)| {
+            let id = if several {
                 format!("{}-{p}", request_id.0)
-            },
-            prompt: prompt.ids.clone(),
-            sampling: valid.sampling.clone(),
-            stop: valid.stop.clone(),
-            n,
-            logprobs,
-            prompt_logprobs: if echo { logprobs } else { None },
-            skip_special_tokens,
-        };
-        // A refusal drops the streams already submitted, cancelling them.
-        let events = ready.engine.submit(request).map_err(|e| {
-            let e = ApiError::from(e);
-            if prompts.len() > 1 && e.detail.param.is_none() {
-                e.with_param(format!("prompt[{p}]"))
             } else {
-                e
-            }
-        })?;
+                request_id.0.clone()
+            };
+            valid
+                .request(id, prompt.ids.clone())
+                .map_err(|e| name_prompt(e.into(), p, several))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut streams = Vec::with_capacity(prompts.len());
+    for (p, request) in requests.into_iter().enumerate() {
+        // A refusal drops the streams already submitted, cancelling them.
+        let events = ready
+            .engine
+            .submit(request)
+            .map_err(|e| name_prompt(e.into(), p, several))?;
         streams.push(events);
     }
     tracing::info!(
@@ -134,7 +115,7 @@ pub async fn completions(
         prompt_tokens = prompts.iter().map(|p| p.ids.len()).sum::<usize>(),
         n,
         stream,
-        user = req.user.as_deref().unwrap_or(""),
+        user = req.sampling.user.as_deref().unwrap_or(""),
         "completion"
     );
     let choices = prompts.len() * n;
@@ -153,13 +134,27 @@ pub async fn completions(
             prompts,
             n,
             echo,
-            logprobs: logprobs.is_some(),
+            logprobs,
             skip_special_tokens,
             offsets: vec![0; choices],
         },
     };
     let outputs = (0..choices).map(|_| ChoiceOutput::plain()).collect();
     generation.respond(streams, outputs, stream).await
+}
+
+/// With several prompts, an error about one of them names it: `prompt[1]`.
+fn name_prompt(e: ApiError, p: usize, several: bool) -> ApiError {
+    let about_prompt = e
+        .detail
+        .param
+        .as_deref()
+        .is_none_or(|param| param == "prompt");
+    if several && about_prompt {
+        e.with_param(format!("prompt[{p}]"))
+    } else {
+        e
+    }
 }
 
 fn tokenize_prompts(
@@ -188,23 +183,6 @@ fn tokenize_prompts(
         return Err(ApiError::invalid(
             "prompt",
             "`prompt` must not be an empty list",
-        ));
-    }
-    for (i, p) in prompts.iter().enumerate() {
-        if let Some(&id) = p.ids.iter().find(|&&id| id as usize >= ready.vocab_size) {
-            return Err(ApiError::invalid(
-                "prompt",
-                format!(
-                    "`prompt` {i} holds token id {id}, outside the vocabulary (ids 0..{})",
-                    ready.vocab_size
-                ),
-            ));
-        }
-    }
-    if let Some(i) = prompts.iter().position(|p| p.ids.is_empty()) {
-        return Err(ApiError::invalid(
-            "prompt",
-            format!("`prompt` {i} is empty (no tokens)"),
         ));
     }
     Ok(prompts)

@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
 
+use ferroseek_engine::validate::check_token_ids;
+
 use crate::chat_prompt::{self, TemplateOptions};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -67,7 +69,7 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList
 #[utoipa::path(
     get,
     path = "/v1/models/{id}",
-    params(("id" = String, Path, description = "A served model name (may contain `/`)")),
+    params(("id" = String, Path, description = "A served model name; it may contain `/` and start with one (`/models/x`, sent as `/v1/models//models/x` or `%2F`-encoded)")),
     responses(
         (status = 200, description = "The model", body = ModelCard),
         (status = 404, description = "Not served here", body = crate::error::ErrorResponse),
@@ -77,12 +79,18 @@ pub async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>, ApiError> {
-    let id = id.trim_start_matches('/');
-    cards(&state)?
-        .into_iter()
-        .find(|card| card.id == id)
-        .map(Json)
-        .ok_or_else(|| ApiError::model_not_found(id, &state.settings().served_names))
+    let mut cards = cards(&state)?;
+    // The wildcard holds the path after `/v1/models/`, decoded: a name that
+    // starts with `/` arrives whole. A client that doubles the slash before
+    // an ordinary name is served too.
+    let position = |name: &str| cards.iter().position(|card| card.id == name);
+    match position(&id).or_else(|| position(id.trim_start_matches('/'))) {
+        Some(i) => Ok(Json(cards.swap_remove(i))),
+        None => Err(ApiError::model_not_found(
+            &id,
+            &state.settings().served_names,
+        )),
+    }
 }
 
 #[utoipa::path(
@@ -145,20 +153,7 @@ pub async fn detokenize(
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
     let ready = state.ready()?;
     state.resolve_model(req.model.as_deref())?;
-    if let Some((i, id)) = req
-        .tokens
-        .iter()
-        .enumerate()
-        .find(|(_, &id)| id as usize >= ready.vocab_size)
-    {
-        return Err(ApiError::invalid(
-            format!("tokens[{i}]"),
-            format!(
-                "`tokens[{i}]` is {id}, outside the vocabulary (ids 0..{})",
-                ready.vocab_size
-            ),
-        ));
-    }
+    check_token_ids("tokens", &req.tokens, ready.vocab_size)?;
     let prompt = ready
         .engine
         .tokenizer()

@@ -6,19 +6,19 @@ pub mod chat;
 pub mod completions;
 pub mod misc;
 
+use std::time::Instant;
+
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponse};
 use crate::state::{AppState, Ready};
-use crate::validate::Limits;
 
 /// The id of one HTTP request: logged on every line of it, returned in
 /// `x-request-id`, and part of the completion's `id`.
@@ -55,13 +55,33 @@ pub fn app(state: AppState) -> Router {
     router.with_state(state)
 }
 
-/// The engine's limits as validation needs them.
-pub fn limits(state: &AppState, ready: &Ready) -> Limits {
-    Limits {
-        vocab_size: ready.vocab_size,
-        max_num_seqs: state.settings().max_num_seqs,
-        max_model_len: ready.engine.max_model_len(),
-    }
+/// Where a generation request starts: the time it came (for the latency
+/// metrics), the loaded model, and the served name its `model` asks for.
+pub fn begin<'a>(
+    state: &'a AppState,
+    model: Option<&str>,
+) -> Result<(Instant, &'a Ready, String), ApiError> {
+    let start = Instant::now();
+    Ok((start, state.ready()?, state.resolve_model(model)?))
+}
+
+/// The refusals of a generation route, for the OpenAPI document (never
+/// built: each variant only describes a status and its body).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum GenerationErrors {
+    /// Invalid request
+    #[response(status = 400)]
+    Invalid(ErrorResponse),
+    /// Unknown model
+    #[response(status = 404)]
+    UnknownModel(ErrorResponse),
+    /// Queue full
+    #[response(status = 429)]
+    QueueFull(ErrorResponse),
+    /// Loading or shutting down
+    #[response(status = 503)]
+    Unavailable(ErrorResponse),
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -125,7 +145,7 @@ fn new_request_id() -> String {
 
 /// `Authorization: Bearer <key>` when the server has a key.
 async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.settings().api_key.as_deref() else {
+    let Some(expected) = state.settings().api_key.as_ref() else {
         return next.run(req).await;
     };
     let given = req
@@ -140,7 +160,7 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
     match given {
         None => ApiError::unauthorized("missing API key: send it as `Authorization: Bearer <key>`")
             .into_response(),
-        Some(key) if bool::from(key.as_bytes().ct_eq(expected.as_bytes())) => next.run(req).await,
+        Some(key) if expected.matches(key) => next.run(req).await,
         Some(_) => ApiError::unauthorized("incorrect API key").into_response(),
     }
 }

@@ -7,18 +7,21 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::app;
-use crate::cli::{Cli, ServeArgs};
+use crate::cli::{ApiKey, Cli, ServeArgs};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Settings};
 
 fn state(api_key: Option<&str>) -> AppState {
+    serving(&["tiny-deepseek-v3"], api_key)
+}
+
+fn serving(names: &[&str], api_key: Option<&str>) -> AppState {
     AppState::new(
         Settings {
-            served_names: vec!["tiny-deepseek-v3".into()],
-            root: "tiny-deepseek-v3".into(),
-            api_key: api_key.map(str::to_string),
+            served_names: names.iter().map(|n| n.to_string()).collect(),
+            root: names[0].into(),
+            api_key: api_key.map(ApiKey::new),
             max_body_size: 1024,
-            max_num_seqs: 4,
             cors_allow_origin: Vec::new(),
         },
         Metrics::new().unwrap(),
@@ -26,9 +29,20 @@ fn state(api_key: Option<&str>) -> AppState {
 }
 
 fn loaded_state() -> AppState {
+    loaded(state(None))
+}
+
+/// `state` with the embedded model loaded.
+fn loaded(state: AppState) -> AppState {
     use clap::Parser;
-    let args: ServeArgs = Cli::parse_from(["ferroseek", "--kv-cache-memory", "8MiB"]).into_serve();
-    let state = state(None);
+    let args: ServeArgs = Cli::parse_from([
+        "ferroseek",
+        "--kv-cache-memory",
+        "8MiB",
+        "--max-num-seqs",
+        "4",
+    ])
+    .into_serve();
     let device = args.device.open().expect("the CPU opens");
     state.set_ready(crate::load::load(&args, device).expect("the embedded model loads"));
     state
@@ -96,6 +110,14 @@ async fn api_key_is_checked_before_anything_else_but_not_on_health() {
     );
 }
 
+#[test]
+fn the_settings_never_show_the_api_key() {
+    let s = state(Some("sk-settings-7310"));
+    let shown = format!("{:?}", s.settings());
+    assert!(!shown.contains("sk-settings-7310"), "{shown}");
+    assert!(shown.contains("[redacted]"), "{shown}");
+}
+
 #[tokio::test]
 async fn unknown_routes_methods_and_big_bodies_get_openai_errors() {
     let s = state(None);
@@ -145,4 +167,57 @@ async fn loaded_router_serves_models_tokenize_and_chat() {
         call(&s, post("/v1/chat/completions", chat)).await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+#[tokio::test]
+async fn every_served_name_is_retrievable_even_one_that_starts_with_a_slash() {
+    let s = loaded(serving(
+        &["tiny-deepseek-v3", "/srv/models/tiny", "org/tiny"],
+        None,
+    ));
+    for (path, id) in [
+        ("/v1/models/tiny-deepseek-v3", "tiny-deepseek-v3"),
+        // What the OpenAI Python client sends for `models.retrieve("/srv/models/tiny")`:
+        // older versions send the name as it is, newer ones percent-encode it.
+        ("/v1/models//srv/models/tiny", "/srv/models/tiny"),
+        ("/v1/models/%2Fsrv%2Fmodels%2Ftiny", "/srv/models/tiny"),
+        ("/v1/models/org/tiny", "org/tiny"),
+        ("/v1/models/org%2Ftiny", "org/tiny"),
+        ("/v1/models//tiny-deepseek-v3", "tiny-deepseek-v3"),
+    ] {
+        let (status, body) = call(&s, get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(body["id"], id, "{path}");
+    }
+    let (status, body) = call(&s, get("/v1/models/srv/models/tiny")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "model_not_found");
+}
+
+/// A type error inside the flattened sampling fields still names the field.
+#[test]
+fn wrongly_typed_sampling_fields_name_their_field() {
+    use crate::extract::parse_json;
+    use crate::openai::chat::ChatCompletionRequest;
+    use crate::openai::completions::CompletionRequest;
+    let chat = br#"{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}"#;
+    let e = parse_json::<ChatCompletionRequest>(chat).unwrap_err();
+    assert_eq!(e.detail.param.as_deref(), Some("temperature"));
+    assert!(
+        e.detail.message.starts_with("`temperature`: invalid type"),
+        "{}",
+        e.detail.message
+    );
+    let e = parse_json::<CompletionRequest>(br#"{"prompt": "x", "stop": 17}"#).unwrap_err();
+    assert_eq!(e.detail.param.as_deref(), Some("stop"));
+    let e = parse_json::<CompletionRequest>(br#"{"prompt": "x", "n": 1.5}"#).unwrap_err();
+    assert_eq!(e.detail.param.as_deref(), Some("n"));
+    // Fields of the route's own struct keep their paths, and unknown fields are ignored.
+    let e = parse_json::<ChatCompletionRequest>(br#"{"messages": [{"role": 5}]}"#).unwrap_err();
+    assert_eq!(e.detail.param.as_deref(), Some("messages[0].role"));
+    let r = parse_json::<CompletionRequest>(
+        br#"{"prompt": "x", "max_tokens": 3, "logprobs": 2, "frobnicate": [1]}"#,
+    )
+    .unwrap();
+    assert_eq!((r.sampling.max_tokens, r.logprobs), (Some(3), Some(2)));
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use ferroseek_engine::{Engine, EngineConfig, Event, Request, SamplingParams, Tokenizer};
+use ferroseek_engine::{Engine, EngineConfig, Event, SamplingFields, Tokenizer};
 use ferroseek_model::testing::bench_checkpoint;
 use ferroseek_model::{
     resolve_model, DTypeChoice, DeepSeekModel, HubOptions, LoadOptions, Quantization,
@@ -36,11 +36,17 @@ fn run(engine: &Engine, concurrency: usize) -> (f64, f64) {
             let prompt: Vec<u32> = (0..PROMPT as u32)
                 .map(|t| (t * 7919 + i as u32 * 104_729) % 3900 + 4)
                 .collect();
-            let mut r = Request::new(format!("bench{i}"), prompt);
-            r.sampling = SamplingParams::greedy();
-            r.stop.max_tokens = Some(DECODE);
-            r.stop.ignore_eos = true;
-            engine.submit(r).expect("the bench request is valid")
+            let greedy = SamplingFields {
+                temperature: Some(0.0),
+                max_tokens: Some(("max_tokens", DECODE as i64)),
+                ignore_eos: Some(true),
+                ..Default::default()
+            };
+            let r = greedy
+                .validate(&engine.limits())
+                .and_then(|v| v.request(format!("bench{i}"), prompt))
+                .expect("the bench request is valid");
+            engine.submit(r).expect("the bench request fits")
         })
         .collect();
     let start = Instant::now();

@@ -2,8 +2,8 @@
 //!
 //! One dedicated thread owns the model and the paged latent cache (candle
 //! compute blocks, so it stays off the async runtime). Callers hold a cheap
-//! [`Engine`] handle: [`Engine::submit`] validates a request at once (queue
-//! full, context too long: refused without waiting) and returns a
+//! [`Engine`] handle: [`Engine::submit`] takes a validated request and
+//! refuses at once what cannot run (queue full, context too long) and returns a
 //! [`RequestStream`] of [`Event`]s. Dropping the stream cancels the request:
 //! at the next step its sequences leave the batch and their blocks return
 //! to the pool.
@@ -27,12 +27,11 @@ use ferroseek_model::{Batch, DeepSeekModel, LatentCache, LogitsRows, SeqInput};
 use crate::block_manager::BlockManager;
 use crate::error::{Error, Result};
 use crate::output::{SeqText, StopOutcome};
-use crate::request::{
-    Event, FinishReason, Request, StopConditions, SubmitError, TokenLogprob, MAX_TOP_LOGPROBS,
-};
+use crate::request::{Event, FinishReason, Request, StopConditions, SubmitError, TokenLogprob};
 use crate::sampling::{token_logprob, Sampler};
 use crate::scheduler::{Scheduler, SchedulerLimits, Sequence};
 use crate::tokenizer::Tokenizer;
+use crate::validate::{Limits, ValidRequest};
 
 /// How the engine batches and how much cache it keeps.
 #[derive(Debug, Clone)]
@@ -263,10 +262,21 @@ impl Engine {
         }
     }
 
-    /// Checks `request` and queues it. Never waits: a full queue is
-    /// [`SubmitError::QueueFull`] at once.
-    pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
-        let max_tokens = self.validate(&request)?;
+    /// What requests for this engine are validated against
+    /// ([`SamplingFields::validate`](crate::SamplingFields::validate)).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            vocab_size: self.inner.vocab_size,
+            max_num_seqs: self.inner.max_num_seqs,
+            max_model_len: self.inner.max_model_len,
+        }
+    }
+
+    /// Queues `request` when it fits the context and the cache. Never
+    /// waits: a full queue is [`SubmitError::QueueFull`] at once.
+    pub fn submit(&self, request: ValidRequest) -> Result<RequestStream, SubmitError> {
+        let request = request.into_request();
+        let max_tokens = self.fit(&request)?;
         let inner = &self.inner;
         if !self.is_running() {
             return Err(SubmitError::ShuttingDown);
@@ -297,103 +307,10 @@ impl Engine {
         }
     }
 
-    /// The request's effective `max_tokens`, or why it can never run.
-    fn validate(&self, r: &Request) -> Result<usize, SubmitError> {
+    /// The request's effective `max_tokens`, or why it can never fit this
+    /// engine's context or cache (its fields were checked by validation).
+    fn fit(&self, r: &Request) -> Result<usize, SubmitError> {
         let inner = &self.inner;
-        let bad = |param: &'static str, message: String| {
-            Err(SubmitError::InvalidParameter { param, message })
-        };
-        if r.prompt.is_empty() {
-            return Err(SubmitError::EmptyPrompt);
-        }
-        if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= inner.vocab_size) {
-            return bad(
-                "prompt",
-                format!(
-                    "prompt token id {t} is outside the vocabulary (ids 0..{})",
-                    inner.vocab_size
-                ),
-            );
-        }
-        if r.n == 0 || r.n > inner.max_num_seqs {
-            return bad(
-                "n",
-                format!(
-                    "`n` must be between 1 and {} (the server's `max_num_seqs`), got {}",
-                    inner.max_num_seqs, r.n
-                ),
-            );
-        }
-        for (name, k) in [
-            ("logprobs", r.logprobs),
-            ("prompt_logprobs", r.prompt_logprobs),
-        ] {
-            if let Some(k) = k.filter(|&k| k > MAX_TOP_LOGPROBS) {
-                return bad(
-                    name,
-                    format!(
-                    "`{name}` asks for {k} alternatives; at most {MAX_TOP_LOGPROBS} are allowed"
-                ),
-                );
-            }
-        }
-        let s = &r.sampling;
-        let checks: [(&'static str, f32, bool, &str); 6] = [
-            (
-                "temperature",
-                s.temperature,
-                s.temperature >= 0.0,
-                "must be >= 0",
-            ),
-            (
-                "top_p",
-                s.top_p,
-                s.top_p > 0.0 && s.top_p <= 1.0,
-                "must be in (0, 1]",
-            ),
-            (
-                "min_p",
-                s.min_p,
-                (0.0..=1.0).contains(&s.min_p),
-                "must be in [0, 1]",
-            ),
-            (
-                "repetition_penalty",
-                s.repetition_penalty,
-                s.repetition_penalty > 0.0,
-                "must be > 0",
-            ),
-            (
-                "presence_penalty",
-                s.presence_penalty,
-                (-2.0..=2.0).contains(&s.presence_penalty),
-                "must be in [-2, 2]",
-            ),
-            (
-                "frequency_penalty",
-                s.frequency_penalty,
-                (-2.0..=2.0).contains(&s.frequency_penalty),
-                "must be in [-2, 2]",
-            ),
-        ];
-        for (name, value, ok, rule) in checks {
-            if !ok || !value.is_finite() {
-                return bad(name, format!("`{name}` {rule}, got {value}"));
-            }
-        }
-        if let Some(&(t, b)) = s
-            .logit_bias
-            .iter()
-            .find(|(t, b)| *t as usize >= inner.vocab_size || !b.is_finite())
-        {
-            return bad(
-                "logit_bias",
-                format!(
-                    "`logit_bias` entry {t}: {b} is invalid (ids 0..{}, finite bias)",
-                    inner.vocab_size
-                ),
-            );
-        }
         let prompt = r.prompt.len();
         let room = inner.max_model_len.saturating_sub(prompt);
         let max_tokens = match r.stop.max_tokens {

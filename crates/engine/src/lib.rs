@@ -2,7 +2,9 @@
 //! forward pass. This part turns conversations into token ids (the
 //! tokenizer and the model's chat template, rendered as Hugging Face
 //! transformers renders it) and generated ids back into streamed text
-//! (incremental detokenization and stop strings). The engine knows nothing
+//! (incremental detokenization and stop strings). `validate` is the one
+//! check of a request's sampling and limits; the engine takes only the
+//! [`ValidRequest`] it makes. The engine knows nothing
 //! of HTTP or JSON request types: the server converts its OpenAI types into
 //! the plain types here.
 
@@ -15,6 +17,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod template;
 pub mod tokenizer;
+pub mod validate;
 
 pub use engine::{Engine, EngineConfig, EngineStats, RequestStream};
 pub use error::{Error, Result};
@@ -30,3 +33,4 @@ pub use template::{
     TemplateSource, ToolCall,
 };
 pub use tokenizer::{Tokenizer, TokenizerFiles};
+pub use validate::{InvalidParameter, Limits, SamplingFields, ValidRequest, ValidSampling};

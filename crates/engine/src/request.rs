@@ -1,6 +1,6 @@
-//! What a caller hands the engine and what it gets back: a generation
-//! request (prompt ids, sampling, stop conditions) and the events of its
-//! stream. Plain types; the server converts its OpenAI types into these.
+//! What the engine runs and what it gives back: a generation request
+//! (prompt ids, sampling, stop conditions) and the events of its stream.
+//! Plain types; a caller makes a request through [`crate::validate`].
 
 use std::fmt;
 
@@ -77,7 +77,8 @@ pub struct StopConditions {
     pub stop_strings: Vec<String>,
 }
 
-/// One generation request.
+/// One generation request, as the engine runs it; a
+/// [`ValidRequest`](crate::ValidRequest) holds one whose fields were checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     /// An id for logs (the server's request id).
@@ -96,22 +97,6 @@ pub struct Request {
     pub prompt_logprobs: Option<usize>,
     /// Drop special tokens from the streamed text.
     pub skip_special_tokens: bool,
-}
-
-impl Request {
-    /// A request with default sampling, one choice, no log-probabilities.
-    pub fn new(id: impl Into<String>, prompt: Vec<u32>) -> Self {
-        Request {
-            id: id.into(),
-            prompt,
-            sampling: SamplingParams::default(),
-            stop: StopConditions::default(),
-            n: 1,
-            logprobs: None,
-            prompt_logprobs: None,
-            skip_special_tokens: true,
-        }
-    }
 }
 
 /// A token's log-probability under the model, with the most likely alternatives.
@@ -179,16 +164,15 @@ pub enum Event {
     Error(String),
 }
 
-/// Why the engine would not take a request. `QueueFull` and `ShuttingDown`
-/// are momentary (HTTP 429/503); the rest are the request's fault (400).
+/// Why the engine would not take a valid request. `QueueFull` and
+/// `ShuttingDown` are momentary (HTTP 429/503); the rest are the request's
+/// fault (400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubmitError {
     /// The waiting queue holds `limit` requests already.
     QueueFull { limit: usize },
     /// The engine stopped (shutting down or failed).
     ShuttingDown,
-    /// The prompt is empty.
-    EmptyPrompt,
     /// Prompt plus generation can never fit the model's context.
     ContextTooLong {
         prompt_tokens: usize,
@@ -200,12 +184,6 @@ pub enum SubmitError {
         needed_tokens: usize,
         capacity_tokens: usize,
     },
-    /// A parameter out of range: the request field at fault (as the
-    /// OpenAI API names it, e.g. `top_p`, `prompt`) and what is wrong.
-    InvalidParameter {
-        param: &'static str,
-        message: String,
-    },
 }
 
 impl fmt::Display for SubmitError {
@@ -216,7 +194,6 @@ impl fmt::Display for SubmitError {
                 "the server is overloaded: {limit} requests are already waiting; retry later"
             ),
             SubmitError::ShuttingDown => write!(f, "the engine is not running"),
-            SubmitError::EmptyPrompt => write!(f, "the prompt is empty"),
             SubmitError::ContextTooLong {
                 prompt_tokens,
                 max_tokens,
@@ -233,7 +210,6 @@ impl fmt::Display for SubmitError {
                 f,
                 "the request needs {needed_tokens} tokens of KV cache but the whole cache holds {capacity_tokens}; shorten the prompt, lower `max_tokens` or `n`, or start the server with a larger `--kv-cache-memory`"
             ),
-            SubmitError::InvalidParameter { message, .. } => write!(f, "{message}"),
         }
     }
 }

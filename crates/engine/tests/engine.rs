@@ -8,8 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use ferroseek_engine::{
-    Engine, EngineConfig, Event, FinishReason, Request, SamplingParams, SubmitError, Tokenizer,
+    Engine, EngineConfig, Event, FinishReason, Limits, SamplingFields, SubmitError, Tokenizer,
+    ValidRequest,
 };
 use ferroseek_model::{
     resolve_model, Batch, DeepSeekModel, HubOptions, LatentCache, LoadOptions, LogitsRows, SeqInput,
@@ -114,12 +117,43 @@ fn prompt(seed: u32, len: usize) -> Vec<u32> {
         .collect()
 }
 
-fn greedy(id: &str, prompt: Vec<u32>, max_tokens: usize) -> Request {
-    let mut r = Request::new(id, prompt);
-    r.sampling = SamplingParams::greedy();
-    r.stop.max_tokens = Some(max_tokens);
-    r.stop.ignore_eos = true;
-    r
+/// The embedded model's limits with the default `max_num_seqs`.
+const LIMITS: Limits = Limits {
+    vocab_size: 4032,
+    max_num_seqs: 64,
+    max_model_len: 4096,
+};
+
+fn request(id: &str, prompt: Vec<u32>, fields: SamplingFields) -> ValidRequest {
+    fields
+        .validate(&LIMITS)
+        .unwrap()
+        .request(id, prompt)
+        .unwrap()
+}
+
+/// Greedy decoding of `max_tokens` tokens, past eos.
+fn greedy_fields(max_tokens: usize) -> SamplingFields<'static> {
+    SamplingFields {
+        temperature: Some(0.0),
+        max_tokens: Some(("max_tokens", max_tokens as i64)),
+        ignore_eos: Some(true),
+        ..Default::default()
+    }
+}
+
+fn greedy(id: &str, prompt: Vec<u32>, max_tokens: usize) -> ValidRequest {
+    request(id, prompt, greedy_fields(max_tokens))
+}
+
+/// Sampling at temperature 1 with `seed`, `max_tokens` tokens past eos.
+fn seeded_fields(seed: i64, max_tokens: usize) -> SamplingFields<'static> {
+    SamplingFields {
+        seed: Some(seed),
+        max_tokens: Some(("max_tokens", max_tokens as i64)),
+        ignore_eos: Some(true),
+        ..Default::default()
+    }
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -143,7 +177,7 @@ fn blocks_return(e: &Engine) {
 #[test]
 fn concurrent_greedy_requests_get_the_tokens_they_get_alone() {
     let e = engine(small_config());
-    let requests: Vec<Request> = (0..8)
+    let requests: Vec<ValidRequest> = (0..8)
         .map(|i| greedy(&format!("r{i}"), prompt(i, 5 + 7 * i as usize), 20))
         .collect();
     let alone: Vec<Outcome> = requests
@@ -167,33 +201,37 @@ fn concurrent_greedy_requests_get_the_tokens_they_get_alone() {
 #[test]
 fn seeded_sampling_repeats_alone_and_under_load() {
     let e = engine(small_config());
-    let seeded = |id: &str| {
-        let mut r = Request::new(id, prompt(3, 12));
-        r.sampling.temperature = 0.9;
-        r.sampling.top_p = 0.95;
-        r.sampling.seed = Some(1234);
-        r.stop.max_tokens = Some(24);
-        r.stop.ignore_eos = true;
-        r
+    let seeded = |id: &str, seed: i64| {
+        let fields = SamplingFields {
+            temperature: Some(0.9),
+            top_p: Some(0.95),
+            ..seeded_fields(seed, 24)
+        };
+        request(id, prompt(3, 12), fields)
     };
-    let alone = collect(e.submit(seeded("alone")).unwrap(), 1);
+    let alone = collect(e.submit(seeded("alone", 1234)).unwrap(), 1);
     // The same request among unseeded ones of other lengths.
     let mut noise = Vec::new();
     for i in 0..6 {
-        let mut r = Request::new(format!("noise{i}"), prompt(10 + i, 3 + 5 * i as usize));
-        r.stop.max_tokens = Some(30);
-        r.stop.ignore_eos = true;
+        let fields = SamplingFields {
+            max_tokens: Some(("max_tokens", 30)),
+            ignore_eos: Some(true),
+            ..Default::default()
+        };
+        let r = request(
+            &format!("noise{i}"),
+            prompt(10 + i, 3 + 5 * i as usize),
+            fields,
+        );
         noise.push(e.submit(r).unwrap());
     }
-    let loaded = collect(e.submit(seeded("loaded")).unwrap(), 1);
+    let loaded = collect(e.submit(seeded("loaded", 1234)).unwrap(), 1);
     for s in noise {
         collect(s, 1);
     }
     assert_eq!(alone.tokens, loaded.tokens);
     // A different seed takes a different path.
-    let mut other = seeded("other");
-    other.sampling.seed = Some(99);
-    let other = collect(e.submit(other).unwrap(), 1);
+    let other = collect(e.submit(seeded("other", 99)).unwrap(), 1);
     assert_ne!(alone.tokens, other.tokens);
 }
 
@@ -211,7 +249,7 @@ fn preemption_and_recompute_give_the_same_tokens() {
     };
     let reference = engine(small_config());
     let tight = engine(config);
-    let requests: Vec<Request> = (0..6)
+    let requests: Vec<ValidRequest> = (0..6)
         .map(|i| greedy(&format!("p{i}"), prompt(20 + i, 8), 16))
         .collect();
     let alone: Vec<Outcome> = requests
@@ -242,9 +280,12 @@ fn chunked_prefill_gives_the_same_tokens_and_prompt_logprobs() {
         max_num_batched_tokens: 7,
         ..small_config()
     });
-    let mut r = greedy("c", prompt(5, 40), 12);
-    r.prompt_logprobs = Some(3);
-    r.logprobs = Some(2);
+    let fields = SamplingFields {
+        logprobs: Some(("logprobs", 2)),
+        prompt_logprobs: Some(("prompt_logprobs", 3)),
+        ..greedy_fields(12)
+    };
+    let r = request("c", prompt(5, 40), fields);
     let a = collect(whole.submit(r.clone()).unwrap(), 1);
     let b = collect(chunked.submit(r.clone()).unwrap(), 1);
     assert_eq!(a.tokens, b.tokens);
@@ -268,8 +309,11 @@ fn chunked_prefill_gives_the_same_tokens_and_prompt_logprobs() {
 fn prompt_logprobs_match_a_direct_forward() {
     let e = engine(small_config());
     let p = prompt(9, 17);
-    let mut r = greedy("lp", p.clone(), 0);
-    r.prompt_logprobs = Some(1);
+    let fields = SamplingFields {
+        prompt_logprobs: Some(("prompt_logprobs", 1)),
+        ..greedy_fields(0)
+    };
+    let r = request("lp", p.clone(), fields);
     let o = collect(e.submit(r).unwrap(), 1);
     assert_eq!(o.reasons[0], Some(FinishReason::MaxTokens));
     assert!(o.tokens[0].is_empty());
@@ -305,18 +349,21 @@ fn n_choices_share_the_prompt_and_sample_independently() {
     let e = engine(small_config());
     // Greedy: every choice equals the single greedy answer.
     let single = collect(e.submit(greedy("g1", prompt(4, 21), 10)).unwrap(), 1);
-    let mut r = greedy("g3", prompt(4, 21), 10);
-    r.n = 3;
+    let fields = SamplingFields {
+        n: Some(3),
+        ..greedy_fields(10)
+    };
+    let r = request("g3", prompt(4, 21), fields);
     let three = collect(e.submit(r).unwrap(), 3);
     for c in 0..3 {
         assert_eq!(three.tokens[c], single.tokens[0], "choice {c}");
     }
     // Seeded sampling: choices differ from each other, and repeat as a whole.
-    let mut r = Request::new("s3", prompt(4, 21));
-    r.n = 3;
-    r.sampling.seed = Some(5);
-    r.stop.max_tokens = Some(16);
-    r.stop.ignore_eos = true;
+    let fields = SamplingFields {
+        n: Some(3),
+        ..seeded_fields(5, 16)
+    };
+    let r = request("s3", prompt(4, 21), fields);
     let a = collect(e.submit(r.clone()).unwrap(), 3);
     let b = collect(e.submit(r).unwrap(), 3);
     assert_eq!(a.tokens, b.tokens);
@@ -328,13 +375,11 @@ fn n_choices_share_the_prompt_and_sample_independently() {
 fn streamed_text_is_the_decoded_tokens() {
     let e = engine(small_config());
     let (_, tokenizer) = load();
-    let mut r = Request::new(
+    let r = request(
         "t",
         tokenizer.encode("Hello there, how are", false).unwrap(),
+        seeded_fields(3, 40),
     );
-    r.sampling.seed = Some(3);
-    r.stop.max_tokens = Some(40);
-    r.stop.ignore_eos = true;
     let o = collect(e.submit(r).unwrap(), 1);
     assert_eq!(o.text[0], tokenizer.decode(&o.tokens[0], true).unwrap());
 }
@@ -344,7 +389,7 @@ fn stop_strings_stop_ids_and_eos_end_choices() {
     let e = engine(small_config());
     let (_, tokenizer) = load();
     let base = greedy("base", prompt(6, 9), 30);
-    let full = collect(e.submit(base.clone()).unwrap(), 1);
+    let full = collect(e.submit(base).unwrap(), 1);
     let text = full.text[0].clone();
     assert!(text.chars().count() > 6, "need some text to cut: {text:?}");
 
@@ -352,8 +397,12 @@ fn stop_strings_stop_ids_and_eos_end_choices() {
     let start = text.char_indices().nth(3).unwrap().0;
     let end = text.char_indices().nth(6).unwrap().0;
     let stop = text[start..end].to_string();
-    let mut r = base.clone();
-    r.stop.stop_strings = vec![stop.clone()];
+    let stops = [stop.clone()];
+    let fields = SamplingFields {
+        stop: Some(&stops),
+        ..greedy_fields(30)
+    };
+    let r = request("base", prompt(6, 9), fields);
     let o = collect(e.submit(r).unwrap(), 1);
     assert_eq!(o.reasons[0], Some(FinishReason::StopString(stop.clone())));
     let first = text.find(&stop).unwrap();
@@ -362,8 +411,11 @@ fn stop_strings_stop_ids_and_eos_end_choices() {
 
     // A stop token id: the choice ends on it, its text is not emitted.
     let id = full.tokens[0][4];
-    let mut r = base.clone();
-    r.stop.stop_token_ids = vec![id];
+    let fields = SamplingFields {
+        stop_token_ids: Some(&[id]),
+        ..greedy_fields(30)
+    };
+    let r = request("base", prompt(6, 9), fields);
     let o = collect(e.submit(r).unwrap(), 1);
     let at = full.tokens[0].iter().position(|&t| t == id).unwrap();
     assert_eq!(o.tokens[0], full.tokens[0][..=at]);
@@ -375,16 +427,21 @@ fn stop_strings_stop_ids_and_eos_end_choices() {
 
     // The same id as the model's eos (via the tokenizer's list) unless ignored.
     let eos = tokenizer.eos_token_ids()[0];
-    let mut r = base.clone();
-    r.stop.ignore_eos = false;
-    r.sampling.logit_bias = vec![(eos, 100.0)];
-    let o = collect(e.submit(r.clone()).unwrap(), 1);
+    let bias = BTreeMap::from([(eos.to_string(), 100.0)]);
+    let fields = SamplingFields {
+        ignore_eos: Some(false),
+        logit_bias: Some(&bias),
+        ..greedy_fields(30)
+    };
+    let o = collect(e.submit(request("base", prompt(6, 9), fields)).unwrap(), 1);
     assert_eq!(o.tokens[0], vec![eos]);
     assert_eq!(o.reasons[0], Some(FinishReason::EosToken(eos)));
     assert_eq!(o.reasons[0].as_ref().unwrap().as_openai(), "stop");
-    r.stop.ignore_eos = true;
-    r.stop.max_tokens = Some(3);
-    let o = collect(e.submit(r).unwrap(), 1);
+    let fields = SamplingFields {
+        logit_bias: Some(&bias),
+        ..greedy_fields(3)
+    };
+    let o = collect(e.submit(request("base", prompt(6, 9), fields)).unwrap(), 1);
     assert_eq!(o.tokens[0], vec![eos; 3]);
     assert_eq!(o.reasons[0].as_ref().unwrap().as_openai(), "length");
 }
@@ -395,8 +452,11 @@ fn context_length_ends_generation_without_max_tokens() {
         max_model_len: Some(24),
         ..small_config()
     });
-    let mut r = greedy("ctx", prompt(1, 20), 0);
-    r.stop.max_tokens = None;
+    let fields = SamplingFields {
+        max_tokens: None,
+        ..greedy_fields(0)
+    };
+    let r = request("ctx", prompt(1, 20), fields);
     let o = collect(e.submit(r).unwrap(), 1);
     assert_eq!(o.tokens[0].len(), 4);
     assert_eq!(o.reasons[0], Some(FinishReason::MaxTokens));
@@ -435,34 +495,57 @@ fn impossible_requests_are_refused_up_front() {
             capacity_tokens: 64
         }
     );
-    assert_eq!(
-        e.submit(Request::new("empty", vec![])).unwrap_err(),
-        SubmitError::EmptyPrompt
-    );
-    let mut r = greedy("bad", vec![5, 999_999], 1);
+    // What validation refuses never reaches the engine; it checks the
+    // fields against the engine's own limits.
+    let limits = e.limits();
+    assert_eq!(limits, LIMITS);
+    let refused = |fields: SamplingFields, prompt: Vec<u32>| {
+        fields
+            .validate(&limits)
+            .and_then(|v| v.request("bad", prompt))
+            .unwrap_err()
+    };
+    let err = refused(SamplingFields::default(), vec![]);
+    assert_eq!(err.param, "prompt");
+    let err = refused(greedy_fields(1), vec![5, 999_999]);
     assert!(
-        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter { param: "prompt", message: m }) if m.contains("999999"))
+        err.param == "prompt" && err.message.contains("999999"),
+        "{err}"
     );
-    r.prompt = vec![5];
-    r.sampling.top_p = 0.0;
-    assert!(
-        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter { param: "top_p", message: m }) if m.contains("`top_p`"))
-    );
-    r.sampling.top_p = 1.0;
-    r.logprobs = Some(21);
-    assert!(
-        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter { param: "logprobs", message: m }) if m.contains("`logprobs`"))
-    );
-    r.logprobs = None;
-    r.sampling.temperature = f32::NAN;
-    assert!(
-        matches!(e.submit(r.clone()), Err(SubmitError::InvalidParameter { param: "temperature", message: m }) if m.contains("`temperature`"))
-    );
-    r.sampling.temperature = 0.0;
-    r.n = 0;
-    assert!(
-        matches!(e.submit(r), Err(SubmitError::InvalidParameter { param: "n", message: m }) if m.contains("`n`"))
-    );
+    for (fields, param) in [
+        (
+            SamplingFields {
+                top_p: Some(0.0),
+                ..greedy_fields(1)
+            },
+            "top_p",
+        ),
+        (
+            SamplingFields {
+                logprobs: Some(("logprobs", 21)),
+                ..greedy_fields(1)
+            },
+            "logprobs",
+        ),
+        (
+            SamplingFields {
+                temperature: Some(f64::NAN),
+                ..greedy_fields(1)
+            },
+            "temperature",
+        ),
+        (
+            SamplingFields {
+                n: Some(0),
+                ..greedy_fields(1)
+            },
+            "n",
+        ),
+    ] {
+        let err = refused(fields, vec![5]);
+        assert_eq!(err.param, param);
+        assert!(err.message.contains(&format!("`{param}`")), "{err}");
+    }
 }
 
 #[test]
@@ -501,9 +584,12 @@ fn a_dropped_stream_frees_its_blocks() {
     let e = engine(small_config());
     let mut streams: Vec<_> = (0..4)
         .map(|i| {
-            let mut r = greedy(&format!("d{i}"), prompt(i, 40), 4000);
-            r.n = 2;
-            e.submit(r).unwrap()
+            let fields = SamplingFields {
+                n: Some(2),
+                ..greedy_fields(4000)
+            };
+            e.submit(request(&format!("d{i}"), prompt(i, 40), fields))
+                .unwrap()
         })
         .collect();
     // Let them all start generating.
