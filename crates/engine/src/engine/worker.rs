@@ -12,20 +12,22 @@ use std::sync::{mpsc, Arc};
 use rayon::prelude::*;
 use tokio::sync::mpsc as async_mpsc;
 
-use ferroseek_model::{Batch, DeepSeekModel, LatentCache, LogitsRows, SeqInput};
+use ferroseek_model::{Batch, DeepSeekModel, LatentCache, LogitsRows, ModelError, SeqInput};
 
 use super::{Shared, Submission};
 use crate::detokenizer::{IncrementalDecoder, StopMatcher, StopOutcome};
 use crate::request::{Event, FinishReason, StopConditions, TokenLogprob};
 use crate::sampling::{token_logprob, Sampler};
-use crate::scheduler::{Scheduler, Sequence};
+use crate::scheduler::{Scheduler, SeqId, Sequence};
 use crate::tokenizer::Tokenizer;
 
-/// What one request needs across its choices.
+/// What one request needs across its choices; keyed by the request number
+/// its sequences' ids carry.
 struct Group {
     tx: async_mpsc::UnboundedSender<Event>,
     id: String,
     stop: StopConditions,
+    skip_special_tokens: bool,
     max_tokens: usize,
     logprobs: Option<usize>,
     /// Alternatives wanted and the log-probabilities gathered so far, by position.
@@ -38,7 +40,6 @@ struct Group {
 
 /// What the engine keeps per sequence.
 pub(super) struct SeqData {
-    group: u64,
     sampler: Sampler,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
@@ -48,6 +49,70 @@ pub(super) struct SeqData {
     fork_samplers: Vec<Sampler>,
     /// This step's sampled tokens: own, then one per choice to fork.
     sampled: Vec<(u32, Option<TokenLogprob>)>,
+}
+
+impl SeqData {
+    fn new(sampler: Sampler, prompt: &[u32], group: &Group) -> Self {
+        SeqData {
+            sampler,
+            decoder: IncrementalDecoder::with_prompt(prompt, group.skip_special_tokens),
+            stop: StopMatcher::new(group.stop.stop_strings.iter().cloned()),
+            admitted: false,
+            fork_samplers: Vec::new(),
+            sampled: Vec::new(),
+        }
+    }
+
+    /// Pushes `token` through the detokenizer and the stop strings: the text
+    /// that became final with it, and the stop string it completed, if any.
+    fn text_of(&mut self, tokenizer: &Tokenizer, token: u32) -> (String, Option<FinishReason>) {
+        let piece = match self.decoder.push(tokenizer, token) {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("detokenization failed: {e}");
+                String::new()
+            }
+        };
+        match self.stop.push(&piece) {
+            StopOutcome::Continue(text) => (text, None),
+            StopOutcome::Stopped { text, stop } => (text, Some(FinishReason::StopString(stop))),
+        }
+    }
+
+    /// The choice ends: the text held back so far, and the stop string it
+    /// completes, if any.
+    fn final_text(&mut self, tokenizer: &Tokenizer) -> (String, Option<FinishReason>) {
+        let rest = self
+            .decoder
+            .finish(tokenizer)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match self.stop.push(&rest) {
+            StopOutcome::Continue(mut text) => {
+                text.push_str(&self.stop.finish());
+                (text, None)
+            }
+            StopOutcome::Stopped { text, stop } => (text, Some(FinishReason::StopString(stop))),
+        }
+    }
+}
+
+/// One step's forward pass: the batch, and which logits rows each scheduled
+/// sequence gets.
+struct StepBatch {
+    batch: Batch,
+    items: Vec<BatchItem>,
+}
+
+struct BatchItem {
+    id: SeqId,
+    /// Tokens computed this step.
+    tokens: usize,
+    logits: LogitsRows,
+    /// Its first row in the step's logits, and how many it has.
+    first_row: usize,
+    rows: usize,
 }
 
 pub(super) struct Worker {
@@ -118,36 +183,29 @@ impl Worker {
         let key = self.next_request;
         self.next_request += 1;
         let r = s.request;
-        let samplers: Vec<Sampler> = (0..r.n)
-            .map(|c| Sampler::new(r.sampling.clone(), &r.prompt, c))
-            .collect();
-        let mut samplers = samplers.into_iter();
-        let sampler = samplers.next().expect("n >= 1 is validated");
-        let data = SeqData {
-            group: key,
-            sampler,
-            decoder: IncrementalDecoder::with_prompt(&r.prompt, r.skip_special_tokens),
-            stop: StopMatcher::new(r.stop.stop_strings.iter().cloned()),
-            admitted: false,
-            fork_samplers: samplers.collect(),
-            sampled: Vec::new(),
+        let group = Group {
+            tx: s.tx,
+            id: r.id,
+            stop: r.stop,
+            skip_special_tokens: r.skip_special_tokens,
+            max_tokens: s.max_tokens,
+            logprobs: r.logprobs,
+            prompt_logprobs: r.prompt_logprobs.map(|k| (k, vec![None; r.prompt.len()])),
+            prompt_sent: false,
+            remaining: r.n,
+            n: r.n,
         };
-        tracing::debug!(request_id = %r.id, prompt_tokens = r.prompt.len(), n = r.n, "queued");
-        self.groups.insert(
-            key,
-            Group {
-                tx: s.tx,
-                id: r.id,
-                stop: r.stop,
-                max_tokens: s.max_tokens,
-                logprobs: r.logprobs,
-                prompt_logprobs: r.prompt_logprobs.map(|k| (k, vec![None; r.prompt.len()])),
-                prompt_sent: false,
-                remaining: r.n,
-                n: r.n,
-            },
-        );
-        self.sched.add(Sequence::new((key, 0), r.prompt, r.n, data));
+        let mut samplers = (0..r.n).map(|c| Sampler::new(r.sampling.clone(), &r.prompt, c));
+        let Some(sampler) = samplers.next() else {
+            // n = 0 never passes validation; the stream just ends.
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            return;
+        };
+        let mut data = SeqData::new(sampler, &r.prompt, &group);
+        data.fork_samplers = samplers.collect();
+        tracing::debug!(request_id = %group.id, prompt_tokens = r.prompt.len(), n = r.n, "queued");
+        self.groups.insert(key, group);
+        self.sched.add(Sequence::new(key, r.prompt, r.n, data));
     }
 
     /// Drops the sequences of requests whose stream was dropped.
@@ -163,7 +221,7 @@ impl Worker {
         }
         let shared = &self.shared;
         self.sched.remove_where(|s| {
-            let gone = closed.contains(&s.data.group);
+            let gone = closed.contains(&s.id().request);
             if gone && !s.data.admitted {
                 shared.queued.fetch_sub(1, Ordering::SeqCst);
             }
@@ -178,198 +236,232 @@ impl Worker {
 
     fn publish(&self) {
         let s = &self.shared;
-        s.waiting.store(self.sched.waiting.len(), Ordering::Relaxed);
-        s.running.store(self.sched.running.len(), Ordering::Relaxed);
+        s.waiting.store(self.sched.num_waiting(), Ordering::Relaxed);
+        s.running.store(self.sched.num_running(), Ordering::Relaxed);
         s.blocks_used
-            .store(self.sched.blocks.num_used(), Ordering::Relaxed);
+            .store(self.sched.blocks().num_used(), Ordering::Relaxed);
         s.cached_tokens
             .store(self.sched.cached_tokens(), Ordering::Relaxed);
         s.preemptions_total
             .store(self.sched.preemptions(), Ordering::Relaxed);
     }
 
+    /// One step: plan, one forward, prompt log-probabilities, sampling, and
+    /// the events of what was sampled.
     fn step(&mut self) {
         let step = self.sched.schedule();
-        for key in &step.preempted {
-            if let Some(g) = self.groups.get(&key.0) {
-                tracing::debug!(request_id = %g.id, choice = key.1, "preempted: out of KV blocks");
+        for id in &step.preempted {
+            if let Some(g) = self.groups.get(&id.request) {
+                tracing::debug!(request_id = %g.id, choice = id.choice, "preempted: out of KV blocks");
             }
         }
         if step.work.is_empty() {
             return;
         }
         self.shared.steps_total.fetch_add(1, Ordering::Relaxed);
-        // The batch, and which logits rows each work item gets.
-        let mut batch = Batch::default();
-        let mut rows = Vec::with_capacity(step.work.len());
-        let mut modes = Vec::with_capacity(step.work.len());
-        for &(i, n) in &step.work {
-            let seq = &mut self.sched.running[i];
+        let batch = self.build_batch(&step.work);
+        let logits = match self.forward(&batch.batch) {
+            Ok(l) => l,
+            Err(e) => return self.fail_step(&step.work, &e),
+        };
+        self.record_prompt_logprobs(&batch.items, &logits);
+        let to_sample = self.advance(&batch.items);
+        self.sample(&to_sample, &logits);
+        self.emit_sampled(&to_sample);
+    }
+
+    /// The step's batch: each scheduled sequence's next tokens, and which
+    /// logits rows it needs (all of a prompt chunk whose log-probabilities
+    /// were asked for, the last one to sample from, or none mid-prompt).
+    fn build_batch(&mut self, work: &[(SeqId, usize)]) -> StepBatch {
+        let mut out = StepBatch {
+            batch: Batch::default(),
+            items: Vec::with_capacity(work.len()),
+        };
+        let mut next_row = 0;
+        for &(id, n) in work {
+            let Some(seq) = self.sched.get_mut(id) else {
+                continue;
+            };
             if !seq.data.admitted {
                 seq.data.admitted = true;
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             }
-            let group = &self.groups[&seq.data.group];
-            let end = seq.num_computed + n;
-            let samples = end == seq.tokens.len();
+            let group = &self.groups[&id.request];
+            let start = seq.num_computed();
+            let end = start + n;
             let all = group.prompt_logprobs.is_some()
                 && !group.prompt_sent
-                && seq.key.1 == 0
-                && seq.num_computed < seq.prompt_len;
-            let logits = if all {
-                LogitsRows::All
-            } else if samples {
-                LogitsRows::Last
+                && id.choice == 0
+                && start < seq.prompt_len();
+            let (logits, rows) = if all {
+                (LogitsRows::All, n)
+            } else if end == seq.tokens().len() {
+                (LogitsRows::Last, 1)
             } else {
-                LogitsRows::None
+                (LogitsRows::None, 0)
             };
-            modes.push(logits);
-            rows.push(match logits {
-                LogitsRows::All => n,
-                LogitsRows::Last => 1,
-                LogitsRows::None => 0,
-            });
-            batch.seqs.push(SeqInput {
-                tokens: seq.tokens[seq.num_computed..end].to_vec(),
-                num_cached: seq.num_computed,
-                block_table: seq.block_table.clone(),
+            out.batch.seqs.push(SeqInput {
+                tokens: seq.tokens()[start..end].to_vec(),
+                num_cached: start,
+                block_table: seq.block_table().to_vec(),
                 logits,
             });
-        }
-        let logits = self
-            .model
-            .forward(&batch, &mut self.cache)
-            .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?));
-        let logits = match logits {
-            Ok(l) => l,
-            Err(e) => return self.fail_step(&step.work, &e.to_string()),
-        };
-        let vocab = self.model.config().vocab_size;
-        // Row offsets of each work item.
-        let mut offsets = Vec::with_capacity(rows.len());
-        let mut at = 0;
-        for &r in &rows {
-            offsets.push(at);
-            at += r;
-        }
-        // Bookkeeping and prompt log-probabilities.
-        let mut sample_row: Vec<Option<usize>> = vec![None; self.sched.running.len()];
-        for (w, &(i, n)) in step.work.iter().enumerate() {
-            let start = self.sched.running[i].num_computed;
-            self.sched.advance(i, n);
-            let seq = &self.sched.running[i];
-            if modes[w] == LogitsRows::All {
-                // All rows: position p predicts token p + 1.
-                let group = self.groups.get_mut(&seq.data.group).expect("group exists");
-                if let Some((k, lps)) = group.prompt_logprobs.as_mut() {
-                    for j in 0..n {
-                        let p = start + j;
-                        if p + 1 < seq.prompt_len {
-                            let row =
-                                &logits[(offsets[w] + j) * vocab..(offsets[w] + j + 1) * vocab];
-                            lps[p + 1] = Some(token_logprob(row, seq.tokens[p + 1], *k));
-                        }
-                    }
-                }
-            }
-            if seq.num_computed == seq.tokens.len() {
-                sample_row[i] = Some(offsets[w] + rows[w] - 1);
-            }
-        }
-        // Sampling, in parallel over sequences (each has its own generator).
-        let groups = &self.groups;
-        self.sched
-            .running
-            .par_iter_mut()
-            .zip(sample_row.par_iter())
-            .for_each(|(seq, row)| {
-                let Some(row) = *row else { return };
-                let logits = &logits[row * vocab..(row + 1) * vocab];
-                let group = &groups[&seq.data.group];
-                if group.max_tokens == 0 {
-                    return;
-                }
-                let want = group.logprobs;
-                let d = &mut seq.data;
-                let pick = |s: &mut Sampler| {
-                    let t = s.sample(logits);
-                    (t, want.map(|k| token_logprob(logits, t, k)))
-                };
-                let own = pick(&mut d.sampler);
-                d.sampled.push(own);
-                let mut forks = std::mem::take(&mut d.fork_samplers);
-                for s in forks.iter_mut() {
-                    let t = pick(s);
-                    d.sampled.push(t);
-                }
-                d.fork_samplers = forks;
+            out.items.push(BatchItem {
+                id,
+                tokens: n,
+                logits,
+                first_row: next_row,
+                rows,
             });
-        // Emission, from the back so that indices stay valid across forks and
-        // finishes.
-        let sampled: Vec<usize> = (0..sample_row.len())
-            .filter(|&i| sample_row[i].is_some())
-            .collect();
-        for &i in sampled.iter().rev() {
-            self.after_prompt(i);
-            let results = std::mem::take(&mut self.sched.running[i].data.sampled);
-            if results.is_empty() {
-                // max_tokens = 0: the prompt was all that was asked for.
-                self.finish_unsampled(i);
+            next_row += rows;
+        }
+        out
+    }
+
+    /// Runs the model over the batch: the logits rows it asked for, flat.
+    fn forward(&mut self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
+        let logits = self.model.forward(batch, &mut self.cache)?;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Prompt log-probabilities from chunks computed with all their rows:
+    /// position p predicts token p + 1. Runs before [`Worker::advance`].
+    fn record_prompt_logprobs(&mut self, items: &[BatchItem], logits: &[f32]) {
+        let vocab = self.model.config().vocab_size;
+        for item in items.iter().filter(|i| i.logits == LogitsRows::All) {
+            let Some(seq) = self.sched.get(item.id) else {
                 continue;
-            }
-            if results.len() > 1 {
-                let firsts: Vec<u32> = results[1..].iter().map(|r| r.0).collect();
-                let parent = &mut self.sched.running[i];
-                let mut samplers = std::mem::take(&mut parent.data.fork_samplers).into_iter();
-                let group = parent.data.group;
-                let prompt = parent.tokens[..parent.prompt_len].to_vec();
-                let stops = self.groups[&group].stop.stop_strings.clone();
-                let skip = parent.data.decoder.skip_special_tokens();
-                self.sched.fork(i, &firsts, |_| SeqData {
-                    group,
-                    sampler: samplers.next().expect("one sampler per fork"),
-                    decoder: IncrementalDecoder::with_prompt(&prompt, skip),
-                    stop: StopMatcher::new(stops.iter().cloned()),
-                    admitted: true,
-                    fork_samplers: Vec::new(),
-                    sampled: Vec::new(),
-                });
-                // Children first (they sit after the parent), from the back.
-                for (c, (token, lp)) in results.iter().enumerate().skip(1).rev() {
-                    let idx = i + c;
-                    self.emit(idx, *token, lp.clone(), false);
+            };
+            let group = self.groups.get_mut(&item.id.request).expect("group exists");
+            let Some((k, lps)) = group.prompt_logprobs.as_mut() else {
+                continue;
+            };
+            let start = seq.num_computed();
+            for j in 0..item.tokens {
+                let p = start + j;
+                if p + 1 < seq.prompt_len() {
+                    let row = &logits[(item.first_row + j) * vocab..][..vocab];
+                    lps[p + 1] = Some(token_logprob(row, seq.tokens()[p + 1], *k));
                 }
             }
-            let (token, lp) = results.into_iter().next().expect("not empty");
-            self.emit(i, token, lp, true);
         }
     }
 
-    /// The prompt of running sequence `i` is in the cache: tell its request, once.
-    fn after_prompt(&mut self, i: usize) {
-        let seq = &self.sched.running[i];
-        let group = self.groups.get_mut(&seq.data.group).expect("group exists");
+    /// Records the step's tokens as cached. Returns the sequences now caught
+    /// up, with the logits row to sample each from, in arrival order.
+    fn advance(&mut self, items: &[BatchItem]) -> Vec<(SeqId, usize)> {
+        let mut to_sample = Vec::new();
+        for item in items {
+            self.sched.advance(item.id, item.tokens);
+            if self.sched.get(item.id).is_some_and(Sequence::is_caught_up) && item.rows > 0 {
+                to_sample.push((item.id, item.first_row + item.rows - 1));
+            }
+        }
+        to_sample
+    }
+
+    /// Samples each caught-up sequence's next token (and its forks' first
+    /// ones), in parallel: each sequence has its own generator.
+    fn sample(&mut self, to_sample: &[(SeqId, usize)], logits: &[f32]) {
+        let vocab = self.model.config().vocab_size;
+        let groups = &self.groups;
+        self.sched.running_mut().par_iter_mut().for_each(|seq| {
+            let Ok(at) = to_sample.binary_search_by_key(&seq.id(), |s| s.0) else {
+                return;
+            };
+            let row = to_sample[at].1;
+            let logits = &logits[row * vocab..(row + 1) * vocab];
+            let group = &groups[&seq.id().request];
+            if group.max_tokens == 0 {
+                return;
+            }
+            let want = group.logprobs;
+            let d = &mut seq.data;
+            let pick = |s: &mut Sampler| {
+                let t = s.sample(logits);
+                (t, want.map(|k| token_logprob(logits, t, k)))
+            };
+            let own = pick(&mut d.sampler);
+            d.sampled.push(own);
+            let mut forks = std::mem::take(&mut d.fork_samplers);
+            for s in forks.iter_mut() {
+                let t = pick(s);
+                d.sampled.push(t);
+            }
+            d.fork_samplers = forks;
+        });
+    }
+
+    /// Streams what was sampled, from the newest sequence back, so that the
+    /// forks and finishes of one leave the ones before it as they were.
+    fn emit_sampled(&mut self, to_sample: &[(SeqId, usize)]) {
+        for &(id, _) in to_sample.iter().rev() {
+            self.after_prompt(id);
+            let Some(seq) = self.sched.get_mut(id) else {
+                continue;
+            };
+            let mut sampled = std::mem::take(&mut seq.data.sampled).into_iter();
+            let Some((token, logprob)) = sampled.next() else {
+                // max_tokens = 0: the prompt was all that was asked for.
+                self.finish_unsampled(id);
+                continue;
+            };
+            let forks: Vec<_> = sampled.collect();
+            if !forks.is_empty() {
+                self.fork(id, forks);
+            }
+            self.emit(id, token, logprob, true);
+        }
+    }
+
+    /// Makes the other choices of sequence `id`, each starting with its own
+    /// first token, and streams those tokens (the newest choice first).
+    fn fork(&mut self, id: SeqId, firsts: Vec<(u32, Option<TokenLogprob>)>) {
+        let Some(parent) = self.sched.get_mut(id) else {
+            return;
+        };
+        let samplers = std::mem::take(&mut parent.data.fork_samplers);
+        let prompt = parent.tokens()[..parent.prompt_len()].to_vec();
+        let group = &self.groups[&id.request];
+        let children = firsts.iter().zip(samplers).map(|(&(token, _), sampler)| {
+            let mut data = SeqData::new(sampler, &prompt, group);
+            data.admitted = true;
+            (token, data)
+        });
+        self.sched.fork(id, children.collect());
+        for (c, (token, logprob)) in firsts.into_iter().enumerate().rev() {
+            self.emit(SeqId::new(id.request, c + 1), token, logprob, false);
+        }
+    }
+
+    /// The prompt of sequence `id` is in the cache: tell its request, once.
+    fn after_prompt(&mut self, id: SeqId) {
+        let Some(seq) = self.sched.get(id) else {
+            return;
+        };
+        let group = self.groups.get_mut(&id.request).expect("group exists");
         if group.prompt_sent {
             return;
         }
         group.prompt_sent = true;
         self.shared
             .prompt_tokens_total
-            .fetch_add(seq.prompt_len as u64, Ordering::Relaxed);
+            .fetch_add(seq.prompt_len() as u64, Ordering::Relaxed);
         self.shared
             .cached_tokens_total
-            .fetch_add(seq.prefix_hit as u64, Ordering::Relaxed);
+            .fetch_add(seq.prefix_hit() as u64, Ordering::Relaxed);
         let logprobs = group.prompt_logprobs.take().map(|(_, l)| l);
         let _ = group.tx.send(Event::Prompt {
-            cached_tokens: seq.prefix_hit,
+            cached_tokens: seq.prefix_hit(),
             logprobs,
         });
     }
 
     /// A request with `max_tokens = 0`: every choice ends with no token.
-    fn finish_unsampled(&mut self, i: usize) {
-        let seq = self.sched.finish(i);
-        if let Some(group) = self.groups.remove(&seq.data.group) {
+    fn finish_unsampled(&mut self, id: SeqId) {
+        self.sched.finish(id);
+        if let Some(group) = self.groups.remove(&id.request) {
             for choice in 0..group.n {
                 let _ = group.tx.send(Event::Finished {
                     choice,
@@ -381,44 +473,29 @@ impl Worker {
         }
     }
 
-    /// Appends a sampled token to running sequence `i` (unless already there:
-    /// a forked child starts with it), streams its text and ends the choice if
+    /// Appends a sampled token to sequence `id` (unless already there: a
+    /// forked child starts with it), streams its text and ends the choice if
     /// a stop condition holds.
-    fn emit(&mut self, i: usize, token: u32, logprob: Option<TokenLogprob>, append: bool) {
+    fn emit(&mut self, id: SeqId, token: u32, logprob: Option<TokenLogprob>, append: bool) {
         self.shared
             .generation_tokens_total
             .fetch_add(1, Ordering::Relaxed);
-        let tokenizer = &self.tokenizer;
-        let seq = &mut self.sched.running[i];
+        let Some(seq) = self.sched.get_mut(id) else {
+            return;
+        };
         if append {
-            seq.tokens.push(token);
+            seq.push_token(token);
         }
-        let group = self.groups.get_mut(&seq.data.group).expect("group exists");
-        let choice = seq.key.1;
+        let group = self.groups.get_mut(&id.request).expect("group exists");
         let stop_id = (!group.stop.ignore_eos && self.eos.contains(&token))
             || group.stop.stop_token_ids.contains(&token);
-        let mut reason = None;
-        let mut text = String::new();
-        if stop_id {
-            reason = Some(FinishReason::EosToken(token));
+        let (text, mut reason) = if stop_id {
+            (String::new(), Some(FinishReason::EosToken(token)))
         } else {
-            let piece = match seq.data.decoder.push(tokenizer, token) {
-                Ok(p) => p.unwrap_or_default(),
-                Err(e) => {
-                    tracing::warn!(request_id = %group.id, "detokenization failed: {e}");
-                    String::new()
-                }
-            };
-            match seq.data.stop.push(&piece) {
-                StopOutcome::Continue(t) => text = t,
-                StopOutcome::Stopped { text: t, stop } => {
-                    text = t;
-                    reason = Some(FinishReason::StopString(stop));
-                }
-            }
-        }
+            seq.data.text_of(&self.tokenizer, token)
+        };
         let _ = group.tx.send(Event::Token {
-            choice,
+            choice: id.choice,
             token,
             text,
             logprob,
@@ -427,56 +504,39 @@ impl Worker {
         if reason.is_none() && generated >= group.max_tokens {
             reason = Some(FinishReason::MaxTokens);
         }
-        if reason.is_none() && seq.tokens.len() >= self.max_model_len {
+        if reason.is_none() && seq.tokens().len() >= self.max_model_len {
             reason = Some(FinishReason::ContextLength);
         }
         let Some(mut reason) = reason else { return };
         let mut tail = String::new();
         if !matches!(reason, FinishReason::StopString(_)) {
-            let rest = seq
-                .data
-                .decoder
-                .finish(tokenizer)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            match seq.data.stop.push(&rest) {
-                StopOutcome::Continue(t) => {
-                    tail = t;
-                    tail.push_str(&seq.data.stop.finish());
-                }
-                StopOutcome::Stopped { text, stop } => {
-                    tail = text;
-                    reason = FinishReason::StopString(stop);
-                }
-            }
+            let (text, stop) = seq.data.final_text(&self.tokenizer);
+            tail = text;
+            reason = stop.unwrap_or(reason);
         }
         let _ = group.tx.send(Event::Finished {
-            choice,
+            choice: id.choice,
             reason,
             text: tail,
             completion_tokens: generated,
         });
         group.remaining -= 1;
-        let key = seq.data.group;
         if group.remaining == 0 {
-            self.groups.remove(&key);
+            self.groups.remove(&id.request);
         }
-        self.sched.finish(i);
+        self.sched.finish(id);
     }
 
     /// The forward failed: every request in the step gets the error and goes.
-    fn fail_step(&mut self, work: &[(usize, usize)], message: &str) {
-        tracing::error!("forward pass failed: {message}");
-        let groups: Vec<u64> = work
-            .iter()
-            .map(|&(i, _)| self.sched.running[i].data.group)
-            .collect();
-        self.sched.remove_where(|s| groups.contains(&s.data.group));
-        for k in groups {
+    fn fail_step(&mut self, work: &[(SeqId, usize)], error: &ModelError) {
+        tracing::error!("forward pass failed: {error}");
+        let requests: Vec<u64> = work.iter().map(|(id, _)| id.request).collect();
+        self.sched
+            .remove_where(|s| requests.contains(&s.id().request));
+        for k in requests {
             if let Some(g) = self.groups.remove(&k) {
                 let _ =
-                    g.tx.send(Event::Error(format!("the model failed: {message}")));
+                    g.tx.send(Event::Error(format!("the model failed: {error}")));
             }
         }
     }
