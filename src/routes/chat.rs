@@ -202,8 +202,11 @@ async fn collect(
     while let Some(event) = events.next().await {
         let (i, split) = match event {
             Event::Prompt {
-                cached_tokens: c, ..
+                cached_tokens: c,
+                timing,
+                ..
             } => {
+                ctx.state.metrics().observe_prompt(&timing);
                 cached_tokens = c;
                 continue;
             }
@@ -368,7 +371,14 @@ impl ChatStream {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Prompt { cached_tokens, .. } => self.cached_tokens = cached_tokens,
+            Event::Prompt {
+                cached_tokens,
+                timing,
+                ..
+            } => {
+                self.ctx.state.metrics().observe_prompt(&timing);
+                self.cached_tokens = cached_tokens;
+            }
             Event::Token {
                 choice,
                 text,

@@ -306,7 +306,9 @@ impl Completion {
             Event::Prompt {
                 cached_tokens,
                 logprobs,
+                timing,
             } => {
+                self.state.metrics().observe_prompt(&timing);
                 self.cached_tokens += cached_tokens;
                 if !self.echo {
                     return Ok(pieces);

@@ -12,6 +12,7 @@ mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use tokio::sync::mpsc as async_mpsc;
 
@@ -19,7 +20,7 @@ use ferroseek_model::{DeepSeekModel, LatentCache};
 
 use crate::block_manager::BlockManager;
 use crate::error::{Error, Result};
-use crate::request::{Event, Request, SubmitError, MAX_TOP_LOGPROBS};
+use crate::request::{Event, Request, MAX_TOP_LOGPROBS};
 use crate::scheduler::{Scheduler, SchedulerLimits};
 use crate::tokenizer::Tokenizer;
 use worker::Worker;
@@ -96,6 +97,11 @@ struct Submission {
     request: Request,
     max_tokens: usize,
     tx: async_mpsc::UnboundedSender<Event>,
+    /// The caller's span (the server's request span): the engine thread
+    /// enters it for the work it does for this request, so its log lines
+    /// name the request.
+    span: tracing::Span,
+    submitted: Instant,
 }
 
 struct Inner {
@@ -160,7 +166,7 @@ impl Engine {
             return Err(invalid("`max_model_len` must be at least 1".into()));
         }
         let cache = LatentCache::with_memory_budget(&cfg, config.kv_cache_bytes, config.block_size)
-            .map_err(|e| invalid(format!("KV cache: {e}")))?;
+            .map_err(Error::KvCache)?;
         let blocks_total = cache.num_blocks();
         let blocks = BlockManager::new(blocks_total, config.block_size);
         let shared = Arc::new(Shared {
@@ -183,6 +189,8 @@ impl Engine {
             shared.clone(),
         );
         let thread_shared = shared.clone();
+        // The engine thread logs where the thread that started it does.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         std::thread::Builder::new()
             .name("ferroseek-engine".into())
             .spawn(move || {
@@ -190,9 +198,9 @@ impl Engine {
                 // included: submit() then refuses, and every open stream ends
                 // (its sender is dropped with the worker).
                 let _stopped = StopGuard(thread_shared);
-                worker.run(rx);
+                tracing::dispatcher::with_default(&dispatch, || worker.run(rx));
             })
-            .map_err(|e| invalid(format!("cannot start the engine thread: {e}")))?;
+            .map_err(Error::Thread)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 commands: std::sync::Mutex::new(Some(tx)),
@@ -250,19 +258,26 @@ impl Engine {
     }
 
     /// Checks `request` and queues it. Never waits: a full queue is
-    /// [`SubmitError::QueueFull`] at once.
-    pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
+    /// [`Error::QueueFull`] at once. The engine's log lines for the request
+    /// go in the caller's current span (one named `request` with its id when
+    /// the caller has none).
+    pub fn submit(&self, request: Request) -> Result<RequestStream> {
+        let submitted = Instant::now();
         let max_tokens = self.validate(&request)?;
         let inner = &self.inner;
         if !self.is_running() {
-            return Err(SubmitError::ShuttingDown);
+            return Err(Error::ShuttingDown);
         }
         if inner.shared.queued.fetch_add(1, Ordering::SeqCst) >= inner.max_queue {
             inner.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::QueueFull {
+            return Err(Error::QueueFull {
                 limit: inner.max_queue,
             });
         }
+        let span = match tracing::Span::current() {
+            span if span.is_none() => tracing::debug_span!("request", id = %request.id),
+            span => span,
+        };
         let (tx, rx) = async_mpsc::unbounded_channel();
         let sent = inner.commands.lock().ok().and_then(|c| {
             c.as_ref().map(|c| {
@@ -270,6 +285,8 @@ impl Engine {
                     request,
                     max_tokens,
                     tx,
+                    span,
+                    submitted,
                 })
                 .is_ok()
             })
@@ -278,19 +295,18 @@ impl Engine {
             Some(true) => Ok(RequestStream { rx }),
             _ => {
                 inner.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(SubmitError::ShuttingDown)
+                Err(Error::ShuttingDown)
             }
         }
     }
 
     /// The request's effective `max_tokens`, or why it can never run.
-    fn validate(&self, r: &Request) -> Result<usize, SubmitError> {
+    fn validate(&self, r: &Request) -> Result<usize> {
         let inner = &self.inner;
-        let bad = |param: &'static str, message: String| {
-            Err(SubmitError::InvalidParameter { param, message })
-        };
+        let bad =
+            |param: &'static str, message: String| Err(Error::InvalidParameter { param, message });
         if r.prompt.is_empty() {
-            return Err(SubmitError::EmptyPrompt);
+            return Err(Error::EmptyPrompt);
         }
         if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= inner.vocab_size) {
             return bad(
@@ -388,7 +404,7 @@ impl Engine {
         };
         if prompt + max_tokens.max(usize::from(r.stop.max_tokens != Some(0))) > inner.max_model_len
         {
-            return Err(SubmitError::ContextTooLong {
+            return Err(Error::ContextTooLong {
                 prompt_tokens: prompt,
                 max_tokens: max_tokens.max(1),
                 max_model_len: inner.max_model_len,
@@ -398,7 +414,7 @@ impl Engine {
         // One choice alone must fit; the others may be preempted meanwhile.
         let needed = (prompt + max_tokens).div_ceil(inner.block_size) * inner.block_size;
         if needed > capacity {
-            return Err(SubmitError::CacheTooSmall {
+            return Err(Error::CacheTooSmall {
                 needed_tokens: prompt + max_tokens,
                 capacity_tokens: capacity,
             });

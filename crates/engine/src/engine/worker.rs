@@ -4,10 +4,14 @@
 //! together —, (e) samples one token for every sequence whose tokens are all
 //! in the cache, and (f) streams text out, ending choices on eos ids, stop
 //! ids, stop strings, `max_tokens` or the context length.
+//!
+//! Work done for one request runs in that request's span (the caller's, see
+//! [`Engine::submit`](super::Engine::submit)), so its log lines name it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use rayon::prelude::*;
 use tokio::sync::mpsc as async_mpsc;
@@ -16,7 +20,8 @@ use ferroseek_model::{Batch, DeepSeekModel, LatentCache, LogitsRows, ModelError,
 
 use super::{Shared, Submission};
 use crate::detokenizer::{IncrementalDecoder, StopMatcher, StopOutcome};
-use crate::request::{Event, FinishReason, StopConditions, TokenLogprob};
+use crate::error::{Error, Result};
+use crate::request::{Event, FinishReason, PromptTiming, StopConditions, TokenLogprob};
 use crate::sampling::{token_logprob, Sampler};
 use crate::scheduler::{Scheduler, SeqId, Sequence};
 use crate::tokenizer::Tokenizer;
@@ -25,7 +30,10 @@ use crate::tokenizer::Tokenizer;
 /// its sequences' ids carry.
 struct Group {
     tx: async_mpsc::UnboundedSender<Event>,
-    id: String,
+    span: tracing::Span,
+    submitted: Instant,
+    /// When the engine first scheduled it.
+    first_scheduled: Option<Instant>,
     stop: StopConditions,
     skip_special_tokens: bool,
     max_tokens: usize,
@@ -185,7 +193,9 @@ impl Worker {
         let r = s.request;
         let group = Group {
             tx: s.tx,
-            id: r.id,
+            span: s.span,
+            submitted: s.submitted,
+            first_scheduled: None,
             stop: r.stop,
             skip_special_tokens: r.skip_special_tokens,
             max_tokens: s.max_tokens,
@@ -203,7 +213,9 @@ impl Worker {
         };
         let mut data = SeqData::new(sampler, &r.prompt, &group);
         data.fork_samplers = samplers.collect();
-        tracing::debug!(request_id = %group.id, prompt_tokens = r.prompt.len(), n = r.n, "queued");
+        group.span.in_scope(|| {
+            tracing::debug!(prompt_tokens = r.prompt.len(), n = r.n, "queued");
+        });
         self.groups.insert(key, group);
         self.sched.add(Sequence::new(key, r.prompt, r.n, data));
     }
@@ -229,7 +241,8 @@ impl Worker {
         });
         for k in closed {
             if let Some(g) = self.groups.remove(&k) {
-                tracing::debug!(request_id = %g.id, "cancelled by the client");
+                g.span
+                    .in_scope(|| tracing::debug!("cancelled by the client"));
             }
         }
     }
@@ -252,7 +265,9 @@ impl Worker {
         let step = self.sched.schedule();
         for id in &step.preempted {
             if let Some(g) = self.groups.get(&id.request) {
-                tracing::debug!(request_id = %g.id, choice = id.choice, "preempted: out of KV blocks");
+                g.span.in_scope(|| {
+                    tracing::debug!(choice = id.choice, "preempted: out of KV blocks");
+                });
             }
         }
         if step.work.is_empty() {
@@ -279,15 +294,17 @@ impl Worker {
             items: Vec::with_capacity(work.len()),
         };
         let mut next_row = 0;
+        let now = Instant::now();
         for &(id, n) in work {
             let Some(seq) = self.sched.get_mut(id) else {
                 continue;
             };
+            let group = self.groups.get_mut(&id.request).expect("group exists");
             if !seq.data.admitted {
                 seq.data.admitted = true;
+                group.first_scheduled.get_or_insert(now);
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             }
-            let group = &self.groups[&id.request];
             let start = seq.num_computed();
             let end = start + n;
             let all = group.prompt_logprobs.is_some()
@@ -320,9 +337,10 @@ impl Worker {
     }
 
     /// Runs the model over the batch: the logits rows it asked for, flat.
-    fn forward(&mut self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
+    fn forward(&mut self, batch: &Batch) -> Result<Vec<f32>> {
         let logits = self.model.forward(batch, &mut self.cache)?;
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+        let flat = logits.flatten_all().and_then(|t| t.to_vec1::<f32>());
+        Ok(flat.map_err(ModelError::from)?)
     }
 
     /// Prompt log-probabilities from chunks computed with all their rows:
@@ -452,9 +470,16 @@ impl Worker {
             .cached_tokens_total
             .fetch_add(seq.prefix_hit() as u64, Ordering::Relaxed);
         let logprobs = group.prompt_logprobs.take().map(|(_, l)| l);
+        let now = Instant::now();
+        let scheduled = group.first_scheduled.unwrap_or(now);
+        let timing = PromptTiming {
+            queue: scheduled.saturating_duration_since(group.submitted),
+            prefill: now.saturating_duration_since(scheduled),
+        };
         let _ = group.tx.send(Event::Prompt {
             cached_tokens: seq.prefix_hit(),
             logprobs,
+            timing,
         });
     }
 
@@ -487,6 +512,8 @@ impl Worker {
             seq.push_token(token);
         }
         let group = self.groups.get_mut(&id.request).expect("group exists");
+        let span = group.span.clone();
+        let _in_request = span.enter();
         let stop_id = (!group.stop.ignore_eos && self.eos.contains(&token))
             || group.stop.stop_token_ids.contains(&token);
         let (text, mut reason) = if stop_id {
@@ -514,6 +541,12 @@ impl Worker {
             tail = text;
             reason = stop.unwrap_or(reason);
         }
+        tracing::debug!(
+            choice = id.choice,
+            ?reason,
+            completion_tokens = generated,
+            "finished"
+        );
         let _ = group.tx.send(Event::Finished {
             choice: id.choice,
             reason,
@@ -528,13 +561,14 @@ impl Worker {
     }
 
     /// The forward failed: every request in the step gets the error and goes.
-    fn fail_step(&mut self, work: &[(SeqId, usize)], error: &ModelError) {
-        tracing::error!("forward pass failed: {error}");
+    fn fail_step(&mut self, work: &[(SeqId, usize)], error: &Error) {
         let requests: Vec<u64> = work.iter().map(|(id, _)| id.request).collect();
         self.sched
             .remove_where(|s| requests.contains(&s.id().request));
         for k in requests {
             if let Some(g) = self.groups.remove(&k) {
+                g.span
+                    .in_scope(|| tracing::error!("forward pass failed: {error}"));
                 let _ =
                     g.tx.send(Event::Error(format!("the model failed: {error}")));
             }
