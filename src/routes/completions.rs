@@ -21,7 +21,7 @@ use crate::openai::completions::{
 };
 use crate::routes::RequestId;
 use crate::state::{AppState, Ready};
-use crate::tokens::TokenTable;
+use crate::tokens::{off_runtime, TokenTable};
 use crate::validate::{check_streaming, check_top_logprobs, SamplingFields};
 
 /// OpenAI's default `max_tokens` for this API.
@@ -123,7 +123,10 @@ pub async fn completions(
     let (stream, include_usage) = check_streaming(req.stream, req.stream_options.as_ref())?;
     let echo = req.echo.unwrap_or(false);
     let skip_special_tokens = req.skip_special_tokens.unwrap_or(true);
-    let prompts = tokenize_prompts(ready, req.prompt, req.add_special_tokens.unwrap_or(true))?;
+    let (tokenizing, add_special_tokens) = (state.clone(), req.add_special_tokens.unwrap_or(true));
+    let prompts =
+        off_runtime(move || tokenize_prompts(tokenizing.ready()?, req.prompt, add_special_tokens))
+            .await?;
     let n = valid.n;
     let mut streams = Vec::with_capacity(prompts.len());
     for (p, prompt) in prompts.iter().enumerate() {
