@@ -608,10 +608,11 @@ fn engine_log_lines_carry_the_callers_request_span() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    // Global, as a server's is: tracing caches whether a log line is wanted
-    // per call site, and a subscriber scoped to this test's threads loses
-    // that race against the other tests' threads. Only this test sets one;
-    // the other tests' lines name their own requests.
+    // Global, as a server's is: the engine logs from its own thread, and
+    // tracing caches per call site whether a line is wanted, so a subscriber
+    // scoped to this test's thread would miss lines the other tests' engines
+    // reached first. Only this test sets one; the others' lines name their
+    // own requests.
     tracing::subscriber::set_global_default(subscriber).unwrap();
     let e = engine(small_config());
     // The engine's own id for the request differs from the span's: the

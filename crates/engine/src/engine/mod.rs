@@ -189,8 +189,6 @@ impl Engine {
             shared.clone(),
         );
         let thread_shared = shared.clone();
-        // The engine thread logs where the thread that started it does.
-        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         std::thread::Builder::new()
             .name("ferroseek-engine".into())
             .spawn(move || {
@@ -198,7 +196,7 @@ impl Engine {
                 // included: submit() then refuses, and every open stream ends
                 // (its sender is dropped with the worker).
                 let _stopped = StopGuard(thread_shared);
-                tracing::dispatcher::with_default(&dispatch, || worker.run(rx));
+                worker.run(rx);
             })
             .map_err(Error::Thread)?;
         Ok(Engine {
