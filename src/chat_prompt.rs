@@ -1,16 +1,16 @@
 //! From an OpenAI conversation to prompt token ids: check and convert the
 //! messages, gather the template variables (`chat_template_kwargs`,
 //! DeepSeek's `thinking`, `reasoning_effort`), render the model's chat
-//! template and tokenize.
+//! template and tokenize (on a blocking thread: a long conversation takes
+//! a while).
 
-use ferroseek_engine::{
-    ChatInput, ChatMessage, Error as EngineError, MessageContent, Role, ToolCall,
-};
+use ferroseek_engine::{ChatInput, ChatMessage, MessageContent, Role, ToolCall};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::openai::chat::{ChatMessageIn, ContentIn, ThinkingOption};
 use crate::state::Ready;
+use crate::tokens::off_runtime;
 use ferroseek_engine::output::prompt_opens_reasoning;
 
 /// A rendered and tokenized conversation.
@@ -32,45 +32,36 @@ pub struct TemplateOptions<'a> {
     pub reasoning_effort: Option<&'a str>,
 }
 
-pub fn build(
+pub async fn build(
     ready: &Ready,
     messages: &[ChatMessageIn],
     options: &TemplateOptions<'_>,
 ) -> Result<ChatPrompt, ApiError> {
     let messages = convert_messages(messages)?;
     let kwargs = template_kwargs(options)?;
-    let input = ChatInput {
-        messages: &messages,
-        tools: options.tools,
-        add_generation_prompt: options.add_generation_prompt,
-        kwargs: Some(&kwargs),
-        template_name: None,
-    };
-    let tokenizer = ready.engine.tokenizer();
-    let text = tokenizer
-        .apply_chat_template(&input)
-        .map_err(template_error)?;
-    let ids = tokenizer
-        .encode(&text, false)
-        .map_err(|e| ApiError::internal(format!("cannot tokenize the prompt: {e}")))?;
-    Ok(ChatPrompt {
-        opens_reasoning: ready.reasoning && prompt_opens_reasoning(&text),
-        text,
-        ids,
+    let tools = options.tools.map(<[Value]>::to_vec);
+    let add_generation_prompt = options.add_generation_prompt;
+    let tokenizer = ready.engine.tokenizer().clone();
+    let reasoning = ready.reasoning;
+    off_runtime(move || {
+        let input = ChatInput {
+            messages: &messages,
+            tools: tools.as_deref(),
+            add_generation_prompt,
+            kwargs: Some(&kwargs),
+            template_name: None,
+        };
+        let text = tokenizer.apply_chat_template(&input)?;
+        let ids = tokenizer
+            .encode(&text, false)
+            .map_err(|e| ApiError::internal(format!("cannot tokenize the prompt: {e}")))?;
+        Ok(ChatPrompt {
+            opens_reasoning: reasoning && prompt_opens_reasoning(&text),
+            text,
+            ids,
+        })
     })
-}
-
-fn template_error(e: EngineError) -> ApiError {
-    match e {
-        EngineError::TemplateRaised(msg) => ApiError::invalid(
-            "messages",
-            format!("the model's chat template refused the conversation: {msg}"),
-        ),
-        EngineError::NoChatTemplate(msg) => ApiError::bad_request(format!(
-            "this model has no usable chat template ({msg}); use /v1/completions, or start the server with `--chat-template`"
-        )),
-        other => ApiError::invalid("messages", other.to_string()),
-    }
+    .await
 }
 
 /// `chat_template_kwargs`, plus `thinking` from DeepSeek's `thinking` field

@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use ferroseek_engine::{InvalidParameter, SubmitError};
+use ferroseek_engine::{Error as EngineError, InvalidParameter};
 
 /// OpenAI's error body.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -164,20 +164,42 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<SubmitError> for ApiError {
-    fn from(e: SubmitError) -> Self {
+/// Each kind of engine error as the client sees it: a refused request is
+/// its fault (400, the field named from the error's data) or momentary
+/// (429, 503); a chat template that will not render is about `messages`;
+/// the rest are the server's (500).
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
         let message = e.to_string();
         match e {
-            SubmitError::QueueFull { .. } => {
+            EngineError::QueueFull { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
                     .with_code("queue_full")
             }
-            SubmitError::ShuttingDown => {
+            EngineError::ShuttingDown => {
                 ApiError::unavailable("the server is shutting down and takes no new requests")
             }
-            SubmitError::ContextTooLong { .. } | SubmitError::CacheTooSmall { .. } => {
+            EngineError::ContextTooLong { .. } | EngineError::CacheTooSmall { .. } => {
                 ApiError::bad_request(message).with_code("context_length_exceeded")
             }
+            EngineError::InvalidParameter(e) => e.into(),
+            EngineError::TemplateRaised(msg) => ApiError::invalid(
+                "messages",
+                format!("the model's chat template refused the conversation: {msg}"),
+            ),
+            EngineError::NoChatTemplate(msg) => ApiError::bad_request(format!(
+                "this model has no usable chat template ({msg}); use /v1/completions, or start the server with `--chat-template`"
+            )),
+            EngineError::TemplateSyntax { .. } | EngineError::TemplateRender { .. } => {
+                ApiError::invalid("messages", message)
+            }
+            EngineError::Io { .. }
+            | EngineError::InvalidFile { .. }
+            | EngineError::Tokenizer { .. }
+            | EngineError::Config(_)
+            | EngineError::KvCache(_)
+            | EngineError::Thread(_)
+            | EngineError::Model(_) => ApiError::internal(message),
         }
     }
 }
@@ -194,16 +216,16 @@ mod tests {
 
     #[test]
     fn submit_errors_map_to_openai_statuses() {
-        let status = |e: SubmitError| ApiError::from(e).status;
+        let status = |e: EngineError| ApiError::from(e).status;
         assert_eq!(
-            status(SubmitError::QueueFull { limit: 3 }),
+            status(EngineError::QueueFull { limit: 3 }),
             StatusCode::TOO_MANY_REQUESTS
         );
         assert_eq!(
-            status(SubmitError::ShuttingDown),
+            status(EngineError::ShuttingDown),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let e = ApiError::from(SubmitError::ContextTooLong {
+        let e = ApiError::from(EngineError::ContextTooLong {
             prompt_tokens: 10,
             max_tokens: 20,
             max_model_len: 16,
@@ -221,6 +243,21 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.detail.param.as_deref(), Some("top_p"));
         assert_eq!(e.detail.message, "`top_p` must be in (0, 1], got 2");
+        let e = ApiError::from(EngineError::from(InvalidParameter::new("n", "bad `n`")));
+        assert_eq!(e.detail.param.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn template_errors_are_about_the_messages() {
+        let e = ApiError::from(EngineError::TemplateRaised("no system role".into()));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.detail.param.as_deref(), Some("messages"));
+        assert!(e.detail.message.ends_with(": no system role"));
+        let e = ApiError::from(EngineError::NoChatTemplate("none in the folder".into()));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.detail.param.is_none());
+        let e = ApiError::from(EngineError::Config("no blocks".into()));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

@@ -269,7 +269,9 @@ impl<S: Shape> Driver<S> {
             Event::Prompt {
                 cached_tokens,
                 logprobs,
+                timing,
             } => {
+                self.gen.state.metrics().observe_prompt(&timing);
                 self.cached_tokens += cached_tokens;
                 self.gen.shape.prompt(p, logprobs)
             }

@@ -1,7 +1,8 @@
 //! Logs through `tracing`: human-readable lines by default, one JSON object
 //! per line with `--log-format json`. `RUST_LOG` filters (default `info`).
 //! Each HTTP request runs in a `request{id=...}` span, so every line it logs
-//! names it.
+//! names it, the engine thread's lines for it included (the engine enters
+//! the span of the request it works for).
 
 use std::io::IsTerminal;
 

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use ferroseek_engine::EngineStats;
+use ferroseek_engine::{EngineStats, PromptTiming};
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 pub struct Metrics {
@@ -18,6 +18,10 @@ pub struct Metrics {
     pub inter_token_latency: Histogram,
     /// Seconds from receiving a generation request to its last event.
     pub request_latency: HistogramVec,
+    /// Seconds a request waited in the engine's queue before its first step.
+    pub queue_time: Histogram,
+    /// Seconds from a request's first step until its prompt was computed.
+    pub prefill_time: Histogram,
 }
 
 /// Latency buckets from 1 ms to 60 s.
@@ -36,19 +40,13 @@ impl Metrics {
             ),
             &["route", "status"],
         )?;
-        let time_to_first_token = Histogram::with_opts(
-            HistogramOpts::new(
-                "ferroseek_time_to_first_token_seconds",
-                "Seconds from receiving a generation request to its first generated token",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let time_to_first_token = latency_histogram(
+            "ferroseek_time_to_first_token_seconds",
+            "Seconds from receiving a generation request to its first generated token",
         )?;
-        let inter_token_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "ferroseek_inter_token_latency_seconds",
-                "Seconds between two consecutive tokens of one choice",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let inter_token_latency = latency_histogram(
+            "ferroseek_inter_token_latency_seconds",
+            "Seconds between two consecutive tokens of one choice",
         )?;
         let request_latency = HistogramVec::new(
             HistogramOpts::new(
@@ -58,17 +56,35 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let queue_time = latency_histogram(
+            "ferroseek_request_queue_time_seconds",
+            "Seconds a request waited in the engine's queue before its first step",
+        )?;
+        let prefill_time = latency_histogram(
+            "ferroseek_request_prefill_time_seconds",
+            "Seconds from a request's first step until its prompt was computed",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(time_to_first_token.clone()))?;
         registry.register(Box::new(inter_token_latency.clone()))?;
         registry.register(Box::new(request_latency.clone()))?;
+        registry.register(Box::new(queue_time.clone()))?;
+        registry.register(Box::new(prefill_time.clone()))?;
         Ok(Metrics {
             registry,
             requests,
             time_to_first_token,
             inter_token_latency,
             request_latency,
+            queue_time,
+            prefill_time,
         })
+    }
+
+    /// A request's prompt is computed: where its time went until then.
+    pub fn observe_prompt(&self, timing: &PromptTiming) {
+        self.queue_time.observe(timing.queue.as_secs_f64());
+        self.prefill_time.observe(timing.prefill.as_secs_f64());
     }
 
     /// The whole exposition: the registry, then the engine's numbers when loaded.
@@ -83,6 +99,11 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A histogram of seconds over [`LATENCY_BUCKETS`].
+fn latency_histogram(name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -170,6 +191,10 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.requests.with_label_values(&["/v1/models", "200"]).inc();
         m.time_to_first_token.observe(0.02);
+        m.observe_prompt(&PromptTiming {
+            queue: std::time::Duration::from_millis(3),
+            prefill: std::time::Duration::from_millis(40),
+        });
         let stats = EngineStats {
             blocks_total: 10,
             blocks_used: 4,
@@ -180,6 +205,8 @@ mod tests {
             text.contains(r#"ferroseek_http_requests_total{route="/v1/models",status="200"} 1"#)
         );
         assert!(text.contains("ferroseek_time_to_first_token_seconds_count 1"));
+        assert!(text.contains("ferroseek_request_queue_time_seconds_sum 0.003\n"));
+        assert!(text.contains("ferroseek_request_prefill_time_seconds_sum 0.04\n"));
         assert!(text.contains("ferroseek_kv_cache_blocks_used 4\n"));
         assert!(text.contains("ferroseek_kv_cache_usage_ratio 0.4\n"));
         assert!(text.contains("# TYPE ferroseek_generation_tokens_total counter"));

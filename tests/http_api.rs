@@ -369,6 +369,8 @@ async fn small_routes_models_tokenize_metrics_openapi() {
         "ferroseek_generation_tokens_total",
         "# TYPE ferroseek_time_to_first_token_seconds histogram",
         "# TYPE ferroseek_inter_token_latency_seconds histogram",
+        "# TYPE ferroseek_request_queue_time_seconds histogram",
+        "# TYPE ferroseek_request_prefill_time_seconds histogram",
     ] {
         assert!(metrics.contains(name), "missing {name}");
     }

@@ -69,7 +69,8 @@ pub async fn chat_completions(
             thinking: req.thinking.as_ref(),
             reasoning_effort: req.reasoning_effort.as_deref(),
         },
-    )?;
+    )
+    .await?;
     let prompt_tokens = prompt.ids.len();
     tracing::debug!(prompt = %prompt.text, "rendered chat prompt");
     let n = valid.n();

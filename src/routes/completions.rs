@@ -16,7 +16,7 @@ use crate::openai::completions::{
 };
 use crate::routes::RequestId;
 use crate::state::{AppState, Ready};
-use crate::tokens::TokenTable;
+use crate::tokens::{off_runtime, TokenTable};
 use crate::validate;
 
 /// OpenAI's default `max_tokens` for this API.
@@ -82,7 +82,10 @@ pub async fn completions(
     }
     let (stream, include_usage) = validate::streaming(&req.sampling)?;
     let skip_special_tokens = valid.skip_special_tokens();
-    let prompts = tokenize_prompts(ready, req.prompt, req.add_special_tokens.unwrap_or(true))?;
+    let (tokenizing, add_special_tokens) = (state.clone(), req.add_special_tokens.unwrap_or(true));
+    let prompts =
+        off_runtime(move || tokenize_prompts(tokenizing.ready()?, req.prompt, add_special_tokens))
+            .await?;
     let n = valid.n();
     let logprobs = valid.logprobs().is_some();
     // Every prompt is checked before any is submitted.

@@ -17,6 +17,7 @@ use crate::openai::misc::{
     TokenizeResponse,
 };
 use crate::state::AppState;
+use crate::tokens::off_runtime;
 
 #[utoipa::path(
     get,
@@ -110,16 +111,23 @@ pub async fn tokenize(
     state.resolve_model(req.model.as_deref())?;
     let tokenizer = ready.engine.tokenizer();
     let ids = match (&req.prompt, &req.messages) {
-        (Some(prompt), None) => tokenizer
-            .encode(prompt, req.add_special_tokens.unwrap_or(true))
-            .map_err(|e| ApiError::internal(format!("cannot tokenize: {e}")))?,
+        (Some(prompt), None) => {
+            let (tokenizer, prompt) = (tokenizer.clone(), prompt.clone());
+            let add_special_tokens = req.add_special_tokens.unwrap_or(true);
+            off_runtime(move || {
+                tokenizer
+                    .encode(&prompt, add_special_tokens)
+                    .map_err(|e| ApiError::internal(format!("cannot tokenize: {e}")))
+            })
+            .await?
+        }
         (None, Some(messages)) => {
             let options = TemplateOptions {
                 add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
                 chat_template_kwargs: req.chat_template_kwargs.as_ref(),
                 ..Default::default()
             };
-            chat_prompt::build(ready, messages, &options)?.ids
+            chat_prompt::build(ready, messages, &options).await?.ids
         }
         _ => {
             return Err(ApiError::bad_request(

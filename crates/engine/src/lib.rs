@@ -1,12 +1,29 @@
 //! ferroseek-engine: everything between an HTTP request and the model's
-//! forward pass. This part turns conversations into token ids (the
-//! tokenizer and the model's chat template, rendered as Hugging Face
-//! transformers renders it) and generated ids back into streamed text
-//! (incremental detokenization and stop strings). `validate` is the one
-//! check of a request's sampling and limits; the engine takes only the
-//! [`ValidRequest`] it makes. The engine knows nothing
-//! of HTTP or JSON request types: the server converts its OpenAI types into
-//! the plain types here.
+//! forward pass. It knows nothing of HTTP or JSON: the server converts its
+//! OpenAI types into the plain types here.
+//!
+//! - [`engine`]: the cheap, cloneable [`Engine`] handle (start, submit,
+//!   stats, shutdown; a [`RequestStream`] of [`Event`]s per request) and
+//!   the worker, the one thread that owns the model and the latent cache
+//!   and runs the step loop: accept, drop cancelled, schedule, forward,
+//!   sample, emit.
+//! - [`scheduler`]: continuous batching, keyed by [`scheduler::SeqId`]:
+//!   which tokens of which sequences go into the next forward (chunked
+//!   prefill, decode, preemption and recompute, forking `n > 1` choices).
+//! - [`block_manager`]: the paged cache's block pool, reference counts for
+//!   shared blocks and the prefix cache (chain hashes of full blocks).
+//! - [`sampling`]: temperature, top-k/top-p/min-p, penalties, logit bias
+//!   and seeded generators per choice; log-probabilities.
+//! - [`template`] and [`tokenizer`]: conversations to token ids, with the
+//!   model's chat template rendered as Hugging Face transformers renders it.
+//! - [`validate`]: the one check of a request's sampling and limits; the
+//!   engine takes only the [`ValidRequest`] it makes.
+//! - [`output`]: generated ids back to the text a client sees: incremental
+//!   detokenization and stop strings per sequence (on the worker), the
+//!   `<think>` split per choice (where events are read).
+//! - [`request`]: what the engine runs (sampling, stop conditions) and the
+//!   events it gives back.
+//! - [`error`]: the crate's one error type, refusals of a request included.
 
 pub mod block_manager;
 pub mod engine;
@@ -25,7 +42,7 @@ pub use output::{
     ChoiceDelta, ChoiceOutput, IncrementalDecoder, SeqText, StopMatcher, StopOutcome,
 };
 pub use request::{
-    Event, FinishReason, Request, SamplingParams, StopConditions, SubmitError, TokenLogprob,
+    Event, FinishReason, PromptTiming, Request, SamplingParams, StopConditions, TokenLogprob,
     MAX_TOP_LOGPROBS,
 };
 pub use template::{

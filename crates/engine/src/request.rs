@@ -2,7 +2,7 @@
 //! (prompt ids, sampling, stop conditions) and the events of its stream.
 //! Plain types; a caller makes a request through [`crate::validate`].
 
-use std::fmt;
+use std::time::Duration;
 
 /// Most alternatives per position a request may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -132,6 +132,16 @@ impl FinishReason {
     }
 }
 
+/// Where a request's time went before its first token, for latency metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PromptTiming {
+    /// From submission until the engine first scheduled it.
+    pub queue: Duration,
+    /// From its first step until its prompt was in the cache (its first
+    /// token sampled), recomputes after a preemption included.
+    pub prefill: Duration,
+}
+
 /// What the stream of a request yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -142,6 +152,8 @@ pub enum Event {
         cached_tokens: usize,
         /// One entry per prompt token (`None` for the first), when asked.
         logprobs: Option<Vec<Option<TokenLogprob>>>,
+        /// How long the request queued and how long its prompt took.
+        timing: PromptTiming,
     },
     /// A new token of choice `choice`. `text` is the text that became final
     /// with it (possibly empty: an incomplete character or a possible stop
@@ -163,55 +175,3 @@ pub enum Event {
     /// The engine failed while running this request; nothing more follows.
     Error(String),
 }
-
-/// Why the engine would not take a valid request. `QueueFull` and
-/// `ShuttingDown` are momentary (HTTP 429/503); the rest are the request's
-/// fault (400).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubmitError {
-    /// The waiting queue holds `limit` requests already.
-    QueueFull { limit: usize },
-    /// The engine stopped (shutting down or failed).
-    ShuttingDown,
-    /// Prompt plus generation can never fit the model's context.
-    ContextTooLong {
-        prompt_tokens: usize,
-        max_tokens: usize,
-        max_model_len: usize,
-    },
-    /// Prompt plus generation of all `n` choices can never fit the whole cache.
-    CacheTooSmall {
-        needed_tokens: usize,
-        capacity_tokens: usize,
-    },
-}
-
-impl fmt::Display for SubmitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SubmitError::QueueFull { limit } => write!(
-                f,
-                "the server is overloaded: {limit} requests are already waiting; retry later"
-            ),
-            SubmitError::ShuttingDown => write!(f, "the engine is not running"),
-            SubmitError::ContextTooLong {
-                prompt_tokens,
-                max_tokens,
-                max_model_len,
-            } => write!(
-                f,
-                "this model's maximum context length is {max_model_len} tokens, but the request needs {} ({prompt_tokens} in the prompt and {max_tokens} to generate); shorten the prompt or lower `max_tokens`",
-                prompt_tokens + max_tokens
-            ),
-            SubmitError::CacheTooSmall {
-                needed_tokens,
-                capacity_tokens,
-            } => write!(
-                f,
-                "the request needs {needed_tokens} tokens of KV cache but the whole cache holds {capacity_tokens}; shorten the prompt, lower `max_tokens` or `n`, or start the server with a larger `--kv-cache-memory`"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for SubmitError {}

@@ -17,39 +17,55 @@
 //! prompt's full blocks and recompute only the tokens of its last, partly
 //! filled block (so no block is ever written by two sequences).
 //!
-//! The scheduler is generic over what the engine keeps per sequence (`T`).
+//! Callers name sequences by [`SeqId`]; the scheduler keeps them in arrival
+//! order and owns their place in the cache. It is generic over what the
+//! engine keeps per sequence (`T`).
 
 use std::collections::VecDeque;
 
 use crate::block_manager::{chain_hash, BlockManager};
 
-/// Orders sequences by arrival: request number, then choice.
-pub type SeqKey = (u64, usize);
+/// Names one sequence: its request's number and its choice. Ids order
+/// sequences by arrival (request number, then choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeqId {
+    pub request: u64,
+    pub choice: usize,
+}
 
-/// One sequence: its tokens and where they stand in the cache.
+impl SeqId {
+    pub fn new(request: u64, choice: usize) -> Self {
+        SeqId { request, choice }
+    }
+}
+
+/// One sequence: its tokens and where they stand in the cache. The
+/// scheduler owns the cache bookkeeping; the engine's own state is `data`.
 #[derive(Debug, Clone)]
 pub struct Sequence<T> {
-    pub key: SeqKey,
+    id: SeqId,
     /// Prompt then generated tokens.
-    pub tokens: Vec<u32>,
-    pub prompt_len: usize,
+    tokens: Vec<u32>,
+    prompt_len: usize,
     /// Tokens whose latent rows are in the cache (`tokens[..num_computed]`).
-    pub num_computed: usize,
-    pub block_table: Vec<u32>,
+    num_computed: usize,
+    block_table: Vec<u32>,
     /// Choices still to fork from this sequence once its prompt is computed.
-    pub pending_forks: usize,
+    pending_forks: usize,
     /// Chain hashes of the full blocks of `block_table` registered so far.
-    pub block_hashes: Vec<u64>,
+    block_hashes: Vec<u64>,
     /// Tokens found in the prefix cache at its last admission.
-    pub prefix_hit: usize,
+    prefix_hit: usize,
     /// The engine's per-sequence state.
     pub data: T,
 }
 
 impl<T> Sequence<T> {
-    pub fn new(key: SeqKey, prompt: Vec<u32>, n: usize, data: T) -> Self {
+    /// Choice 0 of request `request`, to be forked into `n` choices once
+    /// its prompt is in the cache.
+    pub fn new(request: u64, prompt: Vec<u32>, n: usize, data: T) -> Self {
         Sequence {
-            key,
+            id: SeqId::new(request, 0),
             prompt_len: prompt.len(),
             tokens: prompt,
             num_computed: 0,
@@ -61,9 +77,47 @@ impl<T> Sequence<T> {
         }
     }
 
+    pub fn id(&self) -> SeqId {
+        self.id
+    }
+
+    /// Prompt then generated tokens.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    /// Tokens whose latent rows are in the cache (`tokens()[..num_computed()]`).
+    pub fn num_computed(&self) -> usize {
+        self.num_computed
+    }
+
+    /// Whether every token is in the cache: the next one can be sampled.
+    pub fn is_caught_up(&self) -> bool {
+        self.num_computed == self.tokens.len()
+    }
+
+    /// The cache blocks holding its tokens, in order.
+    pub fn block_table(&self) -> &[u32] {
+        &self.block_table
+    }
+
+    /// Tokens found in the prefix cache at its last admission.
+    pub fn prefix_hit(&self) -> usize {
+        self.prefix_hit
+    }
+
     /// Tokens generated so far.
     pub fn num_generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// Appends a generated token; the next step computes it.
+    pub fn push_token(&mut self, token: u32) {
+        self.tokens.push(token);
     }
 
     /// Sequences this one will count as once forked.
@@ -79,13 +133,14 @@ pub struct SchedulerLimits {
     pub max_num_batched_tokens: usize,
 }
 
-/// The work of one step: `(index into running, tokens to compute)`, in the
-/// order of `running`.
+/// The work of one step: which running sequences compute how many tokens,
+/// in arrival order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Step {
-    pub work: Vec<(usize, usize)>,
-    /// Keys of sequences preempted during this step's scheduling.
-    pub preempted: Vec<SeqKey>,
+    /// `(sequence, tokens to compute)`.
+    pub work: Vec<(SeqId, usize)>,
+    /// Sequences preempted during this step's scheduling.
+    pub preempted: Vec<SeqId>,
 }
 
 impl Step {
@@ -98,10 +153,10 @@ impl Step {
 pub struct Scheduler<T> {
     limits: SchedulerLimits,
     /// Not in the cache; arrival order (preempted sequences come back in order).
-    pub waiting: VecDeque<Sequence<T>>,
-    /// Being computed; arrival order.
-    pub running: Vec<Sequence<T>>,
-    pub blocks: BlockManager,
+    waiting: VecDeque<Sequence<T>>,
+    /// Being computed; arrival order, so an id is found by binary search.
+    running: Vec<Sequence<T>>,
+    blocks: BlockManager,
     preemptions: u64,
 }
 
@@ -127,6 +182,42 @@ impl<T> Scheduler<T> {
 
     pub fn preemptions(&self) -> u64 {
         self.preemptions
+    }
+
+    /// Sequences waiting to be (re)admitted.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences in the running batch.
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// The block pool, to read its counters.
+    pub fn blocks(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    /// The running sequence `id`, if it runs.
+    pub fn get(&self, id: SeqId) -> Option<&Sequence<T>> {
+        self.position(id).map(|i| &self.running[i])
+    }
+
+    /// The running sequence `id`, if it runs.
+    pub fn get_mut(&mut self, id: SeqId) -> Option<&mut Sequence<T>> {
+        self.position(id).map(|i| &mut self.running[i])
+    }
+
+    /// Every running sequence, in arrival order: for work on all of them at
+    /// once (sampling in parallel). Their place in the cache stays the
+    /// scheduler's.
+    pub fn running_mut(&mut self) -> &mut [Sequence<T>] {
+        &mut self.running
+    }
+
+    fn position(&self, id: SeqId) -> Option<usize> {
+        self.running.binary_search_by_key(&id, |s| s.id).ok()
     }
 
     /// Queues a new sequence behind every other.
@@ -155,13 +246,13 @@ impl<T> Scheduler<T> {
             loop {
                 let seq = &mut self.running[i];
                 if self.blocks.grow(&mut seq.block_table, target).is_ok() {
-                    step.work.push((i, want));
+                    step.work.push((seq.id, want));
                     budget -= want;
                     i += 1;
                     break;
                 }
                 let last = self.running.len() - 1;
-                step.preempted.push(self.running[last].key);
+                step.preempted.push(self.running[last].id);
                 self.preempt(last);
                 if last == i {
                     break;
@@ -181,7 +272,9 @@ impl<T> Scheduler<T> {
             {
                 break;
             }
-            let mut seq = self.waiting.pop_front().expect("front exists");
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
             // Reuse cached blocks of its prefix; at least one token is computed
             // (its logits are needed).
             let bs = self.blocks.block_size();
@@ -205,15 +298,9 @@ impl<T> Scheduler<T> {
                 break;
             }
             budget -= want;
-            let at = self.running.partition_point(|r| r.key < seq.key);
-            // Indices of work already chosen shift past the insertion point.
-            for w in step.work.iter_mut() {
-                if w.0 >= at {
-                    w.0 += 1;
-                }
-            }
+            step.work.push((seq.id, want));
+            let at = self.running.partition_point(|r| r.id < seq.id);
             self.running.insert(at, seq);
-            step.work.push((at, want));
         }
         step.work.sort_unstable();
         step
@@ -226,13 +313,17 @@ impl<T> Scheduler<T> {
         seq.block_hashes.clear();
         seq.num_computed = 0;
         self.preemptions += 1;
-        let at = self.waiting.partition_point(|w| w.key < seq.key);
+        let at = self.waiting.partition_point(|w| w.id < seq.id);
         self.waiting.insert(at, seq);
     }
 
-    /// Records that `tokens` more of running sequence `index` are in the
-    /// cache, and registers the blocks that became full for prefix reuse.
-    pub fn advance(&mut self, index: usize, tokens: usize) {
+    /// Records that `tokens` more of running sequence `id` are in the cache,
+    /// and registers the blocks that became full for prefix reuse. Does
+    /// nothing for a sequence that does not run.
+    pub fn advance(&mut self, id: SeqId, tokens: usize) {
+        let Some(index) = self.position(id) else {
+            return;
+        };
         let bs = self.blocks.block_size();
         let seq = &mut self.running[index];
         seq.num_computed += tokens;
@@ -246,45 +337,50 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Makes choices `1..=pending_forks` of running sequence `index`, each
-    /// starting with its first generated token (`first_tokens[c - 1]`) and
-    /// sharing the full blocks of the prompt. `data(c)` builds choice `c`'s
-    /// engine state. The new sequences join `running` right after `index`.
-    pub fn fork(&mut self, index: usize, first_tokens: &[u32], mut data: impl FnMut(usize) -> T) {
+    /// Makes choices `1..=pending_forks` of running sequence `id` from
+    /// `children`, choice `c` from `children[c - 1]`: its first generated
+    /// token and its engine state. They share the full blocks of the prompt
+    /// and run right after `id` (their ids follow it). Does nothing for a
+    /// sequence that does not run.
+    pub fn fork(&mut self, id: SeqId, children: Vec<(u32, T)>) {
+        let Some(index) = self.position(id) else {
+            return;
+        };
         let parent = &mut self.running[index];
         let forks = std::mem::take(&mut parent.pending_forks);
-        debug_assert_eq!(first_tokens.len(), forks);
+        debug_assert_eq!(children.len(), forks);
         let block_size = self.blocks.block_size();
         let full = parent.prompt_len / block_size;
         let shared_table = parent.block_table[..full].to_vec();
         let shared_hashes = parent.block_hashes[..full.min(parent.block_hashes.len())].to_vec();
         let prompt = parent.tokens[..parent.prompt_len].to_vec();
-        let (request, _) = parent.key;
-        let mut children = Vec::with_capacity(forks);
-        for (c, &first) in (1..=forks).zip(first_tokens) {
-            let mut tokens = prompt.clone();
-            tokens.push(first);
-            children.push(Sequence {
-                key: (request, c),
-                prompt_len: prompt.len(),
-                tokens,
-                num_computed: full * block_size,
-                block_table: self.blocks.share(&shared_table),
-                pending_forks: 0,
-                block_hashes: shared_hashes.clone(),
-                prefix_hit: 0,
-                data: data(c),
-            });
-        }
+        let children: Vec<Sequence<T>> = (1..)
+            .zip(children)
+            .map(|(c, (first, data))| {
+                let mut tokens = prompt.clone();
+                tokens.push(first);
+                Sequence {
+                    id: SeqId::new(id.request, c),
+                    prompt_len: prompt.len(),
+                    tokens,
+                    num_computed: full * block_size,
+                    block_table: self.blocks.share(&shared_table),
+                    pending_forks: 0,
+                    block_hashes: shared_hashes.clone(),
+                    prefix_hit: 0,
+                    data,
+                }
+            })
+            .collect();
         let at = index + 1;
         self.running.splice(at..at, children);
     }
 
-    /// Removes running sequence `index` (finished), freeing its blocks.
-    pub fn finish(&mut self, index: usize) -> Sequence<T> {
-        let mut seq = self.running.remove(index);
+    /// Removes running sequence `id` (finished), freeing its blocks.
+    pub fn finish(&mut self, id: SeqId) -> Option<Sequence<T>> {
+        let mut seq = self.running.remove(self.position(id)?);
         self.blocks.release(&mut seq.block_table);
-        seq
+        Some(seq)
     }
 
     /// Removes every sequence, running or waiting, for which `drop` says so,
@@ -326,7 +422,12 @@ mod tests {
     }
 
     fn seq(req: u64, len: usize, n: usize) -> Sequence<()> {
-        Sequence::new((req, 0), vec![7; len], n, ())
+        Sequence::new(req, vec![7; len], n, ())
+    }
+
+    /// Choice 0 of request `req`.
+    fn id(req: u64) -> SeqId {
+        SeqId::new(req, 0)
     }
 
     /// Runs one step's bookkeeping: every scheduled sequence computes its
@@ -335,9 +436,9 @@ mod tests {
         let step = s.schedule();
         for &(i, n) in step.work.iter().rev() {
             s.advance(i, n);
-            let seq = &mut s.running[i];
-            if seq.num_computed == seq.tokens.len() {
-                seq.tokens.push(1);
+            let seq = s.get_mut(i).unwrap();
+            if seq.is_caught_up() {
+                seq.push_token(1);
             }
         }
         step
@@ -349,15 +450,15 @@ mod tests {
         s.add(seq(0, 25, 1));
         s.add(seq(1, 3, 1));
         let step = run(&mut s);
-        assert_eq!(step.work, vec![(0, 10)]);
+        assert_eq!(step.work, vec![(id(0), 10)]);
         let step = run(&mut s);
-        assert_eq!(step.work, vec![(0, 10)]);
+        assert_eq!(step.work, vec![(id(0), 10)]);
         // The last chunk of 5 leaves room for the second prompt, in one forward.
         let step = run(&mut s);
-        assert_eq!(step.work, vec![(0, 5), (1, 3)]);
+        assert_eq!(step.work, vec![(id(0), 5), (id(1), 3)]);
         // Both decode.
         let step = run(&mut s);
-        assert_eq!(step.work, vec![(0, 1), (1, 1)]);
+        assert_eq!(step.work, vec![(id(0), 1), (id(1), 1)]);
     }
 
     #[test]
@@ -368,7 +469,8 @@ mod tests {
         }
         let step = run(&mut s);
         assert_eq!(step.work.len(), 2);
-        assert_eq!(s.waiting.len(), 1);
+        assert_eq!(s.num_waiting(), 1);
+        assert_eq!(s.num_running(), 2);
     }
 
     #[test]
@@ -381,18 +483,19 @@ mod tests {
         run(&mut s); // decode: position 3 fits in block 2 of each
                      // Now each has 5 tokens, 4 computed; the next needs a third block each.
         let step = run(&mut s);
-        assert_eq!(step.preempted, vec![(1, 0)]);
-        assert_eq!(step.work, vec![(0, 1)]);
-        assert_eq!(s.waiting.len(), 1);
-        assert_eq!(s.waiting[0].num_computed, 0);
-        assert_eq!(s.blocks.num_used(), 3);
+        assert_eq!(step.preempted, vec![id(1)]);
+        assert_eq!(step.work, vec![(id(0), 1)]);
+        assert_eq!(s.num_waiting(), 1);
+        assert_eq!(s.waiting[0].num_computed(), 0);
+        assert!(s.get(id(1)).is_none(), "a preempted sequence does not run");
+        assert_eq!(s.blocks().num_used(), 3);
         // Sequence 0 finishes; sequence 1 is recomputed. Its first block is
         // still in the prefix cache (sequence 0 took its second one), so
         // 3 of its 5 tokens are computed again.
-        s.finish(0);
+        assert!(s.finish(id(0)).is_some());
         let step = run(&mut s);
-        assert_eq!(step.work, vec![(0, 3)]);
-        assert_eq!(s.running[0].prefix_hit, 2);
+        assert_eq!(step.work, vec![(id(1), 3)]);
+        assert_eq!(s.get(id(1)).unwrap().prefix_hit(), 2);
     }
 
     #[test]
@@ -401,9 +504,9 @@ mod tests {
         s.add(seq(0, 4, 1));
         run(&mut s);
         let step = s.schedule();
-        assert_eq!(step.preempted, vec![(0, 0)]);
+        assert_eq!(step.preempted, vec![id(0)]);
         assert!(step.work.is_empty());
-        assert_eq!(s.blocks.num_free(), 2);
+        assert_eq!(s.blocks().num_free(), 2);
     }
 
     #[test]
@@ -411,46 +514,55 @@ mod tests {
         let mut s = sched(8, 100, 10, 4);
         s.add(seq(0, 10, 3));
         let step = s.schedule();
-        assert_eq!(step.work, vec![(0, 10)]);
-        s.advance(0, 10);
-        s.running[0].tokens.push(5);
-        s.fork(0, &[6, 7], |_| ());
-        assert_eq!(s.running.len(), 3);
-        let shared = s.running[0].block_table[..2].to_vec();
+        assert_eq!(step.work, vec![(id(0), 10)]);
+        s.advance(id(0), 10);
+        s.get_mut(id(0)).unwrap().push_token(5);
+        s.fork(id(0), vec![(6, ()), (7, ())]);
+        assert_eq!(s.num_running(), 3);
+        let shared = s.get(id(0)).unwrap().block_table()[..2].to_vec();
         for c in 1..3 {
-            assert_eq!(s.running[c].block_table, shared);
-            assert_eq!(s.running[c].num_computed, 8);
+            let child = s.get(SeqId::new(0, c)).unwrap();
+            assert_eq!(child.block_table(), shared);
+            assert_eq!(child.num_computed(), 8);
+            assert_eq!(child.tokens().last(), Some(&(5 + c as u32)));
         }
-        assert_eq!(s.blocks.ref_count(shared[0]), 3);
+        assert_eq!(s.blocks().ref_count(shared[0]), 3);
         // Children recompute the partial block's two prompt tokens plus their token.
         let step = s.schedule();
-        assert_eq!(step.work, vec![(0, 1), (1, 3), (2, 3)]);
-        assert_eq!(s.blocks.num_used(), 3 + 2);
+        assert_eq!(
+            step.work,
+            vec![(id(0), 1), (SeqId::new(0, 1), 3), (SeqId::new(0, 2), 3)]
+        );
+        assert_eq!(s.blocks().num_used(), 3 + 2);
         s.remove_where(|_| true);
-        assert_eq!(s.blocks.num_free(), 10);
+        assert_eq!(s.blocks().num_free(), 10);
     }
 
     #[test]
     fn a_shared_prefix_is_computed_once() {
         let mut s = sched(8, 100, 20, 4);
         let prompt: Vec<u32> = (0..14).collect();
-        s.add(Sequence::new((0, 0), prompt.clone(), 1, ()));
+        s.add(Sequence::new(0, prompt.clone(), 1, ()));
         run(&mut s);
         // Same first 12 tokens, then different: 3 full blocks are reused.
         let mut other = prompt[..12].to_vec();
         other.extend([90, 91, 92]);
-        s.add(Sequence::new((1, 0), other, 1, ()));
+        s.add(Sequence::new(1, other, 1, ()));
         let step = run(&mut s);
-        assert_eq!(step.work, vec![(0, 1), (1, 3)]);
-        assert_eq!(s.running[1].prefix_hit, 12);
-        assert_eq!(s.running[1].block_table[..3], s.running[0].block_table[..3]);
+        assert_eq!(step.work, vec![(id(0), 1), (id(1), 3)]);
+        let second = s.get(id(1)).unwrap();
+        assert_eq!(second.prefix_hit(), 12);
+        assert_eq!(
+            second.block_table()[..3],
+            s.get(id(0)).unwrap().block_table()[..3]
+        );
         // A prompt of exactly 3 blocks still computes its last token.
-        s.add(Sequence::new((2, 0), prompt[..12].to_vec(), 1, ()));
+        s.add(Sequence::new(2, prompt[..12].to_vec(), 1, ()));
         let step = run(&mut s);
-        assert_eq!(step.work.last(), Some(&(2, 4)));
-        assert_eq!(s.running[2].prefix_hit, 8);
+        assert_eq!(step.work.last(), Some(&(id(2), 4)));
+        assert_eq!(s.get(id(2)).unwrap().prefix_hit(), 8);
         s.remove_where(|_| true);
-        assert_eq!(s.blocks.num_free(), 20);
+        assert_eq!(s.blocks().num_free(), 20);
     }
 
     #[test]
@@ -459,10 +571,60 @@ mod tests {
         s.add(seq(0, 9, 1));
         s.add(seq(1, 9, 1));
         run(&mut s);
-        assert_eq!(s.blocks.num_used(), 6);
-        assert_eq!(s.remove_where(|q| q.key.0 == 0), 1);
-        assert_eq!(s.blocks.num_used(), 3);
+        assert_eq!(s.blocks().num_used(), 6);
+        assert_eq!(s.remove_where(|q| q.id().request == 0), 1);
+        assert_eq!(s.blocks().num_used(), 3);
         assert_eq!(s.remove_where(|_| true), 1);
-        assert_eq!(s.blocks.num_used(), 0);
+        assert_eq!(s.blocks().num_used(), 0);
+    }
+
+    #[test]
+    fn sequences_are_found_by_id_while_others_come_and_go() {
+        let mut s = sched(8, 100, 20, 4);
+        for r in [0, 1, 2] {
+            s.add(seq(r, 5, 1));
+        }
+        run(&mut s);
+        assert_eq!(s.num_running(), 3);
+        // Finishing one in the middle leaves the others where their ids say.
+        assert_eq!(s.finish(id(1)).map(|q| q.id()), Some(id(1)));
+        assert!(s.finish(id(1)).is_none(), "finished once");
+        assert!(s.get(id(1)).is_none());
+        assert_eq!(s.get(id(2)).unwrap().num_computed(), 5);
+        // A newcomer joins in arrival order, found by its id too.
+        s.add(seq(3, 2, 1));
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![(id(0), 1), (id(2), 1), (id(3), 2)]);
+        let order: Vec<SeqId> = s.running_mut().iter().map(Sequence::id).collect();
+        assert_eq!(order, vec![id(0), id(2), id(3)]);
+    }
+
+    #[test]
+    fn unknown_ids_change_nothing() {
+        let mut s = sched(8, 100, 20, 4);
+        s.add(seq(0, 5, 2));
+        // Still waiting: not running, so nothing to advance, fork or finish.
+        s.advance(id(0), 3);
+        s.fork(id(0), vec![(1, ())]);
+        assert!(s.finish(id(0)).is_none());
+        assert!(s.get_mut(id(0)).is_none());
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![(id(0), 5)]);
+        assert_eq!(s.num_running(), 1);
+    }
+
+    #[test]
+    fn a_forked_choice_can_finish_before_its_parent() {
+        let mut s = sched(8, 100, 20, 4);
+        s.add(seq(0, 6, 3));
+        run(&mut s);
+        s.fork(id(0), vec![(8, ()), (9, ())]);
+        let used = s.blocks().num_used();
+        let child = s.finish(SeqId::new(0, 1)).unwrap();
+        assert_eq!(child.num_generated(), 1);
+        // Only its own block went; the shared prompt block stays with the others.
+        assert_eq!(s.blocks().num_used(), used);
+        let step = run(&mut s);
+        assert_eq!(step.work, vec![(id(0), 1), (SeqId::new(0, 2), 3)]);
     }
 }

@@ -1,18 +1,18 @@
 //! The engine end to end on the embedded default model: batching changes
 //! nothing a request sees, preemption and recompute change nothing,
 //! cancellation frees the cache, refusals are immediate, stop conditions
-//! end choices with the right reason.
+//! end choices with the right reason, engine log lines name their request.
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
 use ferroseek_engine::{
-    Engine, EngineConfig, Event, FinishReason, Limits, SamplingFields, SubmitError, Tokenizer,
-    ValidRequest,
+    Engine, EngineConfig, Error, Event, FinishReason, Limits, PromptTiming, SamplingFields,
+    Tokenizer, ValidRequest,
 };
 use ferroseek_model::{
     resolve_model, Batch, DeepSeekModel, HubOptions, LatentCache, LoadOptions, LogitsRows, SeqInput,
@@ -51,6 +51,7 @@ struct Outcome {
     completion_tokens: Vec<usize>,
     prompt_events: usize,
     cached_tokens: usize,
+    timing: PromptTiming,
     prompt_logprobs: Option<Vec<Option<ferroseek_engine::TokenLogprob>>>,
     logprobs: Vec<Vec<ferroseek_engine::TokenLogprob>>,
 }
@@ -69,6 +70,7 @@ fn collect(mut stream: ferroseek_engine::RequestStream, n: usize) -> Outcome {
             Event::Prompt {
                 logprobs,
                 cached_tokens,
+                timing,
             } => {
                 assert!(
                     o.tokens.iter().all(Vec::is_empty),
@@ -76,6 +78,7 @@ fn collect(mut stream: ferroseek_engine::RequestStream, n: usize) -> Outcome {
                 );
                 o.prompt_events += 1;
                 o.cached_tokens = cached_tokens;
+                o.timing = timing;
                 o.prompt_logprobs = logprobs;
             }
             Event::Token {
@@ -464,7 +467,7 @@ fn context_length_ends_generation_without_max_tokens() {
     let err = e.submit(greedy("long", prompt(1, 20), 5)).unwrap_err();
     assert!(matches!(
         err,
-        SubmitError::ContextTooLong {
+        Error::ContextTooLong {
             prompt_tokens: 20,
             max_tokens: 5,
             max_model_len: 24
@@ -488,13 +491,13 @@ fn impossible_requests_are_refused_up_front() {
     .unwrap();
     assert_eq!(e.stats().blocks_total, 4);
     let err = e.submit(greedy("big", prompt(1, 60), 10)).unwrap_err();
-    assert_eq!(
+    assert!(matches!(
         err,
-        SubmitError::CacheTooSmall {
+        Error::CacheTooSmall {
             needed_tokens: 70,
             capacity_tokens: 64
         }
-    );
+    ));
     // What validation refuses never reaches the engine; it checks the
     // fields against the engine's own limits.
     let limits = e.limits();
@@ -563,10 +566,10 @@ fn a_full_queue_refuses_at_once() {
     ));
     let b = e.submit(greedy("b", prompt(2, 5), 2)).unwrap();
     let c = e.submit(greedy("c", prompt(3, 5), 2)).unwrap();
-    assert_eq!(
-        e.submit(greedy("d", prompt(4, 5), 2)).unwrap_err(),
-        SubmitError::QueueFull { limit: 2 }
-    );
+    assert!(matches!(
+        e.submit(greedy("d", prompt(4, 5), 2)),
+        Err(Error::QueueFull { limit: 2 })
+    ));
     drop(running);
     collect_after_prompt(b);
     collect_after_prompt(c);
@@ -618,10 +621,10 @@ fn shutdown_refuses_new_requests_and_finishes_running_ones() {
     let e = engine(small_config());
     let s = e.submit(greedy("last", prompt(1, 5), 5)).unwrap();
     e.shutdown();
-    assert_eq!(
-        e.submit(greedy("late", prompt(1, 5), 5)).unwrap_err(),
-        SubmitError::ShuttingDown
-    );
+    assert!(matches!(
+        e.submit(greedy("late", prompt(1, 5), 5)),
+        Err(Error::ShuttingDown)
+    ));
     let o = collect(s, 1);
     assert_eq!(o.tokens[0].len(), 5);
 }
@@ -648,4 +651,72 @@ fn a_repeated_prefix_is_served_from_the_cache_with_the_same_tokens() {
     assert_eq!(again.cached_tokens, 48);
     assert_eq!(again.tokens, alone.tokens);
     assert_eq!(cached.stats().cached_tokens_total, 96);
+}
+
+#[test]
+fn the_prompt_event_reports_queue_and_prefill_time() {
+    let e = engine(small_config());
+    let start = Instant::now();
+    let o = collect(e.submit(greedy("t", prompt(7, 40), 2)).unwrap(), 1);
+    let elapsed = start.elapsed();
+    assert!(o.timing.prefill > Duration::ZERO, "{:?}", o.timing);
+    assert!(
+        o.timing.queue + o.timing.prefill <= elapsed,
+        "{:?}",
+        o.timing
+    );
+}
+
+/// Log lines written through `tracing_subscriber::fmt`, kept for reading.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut logs) = self.0.lock() {
+            logs.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn engine_log_lines_carry_the_callers_request_span() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Global, as a server's is: the engine logs from its own thread, and
+    // tracing caches per call site whether a line is wanted, so a subscriber
+    // scoped to this test's thread would miss lines the other tests' engines
+    // reached first. Only this test sets one; the others' lines name their
+    // own requests.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let e = engine(small_config());
+    // The engine's own id for the request differs from the span's: the
+    // lines below can only name `req-42` through the span.
+    let span = tracing::info_span!("request", id = %"req-42");
+    let stream = span.in_scope(|| e.submit(greedy("engine-id", prompt(3, 5), 2)).unwrap());
+    collect(stream, 1);
+    let other = e.submit(greedy("no-span", prompt(4, 5), 1)).unwrap();
+    collect(other, 1);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = |what: &str, id: &str| {
+        text.lines()
+            .find(|l| l.contains(what) && l.contains(id))
+            .unwrap_or_else(|| panic!("no `{what}` line for {id} in:\n{text}"))
+            .to_string()
+    };
+    assert!(line("queued", "req-42").contains("request{id=req-42}"));
+    assert!(line("finished", "req-42").contains("request{id=req-42}"));
+    // A caller without a span gets one named after the request's own id.
+    assert!(line("finished", "no-span").contains("request{id=no-span}"));
+    assert!(!text.contains("engine-id"), "{text}");
 }
