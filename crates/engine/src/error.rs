@@ -28,10 +28,11 @@ pub enum Error {
     InvalidFile { path: PathBuf, reason: String },
 
     /// The `tokenizers` crate failed to encode or decode.
-    #[error("tokenizer failed to {action}: {reason}")]
+    #[error("tokenizer failed to {action}: {source}")]
     Tokenizer {
         action: &'static str,
-        reason: String,
+        #[source]
+        source: tokenizers::Error,
     },
 
     /// The model has no chat template, or none that fits the request.

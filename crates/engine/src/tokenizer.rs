@@ -166,9 +166,9 @@ impl Tokenizer {
         let encoding = self
             .inner
             .encode_fast(text, add_special_tokens)
-            .map_err(|e| Error::Tokenizer {
+            .map_err(|source| Error::Tokenizer {
                 action: "encode",
-                reason: e.to_string(),
+                source,
             })?;
         let mut ids = encoding.get_ids().to_vec();
         if add_special_tokens && self.add_bos_token {
@@ -185,9 +185,9 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::Tokenizer {
+            .map_err(|source| Error::Tokenizer {
                 action: "decode",
-                reason: e.to_string(),
+                source,
             })
     }
 
