@@ -4,6 +4,8 @@
 //! template and tokenize (on a blocking thread: a long conversation takes
 //! a while).
 
+use std::collections::HashSet;
+
 use ferroseek_engine::{ChatInput, ChatMessage, MessageContent, Role, ToolCall};
 use serde_json::{Map, Value};
 
@@ -151,52 +153,80 @@ pub fn convert_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, 
             "`messages` must hold at least one message",
         ));
     }
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = parse_role(i, &m.role)?;
-            let content = m.content.as_ref().map(|c| content_text(i, c)).transpose()?;
-            let has_calls = m.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
-            if content.is_none() && !(role == Role::Assistant && has_calls) {
-                return Err(ApiError::invalid(
-                    format!("messages[{i}].content"),
-                    format!(
-                        "`messages[{i}].content` is required for a `{}` message",
-                        role.as_str()
-                    ),
-                ));
-            }
-            if m.tool_calls.is_some() && role != Role::Assistant {
-                return Err(ApiError::invalid(
-                    format!("messages[{i}].tool_calls"),
-                    format!("`messages[{i}].tool_calls` is only allowed on `assistant` messages"),
-                ));
-            }
-            let tool_calls = m.tool_calls.as_ref().map(|calls| {
-                calls
-                    .iter()
-                    .enumerate()
-                    .map(|(j, call)| ToolCall {
-                        id: call.id.clone().unwrap_or_else(|| format!("call_{i}_{j}")),
-                        name: call.function.name.clone(),
-                        arguments: match &call.function.arguments {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        },
-                    })
-                    .collect()
-            });
-            Ok(ChatMessage {
-                role,
-                content: content.map(MessageContent::Text),
-                name: m.name.clone(),
-                tool_calls,
-                tool_call_id: m.tool_call_id.clone(),
-                reasoning_content: m.reasoning_content.clone(),
-            })
-        })
-        .collect()
+    // The ids of the tool calls made so far: a `tool` message answers one.
+    let mut call_ids = HashSet::new();
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = parse_role(i, &m.role)?;
+        let content = m.content.as_ref().map(|c| content_text(i, c)).transpose()?;
+        let has_calls = m.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
+        if content.is_none() && !(role == Role::Assistant && has_calls) {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].content"),
+                format!(
+                    "`messages[{i}].content` is required for a `{}` message",
+                    role.as_str()
+                ),
+            ));
+        }
+        if m.tool_calls.is_some() && role != Role::Assistant {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].tool_calls"),
+                format!("`messages[{i}].tool_calls` is only allowed on `assistant` messages"),
+            ));
+        }
+        if role == Role::Tool {
+            check_tool_answer(i, m.tool_call_id.as_deref(), &call_ids)?;
+        }
+        let tool_calls = m.tool_calls.as_ref().map(|calls| {
+            calls
+                .iter()
+                .enumerate()
+                .map(|(j, call)| ToolCall {
+                    id: call.id.clone().unwrap_or_else(|| format!("call_{i}_{j}")),
+                    name: call.function.name.clone(),
+                    arguments: match &call.function.arguments {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                })
+                .collect::<Vec<_>>()
+        });
+        call_ids.extend(tool_calls.iter().flatten().map(|c| c.id.clone()));
+        out.push(ChatMessage {
+            role,
+            content: content.map(MessageContent::Text),
+            name: m.name.clone(),
+            tool_calls,
+            tool_call_id: m.tool_call_id.clone(),
+            reasoning_content: m.reasoning_content.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// A `tool` message must say which earlier tool call it answers.
+fn check_tool_answer(
+    i: usize,
+    tool_call_id: Option<&str>,
+    call_ids: &HashSet<String>,
+) -> Result<(), ApiError> {
+    let param = format!("messages[{i}].tool_call_id");
+    match tool_call_id {
+        None => Err(ApiError::invalid(
+            &param,
+            format!(
+                "`{param}` is required for a `tool` message: the id of the tool call it answers"
+            ),
+        )),
+        Some(id) if !call_ids.contains(id) => Err(ApiError::invalid(
+            &param,
+            format!(
+                "`{param}` is {id:?}, which answers no tool call of an earlier `assistant` message"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +261,46 @@ mod tests {
             param(r#"[{"role": "user", "content": "a", "tool_calls": []}]"#).as_deref(),
             Some("messages[0].tool_calls")
         );
+    }
+
+    #[test]
+    fn a_tool_message_must_answer_an_earlier_call() {
+        let call = r#"{"role": "user", "content": "q"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": "{}"}}]}"#;
+        assert_eq!(
+            param(&format!(r#"[{call}, {{"role": "tool", "content": "42"}}]"#)).as_deref(),
+            Some("messages[2].tool_call_id")
+        );
+        let err = convert_messages(&messages(&format!(
+            r#"[{call}, {{"role": "tool", "content": "42", "tool_call_id": "c2"}}]"#
+        )))
+        .unwrap_err();
+        assert_eq!(
+            err.detail.param.as_deref(),
+            Some("messages[2].tool_call_id")
+        );
+        assert!(
+            err.detail.message.contains("\"c2\""),
+            "{}",
+            err.detail.message
+        );
+        // A call made later does not count.
+        assert_eq!(
+            param(&format!(
+                r#"[{{"role": "tool", "content": "42", "tool_call_id": "c1"}}, {call}]"#
+            ))
+            .as_deref(),
+            Some("messages[0].tool_call_id")
+        );
+        // Several answers to several calls of one turn are fine.
+        let two = r#"[{"role": "user", "content": "q"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": "b", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
+            {"role": "tool", "content": "1", "tool_call_id": "b"},
+            {"role": "tool", "content": "2", "tool_call_id": "a"}]"#;
+        assert_eq!(convert_messages(&messages(two)).unwrap().len(), 4);
     }
 
     #[test]
