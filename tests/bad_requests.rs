@@ -74,6 +74,41 @@ fn cases() -> Vec<Case> {
         raw("JSON array body", CHAT, b"[1, 2, 3]", 400),
         raw("invalid UTF-8", CHAT, b"{\"messages\": \"\xff\xfe\"}", 400),
         raw("deeply nested JSON", CHAT, &[b'['; 100_000], 400),
+        raw(
+            "NaN literal",
+            CHAT,
+            br#"{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}"#,
+            400,
+        ),
+        raw(
+            "Infinity literal",
+            COMPL,
+            br#"{"prompt": "hi", "top_p": Infinity}"#,
+            400,
+        ),
+        raw(
+            "duplicate keys",
+            CHAT,
+            br#"{"messages": [{"role": "user", "content": "hi"}], "n": 1, "n": 64}"#,
+            400,
+        ),
+        case(
+            "10,000 stop strings",
+            CHAT,
+            chat(json!({"stop": (0..10_000).map(|i| i.to_string()).collect::<Vec<_>>()})),
+            400,
+            Some("stop"),
+        ),
+        case(
+            "logit_bias with 15,000 entries",
+            COMPL,
+            json!({
+                "prompt": "hi",
+                "logit_bias": (0..15_000).map(|i| (i.to_string(), json!(1))).collect::<serde_json::Map<_, _>>(),
+            }),
+            400,
+            Some("logit_bias"),
+        ),
         case(
             "missing messages",
             CHAT,
