@@ -20,7 +20,8 @@
 //!   engine takes only the [`ValidRequest`] it makes.
 //! - [`output`]: generated ids back to the text a client sees: incremental
 //!   detokenization and stop strings per sequence (on the worker), the
-//!   `<think>` split per choice (where events are read).
+//!   `<think>` split per choice (where events are read), and the tool-call
+//!   parsers per family (not yet wired into the server).
 //! - [`request`]: what the engine runs (sampling, stop conditions) and the
 //!   events it gives back.
 //! - [`error`]: the crate's one error type, refusals of a request included.
@@ -40,6 +41,7 @@ pub use engine::{Engine, EngineConfig, EngineStats, RequestStream};
 pub use error::{Error, Result};
 pub use output::{
     ChoiceDelta, ChoiceOutput, IncrementalDecoder, SeqText, StopMatcher, StopOutcome,
+    ToolCallFormat, ToolCallParser, ToolEvent,
 };
 pub use request::{
     Event, FinishReason, PromptTiming, Request, SamplingParams, StopConditions, TokenLogprob,

@@ -5,7 +5,10 @@
 //!    ([`IncrementalDecoder`]);
 //! 2. [`stop`]: the text cut at the first stop string ([`StopMatcher`]);
 //! 3. [`reasoning`]: the text sorted into reasoning and content at the
-//!    `<think>` tags ([`ReasoningSplitter`]).
+//!    `<think>` tags ([`ReasoningSplitter`]);
+//! 4. [`tool_calls`]: the content taken apart into text and tool calls, per
+//!    family's syntax ([`ToolCallParser`], [`ToolCallFormat`]). Not yet wired
+//!    into the server: nothing calls it outside its tests.
 //!
 //! Stages 1 and 2 run on the engine's worker thread, as [`SeqText`]: a stop
 //! string ends the sequence there, and the request's events carry the text
@@ -16,10 +19,12 @@
 pub mod detokenize;
 pub mod reasoning;
 pub mod stop;
+pub mod tool_calls;
 
 pub use detokenize::IncrementalDecoder;
 pub use reasoning::{prompt_opens_reasoning, ReasoningSplitter};
 pub use stop::{StopMatcher, StopOutcome};
+pub use tool_calls::{Parsed, ParsedCall, ToolCallFormat, ToolCallParser, ToolEvent};
 
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
