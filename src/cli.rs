@@ -169,6 +169,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FERROSEEK_MAX_QUEUE", default_value_t = 1024)]
     pub max_queue: usize,
 
+    /// Most tokens a streamed choice may hold unsent while its client does
+    /// not read; past that the request is cancelled and its cache freed.
+    #[arg(long, env = "FERROSEEK_MAX_BUFFERED_EVENTS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_buffered_events: u32,
+
     /// Require `Authorization: Bearer <key>` on `/v1/*`, `/tokenize` and `/detokenize`.
     #[arg(long, env = "FERROSEEK_API_KEY", hide_env_values = true, value_parser = parse_api_key)]
     pub api_key: Option<ApiKey>,

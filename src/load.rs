@@ -156,6 +156,7 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
             kv_cache_bytes: args.kv_cache_memory,
             max_model_len: args.max_model_len,
             max_queue: args.max_queue,
+            max_buffered_events: args.max_buffered_events as usize,
         },
     )
     .context("cannot start the engine")?;

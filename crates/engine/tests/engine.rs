@@ -617,6 +617,30 @@ fn a_dropped_stream_frees_its_blocks() {
 }
 
 #[test]
+fn a_stream_left_unread_is_cancelled_once_full() {
+    let e = engine(EngineConfig {
+        max_buffered_events: 8,
+        ..small_config()
+    });
+    let mut stalled = e.submit(greedy("stalled", prompt(1, 5), 2000)).unwrap();
+    // Nothing reads `stalled`: once 8 events wait in it, the engine drops
+    // the request rather than buffer 2000 tokens.
+    wait_until("the stalled request to leave", || {
+        let s = e.stats();
+        s.running == 0 && s.waiting == 0 && s.blocks_used == 0 && s.generation_tokens_total > 0
+    });
+    let mut events = 0;
+    while let Some(event) = stalled.blocking_next() {
+        events += 1;
+        assert!(!matches!(event, Event::Finished { .. }), "{event:?}");
+    }
+    assert_eq!(events, 8, "the stream holds what fit, then ends");
+    // The engine goes on serving (5 tokens: their events always fit).
+    let o = collect(e.submit(greedy("after", prompt(2, 5), 5)).unwrap(), 1);
+    assert_eq!(o.tokens[0].len(), 5);
+}
+
+#[test]
 fn shutdown_refuses_new_requests_and_finishes_running_ones() {
     let e = engine(small_config());
     let s = e.submit(greedy("last", prompt(1, 5), 5)).unwrap();

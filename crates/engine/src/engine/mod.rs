@@ -41,6 +41,10 @@ pub struct EngineConfig {
     pub max_model_len: Option<usize>,
     /// Most requests waiting for their first step before new ones are refused.
     pub max_queue: usize,
+    /// Most events a request's stream may hold unread, per choice. A client
+    /// that falls this far behind (it stopped reading) is cancelled and its
+    /// blocks freed: the engine never buffers without bound, nor waits.
+    pub max_buffered_events: usize,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +56,7 @@ impl Default for EngineConfig {
             kv_cache_bytes: 1 << 30,
             max_model_len: None,
             max_queue: 1024,
+            max_buffered_events: 4096,
         }
     }
 }
@@ -97,7 +102,7 @@ struct Shared {
 struct Submission {
     request: Request,
     max_tokens: usize,
-    tx: async_mpsc::UnboundedSender<Event>,
+    tx: async_mpsc::Sender<Event>,
     /// The caller's span (the server's request span): the engine thread
     /// enters it for the work it does for this request, so its log lines
     /// name the request.
@@ -115,7 +120,11 @@ struct Inner {
     block_size: usize,
     max_num_seqs: usize,
     max_queue: usize,
+    max_buffered_events: usize,
 }
+
+/// Far below tokio's own limit on a bounded channel's capacity.
+const MAX_CHANNEL_CAPACITY: usize = 1 << 24;
 
 /// A cheap, cloneable handle to the engine thread.
 #[derive(Clone)]
@@ -126,7 +135,7 @@ pub struct Engine {
 /// The events of one request. Dropping it cancels the request.
 #[derive(Debug)]
 pub struct RequestStream {
-    rx: async_mpsc::UnboundedReceiver<Event>,
+    rx: async_mpsc::Receiver<Event>,
 }
 
 impl RequestStream {
@@ -211,6 +220,7 @@ impl Engine {
                 block_size: config.block_size,
                 max_num_seqs: config.max_num_seqs,
                 max_queue: config.max_queue,
+                max_buffered_events: config.max_buffered_events,
             }),
         })
     }
@@ -288,7 +298,12 @@ impl Engine {
             span if span.is_none() => tracing::debug_span!("request", id = %request.id),
             span => span,
         };
-        let (tx, rx) = async_mpsc::unbounded_channel();
+        // tokio allocates a bounded channel's slots as they fill, not up front.
+        let capacity = inner
+            .max_buffered_events
+            .saturating_mul(request.n)
+            .clamp(1, MAX_CHANNEL_CAPACITY);
+        let (tx, rx) = async_mpsc::channel(capacity);
         let sent = inner.commands.lock().ok().and_then(|c| {
             c.as_ref().map(|c| {
                 c.send(Submission {

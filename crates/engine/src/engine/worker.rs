@@ -29,7 +29,9 @@ use crate::tokenizer::Tokenizer;
 /// What one request needs across its choices; keyed by the request number
 /// its sequences' ids carry.
 struct Group {
-    tx: async_mpsc::UnboundedSender<Event>,
+    tx: async_mpsc::Sender<Event>,
+    /// Its stream filled up unread: the client stopped reading.
+    overflowed: bool,
     span: tracing::Span,
     submitted: Instant,
     /// When the engine first scheduled it.
@@ -44,6 +46,17 @@ struct Group {
     /// Choices not finished.
     remaining: usize,
     n: usize,
+}
+
+impl Group {
+    /// Sends without waiting. A stream left unread until it is full marks
+    /// the request for cancellation; a stream whose client went away is
+    /// noticed by `drop_cancelled`.
+    fn send(&mut self, event: Event) {
+        if let Err(async_mpsc::error::TrySendError::Full(_)) = self.tx.try_send(event) {
+            self.overflowed = true;
+        }
+    }
 }
 
 /// What the engine keeps per sequence.
@@ -183,6 +196,7 @@ impl Worker {
         let r = s.request;
         let group = Group {
             tx: s.tx,
+            overflowed: false,
             span: s.span,
             submitted: s.submitted,
             first_scheduled: None,
@@ -215,7 +229,7 @@ impl Worker {
         let closed: Vec<u64> = self
             .groups
             .iter()
-            .filter(|(_, g)| g.tx.is_closed())
+            .filter(|(_, g)| g.tx.is_closed() || g.overflowed)
             .map(|(k, _)| *k)
             .collect();
         if closed.is_empty() {
@@ -231,8 +245,13 @@ impl Worker {
         });
         for k in closed {
             if let Some(g) = self.groups.remove(&k) {
-                g.span
-                    .in_scope(|| tracing::debug!("cancelled by the client"));
+                g.span.in_scope(|| match g.overflowed {
+                    true => tracing::warn!(
+                        "cancelled: the client stopped reading its stream ({} events unread)",
+                        g.tx.max_capacity()
+                    ),
+                    false => tracing::debug!("cancelled by the client"),
+                });
             }
         }
     }
@@ -466,7 +485,7 @@ impl Worker {
             queue: scheduled.saturating_duration_since(group.submitted),
             prefill: now.saturating_duration_since(scheduled),
         };
-        let _ = group.tx.send(Event::Prompt {
+        group.send(Event::Prompt {
             cached_tokens: seq.prefix_hit(),
             logprobs,
             timing,
@@ -476,9 +495,9 @@ impl Worker {
     /// A request with `max_tokens = 0`: every choice ends with no token.
     fn finish_unsampled(&mut self, id: SeqId) {
         self.sched.finish(id);
-        if let Some(group) = self.groups.remove(&id.request) {
+        if let Some(mut group) = self.groups.remove(&id.request) {
             for choice in 0..group.n {
-                let _ = group.tx.send(Event::Finished {
+                group.send(Event::Finished {
                     choice,
                     reason: FinishReason::MaxTokens,
                     text: String::new(),
@@ -511,7 +530,7 @@ impl Worker {
         } else {
             seq.data.text_of(&self.tokenizer, token)
         };
-        let _ = group.tx.send(Event::Token {
+        group.send(Event::Token {
             choice: id.choice,
             token,
             text,
@@ -537,7 +556,7 @@ impl Worker {
             completion_tokens = generated,
             "finished"
         );
-        let _ = group.tx.send(Event::Finished {
+        group.send(Event::Finished {
             choice: id.choice,
             reason,
             text: tail,
@@ -556,11 +575,10 @@ impl Worker {
         self.sched
             .remove_where(|s| requests.contains(&s.id().request));
         for k in requests {
-            if let Some(g) = self.groups.remove(&k) {
+            if let Some(mut g) = self.groups.remove(&k) {
                 g.span
                     .in_scope(|| tracing::error!("forward pass failed: {error}"));
-                let _ =
-                    g.tx.send(Event::Error(format!("the model failed: {error}")));
+                g.send(Event::Error(format!("the model failed: {error}")));
             }
         }
     }
