@@ -122,7 +122,6 @@ impl SseData {
 
 /// The SSE response for a stream of payloads.
 pub fn sse_response(stream: impl Stream<Item = SseData> + Send + 'static) -> Response {
-    use futures_util::StreamExt;
     Sse::new(stream.map(|d| Ok::<_, Infallible>(d.into_event()))).into_response()
 }
 

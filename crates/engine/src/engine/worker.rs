@@ -84,14 +84,12 @@ impl SeqData {
 
     /// Pushes `token` through the detokenizer and the stop strings: the text
     /// that became final with it, and the stop string it completed, if any.
-    fn text_of(&mut self, tokenizer: &Tokenizer, token: u32) -> (String, Option<FinishReason>) {
-        match self.text.push(tokenizer, token) {
-            Ok(outcome) => finished_by(outcome),
-            Err(e) => {
-                tracing::warn!("detokenization failed: {e}");
-                (String::new(), None)
-            }
-        }
+    fn text_of(
+        &mut self,
+        tokenizer: &Tokenizer,
+        token: u32,
+    ) -> Result<(String, Option<FinishReason>)> {
+        Ok(finished_by(self.text.push(tokenizer, token)?))
     }
 
     /// The choice ends: the text held back so far, and the stop string it
@@ -245,12 +243,15 @@ impl Worker {
         });
         for k in closed {
             if let Some(g) = self.groups.remove(&k) {
-                g.span.in_scope(|| match g.overflowed {
-                    true => tracing::warn!(
-                        "cancelled: the client stopped reading its stream ({} events unread)",
-                        g.tx.max_capacity()
-                    ),
-                    false => tracing::debug!("cancelled by the client"),
+                g.span.in_scope(|| {
+                    if g.overflowed {
+                        tracing::warn!(
+                            "cancelled: the client stopped reading its stream ({} events unread)",
+                            g.tx.max_capacity()
+                        )
+                    } else {
+                        tracing::debug!("cancelled by the client")
+                    }
                 });
             }
         }
@@ -521,14 +522,19 @@ impl Worker {
             seq.push_token(token);
         }
         let group = self.groups.get_mut(&id.request).expect("group exists");
-        let span = group.span.clone();
-        let _in_request = span.enter();
         let stop_id = (!group.stop.ignore_eos && self.eos.contains(&token))
             || group.stop.stop_token_ids.contains(&token);
         let (text, mut reason) = if stop_id {
             (String::new(), Some(FinishReason::EosToken(token)))
         } else {
-            seq.data.text_of(&self.tokenizer, token)
+            seq.data
+                .text_of(&self.tokenizer, token)
+                .unwrap_or_else(|e| {
+                    group
+                        .span
+                        .in_scope(|| tracing::warn!("detokenization failed: {e}"));
+                    (String::new(), None)
+                })
         };
         group.send(Event::Token {
             choice: id.choice,
@@ -550,12 +556,14 @@ impl Worker {
             tail = text;
             reason = stop.unwrap_or(reason);
         }
-        tracing::debug!(
-            choice = id.choice,
-            ?reason,
-            completion_tokens = generated,
-            "finished"
-        );
+        group.span.in_scope(|| {
+            tracing::debug!(
+                choice = id.choice,
+                ?reason,
+                completion_tokens = generated,
+                "finished"
+            )
+        });
         group.send(Event::Finished {
             choice: id.choice,
             reason,

@@ -29,6 +29,19 @@ pub use tool_calls::{Parsed, ParsedCall, ToolCallFormat, ToolCallParser, ToolEve
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
 
+/// The length of the longest end of `text` that is a proper start of one of
+/// `markers`: text the stages hold back because it may still grow into a
+/// marker (a stop string, a `<think>` tag, a tool-call section).
+fn partial_marker_len<'m>(text: &str, markers: impl IntoIterator<Item = &'m str>) -> usize {
+    markers
+        .into_iter()
+        .flat_map(|m| m.char_indices().skip(1).map(move |(k, _)| &m[..k]))
+        .filter(|start| text.ends_with(start))
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+}
+
 /// The engine's side of one sequence's output: its ids decoded and cut at
 /// the first stop string.
 #[derive(Debug, Clone)]
@@ -44,11 +57,6 @@ impl SeqText {
             decoder: IncrementalDecoder::with_prompt(prompt, skip_special_tokens),
             stop: StopMatcher::new(stops.iter().cloned()),
         }
-    }
-
-    /// Whether special tokens are left out of the text.
-    pub fn skip_special_tokens(&self) -> bool {
-        self.decoder.skip_special_tokens()
     }
 
     /// Add the next generated id; returns the text that became final.

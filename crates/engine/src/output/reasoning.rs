@@ -4,7 +4,7 @@
 //! two pieces: a piece's tail that could begin a tag is held back until the
 //! next piece decides.
 
-use super::ChoiceDelta;
+use super::{partial_marker_len, ChoiceDelta};
 
 const START: &str = "<think>";
 const END: &str = "</think>";
@@ -54,7 +54,7 @@ impl ReasoningSplitter {
                     self.inside = false;
                     continue;
                 }
-                let keep = partial_tag_len(rest, END);
+                let keep = partial_marker_len(rest, [END]);
                 out.reasoning.push_str(&rest[..rest.len() - keep]);
                 self.held = rest[rest.len() - keep..].to_string();
             } else if !self.opened {
@@ -65,7 +65,7 @@ impl ReasoningSplitter {
                     self.opened = true;
                     continue;
                 }
-                let keep = partial_tag_len(rest, START);
+                let keep = partial_marker_len(rest, [START]);
                 out.content.push_str(&rest[..rest.len() - keep]);
                 self.held = rest[rest.len() - keep..].to_string();
             } else {
@@ -86,18 +86,6 @@ impl ReasoningSplitter {
         }
         out
     }
-}
-
-/// Length of the longest tail of `text` that is a proper beginning of `tag`.
-fn partial_tag_len(text: &str, tag: &str) -> usize {
-    (1..tag.len())
-        .rev()
-        .find(|&n| {
-            text.len() >= n
-                && text.is_char_boundary(text.len() - n)
-                && tag.starts_with(&text[text.len() - n..])
-        })
-        .unwrap_or(0)
 }
 
 /// Whether a rendered prompt leaves the model inside a `<think>` section

@@ -2,6 +2,8 @@
 //! a stop string and cuts the stream at the first stop string, across piece
 //! boundaries.
 
+use super::partial_marker_len;
+
 /// What [`StopMatcher::push`] lets through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopOutcome {
@@ -56,7 +58,7 @@ impl StopMatcher {
             text.truncate(at);
             return StopOutcome::Stopped { text, stop };
         }
-        let keep = self.partial_suffix_len();
+        let keep = partial_marker_len(&self.held, self.stops.iter().map(String::as_str));
         let text = self.held[..self.held.len() - keep].to_owned();
         self.held.drain(..self.held.len() - keep);
         StopOutcome::Continue(text)
@@ -92,19 +94,6 @@ impl StopMatcher {
             }
         }
         best.map(|(_, start, stop)| (start, stop.clone()))
-    }
-
-    /// Length of the longest end of `held` that is a proper start of a stop string.
-    fn partial_suffix_len(&self) -> usize {
-        let mut keep = 0;
-        for stop in &self.stops {
-            for (k, _) in stop.char_indices().skip(1) {
-                if k > keep && self.held.ends_with(&stop[..k]) {
-                    keep = k;
-                }
-            }
-        }
-        keep
     }
 }
 

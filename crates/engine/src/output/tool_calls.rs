@@ -28,6 +28,8 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
+use super::partial_marker_len;
+
 /// A family's tool-call syntax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ToolCallFormat {
@@ -307,26 +309,17 @@ impl ToolCallParser {
                 }
             }
         }
-        let keep = if at_end { 0 } else { self.partial_suffix_len() };
+        let keep = if at_end {
+            0
+        } else {
+            partial_marker_len(&self.held, sections.iter().map(|&(begin, _)| begin))
+        };
         match best {
             // A longer marker that starts earlier may still be arriving.
             Some((pos, _, _)) if keep > 0 && self.held.len() - keep < pos => Begin::Wait(keep),
             Some((pos, _, which)) => Begin::At(pos, which),
             None => Begin::Wait(keep),
         }
-    }
-
-    /// Length of the longest end of `held` that is a proper start of a begin marker.
-    fn partial_suffix_len(&self) -> usize {
-        let mut keep = 0;
-        for (begin, _) in self.format.sections() {
-            for (k, _) in begin.char_indices().skip(1) {
-                if k > keep && self.held.ends_with(&begin[..k]) {
-                    keep = k;
-                }
-            }
-        }
-        keep
     }
 }
 
