@@ -22,11 +22,15 @@
 //!   detokenization and stop strings per sequence (on the worker), the
 //!   `<think>` split per choice (where events are read), and the tool-call
 //!   parsers per family (not yet wired into the server).
+//! - [`constrain`]: constrained decoding with llguidance: JSON schemas,
+//!   regexes, choices, Lark grammars and each family's tool-call markup,
+//!   masked per sequence, the masks computed while the forward pass runs.
 //! - [`request`]: what the engine runs (sampling, stop conditions) and the
 //!   events it gives back.
 //! - [`error`]: the crate's one error type, refusals of a request included.
 
 pub mod block_manager;
+pub mod constrain;
 pub mod engine;
 pub mod error;
 pub mod output;
@@ -34,9 +38,11 @@ pub mod request;
 pub mod sampling;
 pub mod scheduler;
 pub mod template;
+pub mod token_table;
 pub mod tokenizer;
 pub mod validate;
 
+pub use constrain::{FunctionSpec, Grammar, GrammarSpec, Grammars, ToolCallGrammar};
 pub use engine::{Engine, EngineConfig, EngineStats, RequestStream};
 pub use error::{Error, Result};
 pub use output::{
@@ -51,5 +57,6 @@ pub use template::{
     ChatInput, ChatMessage, ChatTemplate, ContentPart, MessageContent, Role, SpecialTokens,
     TemplateSource, ToolCall,
 };
+pub use token_table::TokenTable;
 pub use tokenizer::{Tokenizer, TokenizerFiles};
 pub use validate::{InvalidParameter, Limits, SamplingFields, ValidRequest, ValidSampling};

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::constrain::Grammar;
+
 /// Most alternatives per position a request may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
@@ -97,6 +99,8 @@ pub struct Request {
     pub prompt_logprobs: Option<usize>,
     /// Drop special tokens from the streamed text.
     pub skip_special_tokens: bool,
+    /// What every choice's output must match (constrained decoding).
+    pub grammar: Option<Grammar>,
 }
 
 /// A token's log-probability under the model, with the most likely alternatives.
@@ -120,13 +124,17 @@ pub enum FinishReason {
     MaxTokens,
     /// The model's context is full.
     ContextLength,
+    /// The request's grammar is complete: nothing may follow.
+    GrammarComplete,
 }
 
 impl FinishReason {
     /// OpenAI's `finish_reason`: `stop` or `length`.
     pub fn as_openai(&self) -> &'static str {
         match self {
-            FinishReason::EosToken(_) | FinishReason::StopString(_) => "stop",
+            FinishReason::EosToken(_)
+            | FinishReason::StopString(_)
+            | FinishReason::GrammarComplete => "stop",
             FinishReason::MaxTokens | FinishReason::ContextLength => "length",
         }
     }

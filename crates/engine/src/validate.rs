@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::constrain::Grammar;
 use crate::request::{Request, SamplingParams, StopConditions, MAX_TOP_LOGPROBS};
 
 /// Most stop strings per request. OpenAI allows 4; vLLM-based tools send
@@ -135,6 +136,8 @@ pub struct ValidSampling {
     logprobs: Option<usize>,
     prompt_logprobs: Option<usize>,
     skip_special_tokens: bool,
+    /// A compiled grammar the output must match.
+    grammar: Option<Grammar>,
     /// What the fields were checked against; prompts are checked against it too.
     limits: Limits,
 }
@@ -160,6 +163,18 @@ impl ValidSampling {
 
     pub fn skip_special_tokens(&self) -> bool {
         self.skip_special_tokens
+    }
+
+    /// The same sampling with the output held to `grammar` (compiled by
+    /// [`Grammars::compile`](crate::constrain::Grammars::compile), which is
+    /// where a grammar is checked).
+    pub fn with_grammar(mut self, grammar: Option<Grammar>) -> Self {
+        self.grammar = grammar;
+        self
+    }
+
+    pub fn grammar(&self) -> Option<&Grammar> {
+        self.grammar.as_ref()
     }
 
     /// A request for `prompt` with this sampling; the prompt must hold at
@@ -188,6 +203,7 @@ impl ValidSampling {
             logprobs: self.logprobs,
             prompt_logprobs: self.prompt_logprobs,
             skip_special_tokens: self.skip_special_tokens,
+            grammar: self.grammar.clone(),
         }))
     }
 }
@@ -327,6 +343,7 @@ impl SamplingFields<'_> {
             logprobs: logprobs?,
             prompt_logprobs: prompt_logprobs?,
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+            grammar: None,
             limits: *limits,
         })
     }

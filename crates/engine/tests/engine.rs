@@ -744,3 +744,104 @@ fn engine_log_lines_carry_the_callers_request_span() {
     assert!(line("finished", "no-span").contains("request{id=no-span}"));
     assert!(!text.contains("engine-id"), "{text}");
 }
+
+/// The engine's grammar compiler for the embedded model.
+fn grammars(tokenizer: &Arc<Tokenizer>) -> ferroseek_engine::Grammars {
+    let table = ferroseek_engine::TokenTable::new(tokenizer, LIMITS.vocab_size);
+    ferroseek_engine::Grammars::new(tokenizer.clone(), &table).unwrap()
+}
+
+#[test]
+fn constrained_choices_match_their_grammar_and_leave_neighbours_alone() {
+    let (model, tokenizer) = load();
+    let g = grammars(&tokenizer);
+    let e = Engine::start(model, tokenizer.clone(), small_config()).unwrap();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 8},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120}
+        },
+        "required": ["name", "age"],
+        "additionalProperties": false
+    });
+    let grammar = g
+        .compile(&ferroseek_engine::GrammarSpec::JsonSchema(schema), None)
+        .unwrap();
+    let constrained = |id: &str, n: i64| {
+        let fields = SamplingFields {
+            n: Some(n),
+            ignore_eos: Some(false),
+            ..seeded_fields(7, 200)
+        };
+        fields
+            .validate(&LIMITS)
+            .unwrap()
+            .with_grammar(Some(grammar.clone()))
+            .request(id, prompt(8, 9))
+            .unwrap()
+    };
+    let check = |o: &Outcome| {
+        for (c, text) in o.text.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(text)
+                .unwrap_or_else(|err| panic!("choice {c}: {text:?}: {err}"));
+            assert!(v["name"].as_str().unwrap().chars().count() <= 8, "{text}");
+            assert!((0..=120).contains(&v["age"].as_i64().unwrap()), "{text}");
+            assert_eq!(v.as_object().unwrap().len(), 2, "{text}");
+            assert_eq!(o.reasons[c], Some(FinishReason::GrammarComplete));
+        }
+    };
+    let alone = collect(e.submit(constrained("c", 3)).unwrap(), 3);
+    check(&alone);
+    // Forked choices follow the grammar each on their own path.
+    assert!(alone.text[0] != alone.text[1] || alone.text[1] != alone.text[2]);
+
+    // Unconstrained neighbours decode as they do alone, and the constrained
+    // request as it does alone.
+    let plain: Vec<ValidRequest> = (0..4)
+        .map(|i| greedy(&format!("p{i}"), prompt(20 + i, 6 + 3 * i as usize), 24))
+        .collect();
+    let plain_alone: Vec<Outcome> = plain
+        .iter()
+        .map(|r| collect(e.submit(r.clone()).unwrap(), 1))
+        .collect();
+    let mut streams: Vec<_> = plain.iter().map(|r| e.submit(r.clone()).unwrap()).collect();
+    let together = collect(e.submit(constrained("c2", 3)).unwrap(), 3);
+    for (i, s) in streams.drain(..).enumerate() {
+        assert_eq!(collect(s, 1).tokens, plain_alone[i].tokens, "neighbour {i}");
+    }
+    assert_eq!(together.tokens, alone.tokens);
+    blocks_return(&e);
+}
+
+#[test]
+fn a_grammar_waits_for_its_start_token() {
+    let (model, tokenizer) = load();
+    let g = grammars(&tokenizer);
+    let end_think = tokenizer.token_to_id("</think>").unwrap();
+    let e = Engine::start(model, tokenizer.clone(), small_config()).unwrap();
+    let grammar = g
+        .compile(
+            &ferroseek_engine::GrammarSpec::Regex("(yes|no)".into()),
+            Some(end_think),
+        )
+        .unwrap();
+    // The thinking part is free until </think>, forced here by a bias.
+    let bias = BTreeMap::from([(end_think.to_string(), 100.0)]);
+    let fields = SamplingFields {
+        logit_bias: Some(&bias),
+        skip_special_tokens: Some(false),
+        ..seeded_fields(3, 50)
+    };
+    let r = fields
+        .validate(&LIMITS)
+        .unwrap()
+        .with_grammar(Some(grammar))
+        .request("t", prompt(2, 5))
+        .unwrap();
+    let o = collect(e.submit(r).unwrap(), 1);
+    assert_eq!(o.tokens[0][0], end_think);
+    let answer = o.text[0].strip_prefix("</think>").unwrap();
+    assert!(["yes", "no"].contains(&answer), "{:?}", o.text[0]);
+    assert_eq!(o.reasons[0], Some(FinishReason::GrammarComplete));
+}
