@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use candle_core::Device;
-use ferroseek_engine::{Engine, EngineConfig, Tokenizer, TokenizerFiles};
+use ferroseek_engine::{Engine, EngineConfig, Grammars, Tokenizer, TokenizerFiles};
 use ferroseek_model::{resolve_model, DeepSeekModel, HubOptions, LoadOptions, ModelFiles};
 
 use crate::cli::{GenerationConfig, ServeArgs};
@@ -169,9 +169,12 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
         "model ready"
     );
     let tokens = TokenTable::new(&tokenizer, vocab_size);
+    let grammars = Grammars::new(tokenizer.clone(), &tokens)
+        .map_err(|e| anyhow::anyhow!("cannot build the grammar engine: {e}"))?;
     Ok(Ready {
         engine,
         tokens,
+        grammars: Arc::new(grammars),
         vocab_size,
         sampling_defaults,
         reasoning,

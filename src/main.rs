@@ -39,6 +39,7 @@ mod metrics;
 mod openai;
 mod routes;
 mod state;
+mod structured;
 mod tokens;
 mod validate;
 

@@ -27,6 +27,8 @@ pub struct Settings {
 pub struct Ready {
     pub engine: Engine,
     pub tokens: TokenTable,
+    /// Compiles the grammars of structured output for this vocabulary.
+    pub grammars: std::sync::Arc<ferroseek_engine::Grammars>,
     /// The model's vocabulary size (ids `0..vocab_size` are valid).
     pub vocab_size: usize,
     /// What a request's left-out sampling fields take (`--generation-config`).

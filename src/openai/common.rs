@@ -9,6 +9,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
 
+use crate::structured::{ResponseFormat, StructuredOutputs};
+
 /// The fields chat and completion requests share, flattened into each:
 /// how to sample, when to stop, how to stream. Unknown fields are ignored;
 /// `null` means "the default".
@@ -50,6 +52,22 @@ pub struct SamplingRequest {
     pub stop_token_ids: Option<Vec<u32>>,
     /// Drop special tokens from the output text. Default true (vLLM extension).
     pub skip_special_tokens: Option<bool>,
+    /// `{"type": "json_object"}` or `{"type": "json_schema", "json_schema":
+    /// {"name", "schema", "strict"}}`: the output is JSON (matching the
+    /// schema) by construction.
+    pub response_format: Option<ResponseFormat>,
+    /// One of `json`, `regex`, `choice`, `grammar` (Lark) or `json_object`
+    /// the output must match (vLLM extension).
+    pub structured_outputs: Option<StructuredOutputs>,
+    /// vLLM's older spelling of `structured_outputs.json`.
+    #[schema(value_type = Option<Object>)]
+    pub guided_json: Option<serde_json::Value>,
+    /// vLLM's older spelling of `structured_outputs.regex`.
+    pub guided_regex: Option<String>,
+    /// vLLM's older spelling of `structured_outputs.choice`.
+    pub guided_choice: Option<Vec<String>>,
+    /// vLLM's older spelling of `structured_outputs.grammar`.
+    pub guided_grammar: Option<String>,
 }
 
 /// `stop`: one string or a list of strings.

@@ -17,6 +17,7 @@ use crate::openai::chat::{
 use crate::openai::common::{unix_now, Usage};
 use crate::routes::RequestId;
 use crate::state::AppState;
+use crate::structured;
 use crate::validate;
 
 #[utoipa::path(
@@ -73,6 +74,13 @@ pub async fn chat_completions(
     .await?;
     let prompt_tokens = prompt.ids.len();
     tracing::debug!(prompt = %prompt.text, "rendered chat prompt");
+    // When the prompt opened reasoning, the grammar holds only the answer.
+    let start_after = prompt
+        .opens_reasoning
+        .then(|| ready.engine.tokenizer().token_to_id("</think>"))
+        .flatten();
+    let asked = structured::asked(&req.sampling)?;
+    let valid = valid.with_grammar(structured::compile(ready, asked, start_after).await?);
     let n = valid.n();
     let logprobs = valid.logprobs().is_some();
     let request = valid.request(request_id.0.clone(), prompt.ids)?;

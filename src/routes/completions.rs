@@ -16,6 +16,7 @@ use crate::openai::completions::{
 };
 use crate::routes::RequestId;
 use crate::state::{AppState, Ready};
+use crate::structured;
 use crate::tokens::{off_runtime, TokenTable};
 use crate::validate;
 
@@ -81,6 +82,8 @@ pub async fn completions(
         return Err(ApiError::invalid("suffix", "`suffix` is not supported"));
     }
     let (stream, include_usage) = validate::streaming(&req.sampling)?;
+    let asked = structured::asked(&req.sampling)?;
+    let valid = valid.with_grammar(structured::compile(ready, asked, None).await?);
     let skip_special_tokens = valid.skip_special_tokens();
     let (tokenizing, add_special_tokens) = (state.clone(), req.add_special_tokens.unwrap_or(true));
     let prompts =
