@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use ferroseek_engine::{ChatInput, ChatMessage, MessageContent, Role, ToolCall};
+use ferroseek_engine::{ChatInput, ChatMessage, ContentPart, MessageContent, Role, ToolCall};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -32,6 +32,82 @@ pub struct TemplateOptions<'a> {
     pub chat_template_kwargs: Option<&'a Map<String, Value>>,
     pub thinking: Option<&'a ThinkingOption>,
     pub reasoning_effort: Option<&'a str>,
+    /// The prompt ends inside the last message (an assistant's), which the
+    /// model continues; see [`continues_final_message`].
+    pub continue_final_message: bool,
+}
+
+/// Whether the request continues its last message: DeepSeek's `prefix:
+/// true` on it, or vLLM's `continue_final_message`. Only the last message,
+/// an assistant's with content, can be continued, and not together with
+/// an explicit `add_generation_prompt: true`.
+pub fn continues_final_message(
+    messages: &[ChatMessageIn],
+    continue_final_message: Option<bool>,
+    add_generation_prompt: Option<bool>,
+) -> Result<bool, ApiError> {
+    let last = messages.len().saturating_sub(1);
+    for (i, m) in messages.iter().enumerate() {
+        if m.prefix == Some(true) && (i != last || m.role != "assistant") {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].prefix"),
+                format!("`messages[{i}].prefix` is only allowed on the last message, an `assistant` one"),
+            ));
+        }
+    }
+    let prefix = messages.last().is_some_and(|m| m.prefix == Some(true));
+    let continuing = prefix || continue_final_message == Some(true);
+    if !continuing {
+        return Ok(false);
+    }
+    let param = if prefix {
+        format!("messages[{last}].prefix")
+    } else {
+        "continue_final_message".to_string()
+    };
+    let Some(m) = messages.last().filter(|m| m.role == "assistant") else {
+        return Err(ApiError::invalid(
+            param,
+            "only a last message from the `assistant` can be continued",
+        ));
+    };
+    if m.content.is_none() {
+        return Err(ApiError::invalid(
+            format!("messages[{last}].content"),
+            "the assistant message to continue needs `content`",
+        ));
+    }
+    if add_generation_prompt == Some(true) {
+        return Err(ApiError::invalid(
+            "add_generation_prompt",
+            "`add_generation_prompt` cannot be true when the last message is continued",
+        ));
+    }
+    Ok(true)
+}
+
+/// The rendered conversation cut right after the last message's content,
+/// as transformers' `continue_final_message` does: whatever the template
+/// wrote after it (the end of the turn) goes.
+fn cut_after_final(text: String, final_content: &str) -> Result<String, ApiError> {
+    let trimmed = final_content.trim();
+    let Some(at) = text.rfind(trimmed) else {
+        return Err(ApiError::invalid(
+            "messages",
+            "the chat template does not render the last message's content as given, \
+             so it cannot be continued",
+        ));
+    };
+    // Keep the content's trailing whitespace when the template kept it.
+    let lead_trimmed = final_content.trim_start();
+    let end = if text[at..].starts_with(lead_trimmed) {
+        at + lead_trimmed.len()
+    } else {
+        at + trimmed.len()
+    };
+    let mut text = text;
+    text.truncate(end);
+    Ok(text)
 }
 
 pub async fn build(
@@ -42,7 +118,16 @@ pub async fn build(
     let messages = convert_messages(messages)?;
     let kwargs = template_kwargs(options)?;
     let tools = options.tools.map(<[Value]>::to_vec);
-    let add_generation_prompt = options.add_generation_prompt;
+    let add_generation_prompt = options.add_generation_prompt && !options.continue_final_message;
+    let final_content = options
+        .continue_final_message
+        .then(|| {
+            messages
+                .last()
+                .and_then(|m| m.content.as_ref())
+                .map(text_of)
+        })
+        .flatten();
     let tokenizer = ready.engine.tokenizer().clone();
     let reasoning = ready.reasoning;
     off_runtime(move || {
@@ -53,7 +138,10 @@ pub async fn build(
             kwargs: Some(&kwargs),
             template_name: None,
         };
-        let text = tokenizer.apply_chat_template(&input)?;
+        let mut text = tokenizer.apply_chat_template(&input)?;
+        if let Some(content) = &final_content {
+            text = cut_after_final(text, content)?;
+        }
         let ids = tokenizer
             .encode(&text, false)
             .map_err(|e| ApiError::internal(format!("cannot tokenize the prompt: {e}")))?;
@@ -203,6 +291,18 @@ pub fn convert_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, 
         });
     }
     Ok(out)
+}
+
+/// A converted message's text.
+fn text_of(content: &MessageContent) -> String {
+    match content {
+        MessageContent::Text(text) => text.clone(),
+        MessageContent::Parts(parts) => parts
+            .iter()
+            .map(|ContentPart::Text(t)| t.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
 }
 
 /// A `tool` message must say which earlier tool call it answers.

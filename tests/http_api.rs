@@ -195,6 +195,14 @@ async fn seeded_sampling_is_reproducible_and_repeated_prompts_hit_the_cache() {
         cached > 0 && cached < prompt_tokens,
         "cached {cached} of {prompt_tokens}"
     );
+    // DeepSeek's API names the same split.
+    assert_eq!(a["usage"]["prompt_cache_hit_tokens"], 0);
+    assert_eq!(a["usage"]["prompt_cache_miss_tokens"], prompt_tokens);
+    assert_eq!(b["usage"]["prompt_cache_hit_tokens"], cached);
+    assert_eq!(
+        b["usage"]["prompt_cache_miss_tokens"],
+        prompt_tokens - cached
+    );
     let metrics = reqwest::get(server.url("/metrics"))
         .await
         .unwrap()

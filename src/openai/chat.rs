@@ -39,6 +39,9 @@ pub struct ChatCompletionRequest {
     pub reasoning_effort: Option<String>,
     /// End the prompt with the assistant's turn opener. Default true (vLLM extension).
     pub add_generation_prompt: Option<bool>,
+    /// Continue the last message, an assistant's, instead of starting a new
+    /// turn (vLLM extension; the same as DeepSeek's `prefix: true` on it).
+    pub continue_final_message: Option<bool>,
 }
 
 /// DeepSeek's `thinking` field.
@@ -60,6 +63,9 @@ pub struct ChatMessageIn {
     pub tool_call_id: Option<String>,
     /// An assistant message's reasoning (DeepSeek's field).
     pub reasoning_content: Option<String>,
+    /// On the last message, an assistant's: the model continues its content
+    /// rather than starting a new turn (DeepSeek's chat prefix completion).
+    pub prefix: Option<bool>,
 }
 
 /// A message's content: a string or a list of parts.

@@ -125,6 +125,11 @@ pub struct Usage {
     pub total_tokens: usize,
     pub prompt_tokens_details: PromptTokensDetails,
     pub completion_tokens_details: CompletionTokensDetails,
+    /// DeepSeek's API: prompt tokens served from the prefix cache (the same
+    /// count as `prompt_tokens_details.cached_tokens`)...
+    pub prompt_cache_hit_tokens: usize,
+    /// ...and those computed for this request.
+    pub prompt_cache_miss_tokens: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
@@ -151,6 +156,8 @@ impl Usage {
             completion_tokens_details: CompletionTokensDetails {
                 reasoning_tokens: reasoning,
             },
+            prompt_cache_hit_tokens: cached,
+            prompt_cache_miss_tokens: prompt.saturating_sub(cached),
         }
     }
 }

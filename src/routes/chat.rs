@@ -60,6 +60,11 @@ pub async fn chat_completions(
         ));
     }
     let (stream, include_usage) = validate::streaming(&req.sampling)?;
+    let continue_final_message = chat_prompt::continues_final_message(
+        &req.messages,
+        req.continue_final_message,
+        req.add_generation_prompt,
+    )?;
     let prompt = chat_prompt::build(
         ready,
         &req.messages,
@@ -69,6 +74,7 @@ pub async fn chat_completions(
             chat_template_kwargs: req.chat_template_kwargs.as_ref(),
             thinking: req.thinking.as_ref(),
             reasoning_effort: req.reasoning_effort.as_deref(),
+            continue_final_message,
         },
     )
     .await?;

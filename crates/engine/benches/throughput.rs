@@ -1,7 +1,10 @@
 //! Aggregate decode throughput of the engine with 1, 4, 16 and 64
 //! concurrent sequences, on the benchmark checkpoint (DeepSeek-V2-Lite's
 //! architecture at 265M random parameters), f32, bf16 and q8_0
-//! (`FERROSEEK_BENCH_ONLY=q8_0` runs one of them).
+//! (`FERROSEEK_BENCH_ONLY=q8_0` runs one of them); then the cost of
+//! constrained decoding: q8_0 with 1 and 8 sequences, free against held to
+//! a JSON schema, alternated over several rounds (medians)
+//! (`FERROSEEK_BENCH_ONLY=constrained` runs only that).
 //!
 //! `cargo bench -p ferroseek-engine --bench throughput` (first run writes the
 //! checkpoint into `target/bench-models/`). Each row: all prompts (32 tokens)
@@ -15,7 +18,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use ferroseek_engine::{Engine, EngineConfig, Event, SamplingFields, Tokenizer};
+use ferroseek_engine::{
+    Engine, EngineConfig, Event, Grammar, GrammarSpec, Grammars, SamplingFields, TokenTable,
+    Tokenizer,
+};
 use ferroseek_model::testing::bench_checkpoint;
 use ferroseek_model::{
     resolve_model, DTypeChoice, DeepSeekModel, HubOptions, LoadOptions, Quantization,
@@ -30,7 +36,7 @@ fn tokenizer() -> Arc<Tokenizer> {
     Arc::new(Tokenizer::from_dir(dir).expect("the default model's tokenizer loads"))
 }
 
-fn run(engine: &Engine, concurrency: usize) -> (f64, f64) {
+fn run(engine: &Engine, concurrency: usize, grammar: Option<&Grammar>) -> (f64, f64) {
     let streams: Vec<_> = (0..concurrency)
         .map(|i| {
             let prompt: Vec<u32> = (0..PROMPT as u32)
@@ -44,7 +50,10 @@ fn run(engine: &Engine, concurrency: usize) -> (f64, f64) {
             };
             let r = greedy
                 .validate(&engine.limits())
-                .and_then(|v| v.request(format!("bench{i}"), prompt))
+                .and_then(|v| {
+                    v.with_grammar(grammar.cloned())
+                        .request(format!("bench{i}"), prompt)
+                })
                 .expect("the bench request is valid");
             engine.submit(r).expect("the bench request fits")
         })
@@ -107,31 +116,11 @@ fn main() {
         if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
             continue;
         }
-        let model = DeepSeekModel::load(
-            &files,
-            &LoadOptions {
-                dtype,
-                quantize,
-                device: Device::Cpu,
-                ..Default::default()
-            },
-        )
-        .expect("the bench checkpoint loads");
-        let engine = Engine::start(
-            model,
-            tokenizer(),
-            EngineConfig {
-                max_num_seqs: 64,
-                max_num_batched_tokens: 64 * PROMPT,
-                kv_cache_bytes: 512 << 20,
-                ..Default::default()
-            },
-        )
-        .expect("the engine starts");
-        run(&engine, 1); // warm-up
+        let engine = start(&files, dtype, quantize);
+        run(&engine, 1, None); // warm-up
         let mut single = 0.0;
         for c in [1, 4, 16, 64] {
-            let (rate, ttft) = run(&engine, c);
+            let (rate, ttft) = run(&engine, c, None);
             if c == 1 {
                 single = rate;
             }
@@ -141,4 +130,77 @@ fn main() {
             );
         }
     }
+    if only.as_deref().is_none_or(|o| o == "constrained") {
+        constrained(&files);
+    }
+}
+
+fn start(
+    files: &ferroseek_model::ModelFiles,
+    dtype: DTypeChoice,
+    quantize: Quantization,
+) -> Engine {
+    let model = DeepSeekModel::load(
+        files,
+        &LoadOptions {
+            dtype,
+            quantize,
+            device: Device::Cpu,
+            ..Default::default()
+        },
+    )
+    .expect("the bench checkpoint loads");
+    Engine::start(
+        model,
+        tokenizer(),
+        EngineConfig {
+            max_num_seqs: 64,
+            max_num_batched_tokens: 64 * PROMPT,
+            kv_cache_bytes: 512 << 20,
+            ..Default::default()
+        },
+    )
+    .expect("the engine starts")
+}
+
+/// Free decoding against decoding held to a JSON schema (open-ended, so no
+/// sequence ends early), q8_0, 1 and 8 sequences, rounds alternated.
+fn constrained(files: &ferroseek_model::ModelFiles) {
+    const ROUNDS: usize = 5;
+    let engine = start(files, DTypeChoice::F32, Quantization::Q8_0);
+    let table = TokenTable::new(engine.tokenizer(), engine.limits().vocab_size);
+    let grammars = Grammars::new(engine.tokenizer().clone(), &table).expect("grammars");
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "qty": {"type": "integer"}},
+            "required": ["name", "qty"]}}},
+        "required": ["items"]
+    });
+    let grammar = grammars
+        .compile(&GrammarSpec::JsonSchema(schema), None)
+        .expect("the schema compiles");
+    println!();
+    println!(
+        "constrained decoding (q8_0, {DECODE} greedy tokens, median of {ROUNDS} alternated rounds)"
+    );
+    println!("| seqs | free tokens/s | JSON schema tokens/s | schema / free |");
+    println!("|---:|---:|---:|---:|");
+    run(&engine, 1, Some(&grammar)); // warm-up
+    for c in [1, 8] {
+        let mut free = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..ROUNDS {
+            free.push(run(&engine, c, None).0);
+            held.push(run(&engine, c, Some(&grammar)).0);
+        }
+        let (f, h) = (median(&mut free), median(&mut held));
+        println!("| {c} | {f:.1} | {h:.1} | {:.3} |", h / f);
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

@@ -380,8 +380,11 @@ impl Worker {
         if masks.is_empty() {
             return forward(model, cache, &step.batch);
         }
-        std::thread::scope(|scope| {
-            scope.spawn(move || masks.iter_mut().for_each(|c| c.prepare()));
+        // In rayon's pool, as a task of its own: a worker takes it between
+        // the forward's parallel pieces, rather than a thread of its own
+        // contending with the forward's workers for the cores.
+        rayon::scope(|scope| {
+            scope.spawn(move |_| masks.iter_mut().for_each(|c| c.prepare()));
             forward(model, cache, &step.batch)
         })
     }
