@@ -37,7 +37,8 @@ struct Case {
     turn_end: &'static str,
     /// The assistant message's content. R1's template renders the content of
     /// a message with tool calls as a turn of its own after the calls, so
-    /// there it is empty (a key left out fails there: `'...' + undefined`).
+    /// there it is empty (`null` content is rendered by
+    /// `r1_renders_calls_with_null_content`).
     content: &'static str,
     /// The engine cannot render the template yet (Kimi-K2-Thinking appends
     /// to a list in a namespace, which minijinja's sequences do not allow):
@@ -280,5 +281,38 @@ fn tool_calls_round_trip_through_the_real_templates() -> Result<()> {
         }
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// R1's template tests an assistant message's `content is not none`: a
+/// client's `content: null` must reach it as none, not as a missing key
+/// (which is undefined there, and `'<｜Assistant｜>' + undefined` fails).
+#[test]
+fn r1_renders_calls_with_null_content() -> Result<()> {
+    let path = template_dir().join("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja");
+    let Ok(source) = std::fs::read_to_string(&path) else {
+        if std::env::var("FERROSEEK_REQUIRE_CHAT_TEMPLATES").as_deref() == Ok("1") {
+            bail!(
+                "FERROSEEK_REQUIRE_CHAT_TEMPLATES=1 but {} is missing",
+                path.display()
+            );
+        }
+        eprintln!("skipping: no {}", path.display());
+        return Ok(());
+    };
+    let mut messages = conversation(&[("get_weather", json!({"city": "Paris"}))], "");
+    messages[2].content = None;
+    let mut answer = ChatMessage::new(Role::Tool, "18°C");
+    answer.tool_call_id = Some("call_0".into());
+    messages.push(answer);
+    messages.push(ChatMessage::new(Role::Assistant, "It is 18°C."));
+    let special = SpecialTokens {
+        bos_token: Some("<｜begin▁of▁sentence｜>".into()),
+        eos_token: Some("<｜end▁of▁sentence｜>".into()),
+        ..SpecialTokens::default()
+    };
+    let prompt = ChatTemplate::from_text(source, special)?.render(&ChatInput::new(&messages))?;
+    let want = "<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n\"{\\\"city\\\":\\\"Paris\\\"}\"\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>18°C<｜tool▁output▁end｜><｜tool▁outputs▁end｜>It is 18°C.<｜end▁of▁sentence｜>";
+    ensure!(prompt.ends_with(want), "rendered {prompt:?}");
     Ok(())
 }
