@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use ferroseek_engine::output::tool_calls::{collect, parse, Parsed};
 use ferroseek_engine::{
-    ChatInput, ChatMessage, ChatTemplate, Role, SpecialTokens, ToolCall, ToolCallFormat,
-    ToolCallParser,
+    ChatInput, ChatMessage, ChatTemplate, ChoiceDelta, ChoiceOutput, Role, SpecialTokens, ToolCall,
+    ToolCallDelta, ToolCallFormat, ToolCallOptions, ToolCallParser,
 };
 use serde_json::{json, Map, Value};
 
@@ -241,7 +241,80 @@ fn check(case: &Case, source: &str, calls: &[(&str, Value)]) -> Result<()> {
         streamed == parsed,
         "streamed {streamed:?}, whole {parsed:?}"
     );
+
+    // Through a choice's whole output stage, after some reasoning, in
+    // random small pieces: the deltas add up to the same answer.
+    let text = format!("<think>{REASONING}</think>{turn}");
+    let options = ToolCallOptions {
+        format: case.format,
+        functions: calls.iter().map(|(name, _)| (*name).to_owned()).collect(),
+        parallel: true,
+    };
+    for seed in 1..=20u64 {
+        let mut out = ChoiceOutput::new(true, false).with_tool_calls(options.clone());
+        let pieces = random_pieces(&text, seed);
+        let (last, rest) = pieces.split_last().unwrap_or((&"", &[]));
+        let mut deltas: Vec<ChoiceDelta> = rest.iter().map(|p| out.token(p)).collect();
+        deltas.push(out.finish(last));
+        let (reasoning, got) = gather(deltas)?;
+        ensure!(reasoning == REASONING, "reasoning {reasoning:?}");
+        ensure!(
+            got == parsed,
+            "seed {seed}: streamed {got:?}, whole {parsed:?}"
+        );
+    }
     Ok(())
+}
+
+const REASONING: &str = "They want the weather; I call the tool.";
+
+/// `text` cut at 1 to 8 characters at a time, as a seeded generator picks.
+fn random_pieces(text: &str, seed: u64) -> Vec<&str> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let take = (state % 8 + 1) as usize;
+        let at = rest
+            .char_indices()
+            .nth(take)
+            .map_or(rest.len(), |(at, _)| at);
+        pieces.push(&rest[..at]);
+        rest = &rest[at..];
+    }
+    pieces
+}
+
+/// A choice's deltas gathered: its reasoning, and its content and calls.
+fn gather(deltas: Vec<ChoiceDelta>) -> Result<(String, Parsed)> {
+    let mut reasoning = String::new();
+    let mut parsed = Parsed::default();
+    for delta in deltas {
+        reasoning += &delta.reasoning;
+        parsed.content += &delta.content;
+        for piece in delta.tool_calls {
+            match piece {
+                ToolCallDelta::Start { index, name } => {
+                    ensure!(index == parsed.calls.len(), "call {index} out of order");
+                    parsed.calls.push(ferroseek_engine::output::ParsedCall {
+                        name,
+                        arguments: String::new(),
+                    });
+                }
+                ToolCallDelta::Arguments { index, fragment } => {
+                    let call = parsed
+                        .calls
+                        .get_mut(index)
+                        .ok_or_else(|| anyhow!("arguments of call {index} before its start"))?;
+                    call.arguments += &fragment;
+                }
+            }
+        }
+    }
+    Ok((reasoning, parsed))
 }
 
 #[test]
