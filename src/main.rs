@@ -40,6 +40,7 @@ mod openai;
 mod routes;
 mod state;
 mod tokens;
+mod tools;
 mod validate;
 
 use std::future::IntoFuture;

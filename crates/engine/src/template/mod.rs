@@ -273,6 +273,23 @@ impl ChatTemplate {
         &self.names
     }
 
+    /// The text of every template the model ships, joined: what tells which
+    /// syntax it renders tool calls in.
+    pub fn source(&self) -> String {
+        let single = [SINGLE.to_owned()];
+        let names = if self.names.is_empty() {
+            &single[..]
+        } else {
+            &self.names[..]
+        };
+        names
+            .iter()
+            .filter_map(|name| self.env.get_template(name).ok())
+            .map(|t| t.source().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The special tokens the template sees.
     pub fn special_tokens(&self) -> &SpecialTokens {
         &self.special
