@@ -276,6 +276,16 @@ async fn tool_fields_are_checked_and_none_or_no_parallel_calls_are_served() {
 #[tokio::test]
 async fn with_tools_other_special_tokens_stay_out_of_the_content() {
     let s = loaded_state();
+    // The embedded model's template writes V3.1's markup: the parser is on.
+    assert_eq!(
+        s.ready().unwrap().tool_format,
+        Some(ferroseek_engine::ToolCallFormat::DeepSeekV31)
+    );
+    assert!(s
+        .ready()
+        .unwrap()
+        .hidden_special_tokens
+        .contains(&"<｜▁pad▁｜>".to_owned()));
     // BOS and PAD forced: ids 0 and 2 of the embedded model, both special.
     let chat = |skip: Option<bool>| {
         let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,

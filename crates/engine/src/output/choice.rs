@@ -87,16 +87,30 @@ pub fn hidden_special_tokens(tokenizer: &Tokenizer, format: ToolCallFormat) -> V
 #[derive(Debug, Clone, Default)]
 struct SpecialFilter {
     hidden: Arc<[String]>,
+    /// The characters the hidden tokens begin with: text without any of
+    /// them (most of it) passes untouched, however many tokens there are.
+    starts: Vec<char>,
     held: String,
 }
 
 impl SpecialFilter {
-    fn push(&mut self, text: &str) -> String {
-        if self.hidden.is_empty() {
-            return text.to_owned();
+    fn new(hidden: Arc<[String]>) -> Self {
+        let mut starts: Vec<char> = hidden.iter().filter_map(|h| h.chars().next()).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        SpecialFilter {
+            hidden,
+            starts,
+            held: String::new(),
         }
+    }
+
+    fn push(&mut self, text: &str) -> String {
         let mut buf = std::mem::take(&mut self.held);
         buf.push_str(text);
+        if !buf.contains(|c| self.starts.binary_search(&c).is_ok()) {
+            return buf;
+        }
         let mut out = String::with_capacity(buf.len());
         let mut rest = buf.as_str();
         // The earliest hidden token, the longest where several start there.
@@ -183,7 +197,7 @@ impl ChoiceOutput {
 
     /// Takes the text of these special tokens out (see [`hidden_special_tokens`]).
     pub fn hiding(mut self, special_tokens: Arc<[String]>) -> Self {
-        self.specials.hidden = special_tokens;
+        self.specials = SpecialFilter::new(special_tokens);
         self
     }
 
