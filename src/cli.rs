@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferroseek_engine::ToolCallFormat;
 use ferroseek_model::{DTypeChoice, Quantization};
 use subtle::ConstantTimeEq;
 
@@ -186,6 +187,12 @@ pub struct ServeArgs {
     #[arg(long, env = "FERROSEEK_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
 
+    /// The tool-call syntax to take out of the model's text for requests
+    /// with `tools`: deepseek_v3 (V3, R1), deepseek_v31, deepseek_v32 (DSML:
+    /// V3.2, V4) or kimi_k2. Default: detected from the chat template.
+    #[arg(long, env = "FERROSEEK_TOOL_CALL_PARSER", value_parser = parse_tool_call_parser)]
+    pub tool_call_parser: Option<ToolCallFormat>,
+
     /// Sampling defaults for fields a request leaves out: `auto` takes the
     /// model's `generation_config.json` (temperature, top_p, top_k, min_p,
     /// repetition_penalty), `none` the OpenAI defaults.
@@ -218,6 +225,10 @@ fn parse_dtype(s: &str) -> Result<DTypeChoice, String> {
 }
 
 fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
+}
+
+fn parse_tool_call_parser(s: &str) -> Result<ToolCallFormat, String> {
     s.parse()
 }
 
@@ -314,6 +325,26 @@ mod tests {
         assert_eq!(args.device, DeviceChoice::Cuda(1));
         let err = Cli::try_parse_from(["ferroseek", "--device", "gpu"]).unwrap_err();
         assert!(err.to_string().contains("`cuda:N`"), "{err}");
+    }
+
+    #[test]
+    fn tool_call_parsers_are_named_and_unknown_names_list_the_known() {
+        let args = Cli::try_parse_from(["ferroseek", "--tool-call-parser", "kimi_k2"])
+            .unwrap()
+            .into_serve();
+        assert_eq!(args.tool_call_parser, Some(ToolCallFormat::KimiK2));
+        assert_eq!(
+            Cli::try_parse_from(["ferroseek"])
+                .unwrap()
+                .into_serve()
+                .tool_call_parser,
+            None
+        );
+        let err = Cli::try_parse_from(["ferroseek", "--tool-call-parser", "hermes"]).unwrap_err();
+        let shown = err.to_string();
+        for name in ["deepseek_v3", "deepseek_v31", "deepseek_v32", "kimi_k2"] {
+            assert!(shown.contains(name), "{shown}");
+        }
     }
 
     #[test]

@@ -158,14 +158,16 @@ pub trait Shape: Send + 'static {
         Ok(Vec::new())
     }
 
-    /// Choice `index` generated `token`, which made `delta` final.
+    /// Choice `index` generated `token`, which made `delta` final: its
+    /// parts (several where one chunk cannot carry it all, such as a tool
+    /// call's start and its arguments).
     fn token(
         &mut self,
         index: usize,
         token: u32,
         delta: ChoiceDelta,
         logprob: Option<TokenLogprob>,
-    ) -> Result<Option<Self::Part>, ApiError>;
+    ) -> Result<Vec<Self::Part>, ApiError>;
 
     /// Choice `index` ended for `reason`, with `delta` its last text.
     fn finished(&mut self, index: usize, delta: ChoiceDelta, reason: &str) -> Vec<Self::Part>;
@@ -286,8 +288,7 @@ impl<S: Shape> Driver<S> {
                     return Ok(Vec::new());
                 };
                 let delta = c.output.token(&text);
-                let part = self.gen.shape.token(index, token, delta, logprob)?;
-                Ok(part.into_iter().collect())
+                self.gen.shape.token(index, token, delta, logprob)
             }
             Event::Finished {
                 choice,

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use candle_core::Device;
-use ferroseek_engine::{Engine, EngineConfig, Grammars, Tokenizer, TokenizerFiles};
+use ferroseek_engine::output::hidden_special_tokens;
+use ferroseek_engine::{Engine, EngineConfig, Grammars, Tokenizer, TokenizerFiles, ToolCallFormat};
 use ferroseek_model::{resolve_model, DeepSeekModel, HubOptions, LoadOptions, ModelFiles};
 
 use crate::cli::{GenerationConfig, ServeArgs};
@@ -145,6 +146,20 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
 
     let reasoning =
         tokenizer.token_to_id("<think>").is_some() && tokenizer.token_to_id("</think>").is_some();
+    let tool_format = args.tool_call_parser.or_else(|| {
+        let template = tokenizer.chat_template()?;
+        ToolCallFormat::detect(&template.source())
+    });
+    match tool_format {
+        Some(format) => tracing::info!(format = %format, "tool calls are parsed"),
+        None => tracing::info!(
+            "no tool-call syntax in the chat template: tool calls stay text (see `--tool-call-parser`)"
+        ),
+    }
+    let hidden_special_tokens: Arc<[String]> = tool_format
+        .map(|format| hidden_special_tokens(&tokenizer, format))
+        .unwrap_or_default()
+        .into();
     let tokenizer = Arc::new(tokenizer);
     let engine = Engine::start(
         model,
@@ -178,6 +193,8 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
         vocab_size,
         sampling_defaults,
         reasoning,
+        tool_format,
+        hidden_special_tokens,
         created: unix_now(),
     })
 }

@@ -41,6 +41,7 @@ mod routes;
 mod state;
 mod structured;
 mod tokens;
+mod tools;
 mod validate;
 
 use std::future::IntoFuture;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use ferroseek_engine::Engine;
+use ferroseek_engine::{Engine, ToolCallFormat};
 
 use crate::cli::ApiKey;
 use crate::error::ApiError;
@@ -35,6 +35,12 @@ pub struct Ready {
     pub sampling_defaults: ferroseek_engine::SamplingParams,
     /// The tokenizer has `<think>`/`</think>`: split reasoning from content.
     pub reasoning: bool,
+    /// How the model writes tool calls (`--tool-call-parser`, else detected
+    /// from the chat template); `None`: calls stay text.
+    pub tool_format: Option<ToolCallFormat>,
+    /// The special tokens taken out of the text of a request that keeps
+    /// them for the tool-call parser (all but the format's markup).
+    pub hidden_special_tokens: Arc<[String]>,
     /// Unix seconds of loading.
     pub created: u64,
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use ferroseek_engine::{Grammar, GrammarSpec};
+use ferroseek_engine::{Grammar, GrammarSpec, Grammars};
 
 use crate::error::ApiError;
 use crate::openai::common::SamplingRequest;
@@ -192,10 +192,32 @@ pub async fn compile(
     };
     let grammars = ready.grammars.clone();
     off_runtime(move || {
-        grammars
-            .compile(&spec, start_after)
-            .map(Some)
-            .map_err(|e| ApiError::invalid(param.clone(), format!("`{param}`: {e}")))
+        grammars.compile(&spec, start_after).map(Some).map_err(|e| {
+            let param = at_fault(&grammars, &spec, param);
+            ApiError::invalid(param.clone(), format!("`{param}`: {e}"))
+        })
     })
     .await
+}
+
+/// The field to blame for a grammar that does not compile: for the calls
+/// `tool_choice: "required"` asks for (`param` is `tools`, every function
+/// in request order), the first function whose `parameters` schema does
+/// not compile on its own.
+fn at_fault(grammars: &Grammars, spec: &GrammarSpec, param: String) -> String {
+    let GrammarSpec::ToolCalls(calls) = spec else {
+        return param;
+    };
+    if param != "tools" {
+        return param;
+    }
+    calls
+        .functions
+        .iter()
+        .position(|f| {
+            let alone = GrammarSpec::JsonSchema(f.parameters.clone());
+            grammars.compile(&alone, None).is_err()
+        })
+        .map(|i| format!("tools[{i}].function.parameters"))
+        .unwrap_or(param)
 }

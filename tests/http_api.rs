@@ -123,6 +123,50 @@ async fn chat_stream_framing_role_first_finish_last_usage_then_done() {
     }
 }
 
+/// A request as tool-calling clients send it (a call in the history with
+/// `content: null`, its answer, nulls for unset tool fields): the text is
+/// decoded with special tokens kept for the tool-call parser, yet no other
+/// special token reaches a streamed `content` (BOS and PAD are forced here).
+#[tokio::test]
+async fn chat_with_tools_streams_without_special_tokens() {
+    let server = Server::start(&[]);
+    let messages = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18°C"},
+    ]);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": null, "strict": null,
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let resp = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(
+            &json!({"messages": messages, "tools": tools, "tool_choice": "auto",
+            "parallel_tool_calls": false, "max_tokens": 4, "stream": true,
+            "logit_bias": {"0": 100, "2": 100}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    let payloads = sse_payloads(&body);
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+    let mut finish = Value::Null;
+    for payload in &payloads[..payloads.len() - 1] {
+        let chunk: Value = serde_json::from_str(payload).unwrap();
+        let choice = &chunk["choices"][0];
+        let content = choice["delta"]["content"].as_str().unwrap_or_default();
+        assert!(!content.contains("<｜"), "{payload}");
+        assert!(choice["delta"].get("tool_calls").is_none(), "{payload}");
+        if !choice["finish_reason"].is_null() {
+            finish = choice["finish_reason"].clone();
+        }
+    }
+    assert_eq!(finish, "length");
+}
+
 #[tokio::test]
 async fn thinking_requests_return_reasoning_content() {
     let server = Server::start(&[]);

@@ -246,3 +246,256 @@ async fn constraints_that_cannot_apply_are_400s_naming_the_field() {
     .await;
     assert_eq!(status, 200);
 }
+
+fn weather_tools() -> Value {
+    json!([
+        {"type": "function", "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "maxLength": 12},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}
+                },
+                "required": ["city", "unit"],
+                "additionalProperties": false
+            }}},
+        {"type": "function", "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"enum": ["UTC", "CET"]}},
+                "required": ["zone"],
+                "additionalProperties": false
+            }}}
+    ])
+}
+
+/// A call's arguments fit its function's schema.
+fn check_call(call: &Value, only: Option<&str>) {
+    assert_eq!(call["type"], "function");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    let name = call["function"]["name"].as_str().unwrap();
+    if let Some(only) = only {
+        assert_eq!(name, only);
+    }
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let args = args.as_object().unwrap();
+    match name {
+        "get_weather" => {
+            assert_eq!(args.len(), 2, "{args:?}");
+            assert!(args["city"].as_str().unwrap().chars().count() <= 12);
+            assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()));
+        }
+        "get_time" => {
+            assert_eq!(args.len(), 1, "{args:?}");
+            assert!(["UTC", "CET"].contains(&args["zone"].as_str().unwrap()));
+        }
+        other => panic!("unknown function {other}"),
+    }
+}
+
+/// The tool calls of a streamed chat completion's choice 0, reassembled from
+/// their deltas as OpenAI's clients do, and its finish reason.
+async fn streamed_calls(server: &Server, mut body: Value) -> (Vec<Value>, String, String) {
+    body["stream"] = json!(true);
+    let text = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (mut calls, mut content, mut finish) = (Vec::<Value>::new(), String::new(), String::new());
+    for payload in sse_payloads(&text) {
+        if payload == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(&payload).unwrap();
+        let Some(choice) = chunk["choices"].get(0) else {
+            continue;
+        };
+        if let Some(c) = choice["delta"]["content"].as_str() {
+            content.push_str(c);
+        }
+        for d in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let i = d["index"].as_u64().unwrap() as usize;
+            if i == calls.len() {
+                assert_eq!(d["function"]["arguments"], "", "a call starts empty: {d}");
+                calls.push(json!({"id": d["id"], "type": d["type"],
+                    "function": {"name": d["function"]["name"], "arguments": ""}}));
+            } else {
+                let args = calls[i]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+                    + d["function"]["arguments"].as_str().unwrap();
+                calls[i]["function"]["arguments"] = json!(args);
+            }
+        }
+        if let Some(r) = choice["finish_reason"].as_str() {
+            finish = r.to_string();
+        }
+    }
+    (calls, content, finish)
+}
+
+#[tokio::test]
+async fn required_and_named_tool_choice_return_valid_calls() {
+    let server = Server::start(&[]);
+    let ask = |choice: Value, parallel: bool| {
+        json!({"messages": [{"role": "user", "content": "Weather in Paris?"}],
+               "tools": weather_tools(), "tool_choice": choice,
+               "parallel_tool_calls": parallel, "max_tokens": 200, "seed": 5})
+    };
+    // One call each (`parallel_tool_calls: false`), so the section always
+    // ends: with parallel calls a random model may keep calling until
+    // `max_tokens` (the engine test walks cover sections of several calls).
+    let cases = [
+        (json!("required"), None),
+        (
+            json!({"type": "function", "function": {"name": "get_time"}}),
+            Some("get_time"),
+        ),
+    ];
+    for (choice, only) in cases {
+        let body = ask(choice.clone(), false);
+        let (status, resp) = post(&server, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(status, 200, "{resp}");
+        let c = &resp["choices"][0];
+        assert_eq!(c["finish_reason"], "tool_calls", "{choice}: {resp}");
+        assert!(c["message"]["content"].is_null(), "{resp}");
+        let calls = c["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1);
+        for call in calls {
+            check_call(call, only);
+        }
+        // The same seed streamed: the deltas add up to the same calls.
+        let (streamed, content, finish) = streamed_calls(&server, body).await;
+        assert_eq!(finish, "tool_calls");
+        assert_eq!(content, "");
+        assert_eq!(streamed.len(), calls.len());
+        for (s, w) in streamed.iter().zip(calls) {
+            assert_eq!(s["function"], w["function"]);
+            assert!(s["id"].as_str().unwrap().starts_with("call_"));
+        }
+    }
+    // Several calls allowed: those that came are valid; a section cut by
+    // `max_tokens` is text.
+    let (status, resp) = post(
+        &server,
+        "/v1/chat/completions",
+        ask(json!("required"), true),
+    )
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    let c = &resp["choices"][0];
+    match c["finish_reason"].as_str().unwrap() {
+        "tool_calls" => {
+            for call in c["message"]["tool_calls"].as_array().unwrap() {
+                check_call(call, None);
+            }
+        }
+        "length" => assert!(c["message"]["content"].is_string()),
+        other => panic!("finish_reason {other}: {resp}"),
+    }
+    // `none`: no call, whatever the model writes.
+    let (status, resp) = post(&server, "/v1/chat/completions", ask(json!("none"), true)).await;
+    assert_eq!(status, 200);
+    assert!(resp["choices"][0]["message"]["tool_calls"].is_null());
+    assert_ne!(resp["choices"][0]["finish_reason"], "tool_calls");
+}
+
+#[tokio::test]
+async fn tool_schemas_that_do_not_compile_name_their_tool() {
+    let server = Server::start(&[]);
+    let mut tools = weather_tools();
+    tools[1]["function"]["parameters"]["properties"]["zone"] = json!({"type": "strnig"});
+    for (choice, param) in [
+        (json!("required"), "tools[1].function.parameters"),
+        (
+            json!({"type": "function", "function": {"name": "get_time"}}),
+            "tools[1].function.parameters",
+        ),
+    ] {
+        let (status, body) = post(
+            &server,
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "tools": tools,
+                   "tool_choice": choice}),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn an_assistant_prefix_is_continued() {
+    let server = Server::start(&[]);
+    let messages = |prefix: Value| {
+        json!([{"role": "user", "content": "Count."},
+               {"role": "assistant", "content": "One, two,", "prefix": prefix}])
+    };
+    // The continuation is what the prompt ending in the prefix gives: the
+    // same as a completion of the rendered text cut there.
+    let (status, a) = post(
+        &server,
+        "/v1/chat/completions",
+        json!({"messages": messages(json!(true)), "max_tokens": 8, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{a}");
+    let (_, b) = post(
+        &server,
+        "/v1/chat/completions",
+        json!({"messages": messages(json!(null)), "continue_final_message": true,
+               "add_generation_prompt": false, "max_tokens": 8, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+    let (_, c) = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "<｜begin▁of▁sentence｜><｜User｜>Count.<｜Assistant｜></think>One, two,",
+               "add_special_tokens": false, "max_tokens": 8, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(
+        a["choices"][0]["message"]["content"],
+        c["choices"][0]["text"]
+    );
+    assert_eq!(a["usage"]["prompt_tokens"], c["usage"]["prompt_tokens"]);
+    // Only the last message, an assistant's, can be a prefix.
+    for (body, param) in [
+        (
+            json!({"messages": [{"role": "user", "content": "x", "prefix": true}]}),
+            "messages[0].prefix",
+        ),
+        (
+            json!({"messages": [{"role": "assistant", "content": "x", "prefix": true},
+                                {"role": "user", "content": "y"}]}),
+            "messages[0].prefix",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}], "continue_final_message": true}),
+            "continue_final_message",
+        ),
+        (
+            json!({"messages": messages(json!(true)), "add_generation_prompt": true}),
+            "add_generation_prompt",
+        ),
+    ] {
+        let (status, resp) = post(&server, "/v1/chat/completions", body).await;
+        assert_eq!(status, 400, "{resp}");
+        assert_eq!(resp["error"]["param"], param, "{resp}");
+    }
+}

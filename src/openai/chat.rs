@@ -27,9 +27,16 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     /// Alternatives per token, 0..=20; needs `logprobs: true`.
     pub top_logprobs: Option<i64>,
-    /// Tool definitions, passed to the chat template as given.
+    /// Function tools, `{"type": "function", "function": {"name", "description",
+    /// "parameters", "strict"}}`; passed to the chat template as given.
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<serde_json::Value>>,
+    /// `none` (calls stay text), `auto` (the default), `required`, or
+    /// `{"type": "function", "function": {"name": ...}}`.
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Default true; false returns at most one tool call per choice.
+    pub parallel_tool_calls: Option<bool>,
     /// Extra variables for the chat template, e.g. `{"thinking": true}` (vLLM extension).
     #[schema(value_type = Option<Object>)]
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
@@ -140,7 +147,7 @@ pub struct ChatChoice {
     pub index: usize,
     pub message: ChatMessageOut,
     pub logprobs: Option<ChatLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length`, or `tool_calls` when the choice called tools.
     pub finish_reason: Option<String>,
 }
 
@@ -153,6 +160,48 @@ pub struct ChatMessageOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
     pub refusal: Option<String>,
+    /// The calls the model made; `content` is then only the text around them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallOut>>,
+}
+
+/// One call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ToolCallOut {
+    /// `call_…`, unique per call.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments as a JSON string (an object).
+    pub arguments: String,
+}
+
+/// A piece of a call in a stream: the first of each call carries its `id`,
+/// `type` and `function.name` (with empty `arguments`); the next ones more
+/// of its `arguments`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ToolCallChunk {
+    /// The call's place among the choice's calls.
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionChunk,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FunctionChunk {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// Log-probabilities of a choice's tokens.
@@ -212,6 +261,8 @@ pub struct Delta {
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallChunk>>,
 }
 
 #[cfg(test)]

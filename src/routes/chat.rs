@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
-use ferroseek_engine::{ChoiceDelta, ChoiceOutput, SamplingFields, TokenLogprob};
+use ferroseek_engine::{ChoiceDelta, ChoiceOutput, SamplingFields, TokenLogprob, ToolCallDelta};
 
 use crate::chat_prompt::{self, TemplateOptions};
 use crate::error::ApiError;
@@ -12,12 +12,14 @@ use crate::extract::JsonBody;
 use crate::generate::{chat_logprob, system_fingerprint, Generation, Head, Shape, SseData};
 use crate::openai::chat::{
     ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
-    ChatMessageOut, ChatTokenLogprob, ChunkChoice, Delta,
+    ChatMessageOut, ChatTokenLogprob, ChunkChoice, Delta, FunctionCallOut, FunctionChunk,
+    ToolCallChunk, ToolCallOut,
 };
 use crate::openai::common::{unix_now, Usage};
 use crate::routes::RequestId;
 use crate::state::AppState;
 use crate::structured;
+use crate::tools::ValidTools;
 use crate::validate;
 
 #[utoipa::path(
@@ -42,8 +44,23 @@ pub async fn chat_completions(
         // Refused below once its range is checked: it needs `logprobs: true`.
         (false, k) => k,
     };
+    let tools = ValidTools::new(
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    let parser = tools.parser(ready.tool_format);
     let base = validate::engine_fields(&req.sampling);
+    // Tool-call markup is made of special tokens in some families: the
+    // parser needs them in the text. The others are taken out again after
+    // decoding, unless the client asked to see them all.
+    let hide_special_tokens = parser.is_some() && req.sampling.skip_special_tokens != Some(false);
+    let skip_special_tokens = match parser {
+        Some(_) => Some(false),
+        None => base.skip_special_tokens,
+    };
     let fields = SamplingFields {
+        skip_special_tokens,
         max_tokens: req
             .max_completion_tokens
             .map(|m| ("max_completion_tokens", m))
@@ -85,7 +102,10 @@ pub async fn chat_completions(
         .opens_reasoning
         .then(|| ready.engine.tokenizer().token_to_id("</think>"))
         .flatten();
-    let asked = structured::asked(&req.sampling)?;
+    // A call the request requires wins over `response_format`, which then
+    // applies to no output of this turn.
+    let asked_output = structured::asked(&req.sampling)?;
+    let asked = tools.grammar(ready.tool_format)?.or(asked_output);
     let valid = valid.with_grammar(structured::compile(ready, asked, start_after).await?);
     let n = valid.n();
     let logprobs = valid.logprobs().is_some();
@@ -100,11 +120,7 @@ pub async fn chat_completions(
     );
     let generation = Generation {
         state: state.clone(),
-        shape: ChatShape {
-            state: state.clone(),
-            n,
-            logprobs,
-        },
+        shape: ChatShape::new(state.clone(), n, logprobs),
         head: Head {
             id: format!("chatcmpl-{}", request_id.0),
             model,
@@ -115,17 +131,136 @@ pub async fn chat_completions(
         start,
     };
     let outputs = (0..n)
-        .map(|_| ChoiceOutput::new(ready.reasoning, prompt.opens_reasoning))
+        .map(|_| {
+            let output = ChoiceOutput::new(ready.reasoning, prompt.opens_reasoning);
+            match &parser {
+                None => output,
+                Some(options) if hide_special_tokens => output
+                    .with_tool_calls(options.clone())
+                    .hiding(ready.hidden_special_tokens.clone()),
+                Some(options) => output.with_tool_calls(options.clone()),
+            }
+        })
         .collect();
     generation.respond(vec![events], outputs, stream).await
 }
 
 /// The chat completion's JSON: a chunk per delta, the first of each choice
-/// carrying the role; or one message per choice.
+/// carrying the role, and a chunk per tool-call piece; or one message per
+/// choice.
 struct ChatShape {
     state: AppState,
     n: usize,
     logprobs: bool,
+    /// Tool calls started, per choice.
+    calls: Vec<usize>,
+}
+
+impl ChatShape {
+    fn new(state: AppState, n: usize, logprobs: bool) -> Self {
+        ChatShape {
+            state,
+            n,
+            logprobs,
+            calls: vec![0; n],
+        }
+    }
+
+    /// A delta's parts: its text, then one per tool-call piece (a call's
+    /// start gets its id here, once).
+    fn parts(
+        &mut self,
+        index: usize,
+        delta: ChoiceDelta,
+        logprobs: Option<Vec<ChatTokenLogprob>>,
+    ) -> Vec<ChunkChoice> {
+        let mut parts = Vec::new();
+        let text = Delta {
+            role: None,
+            content: Some(delta.content).filter(|s| !s.is_empty()),
+            reasoning_content: Some(delta.reasoning).filter(|s| !s.is_empty()),
+            tool_calls: None,
+        };
+        if text.content.is_some() || text.reasoning_content.is_some() {
+            parts.push(part(index, text, None, None));
+        }
+        for piece in delta.tool_calls {
+            let chunk = match piece {
+                ToolCallDelta::Start { index: k, name } => {
+                    if let Some(count) = self.calls.get_mut(index) {
+                        *count += 1;
+                    }
+                    ToolCallChunk {
+                        index: k,
+                        id: Some(call_id()),
+                        kind: Some("function"),
+                        function: FunctionChunk {
+                            name: Some(name),
+                            arguments: String::new(),
+                        },
+                    }
+                }
+                ToolCallDelta::Arguments { index: k, fragment } => ToolCallChunk {
+                    index: k,
+                    id: None,
+                    kind: None,
+                    function: FunctionChunk {
+                        name: None,
+                        arguments: fragment,
+                    },
+                },
+            };
+            let delta = Delta {
+                tool_calls: Some(vec![chunk]),
+                ..Delta::default()
+            };
+            parts.push(part(index, delta, None, None));
+        }
+        if let Some(content) = logprobs {
+            let logprobs = ChatLogprobs {
+                content,
+                refusal: None,
+            };
+            match parts.first_mut() {
+                Some(first) => first.logprobs = Some(logprobs),
+                None => parts.push(ChunkChoice {
+                    logprobs: Some(logprobs),
+                    ..part(index, Delta::default(), None, None)
+                }),
+            }
+        }
+        parts
+    }
+
+    /// The whole response.
+    fn response(
+        &self,
+        head: &Head,
+        mut choices: Vec<ChatChoice>,
+        usage: Usage,
+    ) -> ChatCompletionResponse {
+        for choice in &mut choices {
+            let message = &mut choice.message;
+            // As OpenAI: no text around the calls is `content: null`.
+            if message.tool_calls.is_some() && message.content.as_deref() == Some("") {
+                message.content = None;
+            }
+        }
+        ChatCompletionResponse {
+            id: head.id.clone(),
+            object: "chat.completion",
+            created: head.created,
+            model: head.model.clone(),
+            system_fingerprint: system_fingerprint(),
+            choices,
+            usage,
+        }
+    }
+}
+
+/// A tool call's id.
+fn call_id() -> String {
+    format!("call_{:024x}", rand::random::<u128>() >> 32)
 }
 
 impl Shape for ChatShape {
@@ -137,7 +272,7 @@ impl Shape for ChatShape {
         let role = || Delta {
             role: Some("assistant"),
             content: Some(String::new()),
-            reasoning_content: None,
+            ..Delta::default()
         };
         (0..self.n)
             .map(|index| part(index, role(), None, None))
@@ -150,20 +285,24 @@ impl Shape for ChatShape {
         _: u32,
         delta: ChoiceDelta,
         logprob: Option<TokenLogprob>,
-    ) -> Result<Option<ChunkChoice>, ApiError> {
+    ) -> Result<Vec<ChunkChoice>, ApiError> {
         let logprobs = match (&logprob, self.state.ready()) {
             (Some(lp), Ok(ready)) if self.logprobs => Some(vec![chat_logprob(&ready.tokens, lp)]),
             _ => None,
         };
-        Ok((!delta.is_empty() || logprobs.is_some())
-            .then(|| part(index, delta_of(delta), logprobs, None)))
+        Ok(self.parts(index, delta, logprobs))
     }
 
     fn finished(&mut self, index: usize, delta: ChoiceDelta, reason: &str) -> Vec<ChunkChoice> {
-        let mut parts = Vec::new();
-        if !delta.is_empty() {
-            parts.push(part(index, delta_of(delta), None, None));
-        }
+        let mut parts = self.parts(index, delta, None);
+        // A choice that called tools and ended by itself ends for them; one
+        // cut at `length` stays `length`.
+        let called = self.calls.get(index).is_some_and(|&c| c > 0);
+        let reason = if called && reason == "stop" {
+            "tool_calls"
+        } else {
+            reason
+        };
         parts.push(part(
             index,
             Delta::default(),
@@ -193,6 +332,7 @@ impl Shape for ChatShape {
                 content: Some(String::new()),
                 reasoning_content: None,
                 refusal: None,
+                tool_calls: None,
             },
             logprobs: self.logprobs.then(|| ChatLogprobs {
                 content: Vec::new(),
@@ -217,6 +357,24 @@ impl Shape for ChatShape {
                 .get_or_insert_default()
                 .push_str(&reasoning);
         }
+        for chunk in part.delta.tool_calls.into_iter().flatten() {
+            let calls = message.tool_calls.get_or_insert_default();
+            match chunk.id {
+                Some(id) => calls.push(ToolCallOut {
+                    id,
+                    kind: "function",
+                    function: FunctionCallOut {
+                        name: chunk.function.name.unwrap_or_default(),
+                        arguments: chunk.function.arguments,
+                    },
+                }),
+                None => {
+                    if let Some(call) = calls.get_mut(chunk.index) {
+                        call.function.arguments.push_str(&chunk.function.arguments);
+                    }
+                }
+            }
+        }
         if let (Some(all), Some(more)) = (&mut whole.logprobs, part.logprobs) {
             all.content.extend(more.content);
         }
@@ -226,16 +384,7 @@ impl Shape for ChatShape {
     }
 
     fn body(&self, head: &Head, choices: Vec<ChatChoice>, usage: Usage) -> Response {
-        Json(ChatCompletionResponse {
-            id: head.id.clone(),
-            object: "chat.completion",
-            created: head.created,
-            model: head.model.clone(),
-            system_fingerprint: system_fingerprint(),
-            choices,
-            usage,
-        })
-        .into_response()
+        Json(self.response(head, choices, usage)).into_response()
     }
 }
 
@@ -256,10 +405,5 @@ fn part(
     }
 }
 
-fn delta_of(split: ChoiceDelta) -> Delta {
-    Delta {
-        role: None,
-        content: Some(split.content).filter(|s| !s.is_empty()),
-        reasoning_content: Some(split.reasoning).filter(|s| !s.is_empty()),
-    }
-}
+#[cfg(test)]
+mod tests;

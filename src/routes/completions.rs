@@ -303,7 +303,7 @@ impl Shape for CompletionShape {
         token: u32,
         delta: ChoiceDelta,
         logprob: Option<TokenLogprob>,
-    ) -> Result<Option<CompletionChoice>, ApiError> {
+    ) -> Result<Vec<CompletionChoice>, ApiError> {
         let text = delta.content;
         let logprobs = match logprob {
             Some(lp) if self.logprobs => {
@@ -325,14 +325,15 @@ impl Shape for CompletionShape {
         if let Some(o) = self.offsets.get_mut(index) {
             *o += added;
         }
-        Ok(
-            (!text.is_empty() || logprobs.is_some()).then_some(CompletionChoice {
+        Ok((!text.is_empty() || logprobs.is_some())
+            .then_some(CompletionChoice {
                 index,
                 text,
                 logprobs,
                 finish_reason: None,
-            }),
-        )
+            })
+            .into_iter()
+            .collect())
     }
 
     fn finished(

@@ -221,3 +221,88 @@ fn wrongly_typed_sampling_fields_name_their_field() {
     .unwrap();
     assert_eq!((r.sampling.max_tokens, r.logprobs), (Some(3), Some(2)));
 }
+
+#[tokio::test]
+async fn tool_fields_are_checked_and_none_or_no_parallel_calls_are_served() {
+    let s = loaded_state();
+    let tool = |name: &str| json!({"type": "function", "function": {"name": name}});
+    let chat = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "tools": [tool("get_weather"), tool("get_time")]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        post("/v1/chat/completions", body)
+    };
+    for (extra, param) in [
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (json!({"tool_choice": "always"}), "tool_choice"),
+        (
+            json!({"tools": [tool("f"), {"type": "function", "function": {"name": "g", "parameters": []}}]}),
+            "tools[1].function.parameters",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {}}]}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": null, "tool_choice": "required"}),
+            "tool_choice",
+        ),
+    ] {
+        let (status, body) = call(&s, chat(extra.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {body}");
+        assert_eq!(body["error"]["param"], param, "{extra}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+    for extra in [
+        json!({"tool_choice": "none"}),
+        json!({"parallel_tool_calls": false}),
+        json!({"tool_choice": "required"}),
+        json!({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}),
+    ] {
+        let (status, body) = call(&s, chat(extra.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{extra}: {body}");
+        assert_eq!(body["object"], "chat.completion");
+    }
+}
+
+/// With tools the text is decoded with special tokens kept (tool-call
+/// markup is special in some families), but no other special token
+/// reaches the content unless the client asks for them all.
+#[tokio::test]
+async fn with_tools_other_special_tokens_stay_out_of_the_content() {
+    let s = loaded_state();
+    // The embedded model's template writes V3.1's markup: the parser is on.
+    assert_eq!(
+        s.ready().unwrap().tool_format,
+        Some(ferroseek_engine::ToolCallFormat::DeepSeekV31)
+    );
+    assert!(s
+        .ready()
+        .unwrap()
+        .hidden_special_tokens
+        .contains(&"<｜▁pad▁｜>".to_owned()));
+    // BOS and PAD forced: ids 0 and 2 of the embedded model, both special.
+    let chat = |skip: Option<bool>| {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "logit_bias": {"0": 100, "2": 100},
+            "tools": [{"type": "function", "function": {"name": "f"}}]});
+        if let Some(skip) = skip {
+            body["skip_special_tokens"] = json!(skip);
+        }
+        post("/v1/chat/completions", body)
+    };
+    let (status, body) = call(&s, chat(None)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "", "{body}");
+    let (_, body) = call(&s, chat(Some(false))).await;
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        content.contains("<｜begin▁of▁sentence｜>") || content.contains("<｜▁pad▁｜>"),
+        "{content:?}"
+    );
+}

@@ -47,7 +47,7 @@ pub use engine::{Engine, EngineConfig, EngineStats, RequestStream};
 pub use error::{Error, Result};
 pub use output::{
     ChoiceDelta, ChoiceOutput, IncrementalDecoder, SeqText, StopMatcher, StopOutcome,
-    ToolCallFormat, ToolCallParser, ToolEvent,
+    ToolCallDelta, ToolCallFormat, ToolCallOptions, ToolCallParser, ToolEvent,
 };
 pub use request::{
     Event, FinishReason, PromptTiming, Request, SamplingParams, StopConditions, TokenLogprob,

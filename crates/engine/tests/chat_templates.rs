@@ -25,6 +25,26 @@ fn template_dir() -> PathBuf {
     }
 }
 
+/// Where we deliberately differ from the fixture: an assistant message with
+/// `content: null` (beside its tool calls) reaches the template as
+/// `content: none`, as transformers passed it before it began dropping the
+/// key (huggingface/transformers#45348, the version the fixture was made
+/// with) and as R1's template expects (`content is not none`; without the
+/// key HF fails there). These (template, conversation) pairs must render,
+/// and are not compared byte for byte.
+const NULL_CONTENT_DEVIATIONS: &[(&str, &str)] = &[
+    (
+        "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+        "tool_calls_answered",
+    ),
+    (
+        "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+        "tool_calls_pending_results",
+    ),
+    ("message_fields", "tool_calls_answered"),
+    ("py_dict_methods", "tool_calls_pending_results"),
+];
+
 struct Outcome {
     checked: usize,
     failures: Vec<String>,
@@ -61,6 +81,17 @@ fn run_case(fixture: &Value, case: &Value, special: &SpecialTokens) -> Result<Op
         template_name: None,
     };
     let rendered = ChatTemplate::from_text(source, special.clone()).and_then(|t| t.render(&input));
+
+    let name = case["template_file"]
+        .as_str()
+        .or(case["template"].as_str())
+        .unwrap_or_default();
+    let conversation = case["conversation"].as_str().unwrap_or_default();
+    if NULL_CONTENT_DEVIATIONS.contains(&(name, conversation)) {
+        return Ok(rendered
+            .err()
+            .map(|e| format!("must render with `content: none`, fails: {e}")));
+    }
 
     match (case.get("expected").and_then(Value::as_str), rendered) {
         (Some(want), Ok(got)) if want == got => Ok(None),

@@ -82,10 +82,10 @@ fn tool_call_arguments_stay_a_string_and_from_json_parses_them() {
         arguments: r#"{"b": 1, "a": [true, null]}"#.into(),
     }]);
     let messages = [call];
-    let template = "{% set args = messages[0].tool_calls[0].function.arguments %}{{ args is string }} {{ messages[0].content is defined }} {% for k, v in (args | from_json).items() %}{{ k }}={{ v | tojson }};{% endfor %}";
+    let template = "{% set args = messages[0].tool_calls[0].function.arguments %}{{ args is string }} {{ messages[0].content is none }} {% for k, v in (args | from_json).items() %}{{ k }}={{ v | tojson }};{% endfor %}";
     assert_eq!(
         render(template, &ChatInput::new(&messages)).ok().as_deref(),
-        Some("True False b=1;a=[true, null];")
+        Some("True True b=1;a=[true, null];")
     );
 }
 

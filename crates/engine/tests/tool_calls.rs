@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use ferroseek_engine::output::tool_calls::{collect, parse, Parsed};
 use ferroseek_engine::{
-    ChatInput, ChatMessage, ChatTemplate, Role, SpecialTokens, ToolCall, ToolCallFormat,
-    ToolCallParser,
+    ChatInput, ChatMessage, ChatTemplate, ChoiceDelta, ChoiceOutput, Role, SpecialTokens, ToolCall,
+    ToolCallDelta, ToolCallFormat, ToolCallOptions, ToolCallParser,
 };
 use serde_json::{json, Map, Value};
 
@@ -37,7 +37,8 @@ struct Case {
     turn_end: &'static str,
     /// The assistant message's content. R1's template renders the content of
     /// a message with tool calls as a turn of its own after the calls, so
-    /// there it is empty (a key left out fails there: `'...' + undefined`).
+    /// there it is empty (`null` content is rendered by
+    /// `r1_renders_calls_with_null_content`).
     content: &'static str,
     /// The engine cannot render the template yet (Kimi-K2-Thinking appends
     /// to a list in a namespace, which minijinja's sequences do not allow):
@@ -240,7 +241,80 @@ fn check(case: &Case, source: &str, calls: &[(&str, Value)]) -> Result<()> {
         streamed == parsed,
         "streamed {streamed:?}, whole {parsed:?}"
     );
+
+    // Through a choice's whole output stage, after some reasoning, in
+    // random small pieces: the deltas add up to the same answer.
+    let text = format!("<think>{REASONING}</think>{turn}");
+    let options = ToolCallOptions {
+        format: case.format,
+        functions: calls.iter().map(|(name, _)| (*name).to_owned()).collect(),
+        parallel: true,
+    };
+    for seed in 1..=20u64 {
+        let mut out = ChoiceOutput::new(true, false).with_tool_calls(options.clone());
+        let pieces = random_pieces(&text, seed);
+        let (last, rest) = pieces.split_last().unwrap_or((&"", &[]));
+        let mut deltas: Vec<ChoiceDelta> = rest.iter().map(|p| out.token(p)).collect();
+        deltas.push(out.finish(last));
+        let (reasoning, got) = gather(deltas)?;
+        ensure!(reasoning == REASONING, "reasoning {reasoning:?}");
+        ensure!(
+            got == parsed,
+            "seed {seed}: streamed {got:?}, whole {parsed:?}"
+        );
+    }
     Ok(())
+}
+
+const REASONING: &str = "They want the weather; I call the tool.";
+
+/// `text` cut at 1 to 8 characters at a time, as a seeded generator picks.
+fn random_pieces(text: &str, seed: u64) -> Vec<&str> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let take = (state % 8 + 1) as usize;
+        let at = rest
+            .char_indices()
+            .nth(take)
+            .map_or(rest.len(), |(at, _)| at);
+        pieces.push(&rest[..at]);
+        rest = &rest[at..];
+    }
+    pieces
+}
+
+/// A choice's deltas gathered: its reasoning, and its content and calls.
+fn gather(deltas: Vec<ChoiceDelta>) -> Result<(String, Parsed)> {
+    let mut reasoning = String::new();
+    let mut parsed = Parsed::default();
+    for delta in deltas {
+        reasoning += &delta.reasoning;
+        parsed.content += &delta.content;
+        for piece in delta.tool_calls {
+            match piece {
+                ToolCallDelta::Start { index, name } => {
+                    ensure!(index == parsed.calls.len(), "call {index} out of order");
+                    parsed.calls.push(ferroseek_engine::output::ParsedCall {
+                        name,
+                        arguments: String::new(),
+                    });
+                }
+                ToolCallDelta::Arguments { index, fragment } => {
+                    let call = parsed
+                        .calls
+                        .get_mut(index)
+                        .ok_or_else(|| anyhow!("arguments of call {index} before its start"))?;
+                    call.arguments += &fragment;
+                }
+            }
+        }
+    }
+    Ok((reasoning, parsed))
 }
 
 #[test]
@@ -280,5 +354,38 @@ fn tool_calls_round_trip_through_the_real_templates() -> Result<()> {
         }
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// R1's template tests an assistant message's `content is not none`: a
+/// client's `content: null` must reach it as none, not as a missing key
+/// (which is undefined there, and `'<｜Assistant｜>' + undefined` fails).
+#[test]
+fn r1_renders_calls_with_null_content() -> Result<()> {
+    let path = template_dir().join("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja");
+    let Ok(source) = std::fs::read_to_string(&path) else {
+        if std::env::var("FERROSEEK_REQUIRE_CHAT_TEMPLATES").as_deref() == Ok("1") {
+            bail!(
+                "FERROSEEK_REQUIRE_CHAT_TEMPLATES=1 but {} is missing",
+                path.display()
+            );
+        }
+        eprintln!("skipping: no {}", path.display());
+        return Ok(());
+    };
+    let mut messages = conversation(&[("get_weather", json!({"city": "Paris"}))], "");
+    messages[2].content = None;
+    let mut answer = ChatMessage::new(Role::Tool, "18°C");
+    answer.tool_call_id = Some("call_0".into());
+    messages.push(answer);
+    messages.push(ChatMessage::new(Role::Assistant, "It is 18°C."));
+    let special = SpecialTokens {
+        bos_token: Some("<｜begin▁of▁sentence｜>".into()),
+        eos_token: Some("<｜end▁of▁sentence｜>".into()),
+        ..SpecialTokens::default()
+    };
+    let prompt = ChatTemplate::from_text(source, special)?.render(&ChatInput::new(&messages))?;
+    let want = "<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n\"{\\\"city\\\":\\\"Paris\\\"}\"\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>18°C<｜tool▁output▁end｜><｜tool▁outputs▁end｜>It is 18°C.<｜end▁of▁sentence｜>";
+    ensure!(prompt.ends_with(want), "rendered {prompt:?}");
     Ok(())
 }

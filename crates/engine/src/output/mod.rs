@@ -7,20 +7,27 @@
 //! 3. [`reasoning`]: the text sorted into reasoning and content at the
 //!    `<think>` tags ([`ReasoningSplitter`]);
 //! 4. [`tool_calls`]: the content taken apart into text and tool calls, per
-//!    family's syntax ([`ToolCallParser`], [`ToolCallFormat`]). Not yet wired
-//!    into the server: nothing calls it outside its tests.
+//!    family's syntax ([`ToolCallParser`], [`ToolCallFormat`]), when the
+//!    request has tools.
 //!
 //! Stages 1 and 2 run on the engine's worker thread, as [`SeqText`]: a stop
 //! string ends the sequence there, and the request's events carry the text
-//! that is final. Stage 3 runs where the events are read, as
-//! [`ChoiceOutput`], whose output is a [`ChoiceDelta`]: a later stage (a
-//! tool-call parser) adds itself there and its field to the delta.
+//! that is final. Stages 3 and 4 run where the events are read, as
+//! [`ChoiceOutput`] ([`choice`]), whose output is a [`ChoiceDelta`] of
+//! reasoning, content and [`ToolCallDelta`]s. Tool-call markup is made of
+//! special tokens in some families, so a request with tools decodes with
+//! special tokens kept; [`ChoiceOutput`] then takes every other special
+//! token out again ([`hidden_special_tokens`]) before stage 3.
 
+pub mod choice;
 pub mod detokenize;
 pub mod reasoning;
 pub mod stop;
 pub mod tool_calls;
 
+pub use choice::{
+    hidden_special_tokens, ChoiceDelta, ChoiceOutput, ToolCallDelta, ToolCallOptions,
+};
 pub use detokenize::IncrementalDecoder;
 pub use reasoning::{prompt_opens_reasoning, ReasoningSplitter};
 pub use stop::{StopMatcher, StopOutcome};
@@ -81,97 +88,5 @@ impl SeqText {
             }
             stopped => stopped,
         }
-    }
-}
-
-/// What one piece of a choice's text adds to each part of the answer.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ChoiceDelta {
-    /// Text between `<think>` and `</think>`.
-    pub reasoning: String,
-    /// The answer proper.
-    pub content: String,
-}
-
-impl ChoiceDelta {
-    /// Whether it adds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.reasoning.is_empty() && self.content.is_empty()
-    }
-
-    fn append(&mut self, more: ChoiceDelta) {
-        self.reasoning.push_str(&more.reasoning);
-        self.content.push_str(&more.content);
-    }
-}
-
-/// The reader's side of one choice's output: the final text of each event
-/// sorted into a [`ChoiceDelta`], with the tokens spent reasoning counted.
-#[derive(Debug, Clone)]
-pub struct ChoiceOutput {
-    splitter: ReasoningSplitter,
-    reasoning_tokens: usize,
-}
-
-impl ChoiceOutput {
-    /// `reasoning`: the model has think tags; `starts_inside`: the prompt
-    /// opened `<think>` (see [`prompt_opens_reasoning`]).
-    pub fn new(reasoning: bool, starts_inside: bool) -> Self {
-        ChoiceOutput {
-            splitter: ReasoningSplitter::new(reasoning, starts_inside),
-            reasoning_tokens: 0,
-        }
-    }
-
-    /// All text is content (a plain completion).
-    pub fn plain() -> Self {
-        Self::new(false, false)
-    }
-
-    /// A token's text; the token counts as reasoning if it came inside `<think>`.
-    pub fn token(&mut self, text: &str) -> ChoiceDelta {
-        if self.splitter.inside() {
-            self.reasoning_tokens += 1;
-        }
-        self.splitter.push(text)
-    }
-
-    /// The choice's last text; releases whatever was held back.
-    pub fn finish(&mut self, text: &str) -> ChoiceDelta {
-        let mut delta = self.splitter.push(text);
-        delta.append(self.splitter.finish());
-        delta
-    }
-
-    /// Tokens generated inside `<think>`.
-    pub fn reasoning_tokens(&self) -> usize {
-        self.reasoning_tokens
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn choice_output_counts_tokens_that_start_inside_think_as_reasoning() {
-        let mut out = ChoiceOutput::new(true, false);
-        let mut all = ChoiceDelta::default();
-        for text in ["<think>", "a", "b</think>", "c"] {
-            all.append(out.token(text));
-        }
-        all.append(out.finish("d"));
-        assert_eq!(all.reasoning, "ab");
-        assert_eq!(all.content, "cd");
-        // "a" and "b</think>" came inside; the tag's own token did not.
-        assert_eq!(out.reasoning_tokens(), 2);
-    }
-
-    #[test]
-    fn plain_choice_output_is_all_content() {
-        let mut out = ChoiceOutput::plain();
-        assert_eq!(out.token("<think>x").content, "<think>x");
-        assert_eq!(out.finish("</think>").content, "</think>");
-        assert_eq!(out.reasoning_tokens(), 0);
     }
 }

@@ -17,12 +17,14 @@
 //!   `<|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>ARGS<|tool_call_end|>`.
 //!
 //! A section of calls is parsed once its end marker has arrived; a section
-//! that does not parse (bad JSON, unknown markup) or never ends comes back
-//! as content, markup included, and is never an error. Text that could be
+//! that does not parse (bad JSON, unknown markup, a function the request did
+//! not declare, see [`ToolCallParser::only_functions`]) or never ends comes
+//! back as content, markup included, and is never an error. Text that could be
 //! the start of a section is held back, so no markup leaks into content.
 //! Arguments where the template wrote a JSON string holding the arguments'
 //! text (V3, V3.1 and Kimi-K2 render `arguments | tojson`) are unwrapped.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -110,6 +112,23 @@ impl ToolCallFormat {
         }
     }
 
+    /// Every marker the format writes: the tokens a tokenizer may hold as
+    /// special ones and that the text must keep for the parser to see.
+    pub fn markers(self) -> Vec<&'static str> {
+        let calls: &[&'static str] = match self {
+            ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => {
+                &[CALL_BEGIN, CALL_END, SEP]
+            }
+            ToolCallFormat::Dsml => &[DSML_INVOKE, DSML_INVOKE_END, DSML_PARAM, DSML_PARAM_END],
+            ToolCallFormat::KimiK2 => &[KIMI_CALL_BEGIN, KIMI_ARGS_BEGIN, KIMI_CALL_END],
+        };
+        self.sections()
+            .iter()
+            .flat_map(|&(begin, end)| [begin, end])
+            .chain(calls.iter().copied())
+            .collect()
+    }
+
     fn sections(self) -> &'static [Section] {
         match self {
             ToolCallFormat::DeepSeekV3 | ToolCallFormat::DeepSeekV31 => DEEPSEEK_SECTIONS,
@@ -190,6 +209,8 @@ pub struct ToolCallParser {
     /// so that a long section is not searched again from its start.
     searched: usize,
     next_index: usize,
+    /// The functions a call may name; `None`: any.
+    functions: Option<HashSet<String>>,
 }
 
 impl ToolCallParser {
@@ -200,7 +221,22 @@ impl ToolCallParser {
             section: None,
             searched: 0,
             next_index: 0,
+            functions: None,
         }
+    }
+
+    /// Only calls of `functions` (the request's tools) are calls: a section
+    /// that names another function comes back as content, like one whose
+    /// arguments are not JSON, so the client never gets a call it cannot run.
+    pub fn only_functions(mut self, functions: HashSet<String>) -> Self {
+        self.functions = Some(functions);
+        self
+    }
+
+    fn known(&self, calls: &[ParsedCall]) -> bool {
+        self.functions
+            .as_ref()
+            .is_none_or(|names| calls.iter().all(|c| names.contains(&c.name)))
     }
 
     pub fn format(&self) -> ToolCallFormat {
@@ -269,6 +305,7 @@ impl ToolCallParser {
                         .held
                         .get(begin.len()..inner_end)
                         .and_then(|inner| self.format.parse_section(inner))
+                        .filter(|calls| self.known(calls))
                     {
                         Some(calls) => {
                             for call in calls {
@@ -510,6 +547,22 @@ mod tests {
         let parsed = parse(ToolCallFormat::DeepSeekV31, text);
         assert_eq!(parsed.content, text);
         assert!(parsed.calls.is_empty());
+    }
+
+    #[test]
+    fn a_call_of_an_undeclared_function_comes_back_as_text() {
+        let known = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        let mut parser = ToolCallParser::new(ToolCallFormat::DeepSeekV31)
+            .only_functions(known(&["get_weather"]));
+        let mut events = parser.push(V31_TWO);
+        events.extend(parser.finish());
+        // get_time is not declared: the whole section is text, as with bad JSON.
+        assert_eq!(collect(events).content, V31_TWO);
+        let mut parser = ToolCallParser::new(ToolCallFormat::DeepSeekV31)
+            .only_functions(known(&["get_weather", "get_time"]));
+        let mut events = parser.push(V31_TWO);
+        events.extend(parser.finish());
+        assert_eq!(collect(events), parse(ToolCallFormat::DeepSeekV31, V31_TWO));
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //!   then the extra variables of the request (`chat_template_kwargs`), then
 //!   `messages`, `tools` (`None` when absent), `documents` (`None`) and
 //!   `add_generation_prompt`;
-//! * the messages as HF passes them: keys whose value is `None` left out,
-//!   content either a string or the list of parts as given, tool-call
+//! * the messages as HF passes them: `content` always there (`None` when a
+//!   message has none, as an OpenAI client's `content: null` reaches HF),
+//!   other keys whose value is `None` left out, content either a string or
+//!   the list of parts as given, tool-call
 //!   arguments as the JSON string the client sent, and a message's
 //!   reasoning also under `thinking` (first key) as HF aliases it.
 //!
@@ -81,7 +83,9 @@ pub struct ToolCall {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatMessage {
     pub role: Role,
-    /// `None` leaves the key out, as HF does with `content: null`.
+    /// `None` reaches the template as `content: none`, as HF passes a
+    /// client's `content: null` (R1's template tests `is not none`; a key
+    /// left out would be undefined there and fail).
     pub content: Option<MessageContent>,
     pub name: Option<String>,
     /// `Some(vec![])` reaches the template as an empty list, `None` not at all.
@@ -124,7 +128,7 @@ impl ChatMessage {
                     .collect();
                 pairs.push(("content", Value::from(parts)));
             }
-            None => {}
+            None => pairs.push(("content", Value::from(()))),
         }
         if let Some(name) = &self.name {
             pairs.push(("name", Value::from(name.as_str())));
@@ -267,6 +271,23 @@ impl ChatTemplate {
     /// Names of the templates when the model ships several, else empty.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The text of every template the model ships, joined: what tells which
+    /// syntax it renders tool calls in.
+    pub fn source(&self) -> String {
+        let single = [SINGLE.to_owned()];
+        let names = if self.names.is_empty() {
+            &single[..]
+        } else {
+            &self.names[..]
+        };
+        names
+            .iter()
+            .filter_map(|name| self.env.get_template(name).ok())
+            .map(|t| t.source().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The special tokens the template sees.
