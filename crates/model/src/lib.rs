@@ -42,7 +42,7 @@ pub use cache::LatentCache;
 pub use checkpoint::{resolve_model, Checkpoint, HubOptions, ModelFiles};
 pub use config::DeepSeekConfig;
 pub use error::{ModelError, Result};
-pub use kernels::parallel::set_threads;
+pub use kernels::parallel::{set_threads, threads as compute_threads};
 pub use layers::linear::WeightFormat;
 pub use layers::mla::AttentionMode;
 pub use model::{DTypeChoice, DeepSeekModel, LoadOptions};

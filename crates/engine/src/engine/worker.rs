@@ -142,6 +142,8 @@ pub(super) struct Worker {
     eos: Vec<u32>,
     max_model_len: usize,
     shared: Arc<Shared>,
+    /// A core is free while the forward runs: masks are computed beside it.
+    spare_core: bool,
 }
 
 impl Worker {
@@ -153,7 +155,10 @@ impl Worker {
         max_model_len: usize,
         shared: Arc<Shared>,
     ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spare_core = !model.device().is_cpu() || cores > ferroseek_model::compute_threads();
         Worker {
+            spare_core,
             model,
             cache,
             sched,
@@ -356,10 +361,12 @@ impl Worker {
         out
     }
 
-    /// Runs the model over the batch; meanwhile, on a second thread, the
-    /// grammar masks of the constrained sequences that sample after it are
-    /// computed, so they cost the step nothing while they take less time
-    /// than the forward pass. Returns the logits rows asked for, flat.
+    /// Runs the model over the batch, and computes the grammar masks of the
+    /// constrained sequences that sample after it: on a second thread while
+    /// the forward runs when a core is spare for it (a GPU runs the model,
+    /// or the compute pool leaves cores free), so they cost the step nothing
+    /// while they take less time than the forward pass; else just before
+    /// it. Returns the logits rows asked for, flat.
     fn forward_and_mask(&mut self, step: &StepBatch) -> Result<Vec<f32>> {
         let mut sampling: Vec<SeqId> = step
             .items
@@ -380,11 +387,14 @@ impl Worker {
         if masks.is_empty() {
             return forward(model, cache, &step.batch);
         }
-        // In rayon's pool, as a task of its own: a worker takes it between
-        // the forward's parallel pieces, rather than a thread of its own
-        // contending with the forward's workers for the cores.
-        rayon::scope(|scope| {
-            scope.spawn(move |_| masks.iter_mut().for_each(|c| c.prepare()));
+        if !self.spare_core {
+            // Every core runs the forward: a thread beside it would stall
+            // the pool's barriers, so the masks go first.
+            masks.iter_mut().for_each(|c| c.prepare());
+            return forward(model, cache, &step.batch);
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(move || masks.iter_mut().for_each(|c| c.prepare()));
             forward(model, cache, &step.batch)
         })
     }
