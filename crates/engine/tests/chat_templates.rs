@@ -45,6 +45,14 @@ const NULL_CONTENT_DEVIATIONS: &[(&str, &str)] = &[
     ("py_dict_methods", "tool_calls_pending_results"),
 ];
 
+/// The other deliberate difference: transformers renders in Jinja's
+/// immutable sandbox, which refuses `append` and `pop` on a list, so a
+/// template that queues its tool-call ids in a namespace list
+/// (Kimi-K2-Thinking) fails there. We render it as Jinja itself does
+/// (`template::mutable`); `tests/tool_calls.rs` checks that what it renders
+/// parses back to the same calls. Cases HF fails this way must render.
+const SANDBOX_REFUSAL: &str = "SecurityError: access to attribute";
+
 struct Outcome {
     checked: usize,
     failures: Vec<String>,
@@ -91,6 +99,13 @@ fn run_case(fixture: &Value, case: &Value, special: &SpecialTokens) -> Result<Op
         return Ok(rendered
             .err()
             .map(|e| format!("must render with `content: none`, fails: {e}")));
+    }
+
+    let hf_error = case["error"].as_str().unwrap_or_default();
+    if hf_error.starts_with(SANDBOX_REFUSAL) {
+        return Ok(rendered.err().map(|e| {
+            format!("HF's sandbox refuses a list method; we must render, but fail: {e}")
+        }));
     }
 
     match (case.get("expected").and_then(Value::as_str), rendered) {

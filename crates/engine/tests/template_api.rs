@@ -117,3 +117,26 @@ fn chat_template_can_be_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ChatTemplate>();
 }
+
+#[test]
+fn lists_in_a_namespace_change_as_in_python() {
+    let messages = [ChatMessage::new(Role::User, "x")];
+    let template = "{%- set ns = namespace(ids=[], n=1, other={'a': [1]}) -%}\
+        {%- set _ = ns.ids.append('a') -%}{%- set _ = ns.ids.extend(['b', 'c']) -%}\
+        {%- set _ = ns.ids.insert(0, 'z') -%}{%- set _ = ns.ids.remove('b') -%}\
+        {{ ns.ids | tojson }} {{ ns.ids | length }} {{ ns.ids[0] }} {{ ns.ids[-1] }} \
+        {{ ns.ids.pop(0) }} {{ ns.ids.pop() }} {{ ns.ids }} {{ 'yes' if ns.ids else 'no' }} \
+        {%- for i in ns.ids %} {{ i }}{% endfor %} {{ ns.ids.index('a') }} {{ ns.n }} \
+        {%- set _ = ns.ids.clear() %} {{ 'yes' if ns.ids else 'no' }} {{ ns.other | tojson }}";
+    let out = render(template, &ChatInput::new(&messages)).unwrap();
+    assert_eq!(
+        out,
+        "[\"z\", \"a\", \"c\"] 3 z c z c ['a'] yes a 0 1 no {\"a\": [1]}"
+    );
+    let err = render(
+        "{% set ns = namespace(ids=[]) %}{{ ns.ids.pop() }}",
+        &ChatInput::new(&messages),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("pop from empty list"), "{err}");
+}

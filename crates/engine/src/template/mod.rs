@@ -23,6 +23,7 @@
 //! Beyond HF, the `from_json` filter exists (DeepSeek-V3.2/V4 templates call
 //! it on string tool-call arguments; under HF they fail).
 
+mod mutable;
 mod python;
 mod strftime;
 
@@ -396,6 +397,7 @@ fn hf_environment() -> Environment<'static> {
         out.write_str(&python::py_str(value))
             .map_err(minijinja::Error::from)
     });
+    env.add_function("namespace", mutable::namespace);
     env.add_filter("tojson", python::tojson);
     env.add_filter("string", |v: Value| python::py_str(&v));
     env.add_filter("from_json", |text: &str| python::from_json(text));
