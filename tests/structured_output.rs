@@ -499,3 +499,38 @@ async fn an_assistant_prefix_is_continued() {
         assert_eq!(resp["error"]["param"], param, "{resp}");
     }
 }
+
+#[tokio::test]
+async fn with_thinking_on_the_grammar_holds_only_the_answer() {
+    let server = Server::start(&[]);
+    let (_, tok) = post(
+        &server,
+        "/tokenize",
+        json!({"prompt": "</think>", "add_special_tokens": false}),
+    )
+    .await;
+    let end_think = tok["tokens"][0].as_u64().unwrap();
+    // Thinking is free: here a bias makes the model close it after a few
+    // tokens, which a grammar from the first token would have forbidden.
+    let body = chat(json!({
+        "chat_template_kwargs": {"thinking": true},
+        "logit_bias": {end_think.to_string(): 30},
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "person", "schema": person_schema()}},
+    }));
+    let (status, resp) = post(&server, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{resp}");
+    let c = &resp["choices"][0];
+    // `</think>` came first (a grammar from the first token forbids it, and
+    // the JSON would then be reasoning); the answer after it is held.
+    assert!(
+        resp["usage"]["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    check_person(c["message"]["content"].as_str().unwrap());
+    assert_eq!(c["finish_reason"], "stop");
+    let streamed = stream_chat(&server, body).await;
+    assert_eq!(streamed[0].0, c["message"]["content"].as_str().unwrap());
+}
