@@ -1,8 +1,9 @@
-//! The official OpenAI Python client (`tests/python/openai_client.py`)
-//! against the real binary. The interpreter comes from `FERROSEEK_PYTHON`
-//! (`.ci/run` points it at a venv with `openai` installed). Without it the
-//! test reports itself skipped, unless `FERROSEEK_REQUIRE_PYTHON_CLIENT=1`,
-//! where it fails.
+//! The official OpenAI Python client (`tests/python/openai_client.py`) and
+//! LangChain's `ChatOpenAI` (`tests/python/langchain_client.py`) against the
+//! real binary. The interpreter comes from `FERROSEEK_PYTHON` (`.ci/run`
+//! points it at a venv with `openai`, `jsonschema` and `langchain-openai`).
+//! Without it, or without a script's packages, a test reports itself
+//! skipped, unless `FERROSEEK_REQUIRE_PYTHON_CLIENT=1`, where it fails.
 
 mod common;
 
@@ -10,21 +11,47 @@ use std::process::Command;
 
 use common::Server;
 
-#[test]
-fn official_python_client_works_unchanged() {
+const VENV: &str = "python3 -m venv .venv && .venv/bin/pip install 'openai>=1.40,<4' \
+                    jsonschema 'langchain-openai>=0.3,<2'";
+
+/// The Python to run with, if it can import `modules`; `None` means skip.
+fn python_with(modules: &str) -> Option<String> {
+    let required = std::env::var("FERROSEEK_REQUIRE_PYTHON_CLIENT").is_ok_and(|v| v == "1");
     let python = match std::env::var("FERROSEEK_PYTHON") {
         Ok(p) if !p.is_empty() => p,
         _ => {
-            let required = std::env::var("FERROSEEK_REQUIRE_PYTHON_CLIENT").is_ok_and(|v| v == "1");
             assert!(
                 !required,
-                "FERROSEEK_REQUIRE_PYTHON_CLIENT=1 but FERROSEEK_PYTHON is not set: point it at a \
-                 python with the `openai` package (`python3 -m venv .venv && .venv/bin/pip install openai`)"
+                "FERROSEEK_REQUIRE_PYTHON_CLIENT=1 but FERROSEEK_PYTHON is not set: point it at \
+                 a python with the packages (`{VENV}`)"
             );
-            eprintln!("SKIPPED: set FERROSEEK_PYTHON to a python with the `openai` package to run this test");
-            return;
+            eprintln!(
+                "SKIPPED: set FERROSEEK_PYTHON to a python with `{modules}` to run this test"
+            );
+            return None;
         }
     };
+    let import = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    if !import.status.success() {
+        let why = String::from_utf8_lossy(&import.stderr);
+        assert!(
+            !required,
+            "FERROSEEK_REQUIRE_PYTHON_CLIENT=1 but {python} cannot `import {modules}` \
+             (`{VENV}`):\n{why}"
+        );
+        eprintln!(
+            "SKIPPED: {python} cannot `import {modules}`; install it to run this test:\n{why}"
+        );
+        return None;
+    }
+    Some(python)
+}
+
+/// Runs `tests/python/{script}` against a fresh server; it must print `done`.
+fn run_script(python: &str, script: &str, done: &str) {
     // A second name that starts with `/`, as a model given by its absolute path is named.
     let server = Server::start(&[
         "--api-key",
@@ -32,20 +59,39 @@ fn official_python_client_works_unchanged() {
         "--served-model-name",
         "tiny-deepseek-v3,/srv/models/tiny-deepseek-v3",
     ]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
-    let out = Command::new(&python)
-        .args([script, &server.url("/v1"), "sk-python", "tiny-deepseek-v3"])
+    let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python)
+        .args([&path, &server.url("/v1"), "sk-python", "tiny-deepseek-v3"])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "python client checks failed:\n{stdout}\n{stderr}\nserver logs:\n{}",
+        "{script} checks failed:\n{stdout}\n{stderr}\nserver logs:\n{}",
         server.logs()
     );
-    assert!(
-        stdout.contains("all python client checks passed"),
-        "{stdout}"
-    );
+    assert!(stdout.contains(done), "{stdout}");
+}
+
+#[test]
+fn official_python_client_works_unchanged() {
+    if let Some(python) = python_with("openai, jsonschema, pydantic") {
+        run_script(
+            &python,
+            "openai_client.py",
+            "all python client checks passed",
+        );
+    }
+}
+
+#[test]
+fn langchain_chat_openai_binds_tools_and_structures_output() {
+    if let Some(python) = python_with("langchain_openai, jsonschema") {
+        run_script(
+            &python,
+            "langchain_client.py",
+            "all langchain client checks passed",
+        );
+    }
 }
