@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::Server;
 
-const VENV: &str = "python3 -m venv .venv && .venv/bin/pip install 'openai>=1.40,<4' \
+const VENV: &str = "python3 -m venv .venv && .venv/bin/pip install 'openai>=1.51,<4' \
                     jsonschema 'langchain-openai>=0.3,<2'";
 
 /// The Python to run with, if it can import `modules`; `None` means skip.
