@@ -109,6 +109,16 @@ fn cases() -> Vec<Case> {
             400,
             Some("logit_bias"),
         ),
+        // Past the body limit this server runs with: refused before parsing.
+        case(
+            "logit_bias with 100,000 entries",
+            CHAT,
+            chat(json!({
+                "logit_bias": (0..100_000).map(|i| (i.to_string(), json!(1))).collect::<serde_json::Map<_, _>>(),
+            })),
+            413,
+            None,
+        ),
         case(
             "missing messages",
             CHAT,
