@@ -9,22 +9,6 @@ use common::Server;
 use futures_util::StreamExt;
 use serde_json::json;
 
-async fn metric(client: &reqwest::Client, server: &Server, name: &str) -> f64 {
-    let text = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn cancelled_streams_free_their_kv_blocks() {
     let server = Server::start(&[]);
@@ -60,14 +44,28 @@ async fn cancelled_streams_free_their_kv_blocks() {
         }
         streams.push(bytes);
     }
-    assert!(metric(&client, &server, "ferroseek_kv_cache_blocks_used").await > 0.0);
-    assert!(metric(&client, &server, "ferroseek_num_requests_running").await > 0.0);
+    assert!(
+        server
+            .metric(&client, "ferroseek_kv_cache_blocks_used")
+            .await
+            > 0.0
+    );
+    assert!(
+        server
+            .metric(&client, "ferroseek_num_requests_running")
+            .await
+            > 0.0
+    );
     drop(streams);
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let used = metric(&client, &server, "ferroseek_kv_cache_blocks_used").await;
-        let running = metric(&client, &server, "ferroseek_num_requests_running").await;
+        let used = server
+            .metric(&client, "ferroseek_kv_cache_blocks_used")
+            .await;
+        let running = server
+            .metric(&client, "ferroseek_num_requests_running")
+            .await;
         if used == 0.0 && running == 0.0 {
             break;
         }

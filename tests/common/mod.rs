@@ -16,15 +16,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// The server with small test limits plus `extra` flags.
+    /// The server with small test limits (a 32 MiB cache unless `extra`
+    /// sets `--kv-cache-memory`) plus `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
         Self::start_with_env(extra, &[])
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroseek"));
-        cmd.args(["serve", "--port", "0", "--kv-cache-memory", "32MiB"])
-            .args(extra)
+        cmd.args(["serve", "--port", "0"]);
+        if !extra.contains(&"--kv-cache-memory") {
+            cmd.args(["--kv-cache-memory", "32MiB"]);
+        }
+        cmd.args(extra)
             .env_remove("FERROSEEK_API_KEY")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -85,6 +89,23 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The value of an unlabelled metric on `/metrics`.
+    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
+        let text = client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+            .parse()
+            .unwrap()
     }
 
     pub fn logs(&self) -> String {
