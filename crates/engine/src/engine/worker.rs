@@ -9,8 +9,20 @@
 //!
 //! Work done for one request runs in that request's span (the caller's, see
 //! [`Engine::submit`](super::Engine::submit)), so its log lines name it.
+//!
+//! A step runs under `catch_unwind`: when the model errs or anything in the
+//! step panics, every request that had a sequence in the step gets an
+//! `Error` event and leaves (its blocks return to the pool), sequences and
+//! requests left without their other half go too, and the scheduler's
+//! bookkeeping is checked; if a panic broke it, every request fails and the
+//! block pool starts afresh. Nothing else a step touches outlives it: the
+//! cache rows of the failed sequences are in blocks no one holds now, and a
+//! block is registered for prefix reuse only after its forward succeeded.
+//! [`MAX_FAILED_STEPS`] failures in a row, with no good step between, stop
+//! the engine: something is wrong beyond any one request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -20,14 +32,19 @@ use tokio::sync::mpsc as async_mpsc;
 
 use ferroseek_model::{Batch, DeepSeekModel, LatentCache, LogitsRows, ModelError, SeqInput};
 
+#[cfg(feature = "fault-injection")]
+use super::Faults;
 use super::{Shared, Submission};
 use crate::constrain::{Committed, SeqConstraint};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::output::{SeqText, StopOutcome};
 use crate::request::{Event, FinishReason, PromptTiming, StopConditions, TokenLogprob};
 use crate::sampling::{token_logprob, Sampler};
 use crate::scheduler::{Scheduler, SeqId, Sequence};
 use crate::tokenizer::Tokenizer;
+
+/// Steps that may fail in a row before the engine gives up.
+pub(super) const MAX_FAILED_STEPS: u32 = 3;
 
 /// What one request needs across its choices; keyed by the request number
 /// its sequences' ids carry.
@@ -144,6 +161,10 @@ pub(super) struct Worker {
     shared: Arc<Shared>,
     /// A core is free while the forward runs: masks are computed beside it.
     spare_core: bool,
+    /// Steps failed since the last good one.
+    failed_steps: u32,
+    #[cfg(feature = "fault-injection")]
+    pub(super) faults: Faults,
 }
 
 impl Worker {
@@ -168,6 +189,9 @@ impl Worker {
             tokenizer,
             max_model_len,
             shared,
+            failed_steps: 0,
+            #[cfg(feature = "fault-injection")]
+            faults: Faults::default(),
         }
     }
 
@@ -195,13 +219,114 @@ impl Worker {
             }
             self.drop_cancelled();
             if !self.sched.is_idle() {
-                self.step();
+                if let Err(last) = self.guarded_step() {
+                    return self.give_up(&rx, &last);
+                }
             }
             self.publish();
         }
     }
 
+    /// One step; a failure in it costs only the requests it held. `Err`
+    /// (with the last failure) once [`MAX_FAILED_STEPS`] failed in a row.
+    fn guarded_step(&mut self) -> std::result::Result<(), String> {
+        let mut in_step = None;
+        let error = match panic::catch_unwind(AssertUnwindSafe(|| self.step(&mut in_step))) {
+            Ok(Ok(())) => {
+                self.failed_steps = 0;
+                return Ok(());
+            }
+            Ok(Err(e)) => format!("the model failed: {e}"),
+            Err(payload) => format!("the engine failed: {}", panic_message(payload.as_ref())),
+        };
+        self.failed_steps += 1;
+        tracing::error!(
+            failed_in_a_row = self.failed_steps,
+            "a step failed; its requests get an error: {error}"
+        );
+        // Work not known yet (the scheduler itself failed): every request.
+        let failed = in_step.unwrap_or_else(|| self.groups.keys().copied().collect());
+        self.fail_requests(&failed, &error);
+        self.drop_orphans(&error);
+        if let Err(broken) = self.sched.check() {
+            tracing::error!(
+                "after the failed step, {broken}; every request fails and the cache starts empty"
+            );
+            let all: HashSet<u64> = self.groups.keys().copied().collect();
+            self.fail_requests(&all, &error);
+            for seq in self.sched.clear() {
+                if !seq.data.admitted {
+                    self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+        if self.failed_steps >= MAX_FAILED_STEPS {
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Removes the sequences of requests `failed`, running or waiting, and
+    /// sends each request the error.
+    fn fail_requests(&mut self, failed: &HashSet<u64>, error: &str) {
+        let shared = &self.shared;
+        self.sched.remove_where(|s| {
+            let gone = failed.contains(&s.id().request);
+            if gone && !s.data.admitted {
+                shared.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+            gone
+        });
+        for k in failed {
+            if let Some(mut g) = self.groups.remove(k) {
+                g.span
+                    .in_scope(|| tracing::error!("request failed: {error}"));
+                g.send(Event::Error(error.to_string()));
+            }
+        }
+    }
+
+    /// After a panic: a sequence whose request is gone, or a request none of
+    /// whose sequences is left, goes too.
+    fn drop_orphans(&mut self, error: &str) {
+        let groups = &self.groups;
+        let shared = &self.shared;
+        self.sched.remove_where(|s| {
+            let orphan = !groups.contains_key(&s.id().request);
+            if orphan && !s.data.admitted {
+                shared.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+            orphan
+        });
+        let live: HashSet<u64> = self.sched.ids().map(|id| id.request).collect();
+        let lost: HashSet<u64> = self
+            .groups
+            .keys()
+            .filter(|k| !live.contains(k))
+            .copied()
+            .collect();
+        self.fail_requests(&lost, error);
+    }
+
+    /// The engine cannot go on: it stops taking requests, answers every one
+    /// it holds or that is on its way with an error, and marks itself failed.
+    fn give_up(&mut self, rx: &mpsc::Receiver<Submission>, last: &str) {
+        tracing::error!("{MAX_FAILED_STEPS} steps failed in a row; the engine stops");
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        self.shared.failed.store(true, Ordering::SeqCst);
+        let error = format!("the engine stopped after repeated failures; the last: {last}");
+        let all: HashSet<u64> = self.groups.keys().copied().collect();
+        self.fail_requests(&all, &error);
+        while let Ok(s) = rx.try_recv() {
+            let _ = s.tx.try_send(Event::Error(error.clone()));
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.publish();
+    }
+
     fn accept(&mut self, s: Submission) {
+        #[cfg(feature = "fault-injection")]
+        self.faults.in_loop(&s.request.prompt);
         let key = self.next_request;
         self.next_request += 1;
         let r = s.request;
@@ -284,9 +409,12 @@ impl Worker {
     }
 
     /// One step: plan, one forward, prompt log-probabilities, sampling, and
-    /// the events of what was sampled.
-    fn step(&mut self) {
+    /// the events of what was sampled. `in_step` gets the requests in the
+    /// step as soon as they are known, for [`Worker::guarded_step`] to fail
+    /// should the step fail.
+    fn step(&mut self, in_step: &mut Option<HashSet<u64>>) -> Result<()> {
         let step = self.sched.schedule();
+        *in_step = Some(step.work.iter().map(|(id, _)| id.request).collect());
         for id in &step.preempted {
             if let Some(g) = self.groups.get(&id.request) {
                 g.span.in_scope(|| {
@@ -295,18 +423,16 @@ impl Worker {
             }
         }
         if step.work.is_empty() {
-            return;
+            return Ok(());
         }
         self.shared.steps_total.fetch_add(1, Ordering::Relaxed);
         let batch = self.build_batch(&step.work);
-        let logits = match self.forward_and_mask(&batch) {
-            Ok(l) => l,
-            Err(e) => return self.fail_step(&step.work, &e),
-        };
+        let logits = self.forward_and_mask(&batch)?;
         self.record_prompt_logprobs(&batch.items, &logits);
         let to_sample = self.advance(&batch.items);
         self.sample(&to_sample, &logits);
         self.emit_sampled(&to_sample);
+        Ok(())
     }
 
     /// The step's batch: each scheduled sequence's next tokens, and which
@@ -578,6 +704,8 @@ impl Worker {
         if append {
             seq.push_token(token);
         }
+        #[cfg(feature = "fault-injection")]
+        self.faults.in_step(&seq.tokens()[..seq.prompt_len()]);
         let group = self.groups.get_mut(&id.request).expect("group exists");
         let stop_id = (!group.stop.ignore_eos && self.eos.contains(&token))
             || group.stop.stop_token_ids.contains(&token);
@@ -646,20 +774,6 @@ impl Worker {
         }
         self.sched.finish(id);
     }
-
-    /// The forward failed: every request in the step gets the error and goes.
-    fn fail_step(&mut self, work: &[(SeqId, usize)], error: &Error) {
-        let requests: Vec<u64> = work.iter().map(|(id, _)| id.request).collect();
-        self.sched
-            .remove_where(|s| requests.contains(&s.id().request));
-        for k in requests {
-            if let Some(mut g) = self.groups.remove(&k) {
-                g.span
-                    .in_scope(|| tracing::error!("forward pass failed: {error}"));
-                g.send(Event::Error(format!("the model failed: {error}")));
-            }
-        }
-    }
 }
 
 /// Runs the model over the batch: the logits rows it asked for, flat.
@@ -667,4 +781,13 @@ fn forward(model: &mut DeepSeekModel, cache: &mut LatentCache, batch: &Batch) ->
     let logits = model.forward(batch, cache)?;
     let flat = logits.flatten_all().and_then(|t| t.to_vec1::<f32>());
     Ok(flat.map_err(ModelError::from)?)
+}
+
+/// What a panic said, for the error its requests get.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
 }
