@@ -116,6 +116,19 @@ impl ApiError {
         .with_code("request_too_large")
     }
 
+    /// 408: the body did not arrive within `--body-read-timeout`.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within the server's limit of {} s",
+                limit.as_secs()
+            ),
+        )
+        .with_code("request_timeout")
+    }
+
     /// 503: the model is not loaded yet, or the server is stopping.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(

@@ -26,6 +26,7 @@
 //!   onto a device, its sampling defaults, and the small model built into
 //!   the binary.
 //! - `state`: what every handler shares (settings, the loaded engine).
+//! - `serve`: accepting connections, with a deadline for request headers.
 
 mod chat_prompt;
 mod cli;
@@ -40,13 +41,13 @@ mod logging;
 mod metrics;
 mod openai;
 mod routes;
+mod serve;
 mod state;
 mod structured;
 mod tokens;
 mod tools;
 mod validate;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -95,6 +96,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         root,
         api_key: args.api_key.clone(),
         max_body_size: args.max_body_size,
+        body_read_timeout: Duration::from_secs(args.body_read_timeout),
         cors_allow_origin: args.cors_allow_origin.clone(),
     };
     let metrics = metrics::Metrics::new().context("cannot set up metrics")?;
@@ -124,11 +126,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             state.begin_shutdown();
         }
     };
-    let mut server = tokio::spawn(
-        axum::serve(listener, routes::app(state.clone()))
-            .with_graceful_shutdown(graceful)
-            .into_future(),
-    );
+    let mut server = tokio::spawn(serve::serve(
+        listener,
+        routes::app(state.clone()),
+        Duration::from_secs(args.header_read_timeout),
+        graceful,
+    ));
 
     let load_args = args.clone();
     let mut loading = tokio::task::spawn_blocking(move || load::load(&load_args, device));
@@ -145,15 +148,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
             return Ok(());
         }
         ended = &mut server => {
-            return Err(anyhow!("the HTTP server stopped: {:?}", ended));
+            return Err(anyhow!("the HTTP server stopped: {ended:?}"));
         }
     }
 
     let mut engine_failed = false;
     tokio::select! {
         ended = &mut server => return match ended {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow!("the HTTP server failed: {e}")),
+            Ok(()) => Ok(()),
             Err(e) => Err(anyhow!("the HTTP server panicked: {e}")),
         },
         _ = stop_rx.wait_for(|stop| *stop) => {}
