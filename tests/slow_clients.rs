@@ -61,6 +61,22 @@ fn a_client_trickling_its_headers_is_cut_off() {
 }
 
 #[test]
+fn a_client_trickling_a_byte_at_a_time_is_cut_off_as_well() {
+    // The deadline is for the whole head, not renewed by each byte.
+    let server = Server::start(&["--header-read-timeout", "1"]);
+    let mut stream = connect(&server);
+    let started = Instant::now();
+    let head = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
+    let cut = head.iter().any(|byte| {
+        std::thread::sleep(Duration::from_millis(200));
+        stream.write_all(&[*byte]).is_err()
+    });
+    let waited = started.elapsed();
+    assert!(cut, "the connection took every byte for {waited:?}");
+    assert!(waited < Duration::from_secs(4), "cut after {waited:?}");
+}
+
+#[test]
 fn a_stalled_body_is_answered_408() {
     let server = Server::start(&["--body-read-timeout", "1"]);
     let mut stream = connect(&server);
