@@ -64,6 +64,12 @@ async fn a_failed_step_is_a_server_error_and_the_next_request_is_served() {
     assert_eq!(body["usage"]["completion_tokens"], 5, "{body}");
     let health = client.get(server.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+    let metrics = client.get(server.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("ferroseek_failed_steps_total 2\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -147,6 +147,7 @@ fn a_panicking_step_fails_its_requests_and_the_engine_goes_on() {
     }
     let o = end(e.submit(greedy("after", prompt(3, 20), 8, 1)).unwrap(), 1);
     assert_eq!(o, End::Finished(expected));
+    assert_eq!(e.stats().failed_steps_total, 3);
 }
 
 #[test]

@@ -90,6 +90,8 @@ pub struct EngineStats {
     pub cached_tokens_total: u64,
     pub preemptions_total: u64,
     pub steps_total: u64,
+    /// Steps that failed; their requests got an error.
+    pub failed_steps_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +108,7 @@ struct Shared {
     preemptions_total: AtomicU64,
     cached_tokens_total: AtomicU64,
     steps_total: AtomicU64,
+    failed_steps_total: AtomicU64,
     /// Set when the engine thread has stopped.
     stopped: AtomicBool,
     /// Set when it stopped because it could not go on (not a shutdown).
@@ -310,6 +313,7 @@ impl Engine {
             cached_tokens_total: s.cached_tokens_total.load(Ordering::Relaxed),
             preemptions_total: s.preemptions_total.load(Ordering::Relaxed),
             steps_total: s.steps_total.load(Ordering::Relaxed),
+            failed_steps_total: s.failed_steps_total.load(Ordering::Relaxed),
         }
     }
 

@@ -240,6 +240,9 @@ impl Worker {
             Err(payload) => format!("the engine failed: {}", panic_message(payload.as_ref())),
         };
         self.failed_steps += 1;
+        self.shared
+            .failed_steps_total
+            .fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             failed_in_a_row = self.failed_steps,
             "a step failed; its requests get an error: {error}"
