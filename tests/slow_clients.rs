@@ -97,3 +97,44 @@ fn a_stalled_body_is_answered_408() {
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
     assert_eq!(body["error"]["code"], "request_timeout", "{body}");
 }
+
+#[test]
+fn a_body_trickled_a_byte_at_a_time_is_answered_408_too() {
+    // The deadline is for the whole body, not renewed by each byte.
+    let server = Server::start(&["--body-read-timeout", "1"]);
+    let mut stream = connect(&server);
+    let started = Instant::now();
+    stream
+        .write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        )
+        .unwrap();
+    // Between bytes, wait for an answer rather than sleep, so that no byte
+    // is written after the server closed (a reset would drop its answer).
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    for byte in b"{\"prompt\": \"aaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        match stream.read(&mut buf) {
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("{e}"),
+        }
+        stream.write_all(&[*byte]).unwrap();
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    got.extend(read_until_closed(&mut stream).expect("the server answers and closes"));
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "after {waited:?}: {text}");
+    assert!(waited < Duration::from_secs(8), "answered after {waited:?}");
+}
