@@ -211,6 +211,19 @@ pub struct ServeArgs {
     #[arg(long, env = "FERROSEEK_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
 
+    /// Seconds a client has to send a request's headers (and an idle
+    /// keep-alive connection waits for its next request); then the
+    /// connection is closed. Bounds slow-header (slowloris) clients.
+    #[arg(long, env = "FERROSEEK_HEADER_READ_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
+
+    /// Seconds a client has to send a whole request body once its headers
+    /// arrived; a body still incomplete then is answered 408.
+    #[arg(long, env = "FERROSEEK_BODY_READ_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout: u64,
+
     /// Log format.
     #[arg(long, env = "FERROSEEK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

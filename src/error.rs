@@ -3,7 +3,8 @@
 //! fits. Every rejection the server makes — bad JSON, a bad field, a wrong
 //! key, an unknown model, a full queue — goes through [`ApiError`].
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -115,6 +116,19 @@ impl ApiError {
         .with_code("request_too_large")
     }
 
+    /// 408: the body did not arrive within `--body-read-timeout`.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within the server's limit of {} s",
+                limit.as_secs()
+            ),
+        )
+        .with_code("request_timeout")
+    }
+
     /// 503: the model is not loaded yet, or the server is stopping.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
@@ -153,6 +167,12 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// Seconds a 429 tells the client to wait (`Retry-After`). A full queue
+/// drains as running requests finish, which takes seconds; one second is
+/// what OpenAI's client libraries would otherwise back off from at first,
+/// and keeps a retrying client from hammering without leaving it idle long.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
@@ -160,7 +180,13 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(status = self.status.as_u16(), "{}", self.detail.message);
         }
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
     }
 }
 
@@ -232,6 +258,15 @@ mod tests {
         });
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.detail.code.as_deref(), Some("context_length_exceeded"));
+    }
+
+    #[test]
+    fn every_429_says_when_to_retry() {
+        let response = ApiError::from(EngineError::QueueFull { limit: 3 }).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let response = ApiError::bad_request("no").into_response();
+        assert!(response.headers().get(RETRY_AFTER).is_none());
     }
 
     #[test]

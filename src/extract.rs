@@ -1,7 +1,9 @@
 //! The JSON body extractor. axum's own `Json` answers bad bodies in plain
 //! text with 415/422; OpenAI clients expect 400 with OpenAI's error body,
 //! and a message that names the field (`messages[0].role`), so bodies are
-//! parsed here with serde_path_to_error.
+//! parsed here with serde_path_to_error. Reading the body has a deadline
+//! (`--body-read-timeout`), so a client trickling it cannot hold a request
+//! open: 408.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -19,7 +21,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let limit = state.settings().body_read_timeout;
+        let read = tokio::time::timeout(limit, Bytes::from_request(req, state));
+        let bytes = read.await.map_err(|_| ApiError::body_timeout(limit))?;
+        let bytes = bytes.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large(state.settings().max_body_size)
             } else {

@@ -2,7 +2,9 @@
 //! models. `main` parses the command line, starts listening at once (so
 //! `/health` answers 503 while the model loads), loads the model off the
 //! async runtime, and on SIGTERM/SIGINT stops taking requests, lets the
-//! running ones finish (bounded by `--shutdown-timeout`) and exits 0.
+//! running ones finish (bounded by `--shutdown-timeout`) and exits 0. If the
+//! engine fails beyond recovery it does the same, then exits 1, so that a
+//! supervisor restarts it (`/health` says 503 meanwhile).
 //!
 //! The parts:
 //! - `cli`: the flags (`ServeArgs`), each also a `FERROSEEK_*` variable,
@@ -24,6 +26,7 @@
 //!   onto a device, its sampling defaults, and the small model built into
 //!   the binary.
 //! - `state`: what every handler shares (settings, the loaded engine).
+//! - `serve`: accepting connections, with a deadline for request headers.
 
 mod chat_prompt;
 mod cli;
@@ -38,13 +41,13 @@ mod logging;
 mod metrics;
 mod openai;
 mod routes;
+mod serve;
 mod state;
 mod structured;
 mod tokens;
 mod tools;
 mod validate;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -93,6 +96,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         root,
         api_key: args.api_key.clone(),
         max_body_size: args.max_body_size,
+        body_read_timeout: Duration::from_secs(args.body_read_timeout),
         cors_allow_origin: args.cors_allow_origin.clone(),
     };
     let metrics = metrics::Metrics::new().context("cannot set up metrics")?;
@@ -109,9 +113,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let signalled = stop_tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        let _ = stop_tx.send(true);
+        let _ = signalled.send(true);
     });
     let graceful = {
         let state = state.clone();
@@ -121,11 +126,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             state.begin_shutdown();
         }
     };
-    let mut server = tokio::spawn(
-        axum::serve(listener, routes::app(state.clone()))
-            .with_graceful_shutdown(graceful)
-            .into_future(),
-    );
+    let mut server = tokio::spawn(serve::serve(
+        listener,
+        routes::app(state.clone()),
+        Duration::from_secs(args.header_read_timeout),
+        graceful,
+    ));
 
     let load_args = args.clone();
     let mut loading = tokio::task::spawn_blocking(move || load::load(&load_args, device));
@@ -142,17 +148,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
             return Ok(());
         }
         ended = &mut server => {
-            return Err(anyhow!("the HTTP server stopped: {:?}", ended));
+            return Err(anyhow!("the HTTP server stopped: {ended:?}"));
         }
     }
 
+    let mut engine_failed = false;
     tokio::select! {
         ended = &mut server => return match ended {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow!("the HTTP server failed: {e}")),
+            Ok(()) => Ok(()),
             Err(e) => Err(anyhow!("the HTTP server panicked: {e}")),
         },
         _ = stop_rx.wait_for(|stop| *stop) => {}
+        _ = engine_failure(&state) => {
+            tracing::error!("the engine failed and cannot go on; stopping");
+            engine_failed = true;
+            let _ = stop_tx.send(true);
+        }
     }
     let timeout = Duration::from_secs(args.shutdown_timeout);
     tracing::info!(
@@ -163,7 +174,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Ok(_) => tracing::info!("all requests finished; bye"),
         Err(_) => tracing::warn!("running requests did not finish in time; exiting anyway"),
     }
+    if engine_failed {
+        return Err(anyhow!(
+            "exiting with an error after the engine failed, for a supervisor to restart the server"
+        ));
+    }
     Ok(())
+}
+
+/// Resolves once the engine has stopped because it could not go on (not
+/// after a shutdown).
+async fn engine_failure(state: &AppState) {
+    let Some(engine) = state.engine() else {
+        return std::future::pending().await;
+    };
+    // A flag the engine thread sets; polled, as nothing waits on it otherwise.
+    while !engine.has_failed() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

@@ -155,7 +155,7 @@ fn write_engine(out: &mut String, s: &EngineStats) {
         "Fraction of KV cache blocks in use",
         usage,
     );
-    let counters: [(&str, &str, u64); 4] = [
+    let counters: [(&str, &str, u64); 5] = [
         (
             "ferroseek_prompt_tokens_total",
             "Prompt tokens processed",
@@ -175,6 +175,11 @@ fn write_engine(out: &mut String, s: &EngineStats) {
             "ferroseek_preemptions_total",
             "Sequences preempted for lack of KV cache blocks",
             s.preemptions_total,
+        ),
+        (
+            "ferroseek_failed_steps_total",
+            "Engine steps that failed; each of their requests got a server error",
+            s.failed_steps_total,
         ),
     ];
     for (name, help, value) in counters {

@@ -20,6 +20,8 @@ pub struct Settings {
     pub root: String,
     pub api_key: Option<ApiKey>,
     pub max_body_size: usize,
+    /// How long reading a JSON body may take (`--body-read-timeout`).
+    pub body_read_timeout: std::time::Duration,
     pub cors_allow_origin: Vec<String>,
 }
 

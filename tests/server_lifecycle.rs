@@ -174,6 +174,7 @@ async fn a_full_queue_answers_429_at_once() {
         .unwrap();
     assert_eq!(refused.status(), 429);
     assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(refused.headers()["retry-after"], "1");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["type"], "rate_limit_error");
     drop(running);

@@ -22,6 +22,7 @@ fn serving(names: &[&str], api_key: Option<&str>) -> AppState {
             root: names[0].into(),
             api_key: api_key.map(ApiKey::new),
             max_body_size: 1024,
+            body_read_timeout: std::time::Duration::from_secs(30),
             cors_allow_origin: Vec::new(),
         },
         Metrics::new().unwrap(),

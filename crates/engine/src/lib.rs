@@ -43,6 +43,8 @@ pub mod tokenizer;
 pub mod validate;
 
 pub use constrain::{FunctionSpec, Grammar, GrammarSpec, Grammars, ToolCallGrammar};
+#[cfg(feature = "fault-injection")]
+pub use engine::Faults;
 pub use engine::{Engine, EngineConfig, EngineStats, RequestStream};
 pub use error::{Error, Result};
 pub use output::{

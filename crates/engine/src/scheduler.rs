@@ -400,6 +400,64 @@ impl<T> Scheduler<T> {
         before - self.running.len() - self.waiting.len()
     }
 
+    /// The ids of every sequence, running then waiting.
+    pub fn ids(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.running.iter().chain(&self.waiting).map(|s| s.id)
+    }
+
+    /// Checks the bookkeeping a panic part-way through a step could have
+    /// broken: running sequences in id order, each block owned exactly as
+    /// many times as the block tables list it, the free count agreeing.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.running.windows(2).all(|w| w[0].id < w[1].id) {
+            return Err("running sequences are out of order".into());
+        }
+        let mut owners = vec![0u32; self.blocks.num_blocks()];
+        for seq in self.running.iter().chain(&self.waiting) {
+            if seq.num_computed > seq.tokens.len()
+                || seq.block_table.len() < self.blocks.blocks_for(seq.num_computed)
+            {
+                return Err(format!("sequence {:?} is ahead of its blocks", seq.id));
+            }
+            for &b in &seq.block_table {
+                match owners.get_mut(b as usize) {
+                    Some(o) => *o += 1,
+                    None => return Err(format!("block {b} does not exist")),
+                }
+            }
+        }
+        if let Some(b) = (0..owners.len()).find(|&b| owners[b] != self.blocks.ref_count(b as u32)) {
+            return Err(format!(
+                "block {b} has {} owners but {} block tables list it",
+                self.blocks.ref_count(b as u32),
+                owners[b]
+            ));
+        }
+        let free = owners.iter().filter(|&&o| o == 0).count();
+        if free != self.blocks.num_free() {
+            return Err(format!(
+                "{free} blocks have no owner but {} are counted free",
+                self.blocks.num_free()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes every sequence and starts a fresh block pool, forgetting the
+    /// prefix cache: for bookkeeping [`Scheduler::check`] found broken.
+    pub fn clear(&mut self) -> Vec<Sequence<T>> {
+        let blocks = BlockManager::new(self.blocks.num_blocks(), self.blocks.block_size());
+        self.blocks = blocks;
+        let mut gone: Vec<Sequence<T>> = self.running.drain(..).collect();
+        gone.extend(self.waiting.drain(..));
+        for seq in &mut gone {
+            seq.block_table.clear();
+            seq.block_hashes.clear();
+            seq.num_computed = 0;
+        }
+        gone
+    }
+
     /// Tokens in the cache over all running sequences (shared blocks counted once
     /// per owner).
     pub fn cached_tokens(&self) -> usize {
@@ -563,6 +621,25 @@ mod tests {
         assert_eq!(s.get(id(2)).unwrap().prefix_hit(), 8);
         s.remove_where(|_| true);
         assert_eq!(s.blocks().num_free(), 20);
+    }
+
+    #[test]
+    fn check_finds_a_block_no_table_lists_and_clear_starts_afresh() {
+        let mut s = sched(8, 64, 16, 4);
+        s.add(seq(1, 10, 1));
+        s.add(seq(2, 6, 1));
+        run(&mut s);
+        assert_eq!(s.check(), Ok(()));
+        // A block taken from the pool that no sequence holds: what a panic
+        // between allocating and recording a block would leave.
+        let mut lost = Vec::new();
+        s.blocks.grow(&mut lost, 1).unwrap();
+        assert!(s.check().unwrap_err().contains("owners"));
+        let gone = s.clear();
+        assert_eq!(gone.len(), 2);
+        assert!(s.is_idle());
+        assert_eq!(s.blocks().num_used(), 0);
+        assert_eq!(s.check(), Ok(()));
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn shape() -> ChatShape {
             root: "m".into(),
             api_key: None::<ApiKey>,
             max_body_size: 1024,
+            body_read_timeout: std::time::Duration::from_secs(30),
             cors_allow_origin: Vec::new(),
         },
         Metrics::new().unwrap(),

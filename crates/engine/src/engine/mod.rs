@@ -7,8 +7,19 @@
 //! [`Event`]s. Dropping the stream cancels the request: at the next step its
 //! sequences leave the batch and their blocks return to the pool. The loop
 //! on the engine thread is in [`worker`].
+//!
+//! A step that fails (the model errs, or anything in the step panics) fails
+//! only the requests it held; the engine goes on. When it cannot go on (a
+//! panic outside a step, or [`worker::MAX_FAILED_STEPS`] steps failing in a
+//! row) it stops and [`Engine::has_failed`] says so: the server then exits,
+//! so that its supervisor restarts it.
 
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod worker;
+
+#[cfg(feature = "fault-injection")]
+pub use fault::Faults;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -79,6 +90,8 @@ pub struct EngineStats {
     pub cached_tokens_total: u64,
     pub preemptions_total: u64,
     pub steps_total: u64,
+    /// Steps that failed; their requests got an error.
+    pub failed_steps_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -95,8 +108,11 @@ struct Shared {
     preemptions_total: AtomicU64,
     cached_tokens_total: AtomicU64,
     steps_total: AtomicU64,
+    failed_steps_total: AtomicU64,
     /// Set when the engine thread has stopped.
     stopped: AtomicBool,
+    /// Set when it stopped because it could not go on (not a shutdown).
+    failed: AtomicBool,
 }
 
 struct Submission {
@@ -158,6 +174,29 @@ impl Engine {
         tokenizer: Arc<Tokenizer>,
         config: EngineConfig,
     ) -> Result<Engine> {
+        #[cfg(feature = "fault-injection")]
+        return Self::start_with_faults(model, tokenizer, config, Faults::from_env());
+        #[cfg(not(feature = "fault-injection"))]
+        Self::spawn(model, tokenizer, config)
+    }
+
+    /// [`Engine::start`] with `faults` armed (tests only).
+    #[cfg(feature = "fault-injection")]
+    pub fn start_with_faults(
+        model: DeepSeekModel,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+        faults: Faults,
+    ) -> Result<Engine> {
+        Self::spawn(model, tokenizer, config, faults)
+    }
+
+    fn spawn(
+        model: DeepSeekModel,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+        #[cfg(feature = "fault-injection")] faults: Faults,
+    ) -> Result<Engine> {
         let invalid = |msg: String| Error::Config(msg);
         if config.max_num_seqs == 0 || config.max_num_batched_tokens == 0 {
             return Err(invalid(
@@ -198,6 +237,10 @@ impl Engine {
             max_model_len,
             shared.clone(),
         );
+        #[cfg(feature = "fault-injection")]
+        {
+            worker.faults = faults;
+        }
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("ferroseek-engine".into())
@@ -240,6 +283,13 @@ impl Engine {
             && !self.inner.shared.stopped.load(Ordering::SeqCst)
     }
 
+    /// Whether the engine stopped because it could not go on: a panic
+    /// outside a step, or too many steps failing in a row. Requests it held
+    /// were answered with an error where it could; the process should exit.
+    pub fn has_failed(&self) -> bool {
+        self.inner.shared.failed.load(Ordering::SeqCst)
+    }
+
     /// Stops taking requests; those already submitted run to the end, then the
     /// engine thread exits.
     pub fn shutdown(&self) {
@@ -263,6 +313,7 @@ impl Engine {
             cached_tokens_total: s.cached_tokens_total.load(Ordering::Relaxed),
             preemptions_total: s.preemptions_total.load(Ordering::Relaxed),
             steps_total: s.steps_total.load(Ordering::Relaxed),
+            failed_steps_total: s.failed_steps_total.load(Ordering::Relaxed),
         }
     }
 
@@ -361,7 +412,10 @@ struct StopGuard(Arc<Shared>);
 impl Drop for StopGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            tracing::error!("the engine thread panicked; no more requests are taken");
+            tracing::error!(
+                "the engine thread panicked outside a step; no more requests are taken"
+            );
+            self.0.failed.store(true, Ordering::SeqCst);
         }
         self.0.stopped.store(true, Ordering::SeqCst);
         self.0.accepting.store(false, Ordering::SeqCst);

@@ -9,8 +9,12 @@
 //!
 //! Work done for one request runs in that request's span (the caller's, see
 //! [`Engine::submit`](super::Engine::submit)), so its log lines name it.
+//!
+//! A step that fails costs only its own requests ([`recovery`]).
 
-use std::collections::HashMap;
+mod recovery;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -20,14 +24,19 @@ use tokio::sync::mpsc as async_mpsc;
 
 use ferroseek_model::{Batch, DeepSeekModel, LatentCache, LogitsRows, ModelError, SeqInput};
 
+#[cfg(feature = "fault-injection")]
+use super::Faults;
 use super::{Shared, Submission};
 use crate::constrain::{Committed, SeqConstraint};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::output::{SeqText, StopOutcome};
 use crate::request::{Event, FinishReason, PromptTiming, StopConditions, TokenLogprob};
 use crate::sampling::{token_logprob, Sampler};
 use crate::scheduler::{Scheduler, SeqId, Sequence};
 use crate::tokenizer::Tokenizer;
+
+/// Steps that may fail in a row before the engine gives up.
+pub(super) const MAX_FAILED_STEPS: u32 = 3;
 
 /// What one request needs across its choices; keyed by the request number
 /// its sequences' ids carry.
@@ -144,6 +153,10 @@ pub(super) struct Worker {
     shared: Arc<Shared>,
     /// A core is free while the forward runs: masks are computed beside it.
     spare_core: bool,
+    /// Steps failed since the last good one.
+    failed_steps: u32,
+    #[cfg(feature = "fault-injection")]
+    pub(super) faults: Faults,
 }
 
 impl Worker {
@@ -168,6 +181,9 @@ impl Worker {
             tokenizer,
             max_model_len,
             shared,
+            failed_steps: 0,
+            #[cfg(feature = "fault-injection")]
+            faults: Faults::default(),
         }
     }
 
@@ -195,13 +211,17 @@ impl Worker {
             }
             self.drop_cancelled();
             if !self.sched.is_idle() {
-                self.step();
+                if let Err(last) = self.guarded_step() {
+                    return self.give_up(&rx, &last);
+                }
             }
             self.publish();
         }
     }
 
     fn accept(&mut self, s: Submission) {
+        #[cfg(feature = "fault-injection")]
+        self.faults.in_loop(&s.request.prompt);
         let key = self.next_request;
         self.next_request += 1;
         let r = s.request;
@@ -284,9 +304,12 @@ impl Worker {
     }
 
     /// One step: plan, one forward, prompt log-probabilities, sampling, and
-    /// the events of what was sampled.
-    fn step(&mut self) {
+    /// the events of what was sampled. `in_step` gets the requests in the
+    /// step as soon as they are known, for [`Worker::guarded_step`] to fail
+    /// should the step fail.
+    fn step(&mut self, in_step: &mut Option<HashSet<u64>>) -> Result<()> {
         let step = self.sched.schedule();
+        *in_step = Some(step.work.iter().map(|(id, _)| id.request).collect());
         for id in &step.preempted {
             if let Some(g) = self.groups.get(&id.request) {
                 g.span.in_scope(|| {
@@ -295,18 +318,16 @@ impl Worker {
             }
         }
         if step.work.is_empty() {
-            return;
+            return Ok(());
         }
         self.shared.steps_total.fetch_add(1, Ordering::Relaxed);
         let batch = self.build_batch(&step.work);
-        let logits = match self.forward_and_mask(&batch) {
-            Ok(l) => l,
-            Err(e) => return self.fail_step(&step.work, &e),
-        };
+        let logits = self.forward_and_mask(&batch)?;
         self.record_prompt_logprobs(&batch.items, &logits);
         let to_sample = self.advance(&batch.items);
         self.sample(&to_sample, &logits);
         self.emit_sampled(&to_sample);
+        Ok(())
     }
 
     /// The step's batch: each scheduled sequence's next tokens, and which
@@ -578,6 +599,8 @@ impl Worker {
         if append {
             seq.push_token(token);
         }
+        #[cfg(feature = "fault-injection")]
+        self.faults.in_step(&seq.tokens()[..seq.prompt_len()]);
         let group = self.groups.get_mut(&id.request).expect("group exists");
         let stop_id = (!group.stop.ignore_eos && self.eos.contains(&token))
             || group.stop.stop_token_ids.contains(&token);
@@ -645,20 +668,6 @@ impl Worker {
             self.groups.remove(&id.request);
         }
         self.sched.finish(id);
-    }
-
-    /// The forward failed: every request in the step gets the error and goes.
-    fn fail_step(&mut self, work: &[(SeqId, usize)], error: &Error) {
-        let requests: Vec<u64> = work.iter().map(|(id, _)| id.request).collect();
-        self.sched
-            .remove_where(|s| requests.contains(&s.id().request));
-        for k in requests {
-            if let Some(mut g) = self.groups.remove(&k) {
-                g.span
-                    .in_scope(|| tracing::error!("forward pass failed: {error}"));
-                g.send(Event::Error(format!("the model failed: {error}")));
-            }
-        }
     }
 }
 
