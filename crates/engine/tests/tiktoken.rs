@@ -1,0 +1,205 @@
+//! A model folder with tiktoken's `tiktoken.model` instead of
+//! `tokenizer.json` (Kimi-K2, Moonlight) encodes as the `tiktoken` package
+//! does. `scripts/make_tiktoken_fixture.py` made the rank file, a Kimi-style
+//! `tokenizer_config.json` and tiktoken's ids and decodings of a varied
+//! corpus (`tests/fixtures/tiktoken/`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+use ferroseek_engine::{Error, Tokenizer};
+use serde_json::{json, Value};
+
+fn fixture_dir() -> PathBuf {
+    common::crate_dir().join("tests/fixtures/tiktoken")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .map(|n| n as u32)
+        .collect()
+}
+
+#[test]
+fn tiktoken_model_encodes_and_decodes_like_tiktoken() -> Result<()> {
+    let expected = common::read_json("tests/fixtures/tiktoken/expected.json")?;
+    let tok = Tokenizer::from_dir(fixture_dir())?;
+    let field = |name: &str| expected[name].as_u64().map(|n| n as usize);
+    assert_eq!(Some(tok.vocab_size()), field("vocab_size"));
+    assert_eq!(
+        tok.bos_token_id().map(|id| id as usize),
+        field("bos_token_id")
+    );
+    assert_eq!(
+        tok.eos_token_ids(),
+        [field("eos_token_id").unwrap_or(0) as u32]
+    );
+    let regenerate = "(if the loader changed on purpose, rerun scripts/make_tiktoken_fixture.py)";
+    let cases = expected["cases"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no cases"))?;
+    assert!(cases.len() > 20);
+    for case in cases {
+        let text = case["text"].as_str().unwrap_or_default();
+        let want = ids(&case["ids"]);
+        assert_eq!(tok.encode(text, false)?, want, "{text:?} {regenerate}");
+        // Kimi's tokenizer adds no BOS, and the config does not ask for one.
+        assert_eq!(tok.encode(text, true)?, want, "{text:?}");
+        assert_eq!(
+            tok.decode(&want, false)?,
+            case["decoded"].as_str().unwrap_or_default(),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.decode(&want, true)?,
+            case["decoded_skip_special"].as_str().unwrap_or_default(),
+            "{text:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The ids between named special tokens are reserved tokens, as transformers
+/// and Kimi's own tokenizer name them, so every id up to `[PAD]` has a token.
+#[test]
+fn gaps_between_special_tokens_are_reserved_tokens() -> Result<()> {
+    let expected = common::read_json("tests/fixtures/tiktoken/expected.json")?;
+    let ranks = expected["ranks"].as_u64().unwrap_or(0) as u32;
+    let tok = Tokenizer::from_dir(fixture_dir())?;
+    assert_eq!(tok.token_to_id("<|im_end|>"), Some(ranks + 2));
+    let reserved = format!("<|reserved_token_{}|>", ranks + 5);
+    assert_eq!(tok.token_to_id(&reserved), Some(ranks + 5));
+    assert_eq!(tok.token_to_id("[PAD]"), Some(ranks + 255));
+    assert_eq!(
+        tok.id_to_token(ranks + 17).as_deref(),
+        Some("<|im_middle|>")
+    );
+    assert_eq!(tok.encode(&reserved, false)?, [ranks + 5]);
+    Ok(())
+}
+
+/// A model folder made of some of the fixture's files and `extra`.
+struct Folder(PathBuf);
+
+impl Folder {
+    fn new(name: &str, copy: &[&str], extra: &[(&str, String)]) -> Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("ferroseek-tiktoken-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        for file in copy {
+            std::fs::copy(fixture_dir().join(file), dir.join(file))?;
+        }
+        for (file, text) in extra {
+            std::fs::write(dir.join(file), text)?;
+        }
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn tokenizer_json_wins_over_tiktoken_model() -> Result<()> {
+    let tiny = common::repo_dir().join("models/tiny-deepseek-v3/tokenizer.json");
+    let folder = Folder::new(
+        "both",
+        &["tiktoken.model"],
+        &[("tokenizer.json", std::fs::read_to_string(tiny)?)],
+    )?;
+    let with_json = Tokenizer::from_dir(folder.path())?;
+    let tiny = Tokenizer::from_dir(common::repo_dir().join("models/tiny-deepseek-v3"))?;
+    assert_eq!(with_json.vocab_size(), tiny.vocab_size());
+    assert_eq!(
+        with_json.encode("中文English混合", false)?,
+        tiny.encode("中文English混合", false)?
+    );
+    Ok(())
+}
+
+#[test]
+fn a_folder_without_tokenizer_files_names_both() -> Result<()> {
+    let folder = Folder::new("neither", &["tokenizer_config.json"], &[])?;
+    let err = Tokenizer::from_dir(folder.path()).unwrap_err();
+    assert!(matches!(err, Error::NoTokenizer), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("tiktoken.model"),
+        "{msg}"
+    );
+    Ok(())
+}
+
+fn load_error(name: &str, rank_file: &str, config: Value) -> Result<String> {
+    let folder = Folder::new(
+        name,
+        &[],
+        &[
+            ("tiktoken.model", rank_file.to_owned()),
+            ("tokenizer_config.json", config.to_string()),
+        ],
+    )?;
+    match Tokenizer::from_dir(folder.path()) {
+        Ok(_) => Err(anyhow!("{name}: loaded although invalid")),
+        Err(e) => Ok(e.to_string()),
+    }
+}
+
+#[test]
+fn invalid_rank_files_and_added_tokens_say_what_is_wrong() -> Result<()> {
+    // "a" 0, "b" 1, "ab" 2.
+    let ranks = "YQ== 0\nYg== 1\nYWI= 2\n";
+    let special = |id: u32| json!({"added_tokens_decoder": {id.to_string(): {"content": "<|x|>", "special": true}}});
+    let msg = load_error("collide", ranks, special(2))?;
+    assert!(msg.contains("<|x|>") && msg.contains("id 2"), "{msg}");
+    let msg = load_error("gap", "YQ== 0\nYWI= 2\n", special(3))?;
+    assert!(
+        msg.contains("tiktoken.model") && msg.contains("rank 1"),
+        "{msg}"
+    );
+    let msg = load_error("base64", "YQ== 0\n!!!! 1\n", special(2))?;
+    assert!(msg.contains("line 2") && msg.contains("base64"), "{msg}");
+    let msg = load_error(
+        "key",
+        ranks,
+        json!({"added_tokens_decoder": {"x": {"content": "a"}}}),
+    )?;
+    assert!(msg.contains("`added_tokens_decoder.x`"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn a_small_rank_file_merges_by_rank_and_places_added_tokens() -> Result<()> {
+    // "a" 0, "b" 1, "ab" 2; `<|x|>` at 5, so 3 and 4 are reserved.
+    let folder = Folder::new(
+        "small",
+        &[],
+        &[
+            ("tiktoken.model", "YQ== 0\nYg== 1\nYWI= 2\n".to_owned()),
+            (
+                "tokenizer_config.json",
+                json!({"added_tokens_decoder": {"5": {"content": "<|x|>", "special": true}}, "eos_token": "<|x|>"})
+                    .to_string(),
+            ),
+        ],
+    )?;
+    let tok = Tokenizer::from_dir(folder.path())?;
+    assert_eq!(tok.encode("abab<|x|>ba", false)?, [2, 2, 5, 1, 0]);
+    assert_eq!(tok.eos_token_ids(), [5]);
+    assert_eq!(tok.vocab_size(), 6);
+    assert_eq!(tok.token_to_id("<|reserved_token_3|>"), Some(3));
+    assert_eq!(tok.decode(&[2, 5, 1], true)?, "abb");
+    Ok(())
+}
