@@ -84,11 +84,8 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
     let started = Instant::now();
     let files = resolve(args)?;
     let tokenizer = Tokenizer::from_files(&TokenizerFiles {
-        tokenizer_json: files.tokenizer.clone(),
-        tiktoken_model: files.tiktoken.clone(),
-        tokenizer_config: files.tokenizer_config.clone(),
-        generation_config: files.generation_config.clone(),
         chat_template: chat_template_file(args, &files)?,
+        ..TokenizerFiles::from(&files)
     })
     .context("cannot load the tokenizer")?;
     if tokenizer.chat_template().is_none() {

@@ -46,6 +46,19 @@ impl TokenizerFiles {
     }
 }
 
+impl From<&ferroseek_model::ModelFiles> for TokenizerFiles {
+    /// The tokenizer's files among a checkpoint's (a folder or a hub snapshot).
+    fn from(files: &ferroseek_model::ModelFiles) -> Self {
+        Self {
+            tokenizer_json: files.tokenizer.clone(),
+            tiktoken_model: files.tiktoken.clone(),
+            tokenizer_config: files.tokenizer_config.clone(),
+            generation_config: files.generation_config.clone(),
+            chat_template: files.chat_template.clone(),
+        }
+    }
+}
+
 /// Encoding, decoding, special tokens and the chat template of one model.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,

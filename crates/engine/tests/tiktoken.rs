@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use ferroseek_engine::{Error, Tokenizer};
+use ferroseek_engine::{ChatInput, ChatMessage, Error, Role, Tokenizer, TokenizerFiles};
 use serde_json::{json, Value};
 
 fn fixture_dir() -> PathBuf {
@@ -201,5 +201,99 @@ fn a_small_rank_file_merges_by_rank_and_places_added_tokens() -> Result<()> {
     assert_eq!(tok.vocab_size(), 6);
     assert_eq!(tok.token_to_id("<|reserved_token_3|>"), Some(3));
     assert_eq!(tok.decode(&[2, 5, 1], true)?, "abb");
+    Ok(())
+}
+
+/// A Kimi-style repository in the hub cache (offline): the rank file and
+/// `chat_template.jinja` are among the files found, and the tokenizer built
+/// from them encodes as tiktoken does and renders the file's template.
+#[test]
+fn a_hub_snapshot_with_a_rank_file_and_a_template_file_loads() -> Result<()> {
+    const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+    let cache = Folder::new("hub", &[], &[])?;
+    let repo = cache.path().join("models--moonshot-test--kimi-tiny");
+    let snapshot = repo.join("snapshots").join(COMMIT);
+    std::fs::create_dir_all(&snapshot)?;
+    std::fs::create_dir_all(repo.join("refs"))?;
+    std::fs::write(repo.join("refs/main"), COMMIT)?;
+    let tiny = common::repo_dir().join("models/tiny-deepseek-v3");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny.join(file), snapshot.join(file))?;
+    }
+    for file in ["tiktoken.model", "tokenizer_config.json"] {
+        std::fs::copy(fixture_dir().join(file), snapshot.join(file))?;
+    }
+    let template =
+        "{% for m in messages %}<|im_{{ m.role }}|>{{ m.content }}<|im_end|>{% endfor %}";
+    std::fs::write(snapshot.join("chat_template.jinja"), template)?;
+
+    let hub = ferroseek_model::HubOptions {
+        cache_dir: cache.path().to_owned(),
+        offline: true,
+        revision: "main".into(),
+    };
+    let files = ferroseek_model::resolve_model("moonshot-test/kimi-tiny", &hub)?;
+    assert_eq!(files.tiktoken, Some(snapshot.join("tiktoken.model")));
+    assert_eq!(
+        files.chat_template,
+        Some(snapshot.join("chat_template.jinja"))
+    );
+    let tok = Tokenizer::from_files(&TokenizerFiles::from(&files))?;
+
+    let expected = common::read_json("tests/fixtures/tiktoken/expected.json")?;
+    let case = expected["cases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|case| {
+            case["text"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("中文English")
+        })
+        .ok_or_else(|| anyhow!("no mixed Han/Latin case"))?;
+    let text = case["text"].as_str().unwrap_or_default();
+    assert_eq!(tok.encode(text, false)?, ids(&case["ids"]), "{text:?}");
+    let messages = [ChatMessage::new(Role::User, "中文English")];
+    let prompt = tok.encode_chat(&ChatInput::new(&messages))?;
+    let im_user = tok.token_to_id("<|im_user|>");
+    let im_end = tok.token_to_id("<|im_end|>");
+    assert_eq!(prompt.first().copied(), im_user);
+    assert_eq!(prompt.last().copied(), im_end);
+    assert_eq!(
+        tok.decode(&prompt, false)?,
+        "<|im_user|>中文English<|im_end|>"
+    );
+    Ok(())
+}
+
+/// Without a `chat_template` in `tokenizer_config.json` (Kimi's configs have
+/// none), `chat_template.jinja` beside it is the template.
+#[test]
+fn chat_template_jinja_is_read_when_the_config_has_no_template() -> Result<()> {
+    let folder = Folder::new(
+        "template-file",
+        &["tiktoken.model", "tokenizer_config.json"],
+        &[(
+            "chat_template.jinja",
+            "{{ bos_token }}{{ messages[0].content }}".into(),
+        )],
+    )?;
+    let tok = Tokenizer::from_dir(folder.path())?;
+    let messages = [ChatMessage::new(Role::User, "hi")];
+    assert_eq!(
+        tok.apply_chat_template(&ChatInput::new(&messages))?,
+        "[BOS]hi"
+    );
+    let without = Folder::new(
+        "no-template",
+        &["tiktoken.model", "tokenizer_config.json"],
+        &[],
+    )?;
+    let tok = Tokenizer::from_dir(without.path())?;
+    assert!(matches!(
+        tok.apply_chat_template(&ChatInput::new(&messages)),
+        Err(Error::NoChatTemplate(_))
+    ));
     Ok(())
 }
