@@ -9,7 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
-use ferroseek_engine::{ChatInput, ChatMessage, Error, Role, Tokenizer, TokenizerFiles};
+use ferroseek_engine::{
+    ChatInput, ChatMessage, Error, Role, TokenTable, Tokenizer, TokenizerFiles,
+};
 use serde_json::{json, Value};
 
 fn fixture_dir() -> PathBuf {
@@ -295,5 +297,26 @@ fn chat_template_jinja_is_read_when_the_config_has_no_template() -> Result<()> {
         tok.apply_chat_template(&ChatInput::new(&messages)),
         Err(Error::NoChatTemplate(_))
     ));
+    Ok(())
+}
+
+/// Logprobs and the grammar engine's token trie read each id's bytes from
+/// the `TokenTable`: for a rank file they are the token's raw bytes, so the
+/// ids of every text spell the text, and Kimi's tokens are special.
+#[test]
+fn token_table_gives_each_rank_its_bytes() -> Result<()> {
+    let expected = common::read_json("tests/fixtures/tiktoken/expected.json")?;
+    let tok = Tokenizer::from_dir(fixture_dir())?;
+    let table = TokenTable::new(&tok, tok.vocab_size());
+    for case in expected["cases"].as_array().into_iter().flatten() {
+        let text = case["text"].as_str().unwrap_or_default();
+        let spelled: Vec<u8> = ids(&case["ids"])
+            .into_iter()
+            .flat_map(|id| table.bytes(id).to_vec())
+            .collect();
+        assert_eq!(String::from_utf8_lossy(&spelled), text);
+    }
+    let im_end = tok.token_to_id("<|im_end|>").unwrap_or(0);
+    assert!(table.is_special(im_end) && table.is_added(im_end));
     Ok(())
 }
