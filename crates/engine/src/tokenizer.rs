@@ -96,6 +96,16 @@ impl Tokenizer {
                     Some((config_path, config)) => added_tokens(config_path, config)?,
                     None => Vec::new(),
                 };
+                if let Some(class) = config.as_ref().and_then(|(_, c)| remote_tokenizer(c)) {
+                    if !class.starts_with("tokenization_kimi.")
+                        && !class.starts_with("tokenization_moonshot.")
+                    {
+                        tracing::warn!(
+                            class,
+                            "tiktoken.model is split with Kimi's pattern, but the model's own tokenizer is another; its ids may differ"
+                        );
+                    }
+                }
                 tiktoken::load(path, &added)?
             }
             (None, None) => return Err(Error::NoTokenizer),
@@ -356,6 +366,14 @@ fn special_token(path: &Path, config: &Json, field: &str) -> Result<Option<Strin
             path,
             format!("`{field}` must be a string or an object with `content`, got {other}"),
         )),
+    }
+}
+
+/// The tokenizer class the config's `auto_map` names (`tokenization_kimi.TikTokenTokenizer`).
+fn remote_tokenizer(config: &Json) -> Option<&str> {
+    match config.get("auto_map")?.get("AutoTokenizer")? {
+        Json::Array(classes) => classes.iter().find_map(Json::as_str),
+        other => other.as_str(),
     }
 }
 
