@@ -91,23 +91,7 @@ impl Tokenizer {
                 tokenizers::Tokenizer::from_bytes(&bytes)
                     .map_err(|e| invalid(path, e.to_string()))?
             }
-            (None, Some(path)) => {
-                let added = match &config {
-                    Some((config_path, config)) => added_tokens(config_path, config)?,
-                    None => Vec::new(),
-                };
-                if let Some(class) = config.as_ref().and_then(|(_, c)| remote_tokenizer(c)) {
-                    if !class.starts_with("tokenization_kimi.")
-                        && !class.starts_with("tokenization_moonshot.")
-                    {
-                        tracing::warn!(
-                            class,
-                            "tiktoken.model is split with Kimi's pattern, but the model's own tokenizer is another; its ids may differ"
-                        );
-                    }
-                }
-                tiktoken::load(path, &added)?
-            }
+            (None, Some(path)) => tiktoken::load(path, config.as_ref().map(|(p, c)| (*p, c)))?,
             (None, None) => return Err(Error::NoTokenizer),
         };
         let generation = match &files.generation_config {
@@ -367,57 +351,6 @@ fn special_token(path: &Path, config: &Json, field: &str) -> Result<Option<Strin
             format!("`{field}` must be a string or an object with `content`, got {other}"),
         )),
     }
-}
-
-/// The tokenizer class the config's `auto_map` names (`tokenization_kimi.TikTokenTokenizer`).
-fn remote_tokenizer(config: &Json) -> Option<&str> {
-    match config.get("auto_map")?.get("AutoTokenizer")? {
-        Json::Array(classes) => classes.iter().find_map(Json::as_str),
-        other => other.as_str(),
-    }
-}
-
-/// `added_tokens_decoder`: `{"163584": {"content": "[BOS]", "special": true, ...}}`.
-fn added_tokens(path: &Path, config: &Json) -> Result<Vec<tiktoken::AddedEntry>> {
-    let decoder = match config.get("added_tokens_decoder") {
-        None | Some(Json::Null) => return Ok(Vec::new()),
-        Some(Json::Object(decoder)) => decoder,
-        Some(other) => {
-            return Err(invalid(
-                path,
-                format!("`added_tokens_decoder` must be an object, got {other}"),
-            ))
-        }
-    };
-    let mut added = Vec::with_capacity(decoder.len());
-    for (id, entry) in decoder {
-        let field = format!("added_tokens_decoder.{id}");
-        let id: u32 = id
-            .parse()
-            .map_err(|_| invalid(path, format!("`{field}`: the key must be a token id")))?;
-        let content = entry
-            .get("content")
-            .and_then(Json::as_str)
-            .ok_or_else(|| invalid(path, format!("`{field}` has no string `content`")))?;
-        let flag = |name: &str, default: bool| -> Result<bool> {
-            match entry.get(name) {
-                None | Some(Json::Null) => Ok(default),
-                Some(Json::Bool(b)) => Ok(*b),
-                Some(other) => Err(invalid(
-                    path,
-                    format!("`{field}.{name}` must be a bool, got {other}"),
-                )),
-            }
-        };
-        // transformers' `AddedToken` defaults; `normalized` does not matter without a normalizer.
-        let token = tokenizers::AddedToken::from(content, flag("special", false)?)
-            .single_word(flag("single_word", false)?)
-            .lstrip(flag("lstrip", false)?)
-            .rstrip(flag("rstrip", false)?)
-            .normalized(false);
-        added.push(tiktoken::AddedEntry { id, token });
-    }
-    Ok(added)
 }
 
 /// `chat_template` as a string, or as `[{"name": ..., "template": ...}]`.

@@ -18,6 +18,9 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
+use serde_json::Value as Json;
+
+use super::invalid;
 use crate::error::{Error, Result};
 
 /// The pre-tokenizing regex of Kimi-K2 and Moonlight (`pat_str` in their
@@ -39,35 +42,43 @@ pub const KIMI_PATTERN: &str = concat!(
 
 /// An entry of `added_tokens_decoder`: its id and how it matches.
 #[derive(Debug, Clone)]
-pub(super) struct AddedEntry {
-    pub id: u32,
-    pub token: AddedToken,
+struct AddedEntry {
+    id: u32,
+    token: AddedToken,
 }
 
-/// Builds the tokenizer of the rank file at `path` with `added` at their ids.
-pub(super) fn load(path: &Path, added: &[AddedEntry]) -> Result<tokenizers::Tokenizer> {
+/// Builds the tokenizer of the rank file at `path` with the added tokens
+/// of `config` (`tokenizer_config.json`, its path and content) at their ids.
+pub(super) fn load(path: &Path, config: Option<(&Path, &Json)>) -> Result<tokenizers::Tokenizer> {
+    let added = match config {
+        Some((config_path, config)) => {
+            warn_unless_kimi(config);
+            added_tokens(config_path, config)?
+        }
+        None => Vec::new(),
+    };
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
     })?;
-    let invalid = |reason: String| Error::InvalidFile {
+    let bad = |reason: String| Error::InvalidFile {
         path: path.to_owned(),
         reason,
     };
-    let tokens = read_ranks(&text).map_err(invalid)?;
+    let tokens = read_ranks(&text).map_err(bad)?;
     let (vocab, merges) = vocab_and_merges(&tokens);
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .fuse_unk(false)
         .ignore_merges(true)
         .build()
-        .map_err(|e| invalid(format!("cannot build the BPE: {e}")))?;
+        .map_err(|e| bad(format!("cannot build the BPE: {e}")))?;
     let split = Split::new(
         SplitPattern::Regex(KIMI_PATTERN.to_owned()),
         SplitDelimiterBehavior::Isolated,
         false,
     )
-    .map_err(|e| invalid(format!("the split pattern does not compile: {e}")))?;
+    .map_err(|e| bad(format!("the split pattern does not compile: {e}")))?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
         split.into(),
@@ -75,8 +86,72 @@ pub(super) fn load(path: &Path, added: &[AddedEntry]) -> Result<tokenizers::Toke
     ])));
     tokenizer.with_decoder(Some(ByteLevel::default()));
     tokenizer.with_post_processor(Some(ByteLevel::default().trim_offsets(false)));
-    add_special_tokens(&mut tokenizer, tokens.len(), added).map_err(invalid)?;
+    add_special_tokens(&mut tokenizer, tokens.len(), &added).map_err(bad)?;
     Ok(tokenizer)
+}
+
+/// The pattern is Kimi's: say so when the config's `auto_map` names another tokenizer.
+fn warn_unless_kimi(config: &Json) {
+    if let Some(class) = remote_tokenizer(config) {
+        if !class.starts_with("tokenization_kimi.") && !class.starts_with("tokenization_moonshot.")
+        {
+            tracing::warn!(
+                class,
+                "tiktoken.model is split with Kimi's pattern, but the model's own tokenizer is another; its ids may differ"
+            );
+        }
+    }
+}
+
+/// The tokenizer class the config's `auto_map` names (`tokenization_kimi.TikTokenTokenizer`).
+fn remote_tokenizer(config: &Json) -> Option<&str> {
+    match config.get("auto_map")?.get("AutoTokenizer")? {
+        Json::Array(classes) => classes.iter().find_map(Json::as_str),
+        other => other.as_str(),
+    }
+}
+
+/// `added_tokens_decoder`: `{"163584": {"content": "[BOS]", "special": true, ...}}`.
+fn added_tokens(path: &Path, config: &Json) -> Result<Vec<AddedEntry>> {
+    let decoder = match config.get("added_tokens_decoder") {
+        None | Some(Json::Null) => return Ok(Vec::new()),
+        Some(Json::Object(decoder)) => decoder,
+        Some(other) => {
+            return Err(invalid(
+                path,
+                format!("`added_tokens_decoder` must be an object, got {other}"),
+            ))
+        }
+    };
+    let mut added = Vec::with_capacity(decoder.len());
+    for (id, entry) in decoder {
+        let field = format!("added_tokens_decoder.{id}");
+        let id: u32 = id
+            .parse()
+            .map_err(|_| invalid(path, format!("`{field}`: the key must be a token id")))?;
+        let content = entry
+            .get("content")
+            .and_then(Json::as_str)
+            .ok_or_else(|| invalid(path, format!("`{field}` has no string `content`")))?;
+        let flag = |name: &str, default: bool| -> Result<bool> {
+            match entry.get(name) {
+                None | Some(Json::Null) => Ok(default),
+                Some(Json::Bool(b)) => Ok(*b),
+                Some(other) => Err(invalid(
+                    path,
+                    format!("`{field}.{name}` must be a bool, got {other}"),
+                )),
+            }
+        };
+        // transformers' `AddedToken` defaults; `normalized` does not matter without a normalizer.
+        let token = AddedToken::from(content, flag("special", false)?)
+            .single_word(flag("single_word", false)?)
+            .lstrip(flag("lstrip", false)?)
+            .rstrip(flag("rstrip", false)?)
+            .normalized(false);
+        added.push(AddedEntry { id, token });
+    }
+    Ok(added)
 }
 
 /// The tokens of a rank file in rank order: each non-empty line is
