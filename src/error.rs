@@ -221,6 +221,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Io { .. }
             | EngineError::InvalidFile { .. }
+            | EngineError::NoTokenizer
             | EngineError::Tokenizer { .. }
             | EngineError::Config(_)
             | EngineError::KvCache(_)

@@ -83,15 +83,9 @@ fn total_size(paths: &[PathBuf]) -> u64 {
 pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
     let started = Instant::now();
     let files = resolve(args)?;
-    let tokenizer_json = files
-        .tokenizer
-        .clone()
-        .context("the model has no tokenizer.json")?;
     let tokenizer = Tokenizer::from_files(&TokenizerFiles {
-        tokenizer_json,
-        tokenizer_config: files.tokenizer_config.clone(),
-        generation_config: files.generation_config.clone(),
         chat_template: chat_template_file(args, &files)?,
+        ..TokenizerFiles::from(&files)
     })
     .context("cannot load the tokenizer")?;
     if tokenizer.chat_template().is_none() {

@@ -27,6 +27,10 @@ pub enum Error {
     #[error("invalid `{}`: {reason}", path.display())]
     InvalidFile { path: PathBuf, reason: String },
 
+    /// The model folder has no tokenizer file the engine can read.
+    #[error("the model has neither `tokenizer.json` nor `tiktoken.model`")]
+    NoTokenizer,
+
     /// The `tokenizers` crate failed to encode or decode.
     #[error("tokenizer failed to {action}: {source}")]
     Tokenizer {

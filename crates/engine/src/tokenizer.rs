@@ -1,9 +1,15 @@
 //! A model's tokenizer, assembled from the files of a Hugging Face model
-//! folder: `tokenizer.json` (the `tokenizers` crate does the encoding),
-//! `tokenizer_config.json` (special tokens, `add_bos_token`, the chat
-//! template), `chat_template.jinja` (newer checkpoints keep the template
+//! folder: `tokenizer.json` (the `tokenizers` crate does the encoding), or
+//! else tiktoken's `tiktoken.model` (Kimi-K2, Moonlight; built into the
+//! same kind of tokenizer by `tiktoken.rs`), `tokenizer_config.json`
+//! (special tokens, `add_bos_token`, the chat template, the added tokens of
+//! a rank file), `chat_template.jinja` (newer checkpoints keep the template
 //! there; it wins over the config's) and `generation_config.json` (the
 //! end-of-sequence ids generation stops at).
+
+mod tiktoken;
+
+pub use tiktoken::KIMI_PATTERN;
 
 use std::path::{Path, PathBuf};
 
@@ -12,10 +18,14 @@ use serde_json::Value as Json;
 use crate::error::{Error, Result};
 use crate::template::{ChatInput, ChatTemplate, SpecialTokens, TemplateSource};
 
-/// Where the tokenizer's files are. Only `tokenizer_json` is required.
+/// Where the tokenizer's files are. One of `tokenizer_json` and
+/// `tiktoken_model` is required; `tokenizer.json` wins when both are there,
+/// as in transformers, whose fast tokenizer reads it first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizerFiles {
-    pub tokenizer_json: PathBuf,
+    pub tokenizer_json: Option<PathBuf>,
+    /// tiktoken's rank file, whose added tokens `tokenizer_config.json` lists.
+    pub tiktoken_model: Option<PathBuf>,
     pub tokenizer_config: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
     pub chat_template: Option<PathBuf>,
@@ -27,10 +37,24 @@ impl TokenizerFiles {
         let dir = dir.as_ref();
         let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
         Self {
-            tokenizer_json: dir.join("tokenizer.json"),
+            tokenizer_json: optional("tokenizer.json"),
+            tiktoken_model: optional("tiktoken.model"),
             tokenizer_config: optional("tokenizer_config.json"),
             generation_config: optional("generation_config.json"),
             chat_template: optional("chat_template.jinja"),
+        }
+    }
+}
+
+impl From<&ferroseek_model::ModelFiles> for TokenizerFiles {
+    /// The tokenizer's files among a checkpoint's (a folder or a hub snapshot).
+    fn from(files: &ferroseek_model::ModelFiles) -> Self {
+        Self {
+            tokenizer_json: files.tokenizer.clone(),
+            tiktoken_model: files.tiktoken.clone(),
+            tokenizer_config: files.tokenizer_config.clone(),
+            generation_config: files.generation_config.clone(),
+            chat_template: files.chat_template.clone(),
         }
     }
 }
@@ -54,16 +78,21 @@ impl Tokenizer {
 
     /// Load the tokenizer from explicitly named files.
     pub fn from_files(files: &TokenizerFiles) -> Result<Self> {
-        let path = &files.tokenizer_json;
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let inner =
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| invalid(path, e.to_string()))?;
         let config = match &files.tokenizer_config {
             Some(path) => Some((path.as_path(), read_json(path)?)),
             None => None,
+        };
+        let inner = match (&files.tokenizer_json, &files.tiktoken_model) {
+            (Some(path), _) => {
+                let bytes = std::fs::read(path).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                tokenizers::Tokenizer::from_bytes(&bytes)
+                    .map_err(|e| invalid(path, e.to_string()))?
+            }
+            (None, Some(path)) => tiktoken::load(path, config.as_ref().map(|(p, c)| (*p, c)))?,
+            (None, None) => return Err(Error::NoTokenizer),
         };
         let generation = match &files.generation_config {
             Some(path) => Some((path.as_path(), read_json(path)?)),
@@ -98,6 +127,10 @@ impl Tokenizer {
             };
             template_source = chat_template_source(path, config)?;
         }
+        // The file wins over the config's `chat_template`, as in transformers
+        // (`PreTrainedTokenizerBase._from_pretrained`, 5.x: "independent chat
+        // template file(s) ... take priority over template entries in the
+        // tokenizer config").
         if let Some(path) = chat_template_file {
             let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
                 path: path.to_owned(),

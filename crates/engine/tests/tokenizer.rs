@@ -283,7 +283,7 @@ fn invalid_configs_say_which_file_and_field() -> Result<()> {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
-        msg.contains("tokenizer.json") && msg.contains("cannot read"),
+        msg.contains("tokenizer.json") && msg.contains("tiktoken.model"),
         "{msg}"
     );
     Ok(())

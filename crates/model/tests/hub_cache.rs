@@ -62,6 +62,23 @@ fn a_chat_template_file_in_the_snapshot_is_found() {
     std::fs::remove_dir_all(cache).unwrap();
 }
 
+/// Kimi-K2 and Moonlight ship `tiktoken.model` instead of `tokenizer.json`;
+/// the rank file is looked for only when there is no `tokenizer.json`.
+#[test]
+fn a_tiktoken_model_in_the_snapshot_is_found_without_tokenizer_json() {
+    let cache = fake_cache("tiktoken");
+    let snapshot = cache.join("models--test-org--tiny/snapshots").join(COMMIT);
+    std::fs::write(snapshot.join("tiktoken.model"), "YQ== 0\n").unwrap();
+    let files = resolve_model("test-org/tiny", &offline(cache.clone(), "main")).unwrap();
+    assert_eq!(files.tiktoken, Some(snapshot.join("tiktoken.model")));
+    assert_eq!(files.tokenizer, None);
+    std::fs::write(snapshot.join("tokenizer.json"), "{}").unwrap();
+    let files = resolve_model("test-org/tiny", &offline(cache.clone(), "main")).unwrap();
+    assert_eq!(files.tokenizer, Some(snapshot.join("tokenizer.json")));
+    assert_eq!(files.tiktoken, None);
+    std::fs::remove_dir_all(cache).unwrap();
+}
+
 #[test]
 fn offline_miss_names_the_model_and_the_file() {
     let cache = fake_cache("miss");

@@ -1,6 +1,7 @@
 //! The files of a checkpoint: `config.json`, the weights (one
 //! `model.safetensors`, or the shards an index names) and the tokenizer's
-//! files, found in a folder or a hub repository.
+//! files (`tokenizer.json` or `tiktoken.model`, the configs, the chat
+//! template), found in a folder or a hub repository.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,9 @@ pub struct ModelFiles {
     pub config: PathBuf,
     pub weights: Vec<PathBuf>,
     pub tokenizer: Option<PathBuf>,
+    /// `tiktoken.model`: the rank file Kimi-K2 and Moonlight ship instead
+    /// of `tokenizer.json` (looked for only when there is no `tokenizer.json`).
+    pub tiktoken: Option<PathBuf>,
     pub tokenizer_config: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
     /// `chat_template.jinja`: where newer repositories keep the chat
@@ -74,10 +78,17 @@ fn collect_files(source: &dyn FileSource) -> Result<ModelFiles> {
         let single = source.fetch(SINGLE_FILE)?;
         vec![single.ok_or_else(|| missing("model.safetensors or model.safetensors.index.json"))?]
     };
+    let tokenizer = source.fetch("tokenizer.json")?;
+    // The rank file only matters without `tokenizer.json`, which wins over it.
+    let tiktoken = match tokenizer {
+        Some(_) => None,
+        None => source.fetch("tiktoken.model")?,
+    };
     Ok(ModelFiles {
         config,
         weights,
-        tokenizer: source.fetch("tokenizer.json")?,
+        tokenizer,
+        tiktoken,
         tokenizer_config: source.fetch("tokenizer_config.json")?,
         generation_config: source.fetch("generation_config.json")?,
         chat_template: source.fetch("chat_template.jinja")?,
