@@ -4,6 +4,7 @@
 //! points it at a venv with `openai`, `jsonschema` and `langchain-openai`).
 //! Without it, or without a script's packages, a test reports itself
 //! skipped, unless `FERROSEEK_REQUIRE_PYTHON_CLIENT=1`, where it fails.
+//! The same Python runs `schemathesis` against `/openapi.json`.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::process::Command;
 use common::Server;
 
 const VENV: &str = "python3 -m venv .venv && .venv/bin/pip install 'openai>=1.51,<4' \
-                    jsonschema 'langchain-openai>=0.3,<2'";
+                    jsonschema 'langchain-openai>=0.3,<2' 'schemathesis>=4,<5'";
 
 /// The Python to run with, if it can import `modules`; `None` means skip.
 fn python_with(modules: &str) -> Option<String> {
@@ -94,4 +95,48 @@ fn langchain_chat_openai_binds_tools_and_structures_output() {
             "all langchain client checks passed",
         );
     }
+}
+
+/// `schemathesis` generates requests from `/openapi.json` for every route
+/// (bounded in examples, fixed seed) and checks that none is answered with
+/// a 5xx, and that every response — status, content type, headers and body,
+/// errors included — is one the schema publishes.
+#[test]
+fn openapi_schema_is_true_to_every_response() {
+    let Some(python) = python_with("schemathesis") else {
+        return;
+    };
+    let server = Server::start(&["--max-num-seqs", "4"]);
+    let scratch =
+        std::env::temp_dir().join(format!("ferroseek-schemathesis-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let cli = "import sys; from schemathesis.cli import schemathesis; \
+               sys.argv[0] = 'schemathesis'; sys.exit(schemathesis())";
+    let out = Command::new(&python)
+        .current_dir(&scratch)
+        .args(["-c", cli, "run", &server.url("/openapi.json")])
+        .args([
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--max-response-time",
+            "30",
+        ])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_schema_conformance,response_headers_conformance",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{stdout}\n{stderr}\nserver logs:\n{}",
+        server.logs()
+    );
+    assert!(stdout.contains("passed"), "{stdout}");
 }

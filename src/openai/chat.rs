@@ -16,6 +16,7 @@ use super::common::{SamplingRequest, Usage};
 pub struct ChatCompletionRequest {
     /// The served model name; may be left out when the server serves one model.
     pub model: Option<String>,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessageIn>,
     /// How to sample, when to stop, how to stream. `max_tokens` is
     /// deprecated by OpenAI in favour of `max_completion_tokens`, which wins
@@ -26,6 +27,7 @@ pub struct ChatCompletionRequest {
     /// Return the log-probability of each generated token.
     pub logprobs: Option<bool>,
     /// Alternatives per token, 0..=20; needs `logprobs: true`.
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
     /// Function tools, `{"type": "function", "function": {"name", "description",
     /// "parameters", "strict"}}`; passed to the chat template as given.

@@ -21,18 +21,23 @@ pub struct SamplingRequest {
     /// returns only the prompt and its log-probabilities).
     pub max_tokens: Option<i64>,
     /// [0, 2]; 0 is greedy. Default 1.
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f64>,
     /// (0, 1]. Default 1.
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f64>,
     /// Choices to generate (per prompt). Default 1.
+    #[schema(minimum = 1)]
     pub n: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     /// Up to 16 strings that end a choice (not included in the output).
     pub stop: Option<StopField>,
     /// [-2, 2].
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub presence_penalty: Option<f64>,
     /// [-2, 2].
+    #[schema(minimum = -2.0, maximum = 2.0)]
     pub frequency_penalty: Option<f64>,
     /// Token id (as a string) to a bias in [-100, 100] added to its logit.
     pub logit_bias: Option<BTreeMap<String, f64>>,
@@ -43,6 +48,7 @@ pub struct SamplingRequest {
     /// Keep only the `top_k` most likely tokens (vLLM extension; -1 or 0 = all).
     pub top_k: Option<i64>,
     /// Drop tokens less likely than `min_p` times the most likely, [0, 1] (vLLM extension).
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub min_p: Option<f64>,
     /// (0, 10]; > 1 discourages repeating prompt or output tokens (vLLM extension).
     pub repetition_penalty: Option<f64>,

@@ -58,7 +58,10 @@ fn cards(state: &AppState) -> Result<Vec<ModelCard>, ApiError> {
 #[utoipa::path(
     get,
     path = "/v1/models",
-    responses((status = 200, description = "The served models", body = ModelList))
+    responses(
+        (status = 200, description = "The served models", body = ModelList),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
+    )
 )]
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
     Ok(Json(ModelList {
@@ -73,6 +76,7 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList
     params(("id" = String, Path, description = "A served model name; it may contain `/` and start with one (`/models/x`, sent as `/v1/models//models/x` or `%2F`-encoded)")),
     responses(
         (status = 200, description = "The model", body = ModelCard),
+        (status = 401, description = "Missing or wrong API key", body = crate::error::ErrorResponse),
         (status = 404, description = "Not served here", body = crate::error::ErrorResponse),
     )
 )]
@@ -100,7 +104,7 @@ pub async fn get_model(
     request_body = TokenizeRequest,
     responses(
         (status = 200, description = "The token ids", body = TokenizeResponse),
-        (status = 400, description = "Invalid request", body = crate::error::ErrorResponse),
+        crate::routes::TokenizerErrors,
     )
 )]
 pub async fn tokenize(
@@ -152,7 +156,7 @@ pub async fn tokenize(
     request_body = DetokenizeRequest,
     responses(
         (status = 200, description = "The text", body = DetokenizeResponse),
-        (status = 400, description = "Invalid request", body = crate::error::ErrorResponse),
+        crate::routes::TokenizerErrors,
     )
 )]
 pub async fn detokenize(

@@ -73,12 +73,51 @@ pub enum GenerationErrors {
     /// Invalid request
     #[response(status = 400)]
     Invalid(ErrorResponse),
+    /// Missing or wrong API key
+    #[response(status = 401)]
+    Unauthorized(ErrorResponse),
     /// Unknown model
     #[response(status = 404)]
     UnknownModel(ErrorResponse),
-    /// Queue full
+    /// The body did not arrive within `--body-read-timeout`
+    #[response(status = 408)]
+    Timeout(ErrorResponse),
+    /// Body over `--max-body-size`
+    #[response(status = 413)]
+    TooLarge(ErrorResponse),
+    /// Queue full (with `Retry-After`)
     #[response(status = 429)]
     QueueFull(ErrorResponse),
+    /// The engine failed while running the request
+    #[response(status = 500)]
+    ServerError(ErrorResponse),
+    /// Loading or shutting down
+    #[response(status = 503)]
+    Unavailable(ErrorResponse),
+}
+
+/// The errors of the tokenizer routes.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum TokenizerErrors {
+    /// Invalid request
+    #[response(status = 400)]
+    Invalid(ErrorResponse),
+    /// Missing or wrong API key
+    #[response(status = 401)]
+    Unauthorized(ErrorResponse),
+    /// Unknown model
+    #[response(status = 404)]
+    UnknownModel(ErrorResponse),
+    /// The body did not arrive within `--body-read-timeout`
+    #[response(status = 408)]
+    Timeout(ErrorResponse),
+    /// Body over `--max-body-size`
+    #[response(status = 413)]
+    TooLarge(ErrorResponse),
+    /// The tokenizer failed
+    #[response(status = 500)]
+    ServerError(ErrorResponse),
     /// Loading or shutting down
     #[response(status = 503)]
     Unavailable(ErrorResponse),
