@@ -1,0 +1,195 @@
+//! Reading GGUF tensors of each supported type, split sets, and the Q8_0
+//! round trip the loader relies on; on files written with candle's GGUF
+//! writer.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+use super::{split_files, split_name, GgufCheckpoint};
+use crate::error::ModelError;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferroseek-gguf-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(path: &Path, metadata: &[(&str, Value)], tensors: &[(&str, QTensor)]) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+    gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+}
+
+fn ramp(dims: &[usize]) -> Tensor {
+    let n: usize = dims.iter().product();
+    Tensor::arange(0f32, n as f32, &Device::Cpu)
+        .unwrap()
+        .affine(0.37, -3.0)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .reshape(dims)
+        .unwrap()
+}
+
+fn q(t: &Tensor, ggml: GgmlDType) -> QTensor {
+    QTensor::quantize(t, ggml).unwrap()
+}
+
+fn same(a: &Tensor, b: &Tensor) -> bool {
+    a.dims() == b.dims()
+        && a.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            == b.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+}
+
+#[test]
+fn split_names_are_recognised() {
+    assert_eq!(split_name("m-00001-of-00003.gguf"), Some(("m", 1, 3)));
+    assert_eq!(split_name("a-b-00002-of-00002.gguf"), Some(("a-b", 2, 2)));
+    assert_eq!(split_name("m-1-of-3.gguf"), None);
+    assert_eq!(split_name("m-00004-of-00003.gguf"), None);
+    assert_eq!(split_name("m.gguf"), None);
+}
+
+#[test]
+fn each_stored_type_reads_back_in_pytorch_shape() {
+    let dir = temp_dir("types");
+    let (w, experts) = (ramp(&[4, 64]), ramp(&[3, 2, 32]));
+    let path = dir.join("types.gguf");
+    write(
+        &path,
+        &[],
+        &[
+            ("f32", q(&w, GgmlDType::F32)),
+            ("f16", q(&w, GgmlDType::F16)),
+            ("bf16", q(&w, GgmlDType::BF16)),
+            ("q8_0", q(&w, GgmlDType::Q8_0)),
+            ("q4_k", q(&ramp(&[2, 256]), GgmlDType::Q4K)),
+            ("blk.0.ffn_up_exps.weight", q(&experts, GgmlDType::Q8_0)),
+        ],
+    );
+    let g = GgufCheckpoint::open(std::slice::from_ref(&path)).unwrap();
+    assert!(same(&g.read("f32", None).unwrap(), &w));
+    assert_eq!(g.read("f16", None).unwrap().dtype(), DType::F16);
+    assert!(same(
+        &g.read("f16", None).unwrap(),
+        &w.to_dtype(DType::F16).unwrap()
+    ));
+    assert!(same(
+        &g.read("bf16", None).unwrap(),
+        &w.to_dtype(DType::BF16).unwrap()
+    ));
+    let rounded = q(&w, GgmlDType::Q8_0).dequantize(&Device::Cpu).unwrap();
+    assert!(same(&g.read("q8_0", None).unwrap(), &rounded));
+    // One expert of a stacked tensor: its own rows, by the HF name.
+    let expert = q(&experts, GgmlDType::Q8_0)
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .i(2)
+        .unwrap();
+    let by_name = g
+        .load("model.layers.0.mlp.experts.2.up_proj.weight")
+        .unwrap();
+    assert!(same(&by_name, &expert));
+    assert!(matches!(
+        g.load("model.layers.0.mlp.experts.3.up_proj.weight"),
+        Err(ModelError::MissingTensor { .. })
+    ));
+    let err = g.read("q4_k", None).unwrap_err().to_string();
+    assert!(
+        err.contains("`q4_k`") && err.contains("not supported yet"),
+        "{err}"
+    );
+}
+
+/// The loader hands Q8_0 weights to the model dequantized; the model's
+/// own Q8_0 rounding must give back the file's blocks, byte for byte.
+#[test]
+fn q8_0_file_blocks_survive_requantizing() {
+    let w = (ramp(&[64, 256]) * 3.7).unwrap();
+    let blocks = q(&w, GgmlDType::Q8_0);
+    let again = q(&blocks.dequantize(&Device::Cpu).unwrap(), GgmlDType::Q8_0);
+    assert_eq!(blocks.data().unwrap(), again.data().unwrap());
+}
+
+#[test]
+fn split_kv_b_rebuilds_hf_kv_b_proj() {
+    let (heads, nope, v, rank) = (2, 32, 32, 64);
+    let kv_b = ramp(&[heads * (nope + v), rank]);
+    let per_head = kv_b.reshape((heads, nope + v, rank)).unwrap();
+    let k_b = per_head
+        .narrow(1, 0, nope)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let v_b = per_head.narrow(1, nope, v).unwrap().contiguous().unwrap();
+    let dir = temp_dir("kvb");
+    let path = dir.join("kvb.gguf");
+    write(
+        &path,
+        &[],
+        &[
+            ("blk.0.attn_k_b.weight", q(&k_b, GgmlDType::F32)),
+            ("blk.0.attn_v_b.weight", q(&v_b, GgmlDType::F32)),
+        ],
+    );
+    let g = GgufCheckpoint::open(&[path]).unwrap();
+    let rebuilt = g.load("model.layers.0.self_attn.kv_b_proj.weight").unwrap();
+    assert!(same(&rebuilt, &kv_b));
+}
+
+#[test]
+fn split_sets_open_from_the_first_file() {
+    let dir = temp_dir("split");
+    let (a, b) = (ramp(&[2, 32]), ramp(&[3, 32]));
+    let split = |no: u16| {
+        vec![
+            ("split.no", Value::U16(no)),
+            ("split.count", Value::U16(2)),
+            ("split.tensors.count", Value::I32(2)),
+        ]
+    };
+    let first = dir.join("m-00001-of-00002.gguf");
+    write(
+        &first,
+        &split(0),
+        &[("token_embd.weight", q(&a, GgmlDType::F32))],
+    );
+    write(
+        &dir.join("m-00002-of-00002.gguf"),
+        &split(1),
+        &[("output.weight", q(&b, GgmlDType::F32))],
+    );
+    let files = split_files(&first).unwrap();
+    assert_eq!(files.len(), 2);
+    let g = GgufCheckpoint::open(&files).unwrap();
+    assert!(same(&g.load("lm_head.weight").unwrap(), &b));
+    assert!(same(&g.load("model.embed_tokens.weight").unwrap(), &a));
+
+    let err = split_files(&dir.join("m-00002-of-00002.gguf"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("give the first"), "{err}");
+    // The second file alone claims to be part 1 of a set of 2.
+    let reversed = GgufCheckpoint::open(&[files[1].clone(), files[0].clone()]);
+    assert!(reversed.is_err());
+    std::fs::remove_file(&files[1]).unwrap();
+    let err = split_files(&first).unwrap_err().to_string();
+    assert!(err.contains("is missing"), "{err}");
+}

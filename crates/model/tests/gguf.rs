@@ -1,0 +1,133 @@
+//! GGUF files made by llama.cpp's own converter from the embedded model
+//! (`scripts/make_gguf_fixtures.sh`: bf16, the checkpoint's own dtype, and
+//! q8_0) against the same model read from its safetensors.
+//!
+//! The q8_0 file differs from in-situ `--quantize q8_0` in one tensor: the
+//! converter stores the embedding table as Q8_0 too, where in-situ
+//! quantization keeps it dense. With the embedding rounded through Q8_0 on
+//! the safetensors side as well, the two models are the same numbers: the
+//! converter's Q8_0 blocks are the ones candle (GGML) rounds to.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use common::*;
+use ferroseek_model::{
+    resolve_model, Batch, CheckpointFormat, DTypeChoice, DeepSeekConfig, DeepSeekModel, HubOptions,
+    LoadOptions, LogitsRows, ModelFiles, Quantization, SeqInput, WeightFormat,
+};
+
+const PROMPT: [u32; 12] = [0, 17, 250, 3001, 42, 42, 7, 1999, 64, 128, 4000, 5];
+
+fn embedded_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-deepseek-v3")
+}
+
+fn files(path: &std::path::Path) -> ModelFiles {
+    resolve_model(path.to_str().unwrap(), &HubOptions::from_env(None)).unwrap()
+}
+
+fn gguf(kind: &str) -> ModelFiles {
+    let files = files(&fixture_dir("gguf").join(format!("tiny-deepseek-v3-{kind}.gguf")));
+    assert_eq!(files.format, CheckpointFormat::Gguf);
+    files
+}
+
+fn load(files: &ModelFiles, quantize: Quantization) -> DeepSeekModel {
+    let options = LoadOptions {
+        dtype: DTypeChoice::F32,
+        quantize,
+        ..Default::default()
+    };
+    DeepSeekModel::load(files, &options).unwrap()
+}
+
+/// The prompt's logits, `[tokens, vocab]`, then `steps` greedy tokens.
+fn run(model: &DeepSeekModel, steps: usize) -> (Tensor, Vec<u32>) {
+    let mut cache = cache_for(model, 32);
+    let table = blocks(0, 32);
+    let (mut feed, mut done) = (PROMPT.to_vec(), 0);
+    let (mut logits, mut tokens) = (None, Vec::new());
+    for _ in 0..=steps {
+        let batch = Batch {
+            seqs: vec![SeqInput {
+                tokens: feed.clone(),
+                num_cached: done,
+                block_table: table.clone(),
+                logits: LogitsRows::All,
+            }],
+        };
+        let out = model.forward(&batch, &mut cache).unwrap();
+        done += feed.len();
+        let next = argmax(&out.i(out.dim(0).unwrap() - 1).unwrap());
+        logits.get_or_insert(out);
+        tokens.push(next);
+        feed = vec![next];
+    }
+    tokens.pop();
+    (logits.unwrap(), tokens)
+}
+
+#[test]
+fn gguf_metadata_gives_the_config_json_config() {
+    let from_json = DeepSeekConfig::from_file(&files(&embedded_dir()).config).unwrap();
+    let mut from_gguf = load(&gguf("bf16"), Quantization::None).config().clone();
+    // Stored as f32 in GGUF; GGUF does not say the original dtype.
+    assert!((from_gguf.rms_norm_eps - from_json.rms_norm_eps).abs() < 1e-12);
+    from_gguf.rms_norm_eps = from_json.rms_norm_eps;
+    assert_eq!(from_gguf.torch_dtype, None);
+    from_gguf.torch_dtype = from_json.torch_dtype;
+    assert_eq!(from_gguf, from_json);
+}
+
+#[test]
+fn bf16_gguf_gives_the_safetensors_logits() {
+    let reference = load(&files(&embedded_dir()), Quantization::None);
+    let model = load(&gguf("bf16"), Quantization::None);
+    let (want, want_tokens) = run(&reference, 8);
+    let (got, got_tokens) = run(&model, 8);
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff <= 1e-4, "max |Δ logit| {diff}");
+    assert_eq!(got_tokens, want_tokens);
+}
+
+/// The safetensors model quantized in situ to Q8_0, with its embedding
+/// table rounded through Q8_0 as the converter stores it.
+fn in_situ_q8_0_with_rounded_embedding() -> DeepSeekModel {
+    let files = files(&embedded_dir());
+    let cpu = Device::Cpu;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for path in &files.weights {
+        for (name, t) in candle_core::safetensors::load(path, &cpu).unwrap() {
+            tensors.insert(name, t.to_dtype(DType::F32).unwrap());
+        }
+    }
+    let name = "model.embed_tokens.weight";
+    let rounded = QTensor::quantize(&tensors[name], GgmlDType::Q8_0)
+        .unwrap()
+        .dequantize(&cpu)
+        .unwrap();
+    tensors.insert(name.to_string(), rounded);
+    let cfg = DeepSeekConfig::from_file(&files.config).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &cpu);
+    let weights = WeightFormat {
+        dtype: DType::F32,
+        quantize: Quantization::Q8_0,
+    };
+    DeepSeekModel::new(cfg, vb, weights, &LoadOptions::default()).unwrap()
+}
+
+#[test]
+fn q8_0_gguf_equals_in_situ_q8_0() {
+    // A Q8_0 file is held as Q8_0 without `--quantize`.
+    let model = load(&gguf("q8_0"), Quantization::None);
+    assert_eq!(model.weights().quantize, Quantization::Q8_0);
+    let (got, got_tokens) = run(&model, 8);
+    let (want, want_tokens) = run(&in_situ_q8_0_with_rounded_embedding(), 8);
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+    assert_eq!(got_tokens, want_tokens);
+}
