@@ -25,6 +25,6 @@ mod safetensors;
 
 pub use files::{resolve_model, CheckpointFormat, ModelFiles};
 pub use fp8::dequantize_block_fp8;
-pub use gguf::GgufCheckpoint;
+pub use gguf::{GgufCheckpoint, GgufVocab};
 pub use hub::HubOptions;
 pub use safetensors::Checkpoint;

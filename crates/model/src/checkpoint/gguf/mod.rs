@@ -31,6 +31,9 @@ mod config;
 mod names;
 #[cfg(test)]
 mod tests;
+mod vocab;
+
+pub use vocab::GgufVocab;
 
 use names::Source;
 
