@@ -146,8 +146,8 @@ fn tokenizer_config(vocab: &GgufVocab) -> std::result::Result<Json, String> {
 
 impl Tokenizer {
     /// The tokenizer and chat template a GGUF file (the first of a split
-    /// set) carries.
-    pub fn from_gguf(path: &Path) -> Result<Self> {
+    /// set) carries; `chat_template`, a Jinja file, replaces the file's.
+    pub fn from_gguf(path: &Path, chat_template: Option<&Path>) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidFile {
             path: path.to_path_buf(),
             reason,
@@ -157,6 +157,6 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
             .map_err(|e| invalid(format!("its tokenizer does not build: {e}")))?;
         let config = tokenizer_config(&vocab).map_err(invalid)?;
-        Self::assemble(inner, Some((path, config)), None, None)
+        Self::assemble(inner, Some((path, config)), None, chat_template)
     }
 }

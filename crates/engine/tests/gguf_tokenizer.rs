@@ -28,7 +28,7 @@ fn ids(v: &Value) -> Vec<u32> {
 #[test]
 fn gguf_tokenizer_encodes_and_decodes_like_hugging_face() -> Result<()> {
     let fixture = common::read_json("tests/fixtures/tiny_tokenizer.json")?;
-    let tok = Tokenizer::from_gguf(&gguf_path())?;
+    let tok = Tokenizer::from_gguf(&gguf_path(), None)?;
     assert_eq!(
         tok.vocab_size() as u64,
         fixture["vocab_size"].as_u64().unwrap_or(0)
@@ -68,7 +68,7 @@ fn gguf_tokenizer_encodes_and_decodes_like_hugging_face() -> Result<()> {
 #[test]
 fn gguf_chat_template_renders_like_hugging_face() -> Result<()> {
     let fixture = common::read_json("tests/fixtures/tiny_tokenizer.json")?;
-    let tok = Tokenizer::from_gguf(&gguf_path())?;
+    let tok = Tokenizer::from_gguf(&gguf_path(), None)?;
     let chats = fixture["chats"]
         .as_array()
         .ok_or_else(|| anyhow!("no chats"))?;
@@ -99,7 +99,7 @@ fn gguf_chat_template_renders_like_hugging_face() -> Result<()> {
 #[test]
 fn a_file_that_is_not_gguf_is_an_error_naming_it() {
     let path = common::repo_dir().join("models/tiny-deepseek-v3/config.json");
-    match Tokenizer::from_gguf(&path) {
+    match Tokenizer::from_gguf(&path, None) {
         Err(Error::InvalidFile { path: p, reason }) => {
             assert_eq!(p, path);
             assert!(reason.contains("not a readable GGUF file"), "{reason}");
