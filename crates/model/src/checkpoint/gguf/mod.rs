@@ -6,13 +6,15 @@
 //!
 //! candle's `gguf_file::Content` reads each file's header; the tensors are
 //! read from the mapping on demand, F32, F16 and BF16 as they are and Q8_0
-//! blocks dequantized to f32. A linear weight the model then quantizes to
-//! Q8_0 gets back exactly the file's blocks (Q8_0 rounding is idempotent:
-//! see `q8_0_file_blocks_survive_requantizing`), so a Q8_0 file runs on the
-//! same packed kernels with the same numbers as the file holds (the blocks
-//! are decoded and rounded again at load, not taken as they are). GGUF
-//! lists dims innermost first; candle's reader reverses them to PyTorch
-//! order. Other tensor types (Q4_K, Q6_K, ...) are refused by name.
+//! blocks dequantized to f32. A linear layer held as Q8_0 takes a Q8_0
+//! weight's blocks as they are, asking for them by the name
+//! [`Q8_0_BLOCKS`] beside its `weight`, and repacks them for the packed
+//! kernels without rounding again. Weights the model derives (MLA's
+//! per-head matrices, from `kv_b_proj`) are decoded and rounded again,
+//! which gives back the same blocks (Q8_0 rounding is idempotent: see
+//! `q8_0_file_blocks_survive_requantizing`). GGUF lists dims innermost
+//! first; candle's reader reverses them to PyTorch order. Other tensor
+//! types (Q4_K, Q6_K, ...) are refused by name.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,6 +28,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
+use crate::layers::linear::Q8_0_BLOCKS;
 
 mod config;
 mod names;
@@ -217,6 +220,51 @@ impl GgufCheckpoint {
     /// dim (one expert of a stacked expert tensor), as stored (F32, F16,
     /// BF16) or dequantized to f32 (Q8_0), on the CPU.
     fn read(&self, gguf_name: &str, item: Option<usize>) -> Result<Tensor> {
+        let (bytes, dims, ggml) = self.bytes(gguf_name, item)?;
+        let cpu = Device::Cpu;
+        let dtype = match ggml {
+            GgmlDType::F32 => DType::F32,
+            GgmlDType::F16 => DType::F16,
+            GgmlDType::BF16 => DType::BF16,
+            _ => {
+                let storage = QStorage::from_data(Cow::Borrowed(bytes), &cpu, ggml)?;
+                return Ok(QTensor::new(storage, dims)?.dequantize(&cpu)?);
+            }
+        };
+        Ok(Tensor::from_raw_buffer(bytes, dtype, &dims, &cpu)?)
+    }
+
+    /// The GGUF tensor (and expert) behind `<hf weight>.q8_0_blocks`, when
+    /// it is stored as Q8_0.
+    fn q8_0_source(&self, hf_name: &str) -> Option<(String, Option<usize>)> {
+        let weight = hf_name.strip_suffix(Q8_0_BLOCKS.strip_prefix("weight")?)?;
+        let (name, item) = match names::source(weight, |n| self.has(n))? {
+            Source::Tensor(name) => (name, None),
+            Source::Expert(name, e) => (name, Some(e)),
+            Source::SplitKvB { .. } => return None,
+        };
+        (self.stored_type(&name) == Some(GgmlDType::Q8_0)).then_some((name, item))
+    }
+
+    /// The stored bytes of a 2-D Q8_0 weight as `[rows, row bytes]` u8.
+    fn read_blocks(&self, gguf_name: &str, item: Option<usize>) -> Result<Tensor> {
+        let (bytes, dims, _) = self.bytes(gguf_name, item)?;
+        let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+        Ok(Tensor::from_slice(
+            bytes,
+            (rows, bytes.len() / rows.max(1)),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// The stored bytes of tensor `gguf_name` (or of its `item`-th outer
+    /// slice), its dims (PyTorch order) and type; a type other than F32,
+    /// F16, BF16 and Q8_0 is an error.
+    fn bytes(
+        &self,
+        gguf_name: &str,
+        item: Option<usize>,
+    ) -> Result<(&[u8], Vec<usize>, GgmlDType)> {
         let missing = || ModelError::MissingTensor {
             name: gguf_name.to_string(),
             searched: format!(
@@ -230,11 +278,8 @@ impl GgufCheckpoint {
         };
         let (info, shard) = self.info(gguf_name).ok_or_else(missing)?;
         let ggml = info.ggml_dtype;
-        let dtype = match ggml {
-            GgmlDType::F32 => Some(DType::F32),
-            GgmlDType::F16 => Some(DType::F16),
-            GgmlDType::BF16 => Some(DType::BF16),
-            GgmlDType::Q8_0 => None,
+        match ggml {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_0 => {}
             other => {
                 return Err(gguf_error(
                     &shard.path,
@@ -266,14 +311,7 @@ impl GgufCheckpoint {
                     format!("tensor `{gguf_name}` lies beyond the end of the file"),
                 )
             })?;
-        let cpu = Device::Cpu;
-        Ok(match dtype {
-            Some(dtype) => Tensor::from_raw_buffer(bytes, dtype, &dims, &cpu)?,
-            None => {
-                let storage = QStorage::from_data(Cow::Borrowed(bytes), &cpu, ggml)?;
-                QTensor::new(storage, dims)?.dequantize(&cpu)?
-            }
-        })
+        Ok((bytes, dims, ggml))
     }
 
     /// `hf_name` (a Hugging Face checkpoint name) read from wherever the
@@ -283,6 +321,9 @@ impl GgufCheckpoint {
             name: hf_name.to_string(),
             searched: format!("{} has no GGUF tensor for it", self.main().path.display()),
         };
+        if let Some((name, item)) = self.q8_0_source(hf_name) {
+            return self.read_blocks(&name, item);
+        }
         match names::source(hf_name, |n| self.has(n)).ok_or_else(missing)? {
             Source::Tensor(name) => self.read(&name, None),
             Source::Expert(name, e) => self.read(&name, Some(e)),
@@ -317,7 +358,12 @@ impl GgufCheckpoint {
                 });
             }
         }
-        Ok(tensor.to_dtype(dtype)?.to_device(dev)?)
+        let tensor = if tensor.dtype() == DType::U8 {
+            tensor // Q8_0 blocks, as bytes.
+        } else {
+            tensor.to_dtype(dtype)?
+        };
+        Ok(tensor.to_device(dev)?)
     }
 }
 
@@ -340,6 +386,6 @@ impl SimpleBackend for GgufCheckpoint {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        names::source(name, |n| self.has(n)).is_some()
+        self.q8_0_source(name).is_some() || names::source(name, |n| self.has(n)).is_some()
     }
 }

@@ -36,6 +36,13 @@ fn ramp(dims: &[usize]) -> Tensor {
         .unwrap()
 }
 
+/// `t` in storage of its own: candle's quantizer reads a view's storage
+/// from its start.
+fn fresh(t: &Tensor) -> Tensor {
+    let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    Tensor::from_vec(values, t.dims(), t.device()).unwrap()
+}
+
 fn q(t: &Tensor, ggml: GgmlDType) -> QTensor {
     QTensor::quantize(t, ggml).unwrap()
 }
@@ -192,4 +199,69 @@ fn split_sets_open_from_the_first_file() {
     std::fs::remove_file(&files[1]).unwrap();
     let err = split_files(&first).unwrap_err().to_string();
     assert!(err.contains("is missing"), "{err}");
+}
+
+/// A Q8_0 weight reaches a Q8_0 linear layer as the file's blocks (one
+/// expert of a stacked tensor too); an F32 weight does not offer blocks.
+#[test]
+fn q8_0_weights_reach_linear_layers_as_stored_blocks() {
+    use crate::layers::linear::{Linear, WeightFormat, Q8_0_BLOCKS};
+    use crate::quant::Quantization;
+    use candle_core::Module;
+    use candle_nn::var_builder::SimpleBackend;
+
+    let dir = temp_dir("blocks");
+    let path = dir.join("blocks.gguf");
+    let (o, experts) = ((ramp(&[32, 64]) * 2.5).unwrap(), ramp(&[2, 32, 64]));
+    write(
+        &path,
+        &[],
+        &[
+            ("blk.0.attn_output.weight", q(&o, GgmlDType::Q8_0)),
+            ("blk.0.ffn_up_exps.weight", q(&experts, GgmlDType::Q8_0)),
+            ("blk.0.attn_q.weight", q(&o, GgmlDType::F32)),
+        ],
+    );
+    let g = GgufCheckpoint::open(&[path]).unwrap();
+    let blocks = |w: &str| format!("{}{}", w, Q8_0_BLOCKS.strip_prefix("weight").unwrap());
+    let o_name = "model.layers.0.self_attn.o_proj.weight";
+    let up_name = "model.layers.0.mlp.experts.1.up_proj.weight";
+    assert!(g.contains_tensor(&blocks(o_name)));
+    assert!(g.contains_tensor(&blocks(up_name)));
+    assert!(!g.contains_tensor(&blocks("model.layers.0.self_attn.q_proj.weight")));
+    let stored = g.load(&blocks(o_name)).unwrap();
+    assert_eq!(stored.dims(), [32, 64 / 32 * 34]);
+    assert_eq!(
+        stored.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+        q(&o, GgmlDType::Q8_0).data().unwrap().to_vec()
+    );
+
+    let format = WeightFormat {
+        dtype: DType::F32,
+        quantize: Quantization::Q8_0,
+    };
+    let vb = g.var_builder(DType::F32, &Device::Cpu);
+    let x = ramp(&[3, 64]);
+    for (name, prefix, weight) in [
+        (o_name, "model.layers.0.self_attn.o_proj", o.clone()),
+        (
+            up_name,
+            "model.layers.0.mlp.experts.1.up_proj",
+            fresh(&experts.i(1).unwrap()),
+        ),
+    ] {
+        let from_blocks = Linear::load(64, 32, vb.pp(prefix), format).unwrap();
+        let rounded = q(&weight, GgmlDType::Q8_0)
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let requantized = Linear::from_tensor(&rounded, format).unwrap();
+        assert_ne!(from_blocks.format(), "f32", "{name}");
+        assert!(
+            same(
+                &from_blocks.forward(&x).unwrap(),
+                &requantized.forward(&x).unwrap()
+            ),
+            "{name}"
+        );
+    }
 }

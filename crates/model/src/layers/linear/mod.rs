@@ -8,9 +8,10 @@
 //! once (f32, bf16, and Q8_0); larger inputs use candle's GEMM (a bf16
 //! weight widened to f32 for the call) or candle's quantized matmul.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
@@ -20,6 +21,11 @@ use crate::quant::{pack_rows, quantize_rows, Quantization};
 
 mod grouped;
 pub use grouped::GroupedLinear;
+
+/// The name, beside a linear layer's `weight`, under which a checkpoint
+/// that stores the weight as GGML Q8_0 blocks offers those bytes (a GGUF
+/// file does; safetensors never).
+pub const Q8_0_BLOCKS: &str = "weight.q8_0_blocks";
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
@@ -135,6 +141,11 @@ impl Linear {
     ) -> Result<Self> {
         match format.quantize.ggml_for(in_dim) {
             None => Self::new(in_dim, out_dim, vb.set_dtype(format.dtype)),
+            Some(GgmlDType::Q8_0) if vb.contains_tensor(Q8_0_BLOCKS) => Self::from_q8_0_blocks(
+                &vb.get_unchecked_dtype(Q8_0_BLOCKS, DType::U8)?,
+                in_dim,
+                out_dim,
+            ),
             Some(_) => Self::from_tensor(
                 &vb.set_dtype(DType::F32).get((out_dim, in_dim), "weight")?,
                 format,
@@ -177,6 +188,36 @@ impl Linear {
             )?
         };
         let q = Arc::new(q);
+        Ok(Linear {
+            weight: Weight::Quantized {
+                mm: QMatMul::from_arc(q.clone())?,
+                q,
+            },
+        })
+    }
+
+    /// A weight stored as Q8_0 blocks (`[out, in / 32 · 34]` bytes, GGML's
+    /// layout, which candle's is), held without rounding again: packed for
+    /// the VNNI kernel where the CPU has it, else as candle's blocks.
+    fn from_q8_0_blocks(blocks: &Tensor, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let ggml = GgmlDType::Q8_0;
+        let row_bytes = in_dim / ggml.block_size() * ggml.type_size();
+        if blocks.dims() != [out_dim, row_bytes] {
+            candle_core::bail!(
+                "Q8_0 blocks of shape {:?}, expected [{out_dim}, {row_bytes}]",
+                blocks.dims()
+            );
+        }
+        let bytes = blocks.flatten_all()?.to_vec1::<u8>()?;
+        if blocks.device().is_cpu() {
+            if let Some(packed) = Packed::new(&bytes, ggml, out_dim, in_dim) {
+                return Ok(Linear {
+                    weight: Weight::Packed(packed),
+                });
+            }
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), blocks.device(), ggml)?;
+        let q = Arc::new(QTensor::new(storage, (out_dim, in_dim))?);
         Ok(Linear {
             weight: Weight::Quantized {
                 mm: QMatMul::from_arc(q.clone())?,
