@@ -42,4 +42,35 @@ sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", o
 convert_hf_to_gguf.main()
 EOF
 done
+
+# The four parity fixtures (crates/model/tests/fixtures/NAME: V2 and V3
+# variants with transformers' own reference log-probs), as f32. They have no
+# tokenizer, which the converter needs: give each a byte-level one of
+# exactly their 256 tokens.
+for name in v2_plain v2_group v3_noaux_yarn v3_yarn_mscale1; do
+  dir="$WORK/$name"
+  mkdir -p "$dir"
+  cp "crates/model/tests/fixtures/$name/config.json" \
+    "crates/model/tests/fixtures/$name/model.safetensors" "$dir/"
+  "$WORK/venv/bin/python" - "$dir" <<'EOF'
+import json, sys
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tok.decoder = decoders.ByteLevel()
+tok.save(sys.argv[1] + "/tokenizer.json")
+json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, open(sys.argv[1] + "/tokenizer_config.json", "w"))
+EOF
+  PYTHONPATH="$LLAMA/gguf-py:$LLAMA" "$WORK/venv/bin/python" - "$dir" "$OUT/$name-f32.gguf" f32 <<'EOF'
+import sys
+import conversion.base as base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "deepseek-v3"
+import convert_hf_to_gguf
+model, out, outtype = sys.argv[1:]
+sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", out]
+convert_hf_to_gguf.main()
+EOF
+done
 ls -l "$OUT"

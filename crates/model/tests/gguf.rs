@@ -2,6 +2,11 @@
 //! (`scripts/make_gguf_fixtures.sh`: bf16, the checkpoint's own dtype, and
 //! q8_0) against the same model read from its safetensors.
 //!
+//! The four parity fixtures (V2 and V3 variants: no q_lora and tied
+//! embeddings, grouped greedy routing, noaux_tc with YaRN, dense layers)
+//! are converted too, as f32, and checked against transformers' own
+//! reference log-probs.
+//!
 //! The q8_0 file differs from in-situ `--quantize q8_0` in one tensor: the
 //! converter stores the embedding table as Q8_0 too, where in-situ
 //! quantization keeps it dense. With the embedding rounded through Q8_0 on
@@ -130,4 +135,45 @@ fn q8_0_gguf_equals_in_situ_q8_0() {
     let (want, want_tokens) = run(&in_situ_q8_0_with_rounded_embedding(), 8);
     assert_eq!(max_abs_diff(&got, &want), 0.0);
     assert_eq!(got_tokens, want_tokens);
+}
+
+/// The config as GGUF can carry it: the stored dtype is not said, and
+/// `rms_norm_eps` is an f32.
+fn comparable(mut from_gguf: DeepSeekConfig, from_json: &DeepSeekConfig) -> DeepSeekConfig {
+    assert!((from_gguf.rms_norm_eps - from_json.rms_norm_eps).abs() < 1e-12);
+    from_gguf.rms_norm_eps = from_json.rms_norm_eps;
+    assert_eq!(from_gguf.torch_dtype, None);
+    from_gguf.torch_dtype = from_json.torch_dtype;
+    from_gguf
+}
+
+#[test]
+fn converted_parity_fixtures_give_transformers_logprobs() {
+    for name in FIXTURES {
+        let gguf = files(&fixture_dir("gguf").join(format!("{name}-f32.gguf")));
+        let model = load(&gguf, Quantization::None);
+        let from_json = DeepSeekConfig::from_file(&files(&fixture_dir(name)).config).unwrap();
+        let mut from_gguf = comparable(model.config().clone(), &from_json);
+        // YaRN's `mscale` travels as `0.1 · mscale_all_dim` in an f32.
+        if let (Some(g), Some(j)) = (&mut from_gguf.yarn, &from_json.yarn) {
+            assert!(
+                (g.mscale - j.mscale).abs() < 1e-6
+                    && (g.mscale_all_dim - j.mscale_all_dim).abs() < 1e-6
+            );
+            (g.mscale, g.mscale_all_dim) = (j.mscale, j.mscale_all_dim);
+        }
+        assert_eq!(from_gguf, from_json, "{name}");
+        for (k, case) in reference(name).iter().enumerate() {
+            let mut cache = cache_for(&model, 32);
+            let ours = run_in_chunks(
+                &model,
+                &mut cache,
+                &blocks(0, 32),
+                &case.prompt,
+                &[case.prompt.len()],
+            );
+            let diff = max_abs_diff(&ours, &case.logprobs);
+            assert!(diff < 1e-4, "{name} case {k}: max |Δ log-prob| {diff}");
+        }
+    }
 }

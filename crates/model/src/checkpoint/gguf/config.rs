@@ -7,8 +7,9 @@
 //! What GGUF does not record is inferred from what it does:
 //! * DeepSeek-V3 vs V2: V3's routers score with sigmoid and carry a score
 //!   correction bias (`exp_probs_b`), so `expert_gating_func` = sigmoid
-//!   means V3's routing (`noaux_tc`), softmax V2's (`group_limited_greedy`
-//!   with expert groups, else `greedy`).
+//!   (or, the key absent, a correction bias) means V3's routing
+//!   (`noaux_tc`), softmax V2's (`group_limited_greedy` with expert groups,
+//!   else `greedy`).
 //! * YaRN's `mscale` and `mscale_all_dim`: only `0.1 · mscale_all_dim` is
 //!   stored (`yarn_log_multiplier`); DeepSeek's configs set both equal
 //!   (which is what llama.cpp assumes too), and absent means DeepSeek's
@@ -210,8 +211,15 @@ fn moe_config(meta: &Meta) -> Result<Option<MoeConfig>> {
         return Ok(None);
     };
     let gating_key = format!("{ARCH}.expert_gating_func");
-    // Absent: softmax, as llama.cpp assumes for files older than the key.
+    let first_moe = meta.arch_uint("leading_dense_block_count")?.unwrap_or(0);
+    let has_bias = meta.gguf.has(&format!("blk.{first_moe}.exp_probs_b.bias"));
     let scoring_func = match meta.uint(&gating_key)? {
+        // Absent: the converter writes the key only when config.json names
+        // `scoring_func`, which transformers 5 drops from V3 configs. A
+        // score correction bias is V3's sigmoid routing (llama.cpp would
+        // assume softmax); without one, softmax, as for V2 files older
+        // than the key.
+        None if has_bias => ScoringFunc::Sigmoid,
         None | Some(1) => ScoringFunc::Softmax,
         Some(2) => ScoringFunc::Sigmoid,
         Some(other) => {
