@@ -265,3 +265,69 @@ fn q8_0_weights_reach_linear_layers_as_stored_blocks() {
         );
     }
 }
+
+/// The embedded model's q8_0 GGUF rewritten with `edit` applied to its
+/// metadata (and only its embedding table), then its config.
+fn config_with(
+    name: &str,
+    edit: impl Fn(&mut Vec<(String, Value)>),
+) -> crate::error::Result<crate::config::DeepSeekConfig> {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf/tiny-deepseek-v3-q8_0.gguf");
+    let mut file = std::fs::File::open(&fixture).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let embed = content
+        .tensor(&mut file, "token_embd.weight", &Device::Cpu)
+        .unwrap();
+    let mut metadata: Vec<(String, Value)> = content.metadata.into_iter().collect();
+    edit(&mut metadata);
+    let path = temp_dir("config").join(format!("{name}.gguf"));
+    let metadata: Vec<(&str, Value)> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    write(&path, &metadata, &[("token_embd.weight", embed)]);
+    GgufCheckpoint::open(&[path])?.config()
+}
+
+#[test]
+fn missing_or_unsupported_metadata_is_an_error_naming_the_key() {
+    for key in [
+        "deepseek2.block_count",
+        "deepseek2.attention.kv_lora_rank",
+        "deepseek2.attention.layer_norm_rms_epsilon",
+        "deepseek2.expert_feed_forward_length",
+        "deepseek2.expert_shared_count",
+        "deepseek2.rope.scaling.original_context_length",
+        "general.architecture",
+    ] {
+        let err = config_with(key, |m| m.retain(|(k, _)| k != key))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{key}` is missing")), "{key}: {err}");
+    }
+    let set = |key: &'static str, value: Value| {
+        move |m: &mut Vec<(String, Value)>| {
+            m.retain(|(k, _)| k != key);
+            m.push((key.to_string(), value.clone()));
+        }
+    };
+    let err = config_with(
+        "llama",
+        set("general.architecture", Value::String("llama".into())),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("only `deepseek2` is supported"), "{err}");
+    let err = config_with("gating", set("deepseek2.expert_gating_func", Value::U32(4)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`deepseek2.expert_gating_func` is 4"), "{err}");
+    let per_layer = Value::Array(vec![Value::U32(256); 4]);
+    let err = config_with("array", set("deepseek2.feed_forward_length", per_layer))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("per-layer array"), "{err}");
+    // The file as written passes.
+    assert!(config_with("whole", |_| {}).is_ok());
+}
