@@ -191,14 +191,15 @@ impl DeepSeekModel {
         Self::new(cfg, vb, weights, options)
     }
 
-    /// A GGUF checkpoint. A file whose matrices are Q8_0 is held as Q8_0
-    /// unless `options.quantize` asks for another quantization: its blocks
-    /// come back unchanged from the model's own Q8_0 rounding.
+    /// A GGUF checkpoint. A file whose matrices are quantized is held
+    /// quantized, as Q8_0 unless `options.quantize` asks for Q4_K; weights
+    /// stored as Q8_0 or Q4_K keep their blocks either way.
     fn load_gguf(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
         let checkpoint = GgufCheckpoint::open(&files.weights)?;
         let cfg = checkpoint.config()?;
-        let quantized =
-            checkpoint.stored_type("blk.0.attn_kv_a_mqa.weight") == Some(GgmlDType::Q8_0);
+        let quantized = checkpoint
+            .stored_type("blk.0.attn_kv_a_mqa.weight")
+            .is_some_and(|t| !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
         let stored = match checkpoint.stored_type("token_embd.weight") {
             Some(GgmlDType::BF16) => Some(DType::BF16),
             Some(GgmlDType::F16) => Some(DType::F16),

@@ -100,9 +100,9 @@ fn bf16_gguf_gives_the_safetensors_logits() {
     assert_eq!(got_tokens, want_tokens);
 }
 
-/// The safetensors model quantized in situ to Q8_0, with its embedding
-/// table rounded through Q8_0 as the converter stores it.
-fn in_situ_q8_0_with_rounded_embedding() -> DeepSeekModel {
+/// The safetensors model quantized in situ, with its embedding table
+/// rounded through Q8_0 as the converter stores it.
+fn in_situ_with_rounded_embedding(quantize: Quantization) -> DeepSeekModel {
     let files = files(&embedded_dir());
     let cpu = Device::Cpu;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -121,9 +121,72 @@ fn in_situ_q8_0_with_rounded_embedding() -> DeepSeekModel {
     let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &cpu);
     let weights = WeightFormat {
         dtype: DType::F32,
-        quantize: Quantization::Q8_0,
+        quantize,
     };
     DeepSeekModel::new(cfg, vb, weights, &LoadOptions::default()).unwrap()
+}
+
+/// The embedded model's q8_0 GGUF with every weight 256 wide (its input)
+/// stored as Q4_K instead, rounded from the bf16 file's numbers: what
+/// llama.cpp's quantizer does to such a weight (candle rounds Q4_K as GGML
+/// does).
+fn q4_k_gguf() -> ModelFiles {
+    use candle_core::quantized::gguf_file::Content;
+    let cpu = Device::Cpu;
+    let path = |kind: &str| fixture_dir("gguf").join(format!("tiny-deepseek-v3-{kind}.gguf"));
+    let (mut q8_file, mut bf16_file) = (
+        std::fs::File::open(path("q8_0")).unwrap(),
+        std::fs::File::open(path("bf16")).unwrap(),
+    );
+    let (q8, bf16) = (
+        Content::read(&mut q8_file).unwrap(),
+        Content::read(&mut bf16_file).unwrap(),
+    );
+    let mut names: Vec<&String> = q8.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(&str, QTensor)> = names
+        .into_iter()
+        .map(|name| {
+            let info = &q8.tensor_infos[name];
+            let q4k = info.ggml_dtype == GgmlDType::Q8_0 && info.shape.dims().last() == Some(&256);
+            let tensor = if q4k {
+                let f32 = bf16
+                    .tensor(&mut bf16_file, name, &cpu)
+                    .unwrap()
+                    .dequantize(&cpu)
+                    .unwrap();
+                QTensor::quantize(&f32, GgmlDType::Q4K).unwrap()
+            } else {
+                q8.tensor(&mut q8_file, name, &cpu).unwrap()
+            };
+            (name.as_str(), tensor)
+        })
+        .collect();
+    assert!(tensors.iter().any(|(_, t)| t.dtype() == GgmlDType::Q4K));
+    let dir = std::env::temp_dir().join(format!("ferroseek-gguf-q4k-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("tiny-q4_k.gguf");
+    let metadata: Vec<(&str, &_)> = q8.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+    candle_core::quantized::gguf_file::write(
+        &mut std::fs::File::create(&out).unwrap(),
+        &metadata,
+        &tensors,
+    )
+    .unwrap();
+    files(&out)
+}
+
+/// Q4_K weights of a GGUF file keep their blocks: the file equals in-situ
+/// `--quantize q4_k` (which rounds the 256-wide weights to Q4_K, the others
+/// to Q8_0) with the embedding rounded as the file stores it.
+#[test]
+fn q4_k_gguf_equals_in_situ_q4_k() {
+    let model = load(&q4_k_gguf(), Quantization::Q4K);
+    let (got, got_tokens) = run(&model, 8);
+    let (want, want_tokens) = run(&in_situ_with_rounded_embedding(Quantization::Q4K), 8);
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+    assert_eq!(got_tokens, want_tokens);
 }
 
 #[test]
@@ -132,7 +195,7 @@ fn q8_0_gguf_equals_in_situ_q8_0() {
     let model = load(&gguf("q8_0"), Quantization::None);
     assert_eq!(model.weights().quantize, Quantization::Q8_0);
     let (got, got_tokens) = run(&model, 8);
-    let (want, want_tokens) = run(&in_situ_q8_0_with_rounded_embedding(), 8);
+    let (want, want_tokens) = run(&in_situ_with_rounded_embedding(Quantization::Q8_0), 8);
     assert_eq!(max_abs_diff(&got, &want), 0.0);
     assert_eq!(got_tokens, want_tokens);
 }

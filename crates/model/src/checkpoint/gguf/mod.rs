@@ -5,16 +5,18 @@
 //! metadata ([`config`]).
 //!
 //! candle's `gguf_file::Content` reads each file's header; the tensors are
-//! read from the mapping on demand, F32, F16 and BF16 as they are and Q8_0
-//! blocks dequantized to f32. A linear layer held as Q8_0 takes a Q8_0
-//! weight's blocks as they are, asking for them by the name
-//! [`Q8_0_BLOCKS`] beside its `weight`, and repacks them for the packed
-//! kernels without rounding again. Weights the model derives (MLA's
-//! per-head matrices, from `kv_b_proj`) are decoded and rounded again,
-//! which gives back the same blocks (Q8_0 rounding is idempotent: see
-//! `q8_0_file_blocks_survive_requantizing`). GGUF lists dims innermost
-//! first; candle's reader reverses them to PyTorch order. Other tensor
-//! types (Q4_K, Q6_K, ...) are refused by name.
+//! read from the mapping on demand, F32, F16 and BF16 as they are and the
+//! quantized types candle decodes (Q4_0 to Q8_0, Q2_K to Q6_K) dequantized
+//! to f32. A quantized linear layer takes a Q8_0 or Q4_K weight's blocks
+//! as they are, asking for them by a name of [`STORED_BLOCKS`] beside its
+//! `weight`, and repacks them for the packed kernels without rounding
+//! again; weights in the other types are decoded and quantized as the
+//! model is (a quantized file defaults to Q8_0). Weights the model derives
+//! (MLA's per-head matrices, from `kv_b_proj`) are decoded and rounded
+//! again, which for Q8_0 gives back the same blocks (Q8_0 rounding is
+//! idempotent: see `q8_0_file_blocks_survive_requantizing`). GGUF lists
+//! dims innermost first; candle's reader reverses them to PyTorch order.
+//! Other tensor types (the IQ formats, ...) are refused by name.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -28,7 +30,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::linear::Q8_0_BLOCKS;
+use crate::layers::linear::STORED_BLOCKS;
 
 mod config;
 mod names;
@@ -218,7 +220,7 @@ impl GgufCheckpoint {
 
     /// Tensor `gguf_name`, or with `item` the `item`-th slice of its outer
     /// dim (one expert of a stacked expert tensor), as stored (F32, F16,
-    /// BF16) or dequantized to f32 (Q8_0), on the CPU.
+    /// BF16) or dequantized to f32 (the quantized types), on the CPU.
     fn read(&self, gguf_name: &str, item: Option<usize>) -> Result<Tensor> {
         let (bytes, dims, ggml) = self.bytes(gguf_name, item)?;
         let cpu = Device::Cpu;
@@ -234,19 +236,21 @@ impl GgufCheckpoint {
         Ok(Tensor::from_raw_buffer(bytes, dtype, &dims, &cpu)?)
     }
 
-    /// The GGUF tensor (and expert) behind `<hf weight>.q8_0_blocks`, when
-    /// it is stored as Q8_0.
-    fn q8_0_source(&self, hf_name: &str) -> Option<(String, Option<usize>)> {
-        let weight = hf_name.strip_suffix(Q8_0_BLOCKS.strip_prefix("weight")?)?;
-        let (name, item) = match names::source(weight, |n| self.has(n))? {
-            Source::Tensor(name) => (name, None),
-            Source::Expert(name, e) => (name, Some(e)),
-            Source::SplitKvB { .. } => return None,
-        };
-        (self.stored_type(&name) == Some(GgmlDType::Q8_0)).then_some((name, item))
+    /// The GGUF tensor (and expert) behind `<hf weight>.q8_0_blocks` (or
+    /// another of [`STORED_BLOCKS`]), when it is stored in that format.
+    fn blocks_source(&self, hf_name: &str) -> Option<(String, Option<usize>)> {
+        STORED_BLOCKS.iter().find_map(|(ggml, blocks)| {
+            let weight = hf_name.strip_suffix(blocks.strip_prefix("weight")?)?;
+            let (name, item) = match names::source(weight, |n| self.has(n))? {
+                Source::Tensor(name) => (name, None),
+                Source::Expert(name, e) => (name, Some(e)),
+                Source::SplitKvB { .. } => return None,
+            };
+            (self.stored_type(&name) == Some(*ggml)).then_some((name, item))
+        })
     }
 
-    /// The stored bytes of a 2-D Q8_0 weight as `[rows, row bytes]` u8.
+    /// The stored bytes of a 2-D quantized weight as `[rows, row bytes]` u8.
     fn read_blocks(&self, gguf_name: &str, item: Option<usize>) -> Result<Tensor> {
         let (bytes, dims, _) = self.bytes(gguf_name, item)?;
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
@@ -258,8 +262,8 @@ impl GgufCheckpoint {
     }
 
     /// The stored bytes of tensor `gguf_name` (or of its `item`-th outer
-    /// slice), its dims (PyTorch order) and type; a type other than F32,
-    /// F16, BF16 and Q8_0 is an error.
+    /// slice), its dims (PyTorch order) and type; a type candle cannot
+    /// decode is an error.
     fn bytes(
         &self,
         gguf_name: &str,
@@ -279,12 +283,15 @@ impl GgufCheckpoint {
         let (info, shard) = self.info(gguf_name).ok_or_else(missing)?;
         let ggml = info.ggml_dtype;
         match ggml {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_0 => {}
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {}
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {}
+            GgmlDType::Q8_0 | GgmlDType::Q2K | GgmlDType::Q3K => {}
+            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {}
             other => {
                 return Err(gguf_error(
                     &shard.path,
                     format!(
-                        "tensor `{gguf_name}` is stored as {other:?}, which is not supported yet (F32, F16, BF16 and Q8_0 are)"
+                        "tensor `{gguf_name}` is stored as {other:?}, which is not supported yet (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K to Q6_K are)"
                     ),
                 ))
             }
@@ -321,7 +328,7 @@ impl GgufCheckpoint {
             name: hf_name.to_string(),
             searched: format!("{} has no GGUF tensor for it", self.main().path.display()),
         };
-        if let Some((name, item)) = self.q8_0_source(hf_name) {
+        if let Some((name, item)) = self.blocks_source(hf_name) {
             return self.read_blocks(&name, item);
         }
         match names::source(hf_name, |n| self.has(n)).ok_or_else(missing)? {
@@ -386,6 +393,6 @@ impl SimpleBackend for GgufCheckpoint {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.q8_0_source(name).is_some() || names::source(name, |n| self.has(n)).is_some()
+        self.blocks_source(name).is_some() || names::source(name, |n| self.has(n)).is_some()
     }
 }

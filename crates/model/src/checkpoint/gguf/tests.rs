@@ -86,6 +86,8 @@ fn each_stored_type_reads_back_in_pytorch_shape() {
             ("bf16", q(&w, GgmlDType::BF16)),
             ("q8_0", q(&w, GgmlDType::Q8_0)),
             ("q4_k", q(&ramp(&[2, 256]), GgmlDType::Q4K)),
+            ("q6_k", q(&ramp(&[2, 256]), GgmlDType::Q6K)),
+            ("q8_k", q(&ramp(&[2, 256]), GgmlDType::Q8K)),
             ("blk.0.ffn_up_exps.weight", q(&experts, GgmlDType::Q8_0)),
         ],
     );
@@ -116,9 +118,13 @@ fn each_stored_type_reads_back_in_pytorch_shape() {
         g.load("model.layers.0.mlp.experts.3.up_proj.weight"),
         Err(ModelError::MissingTensor { .. })
     ));
-    let err = g.read("q4_k", None).unwrap_err().to_string();
+    for (name, ggml) in [("q4_k", GgmlDType::Q4K), ("q6_k", GgmlDType::Q6K)] {
+        let decoded = q(&ramp(&[2, 256]), ggml).dequantize(&Device::Cpu).unwrap();
+        assert!(same(&g.read(name, None).unwrap(), &decoded), "{name}");
+    }
+    let err = g.read("q8_k", None).unwrap_err().to_string();
     assert!(
-        err.contains("`q4_k`") && err.contains("not supported yet"),
+        err.contains("`q8_k`") && err.contains("not supported yet"),
         "{err}"
     );
 }
@@ -205,7 +211,7 @@ fn split_sets_open_from_the_first_file() {
 /// expert of a stacked tensor too); an F32 weight does not offer blocks.
 #[test]
 fn q8_0_weights_reach_linear_layers_as_stored_blocks() {
-    use crate::layers::linear::{Linear, WeightFormat, Q8_0_BLOCKS};
+    use crate::layers::linear::{Linear, WeightFormat, STORED_BLOCKS};
     use crate::quant::Quantization;
     use candle_core::Module;
     use candle_nn::var_builder::SimpleBackend;
@@ -223,7 +229,13 @@ fn q8_0_weights_reach_linear_layers_as_stored_blocks() {
         ],
     );
     let g = GgufCheckpoint::open(&[path]).unwrap();
-    let blocks = |w: &str| format!("{}{}", w, Q8_0_BLOCKS.strip_prefix("weight").unwrap());
+    let blocks = |w: &str| {
+        format!(
+            "{}{}",
+            w,
+            STORED_BLOCKS[0].1.strip_prefix("weight").unwrap()
+        )
+    };
     let o_name = "model.layers.0.self_attn.o_proj.weight";
     let up_name = "model.layers.0.mlp.experts.1.up_proj.weight";
     assert!(g.contains_tensor(&blocks(o_name)));
@@ -330,4 +342,66 @@ fn missing_or_unsupported_metadata_is_an_error_naming_the_key() {
     assert!(err.contains("per-layer array"), "{err}");
     // The file as written passes.
     assert!(config_with("whole", |_| {}).is_ok());
+}
+
+/// Relative distance of `a` from `b`: |a - b| / |b| over all elements.
+fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    norm(&(a - b).unwrap()) / norm(b)
+}
+
+/// Under a Q8_0 model, a Q4_K weight keeps its blocks (Q4_K, not rounded
+/// to Q8_0), and a Q6_K weight, which no kernel runs, is decoded and
+/// rounded to Q8_0; both compute what their stored numbers say.
+#[test]
+fn q4_k_weights_keep_their_blocks_and_other_types_are_requantized() {
+    use crate::layers::linear::{Linear, WeightFormat};
+    use crate::quant::Quantization;
+    use candle_core::Module;
+
+    let dir = temp_dir("kquants");
+    let path = dir.join("kquants.gguf");
+    let (a, b) = (ramp(&[32, 256]), (ramp(&[48, 256]) * 0.3).unwrap());
+    write(
+        &path,
+        &[],
+        &[
+            ("blk.0.attn_output.weight", q(&a, GgmlDType::Q4K)),
+            ("blk.0.ffn_down.weight", q(&b, GgmlDType::Q6K)),
+        ],
+    );
+    let g = GgufCheckpoint::open(&[path]).unwrap();
+    let vb = g.var_builder(DType::F32, &Device::Cpu);
+    let format = WeightFormat {
+        dtype: DType::F32,
+        quantize: Quantization::Q8_0,
+    };
+    let x = ramp(&[5, 256]);
+    for (prefix, w, ggml, held) in [
+        ("model.layers.0.self_attn.o_proj", &a, GgmlDType::Q4K, "q4"),
+        ("model.layers.0.mlp.down_proj", &b, GgmlDType::Q6K, "q8_0"),
+    ] {
+        let out = w.dim(0).unwrap();
+        let linear = Linear::load(256, out, vb.pp(prefix), format).unwrap();
+        assert!(
+            linear.format().starts_with(held),
+            "{prefix}: {}",
+            linear.format()
+        );
+        let stored = q(w, ggml).dequantize(&Device::Cpu).unwrap();
+        let dense = x.matmul(&stored.t().unwrap()).unwrap();
+        // What is left is the activations' 8-bit rounding (and for Q6_K
+        // the Q8_0 rounding of its numbers).
+        let err = relative_error(&linear.forward(&x).unwrap(), &dense);
+        assert!(err < 0.02, "{prefix}: relative error {err}");
+    }
 }

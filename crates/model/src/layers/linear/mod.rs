@@ -22,10 +22,25 @@ use crate::quant::{pack_rows, quantize_rows, Quantization};
 mod grouped;
 pub use grouped::GroupedLinear;
 
-/// The name, beside a linear layer's `weight`, under which a checkpoint
-/// that stores the weight as GGML Q8_0 blocks offers those bytes (a GGUF
-/// file does; safetensors never).
-pub const Q8_0_BLOCKS: &str = "weight.q8_0_blocks";
+/// The names, beside a linear layer's `weight`, under which a checkpoint
+/// that stores the weight as GGML blocks of a format the packed kernels
+/// run offers those bytes, `[out, row bytes]` (a GGUF file does;
+/// safetensors never).
+pub const STORED_BLOCKS: [(GgmlDType, &str); 2] = [
+    (GgmlDType::Q8_0, "weight.q8_0_blocks"),
+    (GgmlDType::Q4K, "weight.q4_k_blocks"),
+];
+
+/// The weight's stored blocks and their format, if the checkpoint offers
+/// them.
+fn stored_blocks(vb: &VarBuilder) -> Result<Option<(GgmlDType, Tensor)>> {
+    for (ggml, name) in STORED_BLOCKS {
+        if vb.contains_tensor(name) {
+            return Ok(Some((ggml, vb.get_unchecked_dtype(name, DType::U8)?)));
+        }
+    }
+    Ok(None)
+}
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
@@ -141,15 +156,16 @@ impl Linear {
     ) -> Result<Self> {
         match format.quantize.ggml_for(in_dim) {
             None => Self::new(in_dim, out_dim, vb.set_dtype(format.dtype)),
-            Some(GgmlDType::Q8_0) if vb.contains_tensor(Q8_0_BLOCKS) => Self::from_q8_0_blocks(
-                &vb.get_unchecked_dtype(Q8_0_BLOCKS, DType::U8)?,
-                in_dim,
-                out_dim,
-            ),
-            Some(_) => Self::from_tensor(
-                &vb.set_dtype(DType::F32).get((out_dim, in_dim), "weight")?,
-                format,
-            ),
+            // Stored Q8_0 or Q4_K blocks are held as they are, whichever
+            // quantization was asked for: rounding them again could only
+            // lose.
+            Some(_) => match stored_blocks(&vb)? {
+                Some((ggml, blocks)) => Self::from_blocks(&blocks, ggml, in_dim, out_dim),
+                None => Self::from_tensor(
+                    &vb.set_dtype(DType::F32).get((out_dim, in_dim), "weight")?,
+                    format,
+                ),
+            },
         }
     }
 
@@ -196,15 +212,19 @@ impl Linear {
         })
     }
 
-    /// A weight stored as Q8_0 blocks (`[out, in / 32 · 34]` bytes, GGML's
-    /// layout, which candle's is), held without rounding again: packed for
-    /// the VNNI kernel where the CPU has it, else as candle's blocks.
-    fn from_q8_0_blocks(blocks: &Tensor, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let ggml = GgmlDType::Q8_0;
+    /// A weight stored as `ggml` blocks (`[out, row bytes]`, GGML's layout,
+    /// which candle's is), held without rounding again: packed for the
+    /// VNNI kernels where the CPU has them, else as candle's blocks.
+    fn from_blocks(
+        blocks: &Tensor,
+        ggml: GgmlDType,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self> {
         let row_bytes = in_dim / ggml.block_size() * ggml.type_size();
         if blocks.dims() != [out_dim, row_bytes] {
             candle_core::bail!(
-                "Q8_0 blocks of shape {:?}, expected [{out_dim}, {row_bytes}]",
+                "{ggml:?} blocks of shape {:?}, expected [{out_dim}, {row_bytes}]",
                 blocks.dims()
             );
         }
