@@ -296,7 +296,14 @@ impl GgufCheckpoint {
                 ))
             }
         };
+        let bad = |what: &str| gguf_error(&shard.path, format!("tensor `{gguf_name}` {what}"));
         let mut dims = info.shape.dims().to_vec();
+        if !dims
+            .last()
+            .is_some_and(|d| d.is_multiple_of(ggml.block_size()))
+        {
+            return Err(bad("has rows that are not whole blocks of its type"));
+        }
         let whole = info.shape.elem_count() / ggml.block_size() * ggml.type_size();
         let (mut start, mut len) = (info.offset as usize, whole);
         if let Some(item) = item {
@@ -308,16 +315,16 @@ impl GgufCheckpoint {
             start += item * len;
             dims.remove(0);
         }
-        let data_start = shard.content.tensor_data_offset as usize;
-        let bytes = shard
-            .mmap
-            .get(data_start + start..data_start + start + len)
-            .ok_or_else(|| {
-                gguf_error(
-                    &shard.path,
-                    format!("tensor `{gguf_name}` lies beyond the end of the file"),
-                )
-            })?;
+        let beyond = || bad("lies beyond the end of the file");
+        let begin = (shard.content.tensor_data_offset as usize)
+            .checked_add(start)
+            .ok_or_else(beyond)?;
+        let end = begin.checked_add(len).ok_or_else(beyond)?;
+        let bytes = shard.mmap.get(begin..end).ok_or_else(beyond)?;
+        // candle reads quantized blocks in place; theirs hold f16 numbers.
+        if !bytes.as_ptr().cast::<half::f16>().is_aligned() {
+            return Err(bad("is not aligned to 2 bytes in the file"));
+        }
         Ok((bytes, dims, ggml))
     }
 
