@@ -149,6 +149,17 @@ impl GgufCheckpoint {
             .iter()
             .map(|p| open_shard(p))
             .collect::<Result<Vec<_>>>()?;
+        if let Some(count) = shards.first().and_then(|s| split_key(s, "split.count")) {
+            if count.max(1) != shards.len() as u64 {
+                return Err(gguf_error(
+                    &paths[0],
+                    format!(
+                        "`split.count` says the set has {count} files, but {} were given: give the first file, named …-00001-of-{count:05}.gguf",
+                        shards.len()
+                    ),
+                ));
+            }
+        }
         let mut routing = HashMap::new();
         for (index, shard) in shards.iter().enumerate() {
             if shards.len() > 1 && split_key(shard, "split.no") != Some(index as u64) {

@@ -199,7 +199,15 @@ fn split_sets_open_from_the_first_file() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("give the first"), "{err}");
-    // The second file alone claims to be part 1 of a set of 2.
+    // The first file alone (renamed, say) is one of a set of 2.
+    let err = GgufCheckpoint::open(&files[..1])
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("`split.count`")),
+        "{err:?}"
+    );
+    // The second file first claims to be part 1 of a set of 2.
     let reversed = GgufCheckpoint::open(&[files[1].clone(), files[0].clone()]);
     assert!(reversed.is_err());
     std::fs::remove_file(&files[1]).unwrap();
