@@ -57,12 +57,10 @@ impl ServeArgs {
         if self.api_key.as_ref().is_some_and(|k| k.0.trim().is_empty()) {
             self.api_key = None;
         }
-        if self
-            .chat_template
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            self.chat_template = None;
+        for field in [&mut self.chat_template, &mut self.tokenizer] {
+            if field.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *field = None;
+            }
         }
         self.served_model_name.retain(|n| !n.trim().is_empty());
         self.cors_allow_origin.retain(|o| !o.trim().is_empty());
@@ -111,8 +109,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Model to serve: a Hugging Face hub id (`deepseek-ai/DeepSeek-V2-Lite-Chat`) or a
-    /// local folder. Default: the small model embedded in the binary.
+    /// Model to serve: a Hugging Face hub id (`deepseek-ai/DeepSeek-V2-Lite-Chat`), a
+    /// local folder, or a GGUF file (of a split set, the first:
+    /// `…-00001-of-0000N.gguf`). Default: the small model embedded in the binary.
     #[arg(long, env = "FERROSEEK_MODEL")]
     pub model: Option<String>,
 
@@ -186,6 +185,13 @@ pub struct ServeArgs {
     /// A Jinja chat template file that replaces the model's.
     #[arg(long, env = "FERROSEEK_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
+
+    /// A folder whose tokenizer.json (with tokenizer_config.json,
+    /// generation_config.json, chat_template.jinja where present) replaces
+    /// the model's tokenizer: for a GGUF file whose pre-tokenizer is not
+    /// supported yet, give the original model's folder.
+    #[arg(long, env = "FERROSEEK_TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
 
     /// The tool-call syntax to take out of the model's text for requests
     /// with `tools`: deepseek_v3 (V3, R1), deepseek_v31, deepseek_v32 (DSML:

@@ -11,7 +11,9 @@ use anyhow::{bail, Context as _, Result};
 use candle_core::Device;
 use ferroseek_engine::output::hidden_special_tokens;
 use ferroseek_engine::{Engine, EngineConfig, Grammars, Tokenizer, TokenizerFiles, ToolCallFormat};
-use ferroseek_model::{resolve_model, DeepSeekModel, HubOptions, LoadOptions, ModelFiles};
+use ferroseek_model::{
+    resolve_model, CheckpointFormat, DeepSeekModel, HubOptions, LoadOptions, ModelFiles,
+};
 
 use crate::cli::{GenerationConfig, ServeArgs};
 use crate::embedded;
@@ -70,6 +72,41 @@ fn chat_template_file(args: &ServeArgs, files: &ModelFiles) -> Result<Option<Pat
     Ok(files.chat_template.clone())
 }
 
+/// The tokenizer and the `generation_config.json` beside it: from
+/// `--tokenizer`'s folder, else the model's files, else (GGUF) the file's
+/// metadata.
+fn load_tokenizer(args: &ServeArgs, files: &ModelFiles) -> Result<(Tokenizer, Option<PathBuf>)> {
+    let chat_template = chat_template_file(args, files)?;
+    if let Some(dir) = &args.tokenizer {
+        let mut found = TokenizerFiles::in_dir(dir);
+        if found.tokenizer_json.is_none() && found.tiktoken_model.is_none() {
+            bail!(
+                "`--tokenizer` {} has neither tokenizer.json nor tiktoken.model",
+                dir.display()
+            );
+        }
+        if args.chat_template.is_some() {
+            found.chat_template = chat_template;
+        }
+        let generation = found.generation_config.clone();
+        let tokenizer = Tokenizer::from_files(&found)
+            .with_context(|| format!("cannot load the tokenizer of {}", dir.display()))?;
+        return Ok((tokenizer, generation));
+    }
+    if files.format == CheckpointFormat::Gguf {
+        let tokenizer = Tokenizer::from_gguf(&files.config, chat_template.as_deref()).context(
+            "cannot load the GGUF file's tokenizer (`--tokenizer` takes a folder with the model's tokenizer.json instead)",
+        )?;
+        return Ok((tokenizer, None));
+    }
+    let tokenizer = Tokenizer::from_files(&TokenizerFiles {
+        chat_template,
+        ..TokenizerFiles::from(files)
+    })
+    .context("cannot load the tokenizer")?;
+    Ok((tokenizer, files.generation_config.clone()))
+}
+
 fn total_size(paths: &[PathBuf]) -> u64 {
     paths
         .iter()
@@ -83,11 +120,7 @@ fn total_size(paths: &[PathBuf]) -> u64 {
 pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
     let started = Instant::now();
     let files = resolve(args)?;
-    let tokenizer = Tokenizer::from_files(&TokenizerFiles {
-        chat_template: chat_template_file(args, &files)?,
-        ..TokenizerFiles::from(&files)
-    })
-    .context("cannot load the tokenizer")?;
+    let (tokenizer, generation_config) = load_tokenizer(args, &files)?;
     if tokenizer.chat_template().is_none() {
         tracing::warn!("the model has no chat template: /v1/chat/completions will answer 400 (see `--chat-template`)");
     }
@@ -98,7 +131,7 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
     );
 
     let generation_file = match args.generation_config {
-        GenerationConfig::Auto => files.generation_config.as_deref(),
+        GenerationConfig::Auto => generation_config.as_deref(),
         GenerationConfig::None => None,
     };
     let (sampling_defaults, taken) = generation_defaults::from_file(generation_file)?;

@@ -5,8 +5,8 @@
 //! mid-way and 10% invalid requests. It passes when no response is a 5xx,
 //! every valid request that was not cancelled ends with a `finish_reason`,
 //! the KV blocks in use return to 0, the same process served it all, and its
-//! resident memory grew by less than 5% from the end of the second quarter
-//! to the end. It prints p50/p99 time to first token and per-token latency.
+//! resident memory at the end is less than 5% above the most it held in the
+//! second quarter. It prints p50/p99 time to first token and per-token latency.
 //!
 //! The test in CI runs 300 requests on the embedded model. The long soak is
 //! the ignored test: `FERROSEEK_SOAK_REQUESTS=2000 cargo test --release
@@ -181,16 +181,20 @@ async fn soak(server: &Server, total: usize) {
     let client = reqwest::Client::new();
     let mut rng = StdRng::seed_from_u64(2026);
     let requests: Vec<_> = (0..total).map(|i| request(i, &mut rng)).collect();
-    let half = total / 2;
+    // Resident memory over the second quarter, at its highest: one sample
+    // swings by several percent with the allocator's free lists, while a
+    // leak grows past every earlier sample.
+    let second_quarter = total / 4..total / 2;
     let mut outcomes = Vec::with_capacity(total);
-    let mut rss_mid = None;
+    let mut rss_mid: Option<u64> = None;
     let mut results = futures_util::stream::iter(requests)
         .map(|r| run_one(&client, server, r))
         .buffer_unordered(CONCURRENCY);
     while let Some(o) = results.next().await {
         outcomes.push(o);
-        if outcomes.len() == half {
-            rss_mid = Some(rss_kib(server.pid()));
+        if second_quarter.contains(&outcomes.len()) {
+            let now = rss_kib(server.pid());
+            rss_mid = Some(rss_mid.map_or(now, |m| m.max(now)));
         }
     }
     // Every block returns once the cancelled streams are noticed.
@@ -247,8 +251,8 @@ async fn soak(server: &Server, total: usize) {
     println!(
         "soak: {total} requests at concurrency {CONCURRENCY} ({cancelled} streams cancelled, \
          {invalid} invalid), {preemptions} preemptions; time to first token p50 {:?} p99 {:?}; \
-         per token p50 {:?} p99 {:?}; resident memory {rss_mid} KiB at half time, {rss_end} KiB \
-         at the end ({:+.1}%)",
+         per token p50 {:?} p99 {:?}; resident memory at most {rss_mid} KiB in the second quarter, \
+         {rss_end} KiB at the end ({:+.1}%)",
         percentile(&mut ttft, 0.5),
         percentile(&mut ttft, 0.99),
         percentile(&mut gaps, 0.5),
@@ -261,7 +265,7 @@ async fn soak(server: &Server, total: usize) {
     );
     assert!(
         growth < 0.05,
-        "resident memory grew {:.1}% from half time to the end",
+        "resident memory grew {:.1}% from the second quarter to the end",
         growth * 100.0
     );
 }

@@ -33,6 +33,7 @@ pub mod block_manager;
 pub mod constrain;
 pub mod engine;
 pub mod error;
+mod gguf_tokenizer;
 pub mod output;
 pub mod request;
 pub mod sampling;

@@ -101,7 +101,7 @@ impl Tokenizer {
         Self::assemble(inner, config, generation, files.chat_template.as_deref())
     }
 
-    fn assemble(
+    pub(crate) fn assemble(
         inner: tokenizers::Tokenizer,
         config: Option<(&Path, Json)>,
         generation: Option<(&Path, Json)>,

@@ -40,6 +40,11 @@ pub enum ModelError {
     #[error("model `{model}`: {message}")]
     Hub { model: String, message: String },
 
+    /// A GGUF file that cannot be read, or whose metadata or tensors this
+    /// implementation does not support; `message` names the key or tensor.
+    #[error("{}: {message}", path.display())]
+    Gguf { path: PathBuf, message: String },
+
     /// The caller handed the forward pass a batch that does not fit the cache
     /// or the model (a bug in the caller, reported rather than panicking).
     #[error("invalid batch: {0}")]

@@ -39,7 +39,9 @@ pub mod testing;
 
 pub use batch::{Batch, LogitsRows, SeqInput};
 pub use cache::LatentCache;
-pub use checkpoint::{resolve_model, Checkpoint, HubOptions, ModelFiles};
+pub use checkpoint::{
+    resolve_model, Checkpoint, CheckpointFormat, GgufCheckpoint, GgufVocab, HubOptions, ModelFiles,
+};
 pub use config::DeepSeekConfig;
 pub use error::{ModelError, Result};
 pub use kernels::parallel::{set_threads, threads as compute_threads};

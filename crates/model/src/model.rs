@@ -5,12 +5,13 @@
 //! The forward pass holds no request state: it takes the batch and the cache and
 //! returns logits.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use crate::batch::{Batch, LogitsRows};
 use crate::cache::LatentCache;
-use crate::checkpoint::{Checkpoint, ModelFiles};
+use crate::checkpoint::{Checkpoint, CheckpointFormat, GgufCheckpoint, ModelFiles};
 use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
 use crate::kernels::attention::SeqSpan;
@@ -173,6 +174,9 @@ pub struct DeepSeekModel {
 impl DeepSeekModel {
     /// Loads a checkpoint's config and weights.
     pub fn load(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
+        if files.format == CheckpointFormat::Gguf {
+            return Self::load_gguf(files, options);
+        }
         let cfg = DeepSeekConfig::from_file(&files.config)?;
         let checkpoint = Checkpoint::open(&files.weights, cfg.fp8.clone())?;
         let stored = cfg
@@ -182,6 +186,33 @@ impl DeepSeekModel {
         let weights = WeightFormat {
             dtype: options.dtype.resolve_weights(stored, &options.device),
             quantize: options.quantize,
+        };
+        let vb = checkpoint.var_builder(dtype, &options.device);
+        Self::new(cfg, vb, weights, options)
+    }
+
+    /// A GGUF checkpoint. A file whose matrices are quantized is held
+    /// quantized, as Q8_0 unless `options.quantize` asks for Q4_K; weights
+    /// stored as Q8_0 or Q4_K keep their blocks either way.
+    fn load_gguf(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
+        let checkpoint = GgufCheckpoint::open(&files.weights)?;
+        let cfg = checkpoint.config()?;
+        let quantized = checkpoint
+            .stored_type("blk.0.attn_kv_a_mqa.weight")
+            .is_some_and(|t| !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
+        let stored = match checkpoint.stored_type("token_embd.weight") {
+            Some(GgmlDType::BF16) => Some(DType::BF16),
+            Some(GgmlDType::F16) => Some(DType::F16),
+            _ => Some(DType::F32),
+        };
+        let quantize = match options.quantize {
+            Quantization::None if quantized => Quantization::Q8_0,
+            other => other,
+        };
+        let dtype = options.dtype.resolve(stored, &options.device);
+        let weights = WeightFormat {
+            dtype: options.dtype.resolve_weights(stored, &options.device),
+            quantize,
         };
         let vb = checkpoint.var_builder(dtype, &options.device);
         Self::new(cfg, vb, weights, options)

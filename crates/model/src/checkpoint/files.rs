@@ -1,7 +1,8 @@
 //! The files of a checkpoint: `config.json`, the weights (one
 //! `model.safetensors`, or the shards an index names) and the tokenizer's
 //! files (`tokenizer.json` or `tiktoken.model`, the configs, the chat
-//! template), found in a folder or a hub repository.
+//! template), found in a folder or a hub repository; or a GGUF file (and
+//! its split siblings), which holds config and weights in one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,20 @@ use crate::error::{read_json, ModelError, Result};
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
 
+/// How a checkpoint's weights and config are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// `config.json` plus safetensors files.
+    Safetensors,
+    /// GGUF: the first file's metadata is the config.
+    Gguf,
+}
+
 /// The files of one checkpoint, wherever they came from.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
+    pub format: CheckpointFormat,
+    /// `config.json`; for GGUF the first file, whose metadata is the config.
     pub config: PathBuf,
     pub weights: Vec<PathBuf>,
     pub tokenizer: Option<PathBuf>,
@@ -85,6 +97,7 @@ fn collect_files(source: &dyn FileSource) -> Result<ModelFiles> {
         None => source.fetch("tiktoken.model")?,
     };
     Ok(ModelFiles {
+        format: CheckpointFormat::Safetensors,
         config,
         weights,
         tokenizer,
@@ -95,12 +108,41 @@ fn collect_files(source: &dyn FileSource) -> Result<ModelFiles> {
     })
 }
 
-/// Resolves `model` — a folder, or a hub id such as `deepseek-ai/DeepSeek-V2-Lite-Chat` —
-/// to its files, downloading into the hub cache when allowed.
+/// A GGUF file: the file itself, or, for the first of a split set
+/// (`…-00001-of-00003.gguf`), all of its files. The tokenizer comes from
+/// elsewhere.
+fn gguf_files(path: &Path) -> Result<ModelFiles> {
+    Ok(ModelFiles {
+        format: CheckpointFormat::Gguf,
+        config: path.to_path_buf(),
+        weights: super::gguf::split_files(path)?,
+        tokenizer: None,
+        tiktoken: None,
+        tokenizer_config: None,
+        generation_config: None,
+        chat_template: None,
+    })
+}
+
+/// Resolves `model` — a folder, a `.gguf` file, or a hub id such as
+/// `deepseek-ai/DeepSeek-V2-Lite-Chat` — to its files, downloading into the
+/// hub cache when allowed.
 pub fn resolve_model(model: &str, hub: &HubOptions) -> Result<ModelFiles> {
     let path = Path::new(model);
     if path.is_dir() {
         return collect_files(&Folder(path.to_path_buf()));
+    }
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        if !path.is_file() {
+            return Err(ModelError::Hub {
+                model: model.to_string(),
+                message: "is not a readable GGUF file".into(),
+            });
+        }
+        return gguf_files(path);
     }
     let looks_like_id = model.split('/').count() == 2
         && !model.starts_with('.')

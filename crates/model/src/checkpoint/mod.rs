@@ -9,18 +9,22 @@
 //!   the forward pass never asks for (V3's multi-token-prediction layer) are
 //!   never touched.
 //! - `fp8`: DeepSeek's block-scaled FP8 weights, dequantized at load.
+//! - `gguf`: [`GgufCheckpoint`], llama.cpp's GGUF files of architecture
+//!   `deepseek2`, their tensors under the Hugging Face names and their
+//!   metadata as a config.
 //!
 //! The seam between a format and the model is the `VarBuilder`: the model
 //! asks it for tensors by the names the Hugging Face checkpoint gives them,
-//! in the shapes it expects, and never sees files. A second format (GGUF)
-//! joins as a module beside `safetensors` that gives such a `VarBuilder`.
+//! in the shapes it expects, and never sees files.
 
 mod files;
 mod fp8;
+mod gguf;
 mod hub;
 mod safetensors;
 
-pub use files::{resolve_model, ModelFiles};
+pub use files::{resolve_model, CheckpointFormat, ModelFiles};
 pub use fp8::dequantize_block_fp8;
+pub use gguf::{GgufCheckpoint, GgufVocab};
 pub use hub::HubOptions;
 pub use safetensors::Checkpoint;

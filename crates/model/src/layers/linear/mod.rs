@@ -8,9 +8,10 @@
 //! once (f32, bf16, and Q8_0); larger inputs use candle's GEMM (a bf16
 //! weight widened to f32 for the call) or candle's quantized matmul.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
@@ -20,6 +21,26 @@ use crate::quant::{pack_rows, quantize_rows, Quantization};
 
 mod grouped;
 pub use grouped::GroupedLinear;
+
+/// The names, beside a linear layer's `weight`, under which a checkpoint
+/// that stores the weight as GGML blocks of a format the packed kernels
+/// run offers those bytes, `[out, row bytes]` (a GGUF file does;
+/// safetensors never).
+pub const STORED_BLOCKS: [(GgmlDType, &str); 2] = [
+    (GgmlDType::Q8_0, "weight.q8_0_blocks"),
+    (GgmlDType::Q4K, "weight.q4_k_blocks"),
+];
+
+/// The weight's stored blocks and their format, if the checkpoint offers
+/// them.
+fn stored_blocks(vb: &VarBuilder) -> Result<Option<(GgmlDType, Tensor)>> {
+    for (ggml, name) in STORED_BLOCKS {
+        if vb.contains_tensor(name) {
+            return Ok(Some((ggml, vb.get_unchecked_dtype(name, DType::U8)?)));
+        }
+    }
+    Ok(None)
+}
 
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
@@ -135,10 +156,16 @@ impl Linear {
     ) -> Result<Self> {
         match format.quantize.ggml_for(in_dim) {
             None => Self::new(in_dim, out_dim, vb.set_dtype(format.dtype)),
-            Some(_) => Self::from_tensor(
-                &vb.set_dtype(DType::F32).get((out_dim, in_dim), "weight")?,
-                format,
-            ),
+            // Stored Q8_0 or Q4_K blocks are held as they are, whichever
+            // quantization was asked for: rounding them again could only
+            // lose.
+            Some(_) => match stored_blocks(&vb)? {
+                Some((ggml, blocks)) => Self::from_blocks(&blocks, ggml, in_dim, out_dim),
+                None => Self::from_tensor(
+                    &vb.set_dtype(DType::F32).get((out_dim, in_dim), "weight")?,
+                    format,
+                ),
+            },
         }
     }
 
@@ -177,6 +204,40 @@ impl Linear {
             )?
         };
         let q = Arc::new(q);
+        Ok(Linear {
+            weight: Weight::Quantized {
+                mm: QMatMul::from_arc(q.clone())?,
+                q,
+            },
+        })
+    }
+
+    /// A weight stored as `ggml` blocks (`[out, row bytes]`, GGML's layout,
+    /// which candle's is), held without rounding again: packed for the
+    /// VNNI kernels where the CPU has them, else as candle's blocks.
+    fn from_blocks(
+        blocks: &Tensor,
+        ggml: GgmlDType,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self> {
+        let row_bytes = in_dim / ggml.block_size() * ggml.type_size();
+        if blocks.dims() != [out_dim, row_bytes] {
+            candle_core::bail!(
+                "{ggml:?} blocks of shape {:?}, expected [{out_dim}, {row_bytes}]",
+                blocks.dims()
+            );
+        }
+        let bytes = blocks.flatten_all()?.to_vec1::<u8>()?;
+        if blocks.device().is_cpu() {
+            if let Some(packed) = Packed::new(&bytes, ggml, out_dim, in_dim) {
+                return Ok(Linear {
+                    weight: Weight::Packed(packed),
+                });
+            }
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), blocks.device(), ggml)?;
+        let q = Arc::new(QTensor::new(storage, (out_dim, in_dim))?);
         Ok(Linear {
             weight: Weight::Quantized {
                 mm: QMatMul::from_arc(q.clone())?,

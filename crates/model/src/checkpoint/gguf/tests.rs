@@ -1,0 +1,415 @@
+//! Reading GGUF tensors of each supported type, split sets, and the Q8_0
+//! round trip the loader relies on; on files written with candle's GGUF
+//! writer.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+use super::{split_files, split_name, GgufCheckpoint};
+use crate::error::ModelError;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferroseek-gguf-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(path: &Path, metadata: &[(&str, Value)], tensors: &[(&str, QTensor)]) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+    gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+}
+
+fn ramp(dims: &[usize]) -> Tensor {
+    let n: usize = dims.iter().product();
+    Tensor::arange(0f32, n as f32, &Device::Cpu)
+        .unwrap()
+        .affine(0.37, -3.0)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .reshape(dims)
+        .unwrap()
+}
+
+/// `t` in storage of its own: candle's quantizer reads a view's storage
+/// from its start.
+fn fresh(t: &Tensor) -> Tensor {
+    let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    Tensor::from_vec(values, t.dims(), t.device()).unwrap()
+}
+
+fn q(t: &Tensor, ggml: GgmlDType) -> QTensor {
+    QTensor::quantize(t, ggml).unwrap()
+}
+
+fn same(a: &Tensor, b: &Tensor) -> bool {
+    a.dims() == b.dims()
+        && a.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            == b.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+}
+
+#[test]
+fn split_names_are_recognised() {
+    assert_eq!(split_name("m-00001-of-00003.gguf"), Some(("m", 1, 3)));
+    assert_eq!(split_name("a-b-00002-of-00002.gguf"), Some(("a-b", 2, 2)));
+    assert_eq!(split_name("m-1-of-3.gguf"), None);
+    assert_eq!(split_name("m-00004-of-00003.gguf"), None);
+    assert_eq!(split_name("m.gguf"), None);
+}
+
+#[test]
+fn each_stored_type_reads_back_in_pytorch_shape() {
+    let dir = temp_dir("types");
+    let (w, experts) = (ramp(&[4, 64]), ramp(&[3, 2, 32]));
+    let path = dir.join("types.gguf");
+    write(
+        &path,
+        &[],
+        &[
+            ("f32", q(&w, GgmlDType::F32)),
+            ("f16", q(&w, GgmlDType::F16)),
+            ("bf16", q(&w, GgmlDType::BF16)),
+            ("q8_0", q(&w, GgmlDType::Q8_0)),
+            ("q4_k", q(&ramp(&[2, 256]), GgmlDType::Q4K)),
+            ("q6_k", q(&ramp(&[2, 256]), GgmlDType::Q6K)),
+            ("q8_k", q(&ramp(&[2, 256]), GgmlDType::Q8K)),
+            ("blk.0.ffn_up_exps.weight", q(&experts, GgmlDType::Q8_0)),
+        ],
+    );
+    let g = GgufCheckpoint::open(std::slice::from_ref(&path)).unwrap();
+    assert!(same(&g.read("f32", None).unwrap(), &w));
+    assert_eq!(g.read("f16", None).unwrap().dtype(), DType::F16);
+    assert!(same(
+        &g.read("f16", None).unwrap(),
+        &w.to_dtype(DType::F16).unwrap()
+    ));
+    assert!(same(
+        &g.read("bf16", None).unwrap(),
+        &w.to_dtype(DType::BF16).unwrap()
+    ));
+    let rounded = q(&w, GgmlDType::Q8_0).dequantize(&Device::Cpu).unwrap();
+    assert!(same(&g.read("q8_0", None).unwrap(), &rounded));
+    // One expert of a stacked tensor: its own rows, by the HF name.
+    let expert = q(&experts, GgmlDType::Q8_0)
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .i(2)
+        .unwrap();
+    let by_name = g
+        .load("model.layers.0.mlp.experts.2.up_proj.weight")
+        .unwrap();
+    assert!(same(&by_name, &expert));
+    assert!(matches!(
+        g.load("model.layers.0.mlp.experts.3.up_proj.weight"),
+        Err(ModelError::MissingTensor { .. })
+    ));
+    for (name, ggml) in [("q4_k", GgmlDType::Q4K), ("q6_k", GgmlDType::Q6K)] {
+        let decoded = q(&ramp(&[2, 256]), ggml).dequantize(&Device::Cpu).unwrap();
+        assert!(same(&g.read(name, None).unwrap(), &decoded), "{name}");
+    }
+    let err = g.read("q8_k", None).unwrap_err().to_string();
+    assert!(
+        err.contains("`q8_k`") && err.contains("not supported yet"),
+        "{err}"
+    );
+}
+
+/// The loader hands Q8_0 weights to the model dequantized; the model's
+/// own Q8_0 rounding must give back the file's blocks, byte for byte.
+#[test]
+fn q8_0_file_blocks_survive_requantizing() {
+    let w = (ramp(&[64, 256]) * 3.7).unwrap();
+    let blocks = q(&w, GgmlDType::Q8_0);
+    let again = q(&blocks.dequantize(&Device::Cpu).unwrap(), GgmlDType::Q8_0);
+    assert_eq!(blocks.data().unwrap(), again.data().unwrap());
+}
+
+#[test]
+fn split_kv_b_rebuilds_hf_kv_b_proj() {
+    let (heads, nope, v, rank) = (2, 32, 32, 64);
+    let kv_b = ramp(&[heads * (nope + v), rank]);
+    let per_head = kv_b.reshape((heads, nope + v, rank)).unwrap();
+    let k_b = per_head
+        .narrow(1, 0, nope)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let v_b = per_head.narrow(1, nope, v).unwrap().contiguous().unwrap();
+    let dir = temp_dir("kvb");
+    let path = dir.join("kvb.gguf");
+    write(
+        &path,
+        &[],
+        &[
+            ("blk.0.attn_k_b.weight", q(&k_b, GgmlDType::F32)),
+            ("blk.0.attn_v_b.weight", q(&v_b, GgmlDType::F32)),
+        ],
+    );
+    let g = GgufCheckpoint::open(&[path]).unwrap();
+    let rebuilt = g.load("model.layers.0.self_attn.kv_b_proj.weight").unwrap();
+    assert!(same(&rebuilt, &kv_b));
+}
+
+#[test]
+fn split_sets_open_from_the_first_file() {
+    let dir = temp_dir("split");
+    let (a, b) = (ramp(&[2, 32]), ramp(&[3, 32]));
+    let split = |no: u16| {
+        vec![
+            ("split.no", Value::U16(no)),
+            ("split.count", Value::U16(2)),
+            ("split.tensors.count", Value::I32(2)),
+        ]
+    };
+    let first = dir.join("m-00001-of-00002.gguf");
+    write(
+        &first,
+        &split(0),
+        &[("token_embd.weight", q(&a, GgmlDType::F32))],
+    );
+    write(
+        &dir.join("m-00002-of-00002.gguf"),
+        &split(1),
+        &[("output.weight", q(&b, GgmlDType::F32))],
+    );
+    let files = split_files(&first).unwrap();
+    assert_eq!(files.len(), 2);
+    let g = GgufCheckpoint::open(&files).unwrap();
+    assert!(same(&g.load("lm_head.weight").unwrap(), &b));
+    assert!(same(&g.load("model.embed_tokens.weight").unwrap(), &a));
+
+    let err = split_files(&dir.join("m-00002-of-00002.gguf"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("give the first"), "{err}");
+    // The first file alone (renamed, say) is one of a set of 2.
+    let err = GgufCheckpoint::open(&files[..1])
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("`split.count`")),
+        "{err:?}"
+    );
+    // The second file first claims to be part 1 of a set of 2.
+    let reversed = GgufCheckpoint::open(&[files[1].clone(), files[0].clone()]);
+    assert!(reversed.is_err());
+    std::fs::remove_file(&files[1]).unwrap();
+    let err = split_files(&first).unwrap_err().to_string();
+    assert!(err.contains("is missing"), "{err}");
+}
+
+/// A Q8_0 weight reaches a Q8_0 linear layer as the file's blocks (one
+/// expert of a stacked tensor too); an F32 weight does not offer blocks.
+#[test]
+fn q8_0_weights_reach_linear_layers_as_stored_blocks() {
+    use crate::layers::linear::{Linear, WeightFormat, STORED_BLOCKS};
+    use crate::quant::Quantization;
+    use candle_core::Module;
+    use candle_nn::var_builder::SimpleBackend;
+
+    let dir = temp_dir("blocks");
+    let path = dir.join("blocks.gguf");
+    let (o, experts) = ((ramp(&[32, 64]) * 2.5).unwrap(), ramp(&[2, 32, 64]));
+    write(
+        &path,
+        &[],
+        &[
+            ("blk.0.attn_output.weight", q(&o, GgmlDType::Q8_0)),
+            ("blk.0.ffn_up_exps.weight", q(&experts, GgmlDType::Q8_0)),
+            ("blk.0.attn_q.weight", q(&o, GgmlDType::F32)),
+        ],
+    );
+    let g = GgufCheckpoint::open(&[path]).unwrap();
+    let blocks = |w: &str| {
+        format!(
+            "{}{}",
+            w,
+            STORED_BLOCKS[0].1.strip_prefix("weight").unwrap()
+        )
+    };
+    let o_name = "model.layers.0.self_attn.o_proj.weight";
+    let up_name = "model.layers.0.mlp.experts.1.up_proj.weight";
+    assert!(g.contains_tensor(&blocks(o_name)));
+    assert!(g.contains_tensor(&blocks(up_name)));
+    assert!(!g.contains_tensor(&blocks("model.layers.0.self_attn.q_proj.weight")));
+    let stored = g.load(&blocks(o_name)).unwrap();
+    assert_eq!(stored.dims(), [32, 64 / 32 * 34]);
+    assert_eq!(
+        stored.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+        q(&o, GgmlDType::Q8_0).data().unwrap().to_vec()
+    );
+
+    let format = WeightFormat {
+        dtype: DType::F32,
+        quantize: Quantization::Q8_0,
+    };
+    let vb = g.var_builder(DType::F32, &Device::Cpu);
+    let x = ramp(&[3, 64]);
+    for (name, prefix, weight) in [
+        (o_name, "model.layers.0.self_attn.o_proj", o.clone()),
+        (
+            up_name,
+            "model.layers.0.mlp.experts.1.up_proj",
+            fresh(&experts.i(1).unwrap()),
+        ),
+    ] {
+        let from_blocks = Linear::load(64, 32, vb.pp(prefix), format).unwrap();
+        let rounded = q(&weight, GgmlDType::Q8_0)
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let requantized = Linear::from_tensor(&rounded, format).unwrap();
+        assert_ne!(from_blocks.format(), "f32", "{name}");
+        assert!(
+            same(
+                &from_blocks.forward(&x).unwrap(),
+                &requantized.forward(&x).unwrap()
+            ),
+            "{name}"
+        );
+    }
+}
+
+/// The embedded model's q8_0 GGUF rewritten with `edit` applied to its
+/// metadata (and only its embedding table), then its config.
+fn config_with(
+    name: &str,
+    edit: impl Fn(&mut Vec<(String, Value)>),
+) -> crate::error::Result<crate::config::DeepSeekConfig> {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf/tiny-deepseek-v3-q8_0.gguf");
+    let mut file = std::fs::File::open(&fixture).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let embed = content
+        .tensor(&mut file, "token_embd.weight", &Device::Cpu)
+        .unwrap();
+    let mut metadata: Vec<(String, Value)> = content.metadata.into_iter().collect();
+    edit(&mut metadata);
+    let path = temp_dir("config").join(format!("{name}.gguf"));
+    let metadata: Vec<(&str, Value)> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    write(&path, &metadata, &[("token_embd.weight", embed)]);
+    GgufCheckpoint::open(&[path])?.config()
+}
+
+#[test]
+fn missing_or_unsupported_metadata_is_an_error_naming_the_key() {
+    for key in [
+        "deepseek2.block_count",
+        "deepseek2.attention.kv_lora_rank",
+        "deepseek2.attention.layer_norm_rms_epsilon",
+        "deepseek2.expert_feed_forward_length",
+        "deepseek2.expert_shared_count",
+        "deepseek2.rope.scaling.original_context_length",
+        "general.architecture",
+    ] {
+        let err = config_with(key, |m| m.retain(|(k, _)| k != key))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{key}` is missing")), "{key}: {err}");
+    }
+    let set = |key: &'static str, value: Value| {
+        move |m: &mut Vec<(String, Value)>| {
+            m.retain(|(k, _)| k != key);
+            m.push((key.to_string(), value.clone()));
+        }
+    };
+    let err = config_with(
+        "llama",
+        set("general.architecture", Value::String("llama".into())),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("only `deepseek2` is supported"), "{err}");
+    let err = config_with("gating", set("deepseek2.expert_gating_func", Value::U32(4)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`deepseek2.expert_gating_func` is 4"), "{err}");
+    let per_layer = Value::Array(vec![Value::U32(256); 4]);
+    let err = config_with("array", set("deepseek2.feed_forward_length", per_layer))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("per-layer array"), "{err}");
+    // The file as written passes.
+    assert!(config_with("whole", |_| {}).is_ok());
+}
+
+/// Relative distance of `a` from `b`: |a - b| / |b| over all elements.
+fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    norm(&(a - b).unwrap()) / norm(b)
+}
+
+/// Under a Q8_0 model, a Q4_K weight keeps its blocks (Q4_K, not rounded
+/// to Q8_0), and a Q6_K weight, which no kernel runs, is decoded and
+/// rounded to Q8_0; both compute what their stored numbers say.
+#[test]
+fn q4_k_weights_keep_their_blocks_and_other_types_are_requantized() {
+    use crate::layers::linear::{Linear, WeightFormat};
+    use crate::quant::Quantization;
+    use candle_core::Module;
+
+    let dir = temp_dir("kquants");
+    let path = dir.join("kquants.gguf");
+    let (a, b) = (ramp(&[32, 256]), (ramp(&[48, 256]) * 0.3).unwrap());
+    write(
+        &path,
+        &[],
+        &[
+            ("blk.0.attn_output.weight", q(&a, GgmlDType::Q4K)),
+            ("blk.0.ffn_down.weight", q(&b, GgmlDType::Q6K)),
+        ],
+    );
+    let g = GgufCheckpoint::open(&[path]).unwrap();
+    let vb = g.var_builder(DType::F32, &Device::Cpu);
+    let format = WeightFormat {
+        dtype: DType::F32,
+        quantize: Quantization::Q8_0,
+    };
+    let x = ramp(&[5, 256]);
+    for (prefix, w, ggml, held) in [
+        ("model.layers.0.self_attn.o_proj", &a, GgmlDType::Q4K, "q4"),
+        ("model.layers.0.mlp.down_proj", &b, GgmlDType::Q6K, "q8_0"),
+    ] {
+        let out = w.dim(0).unwrap();
+        let linear = Linear::load(256, out, vb.pp(prefix), format).unwrap();
+        assert!(
+            linear.format().starts_with(held),
+            "{prefix}: {}",
+            linear.format()
+        );
+        let stored = q(w, ggml).dequantize(&Device::Cpu).unwrap();
+        let dense = x.matmul(&stored.t().unwrap()).unwrap();
+        // What is left is the activations' 8-bit rounding (and for Q6_K
+        // the Q8_0 rounding of its numbers).
+        let err = relative_error(&linear.forward(&x).unwrap(), &dense);
+        assert!(err < 0.02, "{prefix}: relative error {err}");
+    }
+}

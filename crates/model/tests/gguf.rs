@@ -1,0 +1,242 @@
+//! GGUF files made by llama.cpp's own converter from the embedded model
+//! (`scripts/make_gguf_fixtures.sh`: bf16, the checkpoint's own dtype, and
+//! q8_0) against the same model read from its safetensors.
+//!
+//! The four parity fixtures (V2 and V3 variants: no q_lora and tied
+//! embeddings, grouped greedy routing, noaux_tc with YaRN, dense layers)
+//! are converted too, as f32, and checked against transformers' own
+//! reference log-probs.
+//!
+//! The q8_0 file differs from in-situ `--quantize q8_0` in one tensor: the
+//! converter stores the embedding table as Q8_0 too, where in-situ
+//! quantization keeps it dense. With the embedding rounded through Q8_0 on
+//! the safetensors side as well, the two models are the same numbers: the
+//! converter's Q8_0 blocks are the ones candle (GGML) rounds to.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use common::*;
+use ferroseek_model::{
+    resolve_model, Batch, CheckpointFormat, DTypeChoice, DeepSeekConfig, DeepSeekModel, HubOptions,
+    LoadOptions, LogitsRows, ModelFiles, Quantization, SeqInput, WeightFormat,
+};
+
+const PROMPT: [u32; 12] = [0, 17, 250, 3001, 42, 42, 7, 1999, 64, 128, 4000, 5];
+
+fn embedded_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-deepseek-v3")
+}
+
+fn files(path: &std::path::Path) -> ModelFiles {
+    resolve_model(path.to_str().unwrap(), &HubOptions::from_env(None)).unwrap()
+}
+
+fn gguf(kind: &str) -> ModelFiles {
+    let files = files(&fixture_dir("gguf").join(format!("tiny-deepseek-v3-{kind}.gguf")));
+    assert_eq!(files.format, CheckpointFormat::Gguf);
+    files
+}
+
+fn load(files: &ModelFiles, quantize: Quantization) -> DeepSeekModel {
+    let options = LoadOptions {
+        dtype: DTypeChoice::F32,
+        quantize,
+        ..Default::default()
+    };
+    DeepSeekModel::load(files, &options).unwrap()
+}
+
+/// The prompt's logits, `[tokens, vocab]`, then `steps` greedy tokens.
+fn run(model: &DeepSeekModel, steps: usize) -> (Tensor, Vec<u32>) {
+    let mut cache = cache_for(model, 32);
+    let table = blocks(0, 32);
+    let (mut feed, mut done) = (PROMPT.to_vec(), 0);
+    let (mut logits, mut tokens) = (None, Vec::new());
+    for _ in 0..=steps {
+        let batch = Batch {
+            seqs: vec![SeqInput {
+                tokens: feed.clone(),
+                num_cached: done,
+                block_table: table.clone(),
+                logits: LogitsRows::All,
+            }],
+        };
+        let out = model.forward(&batch, &mut cache).unwrap();
+        done += feed.len();
+        let next = argmax(&out.i(out.dim(0).unwrap() - 1).unwrap());
+        logits.get_or_insert(out);
+        tokens.push(next);
+        feed = vec![next];
+    }
+    tokens.pop();
+    (logits.unwrap(), tokens)
+}
+
+#[test]
+fn gguf_metadata_gives_the_config_json_config() {
+    let from_json = DeepSeekConfig::from_file(&files(&embedded_dir()).config).unwrap();
+    let mut from_gguf = load(&gguf("bf16"), Quantization::None).config().clone();
+    // Stored as f32 in GGUF; GGUF does not say the original dtype.
+    assert!((from_gguf.rms_norm_eps - from_json.rms_norm_eps).abs() < 1e-12);
+    from_gguf.rms_norm_eps = from_json.rms_norm_eps;
+    assert_eq!(from_gguf.torch_dtype, None);
+    from_gguf.torch_dtype = from_json.torch_dtype;
+    assert_eq!(from_gguf, from_json);
+}
+
+#[test]
+fn bf16_gguf_gives_the_safetensors_logits() {
+    let reference = load(&files(&embedded_dir()), Quantization::None);
+    let model = load(&gguf("bf16"), Quantization::None);
+    let (want, want_tokens) = run(&reference, 8);
+    let (got, got_tokens) = run(&model, 8);
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff <= 1e-4, "max |Δ logit| {diff}");
+    assert_eq!(got_tokens, want_tokens);
+}
+
+/// The safetensors model quantized in situ, with its embedding table
+/// rounded through Q8_0 as the converter stores it.
+fn in_situ_with_rounded_embedding(quantize: Quantization) -> DeepSeekModel {
+    let files = files(&embedded_dir());
+    let cpu = Device::Cpu;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for path in &files.weights {
+        for (name, t) in candle_core::safetensors::load(path, &cpu).unwrap() {
+            tensors.insert(name, t.to_dtype(DType::F32).unwrap());
+        }
+    }
+    let name = "model.embed_tokens.weight";
+    let rounded = QTensor::quantize(&tensors[name], GgmlDType::Q8_0)
+        .unwrap()
+        .dequantize(&cpu)
+        .unwrap();
+    tensors.insert(name.to_string(), rounded);
+    let cfg = DeepSeekConfig::from_file(&files.config).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &cpu);
+    let weights = WeightFormat {
+        dtype: DType::F32,
+        quantize,
+    };
+    DeepSeekModel::new(cfg, vb, weights, &LoadOptions::default()).unwrap()
+}
+
+/// The embedded model's q8_0 GGUF with every weight 256 wide (its input)
+/// stored as Q4_K instead, rounded from the bf16 file's numbers: what
+/// llama.cpp's quantizer does to such a weight (candle rounds Q4_K as GGML
+/// does).
+fn q4_k_gguf() -> ModelFiles {
+    use candle_core::quantized::gguf_file::Content;
+    let cpu = Device::Cpu;
+    let path = |kind: &str| fixture_dir("gguf").join(format!("tiny-deepseek-v3-{kind}.gguf"));
+    let (mut q8_file, mut bf16_file) = (
+        std::fs::File::open(path("q8_0")).unwrap(),
+        std::fs::File::open(path("bf16")).unwrap(),
+    );
+    let (q8, bf16) = (
+        Content::read(&mut q8_file).unwrap(),
+        Content::read(&mut bf16_file).unwrap(),
+    );
+    let mut names: Vec<&String> = q8.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(&str, QTensor)> = names
+        .into_iter()
+        .map(|name| {
+            let info = &q8.tensor_infos[name];
+            let q4k = info.ggml_dtype == GgmlDType::Q8_0 && info.shape.dims().last() == Some(&256);
+            let tensor = if q4k {
+                let f32 = bf16
+                    .tensor(&mut bf16_file, name, &cpu)
+                    .unwrap()
+                    .dequantize(&cpu)
+                    .unwrap();
+                QTensor::quantize(&f32, GgmlDType::Q4K).unwrap()
+            } else {
+                q8.tensor(&mut q8_file, name, &cpu).unwrap()
+            };
+            (name.as_str(), tensor)
+        })
+        .collect();
+    assert!(tensors.iter().any(|(_, t)| t.dtype() == GgmlDType::Q4K));
+    let dir = std::env::temp_dir().join(format!("ferroseek-gguf-q4k-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("tiny-q4_k.gguf");
+    let metadata: Vec<(&str, &_)> = q8.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (*k, v)).collect();
+    candle_core::quantized::gguf_file::write(
+        &mut std::fs::File::create(&out).unwrap(),
+        &metadata,
+        &tensors,
+    )
+    .unwrap();
+    files(&out)
+}
+
+/// Q4_K weights of a GGUF file keep their blocks: the file equals in-situ
+/// `--quantize q4_k` (which rounds the 256-wide weights to Q4_K, the others
+/// to Q8_0) with the embedding rounded as the file stores it.
+#[test]
+fn q4_k_gguf_equals_in_situ_q4_k() {
+    let model = load(&q4_k_gguf(), Quantization::Q4K);
+    let (got, got_tokens) = run(&model, 8);
+    let (want, want_tokens) = run(&in_situ_with_rounded_embedding(Quantization::Q4K), 8);
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+    assert_eq!(got_tokens, want_tokens);
+}
+
+#[test]
+fn q8_0_gguf_equals_in_situ_q8_0() {
+    // A Q8_0 file is held as Q8_0 without `--quantize`.
+    let model = load(&gguf("q8_0"), Quantization::None);
+    assert_eq!(model.weights().quantize, Quantization::Q8_0);
+    let (got, got_tokens) = run(&model, 8);
+    let (want, want_tokens) = run(&in_situ_with_rounded_embedding(Quantization::Q8_0), 8);
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+    assert_eq!(got_tokens, want_tokens);
+}
+
+/// The config as GGUF can carry it: the stored dtype is not said, and
+/// `rms_norm_eps` is an f32.
+fn comparable(mut from_gguf: DeepSeekConfig, from_json: &DeepSeekConfig) -> DeepSeekConfig {
+    assert!((from_gguf.rms_norm_eps - from_json.rms_norm_eps).abs() < 1e-12);
+    from_gguf.rms_norm_eps = from_json.rms_norm_eps;
+    assert_eq!(from_gguf.torch_dtype, None);
+    from_gguf.torch_dtype = from_json.torch_dtype;
+    from_gguf
+}
+
+#[test]
+fn converted_parity_fixtures_give_transformers_logprobs() {
+    for name in FIXTURES {
+        let gguf = files(&fixture_dir("gguf").join(format!("{name}-f32.gguf")));
+        let model = load(&gguf, Quantization::None);
+        let from_json = DeepSeekConfig::from_file(&files(&fixture_dir(name)).config).unwrap();
+        let mut from_gguf = comparable(model.config().clone(), &from_json);
+        // YaRN's `mscale` travels as `0.1 · mscale_all_dim` in an f32.
+        if let (Some(g), Some(j)) = (&mut from_gguf.yarn, &from_json.yarn) {
+            assert!(
+                (g.mscale - j.mscale).abs() < 1e-6
+                    && (g.mscale_all_dim - j.mscale_all_dim).abs() < 1e-6
+            );
+            (g.mscale, g.mscale_all_dim) = (j.mscale, j.mscale_all_dim);
+        }
+        assert_eq!(from_gguf, from_json, "{name}");
+        for (k, case) in reference(name).iter().enumerate() {
+            let mut cache = cache_for(&model, 32);
+            let ours = run_in_chunks(
+                &model,
+                &mut cache,
+                &blocks(0, 32),
+                &case.prompt,
+                &[case.prompt.len()],
+            );
+            let diff = max_abs_diff(&ours, &case.logprobs);
+            assert!(diff < 1e-4, "{name} case {k}: max |Δ log-prob| {diff}");
+        }
+    }
+}
