@@ -5,7 +5,10 @@
 //! Concurrent streaming chat requests through nginx must each arrive whole
 //! and in order (the text of the same greedy request asked of a replica
 //! directly), both replicas must serve some, and after one replica is
-//! stopped every new request must still succeed.
+//! stopped every new request must still succeed. A replica killed outright
+//! (`kill -9`) in the middle of a load run fails only the requests it was
+//! serving, each with an error its client sees; nothing hangs, and new
+//! requests go to the survivor.
 //!
 //! Needs Debian's `nginx` (`.ci/run` installs it and sets
 //! `FERROSEEK_REQUIRE_NGINX=1`); without it the test says so and passes
@@ -69,7 +72,8 @@ fn config_for(upstreams: &[String], port: u16) -> String {
 
 fn start_nginx(binary: &PathBuf, upstreams: &[String]) -> (Nginx, String) {
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("ferroseek-nginx-{}", std::process::id()));
+    // One folder per nginx: the tests of this file run at once.
+    let dir = std::env::temp_dir().join(format!("ferroseek-nginx-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("nginx.conf"), config_for(upstreams, port)).unwrap();
     let globals = format!(
@@ -243,5 +247,121 @@ async fn replicas_behind_nginx_stream_whole_and_survive_a_stopped_replica() {
                 .to_string()
         };
         assert_eq!(&text, want);
+    }
+}
+
+/// How one long request through nginx ended.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    /// The whole answer: a `finish_reason` and, streamed, `[DONE]`.
+    Whole,
+    /// An error the client sees: a non-200 status, or a stream cut short.
+    Failed,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_replica_fails_only_its_requests_and_the_survivor_serves() {
+    let Some(binary) = nginx_binary() else {
+        assert!(
+            std::env::var("FERROSEEK_REQUIRE_NGINX").as_deref() != Ok("1"),
+            "nginx is required (FERROSEEK_REQUIRE_NGINX=1) but not installed"
+        );
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
+        return;
+    };
+    let a = Server::start(&[]);
+    let mut b = Server::start(&[]);
+    let upstreams: Vec<String> = [&a, &b]
+        .iter()
+        .map(|s| s.base.trim_start_matches("http://").to_string())
+        .collect();
+    let (_nginx, front) = start_nginx(&binary, &upstreams);
+    let client = reqwest::Client::new();
+
+    // Long requests on both replicas: streamed and not, past eos.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let client = client.clone();
+            let url = format!("{front}/v1/chat/completions");
+            let stream = i % 2 == 0;
+            let mut body = chat(i, stream);
+            body["max_tokens"] = json!(2000);
+            body["ignore_eos"] = json!(true);
+            tokio::spawn(async move {
+                let Ok(response) = client.post(url).json(&body).send().await else {
+                    return Ending::Failed;
+                };
+                if response.status() != 200 {
+                    return Ending::Failed;
+                }
+                let Ok(text) = response.text().await else {
+                    return Ending::Failed;
+                };
+                let whole = if stream {
+                    let payloads = sse_payloads(&text);
+                    payloads.last().map(String::as_str) == Some("[DONE]")
+                        && payloads
+                            .iter()
+                            .any(|p| p.contains("\"finish_reason\":\"length\""))
+                } else {
+                    serde_json::from_str::<Value>(&text)
+                        .is_ok_and(|v| v["choices"][0]["finish_reason"] == "length")
+                };
+                if whole {
+                    Ending::Whole
+                } else {
+                    Ending::Failed
+                }
+            })
+        })
+        .collect();
+    // Kill b once both replicas are busy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&client, &a.base, "ferroseek_num_requests_running").await == 0.0
+        || metric(&client, &b.base, "ferroseek_num_requests_running").await == 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the load never reached both replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.kill();
+
+    let mut endings = Vec::new();
+    for task in tasks {
+        let ending = tokio::time::timeout(Duration::from_secs(180), task)
+            .await
+            .expect("a request through nginx hung after a replica died")
+            .unwrap();
+        endings.push(ending);
+    }
+    let failed = endings.iter().filter(|e| **e == Ending::Failed).count();
+    assert!(
+        failed > 0,
+        "the killed replica's requests failed: {endings:?}"
+    );
+    assert!(
+        failed < endings.len(),
+        "the survivor's requests finished: {endings:?}"
+    );
+
+    // New requests all go to the survivor.
+    for i in 0..6 {
+        let response = client
+            .post(format!("{front}/v1/chat/completions"))
+            .json(&chat(i, i % 2 == 0))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "request {i} after a replica was killed"
+        );
+        let body = response.text().await.unwrap();
+        if i % 2 == 0 {
+            streamed_text(&body);
+        }
     }
 }
