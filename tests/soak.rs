@@ -8,6 +8,11 @@
 //! resident memory at the end is less than 5% above the most it held in the
 //! second quarter. It prints p50/p99 time to first token and per-token latency.
 //!
+//! Two more tests load the server otherwise: SIGTERM in the middle of 32
+//! streams lets every one finish, refuses new requests and exits 0; and
+//! 16 clients asking of a server with room for 8 get 429s at once (with
+//! `Retry-After`) while the admitted requests finish in bounded time.
+//!
 //! The test in CI runs 300 requests on the embedded model. The long soak is
 //! the ignored test: `FERROSEEK_SOAK_REQUESTS=2000 cargo test --release
 //! --test soak -- --ignored --nocapture` (same mix, on the benchmark-shaped
@@ -299,4 +304,143 @@ async fn long_soak_on_the_benchmark_model() {
         "32",
     ]);
     soak(&server, total).await;
+}
+
+/// A stream of `max_tokens` tokens past eos: whether it ended whole
+/// (`finish_reason` and `[DONE]`).
+async fn whole_stream(client: &reqwest::Client, url: String, i: usize) -> bool {
+    let body = json!({"prompt": format!("Story {i}:"), "max_tokens": 60, "ignore_eos": true,
+                      "stream": true});
+    let Ok(resp) = client.post(url).json(&body).send().await else {
+        return false;
+    };
+    if resp.status() != 200 {
+        return false;
+    }
+    let text = resp.text().await.unwrap_or_default();
+    text.ends_with("data: [DONE]\n\n") && text.contains(r#""finish_reason":"length""#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_finishes_what_runs_refuses_the_rest_and_exits_zero() {
+    let server = Server::start(&["--kv-cache-memory", "3MiB", "--max-num-seqs", "32"]);
+    let client = reqwest::Client::new();
+    let url = server.url("/v1/completions");
+    let streams: Vec<_> = (0..32)
+        .map(|i| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move { whole_stream(&client, url, i).await })
+        })
+        .collect();
+    // SIGTERM once the load is running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server
+        .metric(&client, "ferroseek_generation_tokens_total")
+        .await
+        < 64.0
+    {
+        assert!(Instant::now() < deadline, "the load never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let base = server.base.clone();
+    let pid = server.pid();
+    let waiter = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.terminate()
+    });
+    // New requests are refused (closed listener, or 503 while draining).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = reqwest::Client::new()
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"prompt": "late", "max_tokens": 2}))
+        .send()
+        .await;
+    if let Ok(resp) = &late {
+        assert_eq!(resp.status(), 503, "a request after SIGTERM (server {pid})");
+    }
+    let mut whole = 0;
+    for s in streams {
+        whole += s.await.unwrap() as usize;
+    }
+    assert_eq!(whole, 32, "every stream running at SIGTERM finished");
+    let status = waiter.await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_is_refused_at_once_and_admitted_requests_stay_bounded() {
+    // Room for 4 running and 4 queued; 16 clients keep asking.
+    let server = Server::start(&["--max-num-seqs", "4", "--max-queue", "4"]);
+    let client = reqwest::Client::new();
+    let url = server.url("/v1/completions");
+    let started = Instant::now();
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0..12 {
+                    let body = json!({"prompt": format!("Client {c} asks {i}"), "max_tokens": 16,
+                                      "ignore_eos": true});
+                    let t = Instant::now();
+                    let resp = client.post(&url).json(&body).send().await.unwrap();
+                    let status = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let body: Value = resp.json().await.unwrap();
+                    answers.push((status, t.elapsed(), retry_after, body));
+                    if status == 429 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in clients {
+        answers.extend(c.await.unwrap());
+    }
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    let served: Vec<_> = answers.iter().filter(|a| a.0 == 200).collect();
+    assert_eq!(
+        refused.len() + served.len(),
+        answers.len(),
+        "only 200s and 429s"
+    );
+    assert!(
+        !refused.is_empty(),
+        "twice the capacity was refused in part"
+    );
+    assert!(
+        served.len() >= 16,
+        "the engine kept serving: {} served",
+        served.len()
+    );
+    for (_, took, retry_after, body) in &refused {
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert!(
+            *took < Duration::from_secs(2),
+            "a 429 came at once, not after {took:?}"
+        );
+    }
+    let slowest = served.iter().map(|a| a.1).max().unwrap();
+    assert!(
+        slowest < Duration::from_secs(60),
+        "an admitted request took {slowest:?}"
+    );
+    for (_, _, _, body) in &served {
+        assert_eq!(body["choices"][0]["finish_reason"], "length");
+    }
+    println!(
+        "overload: {} served, {} refused in {:?}; slowest admitted {slowest:?}",
+        served.len(),
+        refused.len(),
+        started.elapsed()
+    );
 }
