@@ -2,7 +2,9 @@
 //! once, with a cache small enough that sequences are preempted and
 //! recomputed: chat and completions, streamed and not, `n` > 1,
 //! log-probabilities, stop strings, long prompts, 30% of streams cancelled
-//! mid-way and 10% invalid requests. It passes when no response is a 5xx,
+//! mid-way and 10% invalid requests, over raw HTTP and, beside it, through
+//! the official Python client (`tests/python/soak_client.py`, when
+//! `FERROSEEK_PYTHON` has `openai`). It passes when no response is a 5xx,
 //! every valid request that was not cancelled ends with a `finish_reason`,
 //! the KV blocks in use return to 0, the same process served it all, and its
 //! resident memory at the end is less than 5% above the most it held in the
@@ -275,12 +277,55 @@ async fn soak(server: &Server, total: usize) {
     );
 }
 
+/// The Python to run the official client with (`FERROSEEK_PYTHON`, with
+/// `openai`); `None` skips that part, unless
+/// `FERROSEEK_REQUIRE_PYTHON_CLIENT=1`.
+fn python() -> Option<String> {
+    let required = std::env::var("FERROSEEK_REQUIRE_PYTHON_CLIENT").is_ok_and(|v| v == "1");
+    let found = std::env::var("FERROSEEK_PYTHON").ok().filter(|p| {
+        !p.is_empty()
+            && std::process::Command::new(p)
+                .args(["-c", "import openai"])
+                .status()
+                .is_ok_and(|s| s.success())
+    });
+    assert!(
+        found.is_some() || !required,
+        "FERROSEEK_REQUIRE_PYTHON_CLIENT=1 but FERROSEEK_PYTHON has no `openai`"
+    );
+    if found.is_none() {
+        eprintln!("SKIPPED: the official client's part of the soak (set FERROSEEK_PYTHON)");
+    }
+    found
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_mixed_load_leaks_nothing_and_never_fails() {
     // 3 MiB holds about 2,400 tokens of the embedded model's cache: far
     // less than 32 concurrent requests want, so sequences are preempted.
     let server = Server::start(&["--kv-cache-memory", "3MiB", "--max-num-seqs", "32"]);
+    // The official Python client adds its own mix beside the raw HTTP one.
+    let client_run = python().map(|python| {
+        let base = server.url("/v1");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/soak_client.py");
+        std::thread::spawn(move || {
+            std::process::Command::new(python)
+                .args([script, &base, "120"])
+                .output()
+                .expect("the Python client runs")
+        })
+    });
     soak(&server, 300).await;
+    if let Some(run) = client_run {
+        let out = run.join().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("soak client done"),
+            "the official client's soak failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{}", stdout.trim());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
