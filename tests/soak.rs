@@ -13,7 +13,8 @@
 //! Two more tests load the server otherwise: SIGTERM in the middle of 32
 //! streams lets every one finish, refuses new requests and exits 0; and
 //! 16 clients asking of a server with room for 8 get 429s at once (with
-//! `Retry-After`) while the admitted requests finish in bounded time.
+//! `Retry-After`) while the admitted requests finish in bounded time and
+//! memory stays flat.
 //!
 //! The test in CI runs 300 requests on the embedded model. The long soak is
 //! the ignored test: `FERROSEEK_SOAK_REQUESTS=2000 cargo test --release
@@ -415,17 +416,43 @@ async fn sigterm_under_load_finishes_what_runs_refuses_the_rest_and_exits_zero()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_is_refused_at_once_and_admitted_requests_stay_bounded() {
-    // Room for 4 running and 4 queued; 16 clients keep asking.
-    let server = Server::start(&["--max-num-seqs", "4", "--max-queue", "4"]);
+    // Room for 4 running and 4 queued; 16 clients keep asking. The cache
+    // is small, so the warm-up touches all of it: its pages become resident
+    // the first time a block is used, which is growth up to its size, not
+    // a leak.
+    let server = Server::start(&[
+        "--max-num-seqs",
+        "4",
+        "--max-queue",
+        "4",
+        "--kv-cache-memory",
+        "1MiB",
+    ]);
     let client = reqwest::Client::new();
     let url = server.url("/v1/completions");
     let started = Instant::now();
+    // Resident memory, sampled while the overload lasts.
+    let pid = server.pid();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        loop {
+            samples.push(rss_kib(pid));
+            tokio::select! {
+                _ = &mut stop_rx => return samples,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    });
     let clients: Vec<_> = (0..16)
         .map(|c| {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
                 let mut answers = Vec::new();
-                for i in 0..12 {
+                // Sustained: every client asks without pause for 4 seconds.
+                let mut i = 0;
+                while started.elapsed() < Duration::from_secs(4) {
+                    i += 1;
                     let body = json!({"prompt": format!("Client {c} asks {i}"), "max_tokens": 16,
                                       "ignore_eos": true});
                     let t = Instant::now();
@@ -450,6 +477,8 @@ async fn overload_is_refused_at_once_and_admitted_requests_stay_bounded() {
     for c in clients {
         answers.extend(c.await.unwrap());
     }
+    let _ = stop_tx.send(());
+    let samples = sampler.await.unwrap();
     let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
     let served: Vec<_> = answers.iter().filter(|a| a.0 == 200).collect();
     assert_eq!(
@@ -482,10 +511,27 @@ async fn overload_is_refused_at_once_and_admitted_requests_stay_bounded() {
     for (_, _, _, body) in &served {
         assert_eq!(body["choices"][0]["finish_reason"], "length");
     }
+    // Memory stays flat: the end is within 5% of the most held in the
+    // second quarter of the overload (the first warms the server up).
+    let quarter = samples.len() / 4;
+    let second_quarter = samples[quarter..2 * quarter]
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(0);
+    let end = rss_kib(pid);
+    let growth = end as f64 / second_quarter as f64 - 1.0;
     println!(
-        "overload: {} served, {} refused in {:?}; slowest admitted {slowest:?}",
+        "overload: {} served, {} refused in {:?}; slowest admitted {slowest:?}; resident \
+         memory at most {second_quarter} KiB in the second quarter, {end} KiB at the end ({:+.1}%)",
         served.len(),
         refused.len(),
-        started.elapsed()
+        started.elapsed(),
+        growth * 100.0
+    );
+    assert!(
+        growth < 0.05,
+        "memory grew {:.1}% under overload",
+        growth * 100.0
     );
 }
