@@ -37,8 +37,10 @@ import tempfile
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from deepseek_files import BOS, CHAT_TOKENS, EOS, PAD, canonicalize_safetensors, tokenizer_config, train_bpe
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
@@ -51,25 +53,6 @@ OUT = os.path.join(ROOT, "models", "tiny-deepseek-v3")
 DEFAULT_TEMPLATE = os.path.join(ROOT, "scripts", "default_chat_template.jinja")
 SEED = 20250101
 
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-PAD = "<｜▁pad▁｜>"
-# DeepSeek marks these special=false, so they survive skip_special_tokens.
-CHAT_TOKENS = [
-    "<｜User｜>",
-    "<｜Assistant｜>",
-    "<think>",
-    "</think>",
-    "<｜tool▁calls▁begin｜>",
-    "<｜tool▁calls▁end｜>",
-    "<｜tool▁call▁begin｜>",
-    "<｜tool▁call▁end｜>",
-    "<｜tool▁outputs▁begin｜>",
-    "<｜tool▁outputs▁end｜>",
-    "<｜tool▁output▁begin｜>",
-    "<｜tool▁output▁end｜>",
-    "<｜tool▁sep｜>",
-]
 TOKENIZER_SIZE = 4000  # BPE vocabulary (with BOS/EOS/PAD at 0..2) plus CHAT_TOKENS at the end
 VOCAB_SIZE = 4032  # config vocab_size: the tokenizer size rounded up to a multiple of 64
 
@@ -163,78 +146,13 @@ def stdlib_docstrings():
 
 
 def build_tokenizer():
-    tok = Tokenizer(models.BPE())
-    # DeepSeek-style pre-tokenisation: numbers in groups of up to 3 digits, CJK runs, a
-    # word/punctuation/space split, then byte-level mapping without a regex of its own.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\p{N}{1,3}"), behavior="isolated"),
-        # literal characters (U+4E00-U+9FA5, U+3040-U+309F, U+30A0-U+30FF), not \u escapes
-        pre_tokenizers.Split(Regex("[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"), behavior="isolated"),
-        pre_tokenizers.Split(
-            Regex(
-                r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+"
-                r"|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
-                r"| ?[\p{P}\p{S}]+[\r\n]*"
-                r"|\s*[\r\n]+"
-                r"|\s+(?!\S)"
-                r"|\s+"
-            ),
-            behavior="isolated",
-        ),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    specials = [AddedToken(t, special=True, normalized=False) for t in (BOS, EOS, PAD)]
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_SIZE - len(CHAT_TOKENS),
-        min_frequency=2,
-        show_progress=False,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
+    # DeepSeek-style pre-tokenisation: numbers in groups of up to 3 digits, CJK runs (literal
+    # characters U+4E00-U+9FA5, U+3040-U+309F, U+30A0-U+30FF, not \u escapes), then the word split.
     corpus = stdlib_docstrings()
     print(f"corpus: {len(corpus)} docstrings, {sum(map(len, corpus))} characters "
           f"(Python {sys.version.split()[0]} stdlib)")
-    tok.train_from_iterator(corpus, trainer=trainer)
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in CHAT_TOKENS])
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS}:0 $A:0",
-        pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
-        special_tokens=[(BOS, 0)],
-    )
-    assert tok.token_to_id(BOS) == 0 and tok.token_to_id(EOS) == 1 and tok.token_to_id(PAD) == 2
-    assert tok.get_vocab_size() == TOKENIZER_SIZE, tok.get_vocab_size()
-    return tok
-
-
-def added_token_entry(content):
-    return {
-        "__type": "AddedToken",
-        "content": content,
-        "lstrip": False,
-        "normalized": True,
-        "rstrip": False,
-        "single_word": False,
-    }
-
-
-def tokenizer_config(chat_template):
-    # DeepSeek-V3's layout: AddedToken dicts, LlamaTokenizerFast, pad = eos.
-    return {
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "bos_token": added_token_entry(BOS),
-        "chat_template": chat_template,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": added_token_entry(EOS),
-        "legacy": True,
-        "model_max_length": CONFIG["max_position_embeddings"],
-        "pad_token": added_token_entry(EOS),
-        "sp_model_kwargs": {},
-        "tokenizer_class": "LlamaTokenizerFast",
-        "unk_token": None,
-        "use_default_system_prompt": False,
-    }
+    splits = [Regex(r"\p{N}{1,3}"), Regex("[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+")]
+    return train_bpe(splits, corpus, TOKENIZER_SIZE)
 
 
 GENERATION_CONFIG = {
@@ -280,18 +198,6 @@ def reinit_weights(model, seed):
     for name, b in sorted(model.named_buffers()):
         if name.endswith("e_score_correction_bias"):
             b.copy_(0.5 * torch.rand(tuple(b.shape), generator=g, dtype=torch.float32))
-
-
-def canonicalize_safetensors(path):
-    """Sorted header keys, so a regeneration is byte-identical."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little") + text + blob[8 + n:])
 
 
 def write_weights(folder):
@@ -547,7 +453,7 @@ def main():
             f.write("\n")
 
     dump("config.json", CONFIG)
-    dump("tokenizer_config.json", tokenizer_config(chat_template))
+    dump("tokenizer_config.json", tokenizer_config(chat_template, CONFIG["max_position_embeddings"]))
     dump("generation_config.json", GENERATION_CONFIG)
     n = write_weights(OUT)
 
