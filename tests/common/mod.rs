@@ -1,6 +1,9 @@
 //! Starts the real `ferroseek` binary on a free port (`--port 0`; the port
-//! is read from its "listening on" log line) with the embedded model, and
-//! waits until `/health` says it is ready.
+//! is read from its "listening on" log line) and waits until `/health` says
+//! it is ready. Unless a test names a model, the server runs the random test
+//! model `models/tiny-deepseek-v3` (served as `tiny-deepseek-v3`), which
+//! exercises every path of the template, tokenizer and model code;
+//! [`Server::start_embedded`] runs the embedded default model instead.
 
 #![allow(dead_code)]
 
@@ -8,6 +11,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The random test model's folder.
+pub fn test_model_dir() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-deepseek-v3").to_string()
+}
 
 pub struct Server {
     child: Child,
@@ -17,12 +25,32 @@ pub struct Server {
 
 impl Server {
     /// The server with small test limits (a 32 MiB cache unless `extra`
-    /// sets `--kv-cache-memory`) plus `extra` flags.
+    /// sets `--kv-cache-memory`), on the test model unless `extra` names a
+    /// `--model`, plus `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
         Self::start_with_env(extra, &[])
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let test_model = test_model_dir();
+        let mut args = vec![];
+        if !extra.contains(&"--model") {
+            args.extend(["--model", test_model.as_str()]);
+            if !extra.contains(&"--served-model-name") {
+                args.extend(["--served-model-name", "tiny-deepseek-v3"]);
+            }
+        }
+        args.extend(extra);
+        Self::spawn(&args, env)
+    }
+
+    /// The server on the embedded default model (no `--model`), with the
+    /// test limits of [`Server::start`].
+    pub fn start_embedded(extra: &[&str]) -> Server {
+        Self::spawn(extra, &[])
+    }
+
+    fn spawn(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroseek"));
         cmd.args(["serve", "--port", "0"]);
         if !extra.contains(&"--kv-cache-memory") {
