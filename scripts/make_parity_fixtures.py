@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Build tiny random DeepSeek-V2/V3 models with Hugging Face transformers' built-in
+"""Build tiny random DeepSeek-V2/V3 models, and models of the families that reuse that
+architecture (Moonlight, Kimi-K2, GLM-4.7-Flash), with Hugging Face transformers' built-in
 classes and record reference outputs for the Rust parity tests.
 
 For each model NAME this writes crates/model/tests/fixtures/NAME/:
-  config.json            DeepSeek's own hub layout (v2_plain, v2_group, v3_noaux_yarn) or the
-                         transformers-5 layout written by save_pretrained (v3_yarn_mscale1)
+  config.json            the layout the checkpoint's owner ships (DeepSeek's hub layout; Kimi's
+                         `kimi_k2` model_type; GLM's `glm4_moe_lite`) or the transformers-5
+                         layout written by save_pretrained (v3_yarn_mscale1)
   model.safetensors      f32 weights with DeepSeek's checkpoint tensor names (per-expert names)
   reference.safetensors  expected outputs, computed by HF from a from_pretrained() of that very
                          folder, in float32, eager attention, no KV cache:
@@ -210,13 +212,151 @@ def v3_yarn_mscale1_config():
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# The relatives: checkpoints of other owners that reuse DeepSeek-V3's architecture. Each tiny
+# config keeps the real checkpoint's option mix and key layout; only the sizes shrink (hidden 64,
+# 3 layers, 8 experts, vocab 256). Real values are from ../shared/notes/tiktoken-and-relatives.md
+# §7 (third-party copies of the owners' config.json; the owners' files were not reachable).
+# ----------------------------------------------------------------------------------------------
+
+# Moonlight-16B-A3B-Instruct: deepseek_v3 with no q_lora (plain q_proj), 2 shared experts,
+# sigmoid + noaux_tc without groups (n_group = topk_group = 1), norm_topk_prob, scale 2.446,
+# one dense layer, plain RoPE at theta 50000 (no scaling), rms_norm_eps 1e-5. As in the real
+# model, heads * v_head_dim equals hidden_size and v_head_dim equals qk_nope_head_dim
+# (2 x qk_rope_head_dim). 64 routed experts, top-6 become 8, top-3.
+MOONLIGHT = hub_config(
+    "DeepseekV3ForCausalLM", "deepseek_v3", V3_AUTO_MAP,
+    ep_size=1,
+    first_k_dense_replace=1,
+    max_position_embeddings=8192,
+    n_group=1,
+    n_shared_experts=2,
+    norm_topk_prob=True,
+    num_experts_per_tok=3,
+    num_nextn_predict_layers=0,
+    q_lora_rank=None,
+    rms_norm_eps=1e-5,
+    rope_scaling=None,
+    rope_theta=50000.0,
+    routed_scaling_factor=2.446,
+    scoring_func="sigmoid",
+    tie_word_embeddings=False,
+    topk_group=1,
+    topk_method="noaux_tc",
+    v_head_dim=16,
+)
+
+# Kimi-K2-Instruct: model_type `kimi_k2` (transformers does not register it; the script builds
+# the reference with DeepseekV3ForCausalLM, which is what Moonshot's own instructions and
+# transformers' kimi_k25 do with it), q_lora set, 1 shared expert, sigmoid + noaux_tc without
+# groups, norm_topk_prob, scale 2.827, one dense layer, YaRN factor 32 with beta_fast =
+# beta_slow = 1 and mscale = mscale_all_dim = 1 over rope_theta 50000. Fewer heads per hidden
+# width than DeepSeek-V3, yet heads * v_head_dim > hidden_size (64 x 128 = 8192 > 7168 in the
+# real model; 8 x 16 = 128 > 64 here). original_max_position_embeddings 4096 becomes 16 so that
+# the 27-token prompt runs past it, with max_position_embeddings = 32 x 16 as in the real
+# 131072 = 32 x 4096; with rope dim 8 and theta 50000 the YaRN ramp is a hard step (pair 0 kept,
+# pairs 1-3 divided by 32), as the real one is (pairs 0-19 kept, 20-31 divided).
+# Unconfirmed: rms_norm_eps (1e-6 in the copies of K2-Instruct's config; a K2.5 text_config
+# says 1e-5): 1e-6 is used. 384 routed experts, top-8 become 8, top-4.
+KIMI_K2 = hub_config(
+    "DeepseekV3ForCausalLM", "kimi_k2", V3_AUTO_MAP,
+    ep_size=1,
+    first_k_dense_replace=1,
+    max_position_embeddings=512,
+    n_group=1,
+    n_shared_experts=1,
+    norm_topk_prob=True,
+    num_attention_heads=8,
+    num_experts_per_tok=4,
+    num_key_value_heads=8,
+    num_nextn_predict_layers=0,
+    q_lora_rank=24,
+    rms_norm_eps=1e-6,
+    rope_scaling={
+        "beta_fast": 1.0,
+        "beta_slow": 1.0,
+        "factor": 32.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "original_max_position_embeddings": 16,
+        "type": "yarn",
+    },
+    rope_theta=50000.0,
+    routed_scaling_factor=2.827,
+    scoring_func="sigmoid",
+    tie_word_embeddings=False,
+    topk_group=1,
+    topk_method="noaux_tc",
+    v_head_dim=16,
+)
+
+# GLM-4.7-Flash: model_type `glm4_moe_lite` (Glm4MoeLiteForCausalLM, transformers >= 5). Keys as
+# GLM's config.json has them (per the vLLM test config): top-level rope_theta 1e6 with
+# rope_scaling null and partial_rotary_factor 1.0, `dtype` instead of `torch_dtype`, a list of
+# eos ids, pad_token_id, first_k_dense_replace 1 (which transformers does not read: it takes the
+# dense/sparse pattern from `mlp_layer_types`, default ["dense"] + ["sparse"] * (L - 1), the
+# same here), topk_method noaux_tc and no scoring_func (the router is always sigmoid), no
+# auto_map, num_nextn_predict_layers 1 (the MTP layer, not in these weights). q_lora set,
+# 1 shared expert, no groups, norm_topk_prob, scale 1.8, rms_norm_eps 1e-5. The head sizes keep
+# GLM's relations: qk_nope_head_dim = 3 x qk_rope_head_dim (192 = 3 x 64) and v_head_dim =
+# qk_nope + qk_rope (256), so the softmax scale is v_head_dim^-0.5. Unconfirmed: whether GLM's
+# file sets rope_interleave (left out: transformers' default, true, interleaved pairs as in
+# DeepSeek) and bos_token_id (left out). 64 routed experts, top-4 become 8, top-2.
+GLM4_MOE_LITE = dict(sorted({
+    "architectures": ["Glm4MoeLiteForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "dtype": "float32",
+    "eos_token_id": [1, 2, 3],
+    "first_k_dense_replace": 1,
+    "hidden_act": "silu",
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "kv_lora_rank": 32,
+    "max_position_embeddings": 202752,
+    "model_type": "glm4_moe_lite",
+    "moe_intermediate_size": 32,
+    "n_group": 1,
+    "n_routed_experts": 8,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "num_attention_heads": 4,
+    "num_experts_per_tok": 2,
+    "num_hidden_layers": 3,
+    "num_key_value_heads": 4,
+    "num_nextn_predict_layers": 1,
+    "pad_token_id": 1,
+    "partial_rotary_factor": 1.0,
+    "q_lora_rank": 24,
+    "qk_nope_head_dim": 24,
+    "qk_rope_head_dim": 8,
+    "rms_norm_eps": 1e-5,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "routed_scaling_factor": 1.8,
+    "tie_word_embeddings": False,
+    "topk_group": 1,
+    "topk_method": "noaux_tc",
+    "use_cache": True,
+    "v_head_dim": 32,
+    "vocab_size": 256,
+}.items()))
+
 # name -> (hub config dict or None, seed)
 MODELS = [
     ("v2_plain", V2_PLAIN, 1001),
     ("v2_group", V2_GROUP, 1002),
     ("v3_noaux_yarn", V3_NOAUX_YARN, 1003),
     ("v3_yarn_mscale1", None, 1004),
+    ("moonlight", MOONLIGHT, 1005),
+    ("kimi_k2", KIMI_K2, 1006),
+    ("glm4_moe_lite", GLM4_MOE_LITE, 1007),
 ]
+
+# The correction bias of these models is drawn around 0, negative values included, as trained
+# biases are: with n_group = 1 no group is ever masked, so HF's -inf mask and DeepSeek's 0.0
+# mask cannot differ. The other models keep their non-negative bias (and their files unchanged).
+CENTRED_BIAS = {"moonlight", "kimi_k2", "glm4_moe_lite"}
 
 # ----------------------------------------------------------------------------------------------
 # Weights
@@ -235,7 +375,7 @@ NORM_NOISE = 0.15
 
 
 @torch.no_grad()
-def reinit_weights(model, seed):
+def reinit_weights(model, seed, centred_bias=False):
     """Overwrite every parameter (and the V3 router bias) with peaked, deterministic values."""
     g = torch.Generator().manual_seed(seed)
     tied = model.config.tie_word_embeddings
@@ -268,7 +408,9 @@ def reinit_weights(model, seed):
         if name.endswith("e_score_correction_bias"):
             # Non-negative on purpose: HF masks dropped groups with -inf, DeepSeek's code with 0.0;
             # they agree only when every biased score is >= 0.
-            b.copy_(0.5 * torch.rand(tuple(b.shape), generator=g, dtype=torch.float32))
+            # (CENTRED_BIAS models: see there.)
+            shift = 0.25 if centred_bias else 0.0
+            b.copy_(0.5 * torch.rand(tuple(b.shape), generator=g, dtype=torch.float32) - shift)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,6 +443,10 @@ def greedy(model, prompt):
     )
 
 
+V3_ROUTERS = ("DeepseekV3TopkRouter", "Glm4MoeLiteTopkRouter")
+ROUTERS = ("DeepseekV2TopkRouter",) + V3_ROUTERS
+
+
 class RouterGapProbe:
     """Records, in float64, how close each routing decision was to a tie (a diagnostic only)."""
 
@@ -310,7 +456,7 @@ class RouterGapProbe:
         self.min_group_gap = math.inf
         self.handles = []
         for mod in model.modules():
-            if type(mod).__name__ in ("DeepseekV2TopkRouter", "DeepseekV3TopkRouter"):
+            if type(mod).__name__ in ROUTERS:
                 self.handles.append(mod.register_forward_hook(self.hook))
 
     def hook(self, mod, inputs, output):
@@ -318,7 +464,7 @@ class RouterGapProbe:
         logits = h @ mod.weight.double().t()
         k = mod.top_k
         E = mod.num_experts
-        if type(mod).__name__ == "DeepseekV3TopkRouter":
+        if type(mod).__name__ in V3_ROUTERS:
             s = logits.sigmoid() + mod.e_score_correction_bias.double()
             ng, tg = mod.num_group, mod.topk_group
             gs = s.view(-1, ng, E // ng).topk(2, dim=-1)[0].sum(-1)
@@ -339,12 +485,34 @@ class RouterGapProbe:
             h.remove()
 
 
-def load(folder, dtype=torch.float32):
+def hf_config(folder):
+    """transformers' reading of folder/config.json. Kimi-K2's `kimi_k2` is not a registered
+    model_type: it is read as deepseek_v3, as Moonshot tells frameworks without it to do."""
+    with open(os.path.join(folder, "config.json")) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type == "kimi_k2":
+        config = DeepseekV3Config.from_pretrained(folder)
+        # The instance keeps the file's model_type, and transformers picks the per-expert <->
+        # fused weight conversion by model_type: without this the experts would not load.
+        config.model_type = "deepseek_v3"
+        return config
+    return AutoConfig.from_pretrained(folder)
+
+
+def moe_layers(cfg):
+    """The MoE layers as transformers decides them (GLM-4.7-Flash: from mlp_layer_types)."""
+    types = getattr(cfg, "mlp_layer_types", None)
+    if types is not None:
+        return [i for i, t in enumerate(types) if t == "sparse"]
+    return list(range(cfg.first_k_dense_replace, cfg.num_hidden_layers))
+
+
+def load(folder, dtype=torch.float32, attn=ATTN, strict=True):
     model, info = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, attn_implementation=ATTN, output_loading_info=True
+        folder, config=hf_config(folder), dtype=dtype, attn_implementation=attn, output_loading_info=True
     )
     bad = {k: v for k, v in info.items() if v}
-    if bad:
+    if bad and strict:
         raise RuntimeError(f"loading {folder}: {bad}")
     return model.eval()
 
@@ -369,7 +537,7 @@ def check_weight_names(path, cfg):
             assert f.get_slice(n).get_dtype() == "F32", n
     assert not any("gate_up_proj" in n for n in names), "fused expert tensor in the checkpoint"
     assert not any(n.endswith("experts.down_proj") for n in names), "fused expert tensor in the checkpoint"
-    for layer in range(cfg.first_k_dense_replace, cfg.num_hidden_layers):
+    for layer in moe_layers(cfg):
         for e in range(cfg.n_routed_experts):
             for proj in ("gate_proj", "up_proj", "down_proj"):
                 n = f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight"
@@ -385,9 +553,9 @@ def write_model(name, hub_cfg, seed, folder):
         with open(os.path.join(folder, "config.json"), "w") as f:
             json.dump(hub_cfg, f, indent=2)
             f.write("\n")
-        config = AutoConfig.from_pretrained(folder)
+        config = hf_config(folder)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        reinit_weights(model, seed)
+        reinit_weights(model, seed, centred_bias=name in CENTRED_BIAS)
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
             shutil.copy(os.path.join(tmp, "model.safetensors"), os.path.join(folder, "model.safetensors"))
@@ -406,7 +574,7 @@ def write_model(name, hub_cfg, seed, folder):
 def describe_config(cfg):
     rp = cfg.rope_parameters
     return (
-        f"{type(cfg).__name__}: layers={cfg.num_hidden_layers} dense<{cfg.first_k_dense_replace} "
+        f"{type(cfg).__name__}: layers={cfg.num_hidden_layers} moe layers={moe_layers(cfg)} "
         f"q_lora={cfg.q_lora_rank} kv_lora={cfg.kv_lora_rank} heads={cfg.num_attention_heads} "
         f"nope/rope/v={cfg.qk_nope_head_dim}/{cfg.qk_rope_head_dim}/{cfg.v_head_dim} "
         f"experts={cfg.n_routed_experts} top{cfg.num_experts_per_tok} groups={cfg.n_group}/{cfg.topk_group} "
@@ -420,6 +588,14 @@ def softmax_scale(model):
     return model.model.layers[0].self_attn.scaling
 
 
+def config_layout(hub_cfg):
+    if hub_cfg is None:
+        return "transformers-5 save_pretrained"
+    if hub_cfg["model_type"] in ("deepseek_v2", "deepseek_v3"):
+        return "deepseek-hub"
+    return f"{hub_cfg['model_type']} hub"
+
+
 def build(name, hub_cfg, seed):
     folder = os.path.join(OUT_DIR, name)
     if os.path.isdir(folder):
@@ -427,7 +603,7 @@ def build(name, hub_cfg, seed):
     os.makedirs(folder)
 
     write_model(name, hub_cfg, seed, folder)
-    names = check_weight_names(os.path.join(folder, "model.safetensors"), AutoConfig.from_pretrained(folder))
+    names = check_weight_names(os.path.join(folder, "model.safetensors"), hf_config(folder))
 
     # The reference comes from HF's own reading of the folder just written.
     model = load(folder)
@@ -443,7 +619,7 @@ def build(name, hub_cfg, seed):
     # bf16 variants (indication of the reference's own bf16 error)
     model_bf16_cast = copy.deepcopy(model).to(torch.bfloat16)
     model_bf16_load = load(folder, dtype=torch.bfloat16)
-    model_sdpa = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model_sdpa = load(folder, attn="sdpa", strict=False)
 
     g = torch.Generator().manual_seed(seed + 7)
     tensors = {}
@@ -499,7 +675,7 @@ def build(name, hub_cfg, seed):
         "greedy_steps": str(GREEDY_STEPS),
         "cache": "none (full forward per step)",
         "bf16_logprobs": "model.to(torch.bfloat16) of the f32 model (router weight/bias and inv_freq cast too)",
-        "config_layout": "deepseek-hub" if hub_cfg is not None else "transformers-5 save_pretrained",
+        "config_layout": config_layout(hub_cfg),
     }
     save_file(tensors, os.path.join(folder, "reference.safetensors"), metadata=meta)
     canonicalize_safetensors(os.path.join(folder, "reference.safetensors"))

@@ -1,4 +1,6 @@
-//! `config.json` of DeepSeek-V2/V3 checkpoints (and Kimi-K2, which reuses V3).
+//! `config.json` of DeepSeek-V2/V3 checkpoints and of the relatives that reuse
+//! V3's architecture: Moonlight (`deepseek_v3`), Kimi-K2 (`kimi_k2`) and
+//! GLM-4.7-Flash (`glm4_moe_lite`, whose differences are in `config/glm.rs`).
 //!
 //! Two layouts exist in the wild and both are accepted: DeepSeek's own (top-level
 //! `rope_theta` and `rope_scaling`, as on the hub) and the one `transformers` 5
@@ -26,6 +28,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{parse_json, read_json, ModelError, Result};
+
+mod glm;
 
 /// Which DeepSeek generation's routing rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +158,11 @@ struct RawConfig {
     torch_dtype: Option<String>,
     dtype: Option<String>,
     quantization_config: Option<Value>,
+    /// `glm4_moe_lite`: `"dense"` or `"sparse"` per layer.
+    mlp_layer_types: Option<Vec<String>>,
+    partial_rotary_factor: Option<f64>,
+    /// transformers' DeepSeek-V3 and GLM classes; `false` rotates halves.
+    rope_interleave: Option<bool>,
 }
 
 fn required<T>(value: Option<T>, field: &str) -> Result<T> {
@@ -193,12 +202,13 @@ pub(crate) fn parse_dtype(name: &str) -> Option<DType> {
 fn parse_arch(raw: &RawConfig) -> Result<(Arch, String)> {
     let from_model_type = |t: &str| match t {
         "deepseek_v2" => Some(Arch::V2),
-        "deepseek_v3" | "kimi_k2" => Some(Arch::V3),
+        "deepseek_v3" | "kimi_k2" | glm::MODEL_TYPE => Some(Arch::V3),
         _ => None,
     };
     let from_architecture = |a: &str| match a {
-        "DeepseekV2ForCausalLM" => Some(Arch::V2),
-        "DeepseekV3ForCausalLM" => Some(Arch::V3),
+        "DeepseekV2ForCausalLM" => Some((Arch::V2, "deepseek_v2")),
+        "DeepseekV3ForCausalLM" => Some((Arch::V3, "deepseek_v3")),
+        "Glm4MoeLiteForCausalLM" => Some((Arch::V3, glm::MODEL_TYPE)),
         _ => None,
     };
     if let Some(t) = &raw.model_type {
@@ -206,17 +216,19 @@ fn parse_arch(raw: &RawConfig) -> Result<(Arch, String)> {
             Some(arch) => Ok((arch, t.clone())),
             None => Err(ModelError::config(
                 "model_type",
-                format!("`{t}` is not supported (expected deepseek_v2, deepseek_v3 or kimi_k2)"),
+                format!(
+                    "`{t}` is not supported (expected deepseek_v2, deepseek_v3, kimi_k2 \
+                     or glm4_moe_lite)"
+                ),
             )),
         };
     }
     let archs = raw.architectures.as_deref().unwrap_or_default();
     match archs.iter().find_map(|a| from_architecture(a)) {
-        Some(Arch::V2) => Ok((Arch::V2, "deepseek_v2".into())),
-        Some(Arch::V3) => Ok((Arch::V3, "deepseek_v3".into())),
+        Some((arch, model_type)) => Ok((arch, model_type.into())),
         None => Err(ModelError::config(
             "model_type",
-            format!("is missing and `architectures` {archs:?} names no DeepSeek-V2/V3 model"),
+            format!("is missing and `architectures` {archs:?} names no supported model"),
         )),
     }
 }
@@ -243,6 +255,37 @@ fn rope_fields(raw: &RawConfig) -> Result<(f64, Option<serde_json::Map<String, V
             "must be an object or null",
         )),
     }
+}
+
+/// The rope is rotated over all of `qk_rope_head_dim`, in adjacent pairs: refuse
+/// a config that asks for anything else rather than compute it wrongly.
+fn check_rope_layout(
+    raw: &RawConfig,
+    scaling: Option<&serde_json::Map<String, Value>>,
+) -> Result<()> {
+    // transformers moves a top-level factor into `rope_parameters`, which wins.
+    let factor = scaling
+        .and_then(|m| m.get("partial_rotary_factor"))
+        .map(|v| {
+            v.as_f64()
+                .ok_or_else(|| ModelError::config("partial_rotary_factor", "must be a number"))
+        })
+        .transpose()?
+        .or(raw.partial_rotary_factor);
+    if let Some(f) = factor.filter(|&f| f != 1.0) {
+        return Err(ModelError::config(
+            "partial_rotary_factor",
+            format!("{f} is not supported (MLA rotates all of qk_rope_head_dim: 1.0)"),
+        ));
+    }
+    if raw.rope_interleave == Some(false) {
+        return Err(ModelError::config(
+            "rope_interleave",
+            "`false` (rotating halves) is not supported: DeepSeek-layout checkpoints \
+             rotate adjacent pairs (`true`, the default)",
+        ));
+    }
+    Ok(())
 }
 
 fn parse_yarn(map: Option<serde_json::Map<String, Value>>) -> Result<Option<Yarn>> {
@@ -322,7 +365,7 @@ fn parse_fp8(value: &Option<Value>) -> Result<Option<Fp8BlockQuant>> {
     Ok(Some(Fp8BlockQuant { block_size: block }))
 }
 
-fn parse_moe(raw: &RawConfig, arch: Arch) -> Result<Option<MoeConfig>> {
+fn parse_moe(raw: &RawConfig, arch: Arch, model_type: &str) -> Result<Option<MoeConfig>> {
     let Some(n_routed) = raw.n_routed_experts.filter(|&n| n > 0) else {
         return Ok(None);
     };
@@ -391,19 +434,24 @@ fn parse_moe(raw: &RawConfig, arch: Arch) -> Result<Option<MoeConfig>> {
             "noaux_tc ranks groups by their top-2 experts, so groups need at least 2 experts",
         ));
     }
-    let moe_layer_freq = raw.moe_layer_freq.unwrap_or(1);
-    if moe_layer_freq == 0 {
-        return Err(ModelError::config(
-            "moe_layer_freq",
-            "must be positive, got 0",
-        ));
-    }
+    let (first_k_dense_replace, moe_layer_freq) = if model_type == glm::MODEL_TYPE {
+        glm::moe_layers(raw)?
+    } else {
+        let freq = raw.moe_layer_freq.unwrap_or(1);
+        if freq == 0 {
+            return Err(ModelError::config(
+                "moe_layer_freq",
+                "must be positive, got 0",
+            ));
+        }
+        (raw.first_k_dense_replace.unwrap_or(0), freq)
+    };
     Ok(Some(MoeConfig {
         n_routed_experts: n_routed,
         n_shared_experts: raw.n_shared_experts.unwrap_or(0),
         num_experts_per_tok: top_k,
         moe_intermediate_size: positive(raw.moe_intermediate_size, "moe_intermediate_size")?,
-        first_k_dense_replace: raw.first_k_dense_replace.unwrap_or(0),
+        first_k_dense_replace,
         moe_layer_freq,
         routed_scaling_factor: raw.routed_scaling_factor.unwrap_or(1.0),
         scoring_func,
@@ -452,6 +500,7 @@ impl DeepSeekConfig {
             ));
         }
         let (rope_theta, scaling) = rope_fields(&raw)?;
+        check_rope_layout(&raw, scaling.as_ref())?;
         let dtype_name = raw.torch_dtype.as_deref().or(raw.dtype.as_deref());
         let torch_dtype = match dtype_name {
             None => None,
@@ -459,7 +508,7 @@ impl DeepSeekConfig {
                 ModelError::config("torch_dtype", format!("`{name}` is not supported"))
             })?),
         };
-        let moe = parse_moe(&raw, arch)?;
+        let moe = parse_moe(&raw, arch, &model_type)?;
         let intermediate_size = match &moe {
             // Only needed for dense layers; a model whose every layer is MoE may omit it.
             Some(m) if m.first_k_dense_replace == 0 && m.moe_layer_freq == 1 => {

@@ -4,6 +4,7 @@
 mod common;
 
 use common::fixture_dir;
+use ferroseek_model::config::{Arch, ScoringFunc, TopkMethod};
 use ferroseek_model::DeepSeekConfig;
 use serde_json::{json, Value};
 
@@ -82,4 +83,83 @@ fn transformers_5_layout_reads_like_the_hub_layout() {
     assert_eq!(a.softmax_scale(), b.softmax_scale());
     assert_eq!(a.qk_nope_head_dim + a.qk_rope_head_dim, 24);
     assert_eq!(b.qk_nope_head_dim + b.qk_rope_head_dim, 24);
+}
+
+/// The GLM-4.7-Flash fixture's config (GLM's own keys), edited.
+fn glm(edit: Value) -> Result<DeepSeekConfig, String> {
+    let text = std::fs::read_to_string(fixture_dir("glm4_moe_lite").join("config.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    for (k, x) in edit.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    parse(&v)
+}
+
+fn moe_layers(cfg: &DeepSeekConfig) -> Vec<usize> {
+    (0..cfg.num_hidden_layers)
+        .filter(|&l| cfg.is_moe_layer(l))
+        .collect()
+}
+
+#[test]
+fn glm4_moe_lite_routes_like_v3_with_the_first_layer_dense() {
+    let cfg = glm(json!({})).unwrap();
+    assert_eq!(
+        (cfg.arch, cfg.model_type.as_str()),
+        (Arch::V3, "glm4_moe_lite")
+    );
+    let moe = cfg.moe.as_ref().unwrap();
+    // No `scoring_func` in GLM's file: transformers' router is always sigmoid.
+    assert_eq!(moe.scoring_func, ScoringFunc::Sigmoid);
+    assert_eq!(moe.topk_method, TopkMethod::NoauxTc);
+    assert_eq!(moe_layers(&cfg), [1, 2]);
+    assert_eq!(cfg.eos_token_ids, [1, 2, 3]);
+    // transformers' default when first_k_dense_replace is absent too.
+    let absent = json!({"first_k_dense_replace": null});
+    assert_eq!(moe_layers(&glm(absent).unwrap()), [1, 2]);
+    let by_architecture = json!({"model_type": null, "architectures": ["Glm4MoeLiteForCausalLM"]});
+    assert_eq!(glm(by_architecture).unwrap().model_type, "glm4_moe_lite");
+}
+
+#[test]
+fn glm4_moe_lite_takes_its_moe_layers_from_mlp_layer_types() {
+    let edit = json!({"mlp_layer_types": ["dense", "dense", "sparse"], "first_k_dense_replace": 2});
+    assert_eq!(moe_layers(&glm(edit).unwrap()), [2]);
+    let edit =
+        json!({"mlp_layer_types": ["sparse", "sparse", "sparse"], "first_k_dense_replace": null});
+    assert_eq!(moe_layers(&glm(edit).unwrap()), [0, 1, 2]);
+}
+
+#[test]
+fn glm4_moe_lite_values_it_cannot_follow_are_named() {
+    let cases = [
+        (
+            json!({"mlp_layer_types": ["dense", "sparse", "dense"]}),
+            "mlp_layer_types",
+        ),
+        (
+            json!({"mlp_layer_types": ["dense", "sparse"]}),
+            "2 entries for 3 layers",
+        ),
+        (
+            json!({"mlp_layer_types": ["dense", "moe", "sparse"]}),
+            "`moe`",
+        ),
+        // transformers reads mlp_layer_types (default: 1 dense), vLLM this.
+        (json!({"first_k_dense_replace": 2}), "first_k_dense_replace"),
+        (json!({"moe_layer_freq": 2}), "moe_layer_freq"),
+        (
+            json!({"partial_rotary_factor": 0.5}),
+            "partial_rotary_factor",
+        ),
+        (json!({"rope_interleave": false}), "rope_interleave"),
+    ];
+    for (edit, needle) in cases {
+        let err = glm(edit.clone()).expect_err(&format!("{edit} must be refused"));
+        assert!(
+            err.contains(needle),
+            "{edit}: {err:?} does not name {needle:?}"
+        );
+    }
+    assert!(glm(json!({"rope_interleave": true})).is_ok());
 }

@@ -27,7 +27,7 @@ fn one_piece(name: &str, mode: AttentionMode) -> Tensor {
 
 #[test]
 fn chunked_prefill_and_decode_equal_one_prefill() {
-    for name in FIXTURES {
+    for name in all_fixtures() {
         let model = load(name, DTypeChoice::F32);
         let tokens = prompt(name);
         let whole = one_piece(name, AttentionMode::Absorbed);
@@ -46,7 +46,7 @@ fn chunked_prefill_and_decode_equal_one_prefill() {
 
 #[test]
 fn expanded_attention_equals_absorbed() {
-    for name in FIXTURES {
+    for name in all_fixtures() {
         let a = one_piece(name, AttentionMode::Absorbed);
         let e = one_piece(name, AttentionMode::Expanded);
         let diff = max_abs_diff(&a, &e);
@@ -59,7 +59,7 @@ fn expanded_attention_equals_absorbed() {
 
 #[test]
 fn a_sequence_in_a_mixed_batch_equals_it_alone() {
-    for name in FIXTURES {
+    for name in all_fixtures() {
         let model = load(name, DTypeChoice::F32);
         let cases = reference(name);
         let alone: Vec<Tensor> = cases

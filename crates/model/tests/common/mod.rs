@@ -12,6 +12,15 @@ use ferroseek_model::{
 };
 
 pub const FIXTURES: [&str; 4] = ["v2_plain", "v2_group", "v3_noaux_yarn", "v3_yarn_mscale1"];
+/// Checkpoints of other families on DeepSeek-V3's architecture, each with its
+/// real option mix and config.json keys: Moonlight-16B-A3B, Kimi-K2 and
+/// GLM-4.7-Flash (`glm4_moe_lite`).
+pub const RELATIVES: [&str; 3] = ["moonlight", "kimi_k2", "glm4_moe_lite"];
+
+/// Every fixture with a transformers reference.
+pub fn all_fixtures() -> impl Iterator<Item = &'static str> {
+    FIXTURES.into_iter().chain(RELATIVES)
+}
 pub const BLOCK: usize = 4;
 
 pub fn fixture_dir(name: &str) -> PathBuf {
