@@ -49,7 +49,7 @@ impl ServeArgs {
     /// `FERROSEEK_MODEL=` for "the default", and an empty `--api-key` must
     /// never become a key that an empty bearer token matches.
     fn unset_empty(mut self) -> Self {
-        for field in [&mut self.model, &mut self.revision] {
+        for field in [&mut self.model, &mut self.revision, &mut self.gguf_file] {
             if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *field = None;
             }
@@ -118,6 +118,13 @@ pub struct ServeArgs {
     /// Branch, tag or commit of a hub model.
     #[arg(long, env = "FERROSEEK_REVISION")]
     pub revision: Option<String>,
+
+    /// The GGUF file to serve from the `--model` folder or hub repository
+    /// (`model-Q8_0.gguf`, or a path in it such as `Q8_0/…-00001-of-00003.gguf`; of a
+    /// split set, the first), which brings the rest of its set. Needed only where it holds
+    /// several; one GGUF (or split set) and no safetensors is served without it.
+    #[arg(long, env = "FERROSEEK_GGUF_FILE")]
+    pub gguf_file: Option<String>,
 
     /// Precision of weights and compute: auto, f32, bf16 or f16.
     #[arg(long, env = "FERROSEEK_DTYPE", default_value = "auto", value_parser = parse_dtype)]
@@ -296,11 +303,14 @@ mod tests {
             " ",
             "--revision",
             "",
+            "--gguf-file",
+            "",
         ])
         .into_serve();
         assert_eq!(args.model, None);
         assert!(args.api_key.is_none());
         assert_eq!(args.revision, None);
+        assert_eq!(args.gguf_file, None);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use candle_core::Device;
 use ferroseek_engine::output::hidden_special_tokens;
 use ferroseek_engine::{Engine, EngineConfig, Grammars, Tokenizer, TokenizerFiles, ToolCallFormat};
 use ferroseek_model::{
-    resolve_model, CheckpointFormat, DeepSeekModel, HubOptions, LoadOptions, ModelFiles,
+    resolve_model, resolve_model_with_gguf_file, CheckpointFormat, DeepSeekModel, HubOptions,
+    LoadOptions, ModelFiles,
 };
 
 use crate::cli::{GenerationConfig, ServeArgs};
@@ -44,6 +45,9 @@ pub fn served_names(args: &ServeArgs) -> (Vec<String>, String) {
 fn resolve(args: &ServeArgs) -> Result<ModelFiles> {
     let hub = HubOptions::from_env(args.revision.clone());
     match &args.model {
+        None if args.gguf_file.is_some() => {
+            bail!("`--gguf-file` names a file of the `--model` folder or hub repository; give `--model`")
+        }
         None => {
             let dir = embedded::materialize()
                 .context("cannot write the embedded model to a cache folder")?;
@@ -52,7 +56,8 @@ fn resolve(args: &ServeArgs) -> Result<ModelFiles> {
         }
         Some(model) => {
             tracing::info!(model = %model, revision = %hub.revision, "resolving the model");
-            resolve_model(model, &hub).with_context(|| format!("cannot find the model `{model}`"))
+            resolve_model_with_gguf_file(model, args.gguf_file.as_deref(), &hub)
+                .with_context(|| format!("cannot find the model `{model}`"))
         }
     }
 }

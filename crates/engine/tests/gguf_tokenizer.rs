@@ -107,3 +107,78 @@ fn a_file_that_is_not_gguf_is_an_error_naming_it() {
         other => panic!("expected InvalidFile, got {:?}", other.map(|_| ())),
     }
 }
+
+/// The files of `scripts/make_gguf_pretok_fixtures.py`: one small vocabulary
+/// per pre-tokenizer, with a reference's encodings.
+fn pretok_fixture(name: &str) -> PathBuf {
+    common::repo_dir()
+        .join("crates/engine/tests/fixtures/gguf_pretok")
+        .join(name)
+}
+
+/// `deepseek-llm`, `deepseek-coder`, `glm4` (which skips the merges of a
+/// pre-token that is a token) and `kimi-k2` encode code, CJK, long numbers,
+/// emoji, whitespace runs, contractions and special tokens as a `tokenizers`
+/// reference built from llama.cpp's regexes and flags does.
+#[test]
+fn each_gguf_pre_tokenizer_encodes_like_its_reference() -> Result<()> {
+    let expected = common::read_json("tests/fixtures/gguf_pretok/expected.json")?;
+    let pres = expected
+        .as_object()
+        .ok_or_else(|| anyhow!("expected.json is not an object"))?;
+    let mut names: Vec<&str> = pres.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["deepseek-coder", "deepseek-llm", "glm4", "kimi-k2"]);
+    for (pre, want) in pres {
+        let tok = Tokenizer::from_gguf(&pretok_fixture(&format!("{pre}.gguf")), None)?;
+        assert_eq!(
+            tok.bos_token_id().map(u64::from),
+            want["bos_token_id"].as_u64()
+        );
+        assert_eq!(
+            tok.eos_token_ids(),
+            &[want["eos_token_id"].as_u64().unwrap_or(u64::MAX) as u32]
+        );
+        let cases = want["cases"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{pre}: no cases"))?;
+        assert!(cases.len() > 20, "{pre}");
+        for case in cases {
+            let text = case["text"].as_str().unwrap_or_default();
+            let plain = tok.encode(text, false)?;
+            assert_eq!(plain, ids(&case["ids"]), "{pre} {text:?}");
+            assert_eq!(
+                tok.encode(text, true)?,
+                ids(&case["ids_with_special_tokens"]),
+                "{pre} {text:?}"
+            );
+            assert_eq!(
+                tok.decode(&plain, false)?,
+                case["decoded"].as_str().unwrap_or_default(),
+                "{pre} {text:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn an_unknown_pre_tokenizer_is_an_error_naming_it_and_the_supported_ones() {
+    let path = pretok_fixture("unknown-pre.gguf");
+    match Tokenizer::from_gguf(&path, None) {
+        Err(Error::InvalidFile { path: p, reason }) => {
+            assert_eq!(p, path);
+            for name in [
+                "`gpt-4o`",
+                "deepseek-v3",
+                "deepseek-llm",
+                "deepseek-coder",
+                "glm4",
+                "kimi-k2",
+            ] {
+                assert!(reason.contains(name), "{name}: {reason}");
+            }
+        }
+        other => panic!("expected InvalidFile, got {:?}", other.map(|_| ())),
+    }
+}

@@ -40,7 +40,8 @@ pub mod testing;
 pub use batch::{Batch, LogitsRows, SeqInput};
 pub use cache::LatentCache;
 pub use checkpoint::{
-    resolve_model, Checkpoint, CheckpointFormat, GgufCheckpoint, GgufVocab, HubOptions, ModelFiles,
+    resolve_model, resolve_model_with_gguf_file, Checkpoint, CheckpointFormat, GgufCheckpoint,
+    GgufVocab, HubOptions, ModelFiles,
 };
 pub use config::DeepSeekConfig;
 pub use error::{ModelError, Result};

@@ -2,13 +2,16 @@
 //! `model.safetensors`, or the shards an index names) and the tokenizer's
 //! files (`tokenizer.json` or `tiktoken.model`, the configs, the chat
 //! template), found in a folder or a hub repository; or a GGUF file (and
-//! its split siblings), which holds config and weights in one.
+//! its split siblings), which holds config and weights in one, given as a
+//! path or found in a folder or hub repository (`--gguf-file` names it
+//! where there are several).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::gguf::split_name;
 use super::hub::{HubOptions, HubRepo};
 use crate::error::{read_json, ModelError, Result};
 
@@ -58,6 +61,8 @@ fn read_shard_names(index: &Path) -> Result<Vec<String>> {
 /// A source of named files: a folder, or a hub repository.
 pub(super) trait FileSource {
     fn fetch(&self, name: &str) -> Result<Option<PathBuf>>;
+    /// The names of every file it holds, `/` between folders.
+    fn list(&self) -> Result<Vec<String>>;
     fn describe(&self) -> String;
 }
 
@@ -68,9 +73,61 @@ impl FileSource for Folder {
         let path = self.0.join(name);
         Ok(path.is_file().then_some(path))
     }
+    fn list(&self) -> Result<Vec<String>> {
+        list_files(&self.0)
+    }
     fn describe(&self) -> String {
         self.0.display().to_string()
     }
+}
+
+/// The files under `root` (hidden ones left out), by their names relative to
+/// it; a hub snapshot's files are links, which count as the files they name.
+pub(super) fn list_files(root: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut folders = vec![(root.to_path_buf(), String::new())];
+    while let Some((folder, prefix)) = folders.pop() {
+        let entries = std::fs::read_dir(&folder).map_err(|source| ModelError::Io {
+            path: folder.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push((path, format!("{prefix}{name}/")));
+            } else if path.is_file() {
+                found.push(format!("{prefix}{name}"));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn is_gguf(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The GGUF files of `listing` one could serve: unsplit files, and the first
+/// file of each split set.
+fn gguf_choices(listing: &[String]) -> Vec<String> {
+    listing
+        .iter()
+        .filter(|name| is_gguf(name))
+        .filter(|name| {
+            let base = name.rsplit('/').next().unwrap_or(name.as_str());
+            split_name(base).is_none_or(|(_, index, _)| index == 1)
+        })
+        .cloned()
+        .collect()
 }
 
 fn collect_files(source: &dyn FileSource) -> Result<ModelFiles> {
@@ -108,41 +165,125 @@ fn collect_files(source: &dyn FileSource) -> Result<ModelFiles> {
     })
 }
 
-/// A GGUF file: the file itself, or, for the first of a split set
-/// (`…-00001-of-00003.gguf`), all of its files. The tokenizer comes from
-/// elsewhere.
-fn gguf_files(path: &Path) -> Result<ModelFiles> {
-    Ok(ModelFiles {
+/// A GGUF checkpoint's files: `weights` the file itself, or, for the
+/// first of a split set (`…-00001-of-00003.gguf`), all of its files. The
+/// tokenizer comes from the first file's metadata.
+fn gguf_model_files(weights: Vec<PathBuf>) -> ModelFiles {
+    ModelFiles {
         format: CheckpointFormat::Gguf,
-        config: path.to_path_buf(),
-        weights: super::gguf::split_files(path)?,
+        config: weights[0].clone(),
+        weights,
         tokenizer: None,
         tiktoken: None,
         tokenizer_config: None,
         generation_config: None,
         chat_template: None,
-    })
+    }
+}
+
+/// The GGUF file `name` of `source`, with the rest of its split set.
+fn gguf_from_source(source: &dyn FileSource, name: &str) -> Result<ModelFiles> {
+    let error = |message: String| ModelError::Hub {
+        model: source.describe(),
+        message,
+    };
+    let (folder, base) = match name.rsplit_once('/') {
+        Some((folder, base)) => (format!("{folder}/"), base),
+        None => (String::new(), name),
+    };
+    let names = match split_name(base) {
+        None => vec![name.to_string()],
+        Some((_, index, count)) if index != 1 => {
+            return Err(error(format!(
+                "`--gguf-file` {name} is file {index} of a split set of {count}: name the first, -00001-of-{count:05}.gguf"
+            )))
+        }
+        Some((prefix, _, count)) => (1..=count)
+            .map(|i| format!("{folder}{prefix}-{i:05}-of-{count:05}.gguf"))
+            .collect(),
+    };
+    let mut weights = Vec::with_capacity(names.len());
+    for part in &names {
+        match source.fetch(part)? {
+            Some(path) => weights.push(path),
+            None => {
+                let choices = gguf_choices(&source.list()?);
+                let have = if choices.is_empty() {
+                    "no GGUF file".to_string()
+                } else {
+                    format!("GGUF files {}", choices.join(", "))
+                };
+                return Err(error(format!("has no {part} (it has {have})")));
+            }
+        }
+    }
+    Ok(gguf_model_files(weights))
+}
+
+/// A folder's or repository's checkpoint: the GGUF file `gguf_file` names;
+/// else the safetensors checkpoint; else its one GGUF file (or split set).
+fn from_source(source: &dyn FileSource, gguf_file: Option<&str>) -> Result<ModelFiles> {
+    if let Some(name) = gguf_file {
+        if !is_gguf(name) {
+            return Err(ModelError::Hub {
+                model: source.describe(),
+                message: format!("`--gguf-file` {name} does not name a .gguf file"),
+            });
+        }
+        return gguf_from_source(source, name);
+    }
+    let listing = source.list()?;
+    if listing.iter().any(|f| f == SINGLE_FILE || f == INDEX_FILE) {
+        return collect_files(source);
+    }
+    match gguf_choices(&listing).as_slice() {
+        [one] => gguf_from_source(source, one),
+        [] => collect_files(source),
+        several => Err(ModelError::Hub {
+            model: source.describe(),
+            message: format!(
+                "holds several GGUF files and no safetensors; choose one with `--gguf-file`: {}",
+                several.join(", ")
+            ),
+        }),
+    }
 }
 
 /// Resolves `model` — a folder, a `.gguf` file, or a hub id such as
 /// `deepseek-ai/DeepSeek-V2-Lite-Chat` — to its files, downloading into the
 /// hub cache when allowed.
 pub fn resolve_model(model: &str, hub: &HubOptions) -> Result<ModelFiles> {
+    resolve_model_with_gguf_file(model, None, hub)
+}
+
+/// [`resolve_model`], with `gguf_file` (`--gguf-file`) naming the GGUF file
+/// to serve from a folder or hub repository (of a split set, the first:
+/// the rest come with it).
+pub fn resolve_model_with_gguf_file(
+    model: &str,
+    gguf_file: Option<&str>,
+    hub: &HubOptions,
+) -> Result<ModelFiles> {
     let path = Path::new(model);
     if path.is_dir() {
-        return collect_files(&Folder(path.to_path_buf()));
+        return from_source(&Folder(path.to_path_buf()), gguf_file);
     }
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
+    if is_gguf(model) {
+        if let Some(name) = gguf_file {
+            return Err(ModelError::Hub {
+                model: model.to_string(),
+                message: format!(
+                    "is a GGUF file already; `--gguf-file` {name} names a file in a folder or hub repository"
+                ),
+            });
+        }
         if !path.is_file() {
             return Err(ModelError::Hub {
                 model: model.to_string(),
                 message: "is not a readable GGUF file".into(),
             });
         }
-        return gguf_files(path);
+        return Ok(gguf_model_files(super::gguf::split_files(path)?));
     }
     let looks_like_id = model.split('/').count() == 2
         && !model.starts_with('.')
@@ -153,5 +294,5 @@ pub fn resolve_model(model: &str, hub: &HubOptions) -> Result<ModelFiles> {
             message: "is neither a folder nor a hub id of the form `org/name`".into(),
         });
     }
-    collect_files(&HubRepo::new(model, hub)?)
+    from_source(&HubRepo::new(model, hub)?, gguf_file)
 }

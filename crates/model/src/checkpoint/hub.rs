@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use hf_hub::{Repo, RepoType};
 
-use super::files::FileSource;
+use super::files::{list_files, FileSource};
 use crate::error::{ModelError, Result};
 
 /// Where the hub cache lives and whether the network may be used.
@@ -83,23 +83,26 @@ impl HubRepo {
     }
 
     /// The snapshot folder of the revision in the local cache, if any.
-    fn cached(&self, name: &str) -> Option<PathBuf> {
-        let repo = self.hub_repo();
+    fn snapshot(&self) -> Option<PathBuf> {
+        let repo = self.options.cache_dir.join(self.hub_repo().folder_name());
         let revision = &self.options.revision;
         let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_commit {
-            let path = self
-                .options
-                .cache_dir
-                .join(repo.folder_name())
-                .join("snapshots")
-                .join(revision)
-                .join(name);
-            return path.is_file().then_some(path);
-        }
-        hf_hub::Cache::new(self.options.cache_dir.clone())
-            .repo(repo)
-            .get(name)
+        let commit = if is_commit {
+            revision.clone()
+        } else {
+            std::fs::read_to_string(repo.join("refs").join(revision))
+                .ok()?
+                .trim()
+                .to_string()
+        };
+        let folder = repo.join("snapshots").join(commit);
+        folder.is_dir().then_some(folder)
+    }
+
+    /// A file of the revision in the local cache, if there.
+    fn cached(&self, name: &str) -> Option<PathBuf> {
+        let path = self.snapshot()?.join(name);
+        path.is_file().then_some(path)
     }
 }
 
@@ -118,6 +121,13 @@ impl FileSource for HubRepo {
             model: self.id.clone(),
             message: format!("downloading {name}: {e}"),
         })
+    }
+    fn list(&self) -> Result<Vec<String>> {
+        match (&self.listing, self.snapshot()) {
+            (Some(listing), _) => Ok(listing.clone()),
+            (None, Some(snapshot)) => list_files(&snapshot),
+            (None, None) => Ok(Vec::new()),
+        }
     }
     fn describe(&self) -> String {
         let mode = if self.options.offline {

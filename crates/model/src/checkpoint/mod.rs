@@ -23,7 +23,7 @@ mod gguf;
 mod hub;
 mod safetensors;
 
-pub use files::{resolve_model, CheckpointFormat, ModelFiles};
+pub use files::{resolve_model, resolve_model_with_gguf_file, CheckpointFormat, ModelFiles};
 pub use fp8::dequantize_block_fp8;
 pub use gguf::{GgufCheckpoint, GgufVocab};
 pub use hub::HubOptions;

@@ -90,7 +90,7 @@ pub(crate) fn split_files(first: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// `(prefix, index, count)` of `prefix-00001-of-00003.gguf`.
-fn split_name(name: &str) -> Option<(&str, usize, usize)> {
+pub(crate) fn split_name(name: &str) -> Option<(&str, usize, usize)> {
     let stem = name.strip_suffix(".gguf")?;
     let (rest, count) = stem.rsplit_once("-of-")?;
     let (prefix, index) = rest.rsplit_once('-')?;
