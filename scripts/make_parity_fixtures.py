@@ -37,6 +37,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
 
+from deepseek_files import canonicalize_safetensors
+
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 transformers.logging.set_verbosity_error()
@@ -515,19 +517,6 @@ def load(folder, dtype=torch.float32, attn=ATTN, strict=True):
     if bad and strict:
         raise RuntimeError(f"loading {folder}: {bad}")
     return model.eval()
-
-
-def canonicalize_safetensors(path):
-    """Rewrite the header with sorted keys: the library writes metadata in hash order, which
-    would make every regeneration a spurious diff. Tensor bytes are left untouched."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(len(text).to_bytes(8, "little") + text + blob[8 + n:])
 
 
 def check_weight_names(path, cfg):
