@@ -214,3 +214,113 @@ fn python_behaviour_templates_render_like_hugging_face() -> Result<()> {
     );
     Ok(())
 }
+
+/// The embedded default model carries the project's own template in
+/// DeepSeek-V3.1's format (`scripts/arith_chat_template.jinja`). Without
+/// tools it must render exactly what V3.1's real template renders, on every
+/// conversation of the fixture, with thinking off, on, and set through
+/// `enable_thinking`, with and without the generation prompt. Its two
+/// deliberate differences are where V3.1 gives nothing usable: content as a
+/// list of parts (V3.1 fails; ours joins the text parts) and `developer`
+/// messages (V3.1 drops them; ours adds them to the system part). With
+/// tools, ours describes them at the end of the system part, and taking that
+/// description out gives V3.1's render again.
+#[test]
+fn default_model_template_renders_like_deepseek_v3_1() -> Result<()> {
+    let real_path = template_dir().join("deepseek-ai-DeepSeek-V3.1.jinja");
+    if !real_path.is_file() {
+        let required = std::env::var("FERROSEEK_REQUIRE_CHAT_TEMPLATES").is_ok_and(|v| v == "1");
+        assert!(!required, "{} not found", real_path.display());
+        eprintln!(
+            "SKIPPED: {} not found (set FERROSEEK_CHAT_TEMPLATES)",
+            real_path.display()
+        );
+        return Ok(());
+    }
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(
+        common::repo_dir().join("models/arith-deepseek-v3/tokenizer_config.json"),
+    )?)?;
+    let special = SpecialTokens {
+        bos_token: Some(config["bos_token"]["content"].as_str().unwrap().to_owned()),
+        eos_token: Some(config["eos_token"]["content"].as_str().unwrap().to_owned()),
+        ..SpecialTokens::default()
+    };
+    let ours = ChatTemplate::from_text(
+        config["chat_template"].as_str().unwrap().to_owned(),
+        special.clone(),
+    )?;
+    let real = ChatTemplate::from_text(std::fs::read_to_string(&real_path)?, special)?;
+    let fixture = common::read_json("tests/fixtures/chat_templates.json")?;
+    let kwarg_sets: Vec<Map<String, Value>> = [
+        serde_json::json!({}),
+        serde_json::json!({"thinking": true}),
+        serde_json::json!({"thinking": false}),
+        serde_json::json!({"enable_thinking": true}),
+    ]
+    .into_iter()
+    .map(|v| v.as_object().unwrap().clone())
+    .collect();
+    let (mut same, mut tools_checked, mut differences) = (0, 0, vec![]);
+    for (name, conv) in fixture["conversations"].as_object().unwrap() {
+        let messages = common::messages(&conv["messages"])?;
+        let tools: Option<Vec<Value>> = conv.get("tools").and_then(Value::as_array).cloned();
+        for kwargs in &kwarg_sets {
+            let mut kwargs = kwargs.clone();
+            if let Some(extra) = conv["kwargs"].as_object() {
+                kwargs.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            for add_generation_prompt in [false, true] {
+                let plain_input = ChatInput {
+                    messages: &messages,
+                    tools: None,
+                    add_generation_prompt,
+                    kwargs: Some(&kwargs),
+                    template_name: None,
+                };
+                let want = real.render(&plain_input);
+                let got = ours.render(&plain_input);
+                match (want, got) {
+                    (Ok(want), Ok(got)) if want == got => same += 1,
+                    (Ok(want), Ok(got)) => differences.push(format!(
+                        "{name} {kwargs:?} gen={add_generation_prompt}: {}",
+                        common::first_difference(&want, &got)
+                    )),
+                    (Ok(_), Err(e)) => {
+                        differences.push(format!("{name}: V3.1 renders, ours fails: {e}"))
+                    }
+                    // V3.1 fails on content parts; ours must render them.
+                    (Err(_), Ok(_)) => {}
+                    (Err(_), Err(e)) => differences.push(format!("{name}: both fail; ours: {e}")),
+                }
+                let (Some(tools), Ok(plain)) = (&tools, ours.render(&plain_input)) else {
+                    continue;
+                };
+                let with_tools = ours.render(&ChatInput {
+                    tools: Some(tools.as_slice()),
+                    ..plain_input
+                })?;
+                let start = with_tools
+                    .find("## Tools")
+                    .expect("the tools are described");
+                let end = with_tools
+                    .find("<｜tool▁calls▁end｜>.")
+                    .expect("the call syntax is shown")
+                    + "<｜tool▁calls▁end｜>.".len();
+                let mut without = with_tools[..start].trim_end_matches("\n\n").to_owned();
+                without.push_str(&with_tools[end..]);
+                assert_eq!(without, plain, "{name}: only the tool description is added");
+                for tool in tools {
+                    let name = tool["function"]["name"].as_str().unwrap();
+                    assert!(with_tools[start..end].contains(&format!("### {name}\n")));
+                }
+                tools_checked += 1;
+            }
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n\n"));
+    assert!(
+        same >= 100 && tools_checked > 0,
+        "{same} renders, {tools_checked} with tools"
+    );
+    Ok(())
+}
