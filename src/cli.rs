@@ -140,7 +140,7 @@ pub struct ServeArgs {
     pub quantize: Quantization,
 
     /// Name(s) clients use in `model` (comma-separated); the first is the one reported.
-    /// Default: the `--model` value (`tiny-deepseek-v3` for the embedded model).
+    /// Default: the `--model` value (`arith-deepseek-v3` for the embedded model).
     #[arg(long, env = "FERROSEEK_SERVED_MODEL_NAME", value_delimiter = ',')]
     pub served_model_name: Vec<String>,
 

@@ -1,5 +1,5 @@
-//! The default model, compiled into the binary (`models/tiny-deepseek-v3`,
-//! about 6 MB) so that `ferroseek serve` works from any directory. At
+//! The default model, compiled into the binary (`models/arith-deepseek-v3`,
+//! about 8 MB) so that `ferroseek serve` works from any directory. At
 //! start-up its files are written once to a cache folder named after their
 //! content hash, then loaded like any model folder (the weights are
 //! memory-mapped, which needs a file).
@@ -8,28 +8,28 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// The name clients use for the embedded model.
-pub const NAME: &str = "tiny-deepseek-v3";
+pub const NAME: &str = "arith-deepseek-v3";
 
 const FILES: &[(&str, &[u8])] = &[
     (
         "config.json",
-        include_bytes!("../models/tiny-deepseek-v3/config.json"),
+        include_bytes!("../models/arith-deepseek-v3/config.json"),
     ),
     (
         "generation_config.json",
-        include_bytes!("../models/tiny-deepseek-v3/generation_config.json"),
+        include_bytes!("../models/arith-deepseek-v3/generation_config.json"),
     ),
     (
         "model.safetensors",
-        include_bytes!("../models/tiny-deepseek-v3/model.safetensors"),
+        include_bytes!("../models/arith-deepseek-v3/model.safetensors"),
     ),
     (
         "tokenizer.json",
-        include_bytes!("../models/tiny-deepseek-v3/tokenizer.json"),
+        include_bytes!("../models/arith-deepseek-v3/tokenizer.json"),
     ),
     (
         "tokenizer_config.json",
-        include_bytes!("../models/tiny-deepseek-v3/tokenizer_config.json"),
+        include_bytes!("../models/arith-deepseek-v3/tokenizer_config.json"),
     ),
 ];
 

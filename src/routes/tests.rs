@@ -147,7 +147,7 @@ async fn loaded_router_serves_models_tokenize_and_chat() {
     );
     let (status, body) = call(&s, get("/v1/models/tiny-deepseek-v3")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["max_model_len"], 4096);
+    assert_eq!(body["max_model_len"], 512);
     let (_, body) = call(&s, post("/tokenize", json!({"prompt": "Hello"}))).await;
     assert_eq!(body["tokens"][0], 0, "BOS first");
     let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "n": 2});
