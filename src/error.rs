@@ -3,7 +3,7 @@
 //! fits. Every rejection the server makes — bad JSON, a bad field, a wrong
 //! key, an unknown model, a full queue — goes through [`ApiError`].
 
-use axum::http::header::RETRY_AFTER;
+use axum::http::header::{CONNECTION, RETRY_AFTER};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -186,6 +186,17 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
+            // The body was left unread: the connection cannot carry another
+            // request, and a client told so opens a new one instead of
+            // writing into a socket the server is closing.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -268,6 +279,18 @@ mod tests {
         assert_eq!(response.headers()[RETRY_AFTER], "1");
         let response = ApiError::bad_request("no").into_response();
         assert!(response.headers().get(RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn an_unread_body_closes_the_connection() {
+        for e in [
+            ApiError::too_large(10),
+            ApiError::body_timeout(std::time::Duration::from_secs(1)),
+        ] {
+            assert_eq!(e.into_response().headers()[CONNECTION], "close");
+        }
+        let response = ApiError::bad_request("no").into_response();
+        assert!(response.headers().get(CONNECTION).is_none());
     }
 
     #[test]
