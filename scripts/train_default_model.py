@@ -449,12 +449,7 @@ def evaluate(model, hf_tok, seed, n):
             prompts.append(hf_tok.apply_chat_template(msgs, tools=tools, add_generation_prompt=True,
                                                       tokenize=False, thinking=(mode == "think")))
             value = a + b if op == "+" else a - b
-            if mode == "tool":
-                want.append(tool_call_text(f"{a} {op} {b}"))
-            elif mode == "think":
-                want.append(str(value))
-            else:
-                want.append(str(value))
+            want.append(tool_call_text(f"{a} {op} {b}") if mode == "tool" else str(value))
         got = []
         for i in range(0, n, 32):
             got += greedy(model, hf_tok, prompts[i: i + 32], 400 if mode == "think" else 40)
