@@ -345,6 +345,30 @@ GLM4_MOE_LITE = dict(sorted({
 }.items()))
 
 # name -> (hub config dict or None, seed)
+# One long prompt through a YaRN model, past its original_max_position_embeddings (4096), so
+# that YaRN's scaling is in force: v3_long_yarn's reference.safetensors holds `prompt` (I64
+# [8448]), `rows` (I64: every 512th position and the last 16) and `logprobs` (F32 [rows, V]) at
+# those rows alone, which keeps the file small.
+LONG_PROMPT = 8448
+LONG_ROWS = sorted(set(range(0, LONG_PROMPT, 512)) | set(range(LONG_PROMPT - 16, LONG_PROMPT)))
+
+V3_LONG_YARN = dict(sorted({
+    **V3_NOAUX_YARN,
+    "max_position_embeddings": 16384,
+    # 8 rotary frequencies, wavelengths from 6 to 7000 positions: the ramp between beta_fast
+    # and beta_slow crosses them.
+    "qk_rope_head_dim": 16,
+    "rope_scaling": {
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "factor": 4,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "original_max_position_embeddings": 4096,
+        "type": "yarn",
+    },
+}.items()))
+
 MODELS = [
     ("v2_plain", V2_PLAIN, 1001),
     ("v2_group", V2_GROUP, 1002),
@@ -686,6 +710,41 @@ def build(name, hub_cfg, seed):
     return m
 
 
+def build_long(name, hub_cfg, seed):
+    """The long-prompt fixture: one prompt of LONG_PROMPT ids, log-probs at LONG_ROWS."""
+    folder = os.path.join(OUT_DIR, name)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+    write_model(name, hub_cfg, seed, folder)
+    check_weight_names(os.path.join(folder, "model.safetensors"), hf_config(folder))
+    g = torch.Generator().manual_seed(seed + 7)
+    prompt = torch.randint(0, hub_cfg["vocab_size"], (LONG_PROMPT,), generator=g, dtype=torch.long)
+    rows = torch.tensor(LONG_ROWS, dtype=torch.long)
+    lp = {}
+    for attn in (ATTN, "sdpa"):
+        model = load(folder, attn=attn, strict=attn == ATTN)
+        lp[attn] = torch.log_softmax(logits_of(model, prompt), dim=-1)[rows].contiguous()
+        del model
+    print(f"\n=== {name} ===\n  {LONG_PROMPT} positions; max |lp_sdpa - lp_eager| (f32) = "
+          f"{float((lp['sdpa'] - lp[ATTN]).abs().max()):.2e}")
+    meta = {
+        "format": "ferroseek long-prompt reference v1",
+        "model": name,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "attn_implementation": ATTN,
+        "dtype": "float32",
+        "seed": str(seed),
+    }
+    path = os.path.join(folder, "reference.safetensors")
+    save_file({"prompt": prompt, "rows": rows, "logprobs": lp[ATTN]}, path, metadata=meta)
+    canonicalize_safetensors(path)
+
+
+LONG_MODELS = [("v3_long_yarn", V3_LONG_YARN, 1008)]
+
+
 def main():
     os.makedirs(OUT_DIR, exist_ok=True)
     only = set(sys.argv[1:])
@@ -693,6 +752,10 @@ def main():
         if only and name not in only:
             continue
         build(name, hub_cfg, seed)
+    for name, hub_cfg, seed in LONG_MODELS:
+        if only and name not in only:
+            continue
+        build_long(name, hub_cfg, seed)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ impl Default for LoadOptions {
         LoadOptions {
             dtype: DTypeChoice::Auto,
             device: Device::Cpu,
-            attention: AttentionMode::Absorbed,
+            attention: AttentionMode::Auto,
             max_positions: None,
             quantize: Quantization::None,
         }
@@ -316,7 +316,8 @@ impl DeepSeekModel {
         self.rope.max_positions()
     }
 
-    /// Switches between absorbed and expanded attention (both give the same numbers).
+    /// Chooses how attention is computed: per sequence by cost (the default),
+    /// or always absorbed or always expanded (all give the same numbers).
     pub fn set_attention_mode(&mut self, mode: AttentionMode) {
         self.attention = mode;
     }

@@ -4,14 +4,15 @@
 //! Per token: `q` from `q_proj` or `q_b_proj(q_a_layernorm(q_a_proj(x)))`, split per
 //! head into a no-rope and a rope part; `kv_a_proj_with_mqa` gives the latent
 //! `c_kv` (normalised by `kv_a_layernorm`) and one rope key shared by all heads.
-//! Only `[c_kv | rotated k_pe]` is written to the cache. Attention then runs either
+//! Only `[c_kv | rotated k_pe]` is written to the cache. Attention then runs, per
+//! sequence, in one of two forms that give the same numbers:
 //!
-//! * **absorbed** (default, always used for decode): `kv_b_proj`'s key slice is
-//!   folded into the query and its value slice applied after attention, so per-head
-//!   K and V are never materialised; or
-//! * **expanded**: per-head K and V are rebuilt from the cached latents through
-//!   `kv_b_proj`, as the reference implementation does. Kept as the
-//!   cross-check of the absorbed path.
+//! * **absorbed** (always used for decode): `kv_b_proj`'s key slice is folded into
+//!   the query and its value slice applied after attention, so per-head K and V
+//!   are never materialised; or
+//! * **expanded** (prompts, where [`expanded_pays`]): per-head K and V are rebuilt
+//!   from the cached latents through `kv_b_proj`, as the reference implementation
+//!   does, and attended with matrix products ([`expanded_attention`]).
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -21,8 +22,8 @@ use super::norm::RmsNorm;
 use super::rope::Rope;
 use crate::config::DeepSeekConfig;
 use crate::kernels::attention::{
-    absorbed_attention, fused_absorbed_attention, fused_pays, phased_absorbed_attention,
-    phases_fit, HeadMatrices, LatentShape, SeqSpan,
+    absorbed_attention, expanded_attention, expanded_pays, fused_absorbed_attention, fused_pays,
+    phased_absorbed_attention, phases_fit, HeadMatrices, LatentShape, SeqSpan, UpProjection,
 };
 use crate::kernels::packed;
 
@@ -42,8 +43,13 @@ enum Fusion {
 /// How attention is computed from the latent cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionMode {
+    /// Per sequence, the form that costs less ([`expanded_pays`]), where the
+    /// activations are f32 (else absorbed).
     #[default]
+    Auto,
+    /// Every sequence in the absorbed form.
     Absorbed,
+    /// Every sequence in the expanded form.
     Expanded,
 }
 
@@ -227,16 +233,91 @@ impl Attention {
         let q_nope = q.narrow(2, 0, self.nope)?.contiguous()?;
 
         // `[tokens, heads * v_head_dim]`.
-        let out = match mode {
-            AttentionMode::Absorbed => {
-                self.absorbed(&q_nope, &q_pe, layout, cache, tokens, dtype)?
-            }
-            AttentionMode::Expanded => self
-                .expanded(&q_nope.transpose(0, 1)?, &q_pe, layout, cache, dtype)?
-                .transpose(0, 1)?
-                .reshape((tokens, self.heads * self.v_dim))?,
-        };
+        let out = self.attend(&q_nope, &q_pe, layout, cache, tokens, dtype, mode)?;
         self.o_proj.forward(&out)
+    }
+
+    /// Each sequence's attention in the form `mode` gives it. `q_nope`:
+    /// `[tokens, heads, nope]`. Returns `[tokens, heads * v_head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q_nope: &Tensor,
+        q_pe: &[f32],
+        layout: &BatchLayout,
+        cache: &[f32],
+        tokens: usize,
+        dtype: DType,
+        mode: AttentionMode,
+    ) -> Result<Tensor> {
+        let shape = self.shape(layout.block_size);
+        // The expanded kernel computes in f32; with narrower activations
+        // (`--dtype bf16` or `f16`) the choice keeps their absorbed path, as
+        // the fused kernels do.
+        let f32_compute = q_nope.dtype() == DType::F32;
+        let expanded = |s: &SeqSpan| match mode {
+            AttentionMode::Absorbed => false,
+            AttentionMode::Expanded => true,
+            AttentionMode::Auto => {
+                f32_compute && expanded_pays(s.num_new, s.num_cached, shape, self.nope, self.v_dim)
+            }
+        };
+        if !layout.seqs.iter().any(expanded) {
+            return self.absorbed(q_nope, q_pe, layout, cache, tokens, dtype);
+        }
+        let row = self.heads * self.v_dim;
+        let (qn, qp) = (self.heads * self.nope, self.heads * self.rope_dim);
+        let mut out = vec![0f32; tokens * row];
+        let host = |t: Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        let (uk, uv) = (self.w_uk.dense_f32()?, self.w_uv.dense_f32()?);
+        let up = UpProjection {
+            uk: &uk,
+            uv: &uv,
+            nope: self.nope,
+            v_dim: self.v_dim,
+        };
+        let q_all = host(q_nope.clone())?;
+        // The others, in the absorbed form as a batch of their own: their
+        // rows of the queries, and spans renumbered to match.
+        let (mut rest, mut rest_rows, mut rest_pe) = (vec![], vec![], vec![]);
+        for span in &layout.seqs {
+            let rows = span.start..span.start + span.num_new;
+            if expanded(span) {
+                let o = expanded_attention(
+                    &q_all[rows.start * qn..rows.end * qn],
+                    &q_pe[rows.start * qp..rows.end * qp],
+                    cache,
+                    span,
+                    shape,
+                    self.scale,
+                    &up,
+                );
+                out[rows.start * row..rows.end * row].copy_from_slice(&o);
+            } else {
+                rest.push(SeqSpan {
+                    start: rest_rows.len(),
+                    ..*span
+                });
+                rest_pe.extend_from_slice(&q_pe[rows.start * qp..rows.end * qp]);
+                rest_rows.extend(rows.map(|t| t as u32));
+            }
+        }
+        if !rest.is_empty() {
+            let sub = BatchLayout {
+                seqs: rest,
+                positions: vec![],
+                slots: vec![],
+                block_size: layout.block_size,
+                device: layout.device.clone(),
+            };
+            let picked = Tensor::new(rest_rows.as_slice(), q_nope.device())?;
+            let q_rest = q_nope.index_select(&picked, 0)?;
+            let o = self.absorbed(&q_rest, &rest_pe, &sub, cache, rest_rows.len(), dtype)?;
+            for (o, &t) in host(o)?.chunks_exact(row).zip(&rest_rows) {
+                out[t as usize * row..][..row].copy_from_slice(o);
+            }
+        }
+        Tensor::from_vec(out, (tokens, row), &layout.device)?.to_dtype(dtype)
     }
 
     /// `q_nope`: `[tokens, heads, nope]`. Returns `[tokens, heads * v_head_dim]`.
@@ -336,76 +417,6 @@ impl Attention {
             run(q_nope, q_pe, cache, seqs, shape, scale, &matrices)
         })?;
         Ok(Some(out))
-    }
-
-    /// The reference formulation: per sequence, rebuild per-head K and V of its
-    /// whole context from the cached latents. `q_nope`: `[heads, tokens, nope]`.
-    /// Returns `[heads, tokens, v_head_dim]`.
-    fn expanded(
-        &self,
-        q_nope: &Tensor,
-        q_pe: &[f32],
-        layout: &BatchLayout,
-        cache: &[f32],
-        dtype: DType,
-    ) -> Result<Tensor> {
-        let width = self.rank + self.rope_dim;
-        let dev = &layout.device;
-        // `[heads, rank, nope]` and `[heads, rank, v]`.
-        let w_uk_t = self.w_uk.dense(dtype)?;
-        let w_uv_t = self.w_uv.dense(dtype)?.transpose(1, 2)?;
-        let q_pe_all = Tensor::from_slice(
-            q_pe,
-            (
-                q_pe.len() / (self.heads * self.rope_dim),
-                self.heads,
-                self.rope_dim,
-            ),
-            dev,
-        )?
-        .transpose(0, 1)?;
-        let mut outputs = Vec::with_capacity(layout.seqs.len());
-        for span in &layout.seqs {
-            let context = span.num_cached + span.num_new;
-            let mut rows = Vec::with_capacity(context * width);
-            for t in 0..context {
-                let block = span.block_table[t / layout.block_size] as usize;
-                let slot = block * layout.block_size + t % layout.block_size;
-                rows.extend_from_slice(&cache[slot * width..(slot + 1) * width]);
-            }
-            let rows = Tensor::from_vec(rows, (context, width), dev)?;
-            let c = rows.narrow(1, 0, self.rank)?.to_dtype(dtype)?;
-            let k_pe = rows.narrow(1, self.rank, self.rope_dim)?.contiguous()?;
-            // [heads, context, nope] and [heads, context, v]
-            let c = c
-                .unsqueeze(0)?
-                .broadcast_as((self.heads, context, self.rank))?
-                .contiguous()?;
-            let k_nope = c.matmul(&w_uk_t)?.to_dtype(DType::F32)?;
-            let v = c.matmul(&w_uv_t)?.to_dtype(DType::F32)?;
-            let q_n = q_nope
-                .narrow(1, span.start, span.num_new)?
-                .to_dtype(DType::F32)?;
-            let q_p = q_pe_all.narrow(1, span.start, span.num_new)?.contiguous()?;
-            let scores = (q_n.matmul(&k_nope.transpose(1, 2)?)?
-                + q_p.broadcast_matmul(&k_pe.t()?)?)?
-            .affine(self.scale as f64, 0.0)?;
-            let mask: Vec<f32> = (0..span.num_new)
-                .flat_map(|j| {
-                    (0..context).map(move |t| {
-                        if t <= span.num_cached + j {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (span.num_new, context), dev)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
-            outputs.push(probs.matmul(&v)?);
-        }
-        Tensor::cat(&outputs, 1)?.to_dtype(dtype)
     }
 }
 

@@ -60,23 +60,30 @@ pub unsafe fn dots<const H: usize, const R: usize>(
 pub unsafe fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<super::RowStats> {
     scores
         .chunks_exact_mut(context)
-        .map(|s| {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = _mm512_setzero_ps();
-            for chunk in s.chunks_mut(16) {
-                let m = lanes(chunk.len());
-                let p = chunk.as_mut_ptr();
-                let v = _mm512_maskz_loadu_ps(m, p);
-                let e = exp512(_mm512_sub_ps(v, _mm512_set1_ps(max)));
-                _mm512_mask_storeu_ps(p, m, e);
-                sum = _mm512_mask_add_ps(sum, m, sum, e);
-            }
-            super::RowStats {
-                max,
-                sum: _mm512_reduce_add_ps(sum),
-            }
-        })
+        .map(|s| softmax_row(s))
         .collect()
+}
+
+/// [`softmax_rows`] of one row.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+pub unsafe fn softmax_row(s: &mut [f32]) -> super::RowStats {
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = _mm512_setzero_ps();
+    for chunk in s.chunks_mut(16) {
+        let m = lanes(chunk.len());
+        let p = chunk.as_mut_ptr();
+        let v = _mm512_maskz_loadu_ps(m, p);
+        let e = exp512(_mm512_sub_ps(v, _mm512_set1_ps(max)));
+        _mm512_mask_storeu_ps(p, m, e);
+        sum = _mm512_mask_add_ps(sum, m, sum, e);
+    }
+    super::RowStats {
+        max,
+        sum: _mm512_reduce_add_ps(sum),
+    }
 }
 
 /// `out[h·rank + c] += Σ_t p[h·context + t] · rows[t][c]` for `H` heads:

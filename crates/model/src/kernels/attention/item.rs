@@ -212,16 +212,17 @@ pub(super) fn weigh(
 /// returns the rows' max and sum.
 #[inline(always)]
 pub(super) fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<RowStats> {
-    scores
-        .chunks_exact_mut(context)
-        .map(|s| {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for v in s.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            RowStats { max, sum }
-        })
-        .collect()
+    scores.chunks_exact_mut(context).map(softmax_row).collect()
+}
+
+/// [`softmax_rows`] of one row.
+#[inline(always)]
+pub(super) fn softmax_row(s: &mut [f32]) -> RowStats {
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in s.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    RowStats { max, sum }
 }

@@ -17,11 +17,14 @@
 //!   attention in one parallel region, for few tokens and for any number.
 //! - `item`: one work item's scores, softmax and weighted sums, with the
 //!   `avx2` and `avx512` inner loops.
+//! - `expanded`: the expanded form for prompts, where it costs less: per-head
+//!   keys and values rebuilt from the latents, then tiled matrix products.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod expanded;
 mod fused;
 mod item;
 mod matrices;
@@ -31,6 +34,7 @@ mod plan;
 mod tests;
 mod unfused;
 
+pub use expanded::{expanded_attention, expanded_pays, UpProjection};
 pub(crate) use fused::{fused_absorbed_attention, fused_pays};
 pub(crate) use matrices::HeadMatrices;
 pub(crate) use phased::{phased_absorbed_attention, phases_fit};

@@ -6,7 +6,7 @@ use super::plan::{chunks_for, CHUNK_ROWS, PARTIAL_BUDGET};
 use super::*;
 
 /// A deterministic pseudo-random fill in [-1, 1).
-fn fill(n: usize, seed: u32) -> Vec<f32> {
+pub(super) fn fill(n: usize, seed: u32) -> Vec<f32> {
     (0..n as u32)
         .map(|i| {
             let x = (i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 2001;

@@ -6,6 +6,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use super::{with_f32, Linear, Weight, WeightFormat};
 use crate::kernels::gemv::blocked_kernel;
 use crate::kernels::packed::{self, Packed};
+use crate::kernels::parallel::{self, Disjoint};
 use crate::quant::Quantization;
 
 /// A packed weight's numbers as a dense CPU tensor of `dtype`.
@@ -135,6 +136,26 @@ impl GroupedLinear {
                 .collect::<Result<Vec<_>>>()?,
         };
         Tensor::stack(&parts, 0)
+    }
+
+    /// [`Self::dense`] in f32 on the host, `[groups, n, k]` row-major;
+    /// repacked groups are dequantized in parallel, a group per task (the
+    /// expanded attention's per-call copy of `kv_b_proj`).
+    pub fn dense_f32(&self) -> Result<Vec<f32>> {
+        let Held::Packed(packs) = &self.held else {
+            return self.dense(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        };
+        let size = self.n * self.k;
+        let mut out = vec![0f32; self.groups * size];
+        let dst = Disjoint::new(&mut out);
+        parallel::for_ranges(packs.len(), |gs| {
+            for g in gs {
+                // SAFETY: group `g`'s numbers are this task's alone.
+                let numbers = unsafe { dst.slice(g * size..(g + 1) * size) };
+                numbers.copy_from_slice(&packs[g].dequantize());
+            }
+        });
+        Ok(out)
     }
 
     /// Our kernels, where they take `x` (`rows` rows on the CPU in f32):

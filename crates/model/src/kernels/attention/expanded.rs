@@ -1,0 +1,581 @@
+//! Attention in the expanded form, for prompts: each head's keys and values
+//! rebuilt from the cached latents through `kv_b_proj`, then a causal,
+//! tiled, online-softmax attention (flash-attention style) whose products
+//! are matrix products.
+//!
+//! The absorbed form scores every head against `rank + rope`-wide latent
+//! rows and sums `rank`-wide ones, per token: the right trade for one
+//! decoding token, which reads each cache row once for all heads. A prompt
+//! of many tokens pays that width on every (query, key) pair; rebuilding
+//! `nope + rope`-wide keys and `v_head_dim`-wide values once per row of the
+//! context costs less there, and the attention becomes matrix products of
+//! many query rows against many key rows ([`expanded_pays`] decides).
+//!
+//! One sequence at a time ([`expanded_attention`]): the context is taken in
+//! passes of rows whose per-head keys and values fit a fixed budget; each
+//! pass is one parallel region of three phases (the latent rows gathered
+//! out of the paged cache; per head, its keys and values; per head and tile
+//! of query rows, the tile's scores, softmax and weighted sums against the
+//! pass's rows), and each query row's running maximum, sum and unnormalised
+//! output carry over from pass to pass. A long cached prefix is thus
+//! up-projected once per call, whatever the number of query rows.
+
+use super::item::{softmax_row, Path};
+use super::{LatentShape, RowStats, SeqSpan};
+use crate::kernels::parallel::{self, Disjoint};
+
+/// Query rows of one work item.
+const QUERY_TILE: usize = 64;
+/// Key rows one score product takes.
+const KEY_TILE: usize = 256;
+/// Most numbers one pass's per-head keys and values may take (32 MB).
+const PASS_BUDGET: usize = 8 << 20;
+
+/// The relative speeds of the two forms, in multiply-adds per unit of time:
+/// the absorbed kernel's dot products, and the matrix products of the
+/// expanded form (its attention and its up-projection). From
+/// `FERROSEEK_BENCH_ONLY=forms cargo bench -p ferroseek-model --bench
+/// forward`, which times both forms on prompts of several lengths.
+const ABSORBED_RATE: usize = 1;
+const EXPANDED_RATE: usize = 2;
+
+/// `kv_b_proj` per head, dense f32: what rebuilds a head's keys and values
+/// from the latents.
+pub struct UpProjection<'a> {
+    /// `W_UKᵀ` per head, `[heads, rank, nope]` (as MLA's absorbed `w_uk`
+    /// holds it).
+    pub uk: &'a [f32],
+    /// `W_UV` per head, `[heads, v_dim, rank]`.
+    pub uv: &'a [f32],
+    pub nope: usize,
+    pub v_dim: usize,
+}
+
+/// Whether the expanded form costs less than the absorbed one for a
+/// sequence of `num_new` query rows after `num_cached` cached ones, by the
+/// multiply-adds each does at its measured rate: the absorbed form's
+/// `width + rank` per (query, key) pair and head, against the expanded
+/// form's `nope + rope + v_dim` per pair and the up-projection's
+/// `rank · (nope + v_dim)` per context row.
+pub fn expanded_pays(
+    num_new: usize,
+    num_cached: usize,
+    shape: LatentShape,
+    nope: usize,
+    v_dim: usize,
+) -> bool {
+    let LatentShape { rank, width, .. } = shape;
+    let rope = width - rank;
+    let context = num_cached + num_new;
+    // Pairs per head: each query row sees the cached rows and the new rows
+    // up to itself.
+    let pairs = num_new * num_cached + num_new * (num_new + 1) / 2;
+    let absorbed = pairs * (width + rank) * EXPANDED_RATE;
+    let expanded =
+        (pairs * (nope + rope + v_dim) + context * rank * (nope + v_dim)) * ABSORBED_RATE;
+    expanded < absorbed
+}
+
+/// `dst` (`m × n`, row stride `ldd`) := (`dst` if `accumulate`, else 0) +
+/// `scale · lhs · rhs`, each operand given by its row and column strides,
+/// on the calling thread.
+///
+/// # Safety
+/// Every element the strides reach lies inside its buffer, and `dst`
+/// overlaps neither operand.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    ldd: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    scale: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ldd as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// One sequence's attention in the expanded form. `q_nope`: its `[num_new,
+/// heads, nope]` query parts, `q_pe`: their rotated `[num_new, heads,
+/// rope]` parts, `cache`: the layer's `[slots, width]` rows. Returns
+/// `[num_new, heads, v_dim]`: per head, softmax(scale · q·kᵀ) · v, token
+/// `j` seeing context positions `0..=num_cached + j`.
+pub fn expanded_attention(
+    q_nope: &[f32],
+    q_pe: &[f32],
+    cache: &[f32],
+    span: &SeqSpan,
+    shape: LatentShape,
+    scale: f32,
+    up: &UpProjection,
+) -> Vec<f32> {
+    let per_row = shape.heads * (up.nope + shape.width - shape.rank + up.v_dim);
+    let rows = (PASS_BUDGET / per_row).max(KEY_TILE) / KEY_TILE * KEY_TILE;
+    attention_in_passes(q_nope, q_pe, cache, span, shape, scale, up, rows)
+}
+
+/// [`expanded_attention`] with passes of `pass_rows` context rows.
+#[allow(clippy::too_many_arguments)]
+fn attention_in_passes(
+    q_nope: &[f32],
+    q_pe: &[f32],
+    cache: &[f32],
+    span: &SeqSpan,
+    shape: LatentShape,
+    scale: f32,
+    up: &UpProjection,
+    pass_rows: usize,
+) -> Vec<f32> {
+    let LatentShape {
+        heads,
+        rank,
+        width,
+        block_size,
+    } = shape;
+    let (nope, v_dim) = (up.nope, up.v_dim);
+    let rope = width - rank;
+    let dq = nope + rope;
+    let (new, cached) = (span.num_new, span.num_cached);
+    let context = cached + new;
+    // No larger than the context: the buffers below are sized by it.
+    let pass_rows = pass_rows.min(context);
+    assert_eq!(q_nope.len(), new * heads * nope, "q_nope's size");
+    assert_eq!(q_pe.len(), new * heads * rope, "q_pe's size");
+    assert_eq!(up.uk.len(), heads * rank * nope, "W_UK's size");
+    assert_eq!(up.uv.len(), heads * v_dim * rank, "W_UV's size");
+
+    // Per head, its query rows `[q_nope | q_pe]`: `[heads, new, dq]`.
+    let mut queries = vec![0f32; heads * new * dq];
+    let dst = Disjoint::new(&mut queries);
+    parallel::for_ranges(heads, |hs| {
+        for h in hs {
+            // SAFETY: head `h`'s rows are this task's alone.
+            let rows = unsafe { dst.slice(h * new * dq..(h + 1) * new * dq) };
+            for (t, q) in rows.chunks_exact_mut(dq).enumerate() {
+                let at = t * heads + h;
+                q[..nope].copy_from_slice(&q_nope[at * nope..][..nope]);
+                q[nope..].copy_from_slice(&q_pe[at * rope..][..rope]);
+            }
+        }
+    });
+    // Per head and query row: the unnormalised output, the running maximum
+    // and sum.
+    let mut acc = vec![0f32; heads * new * v_dim];
+    let mut maxima = vec![f32::NEG_INFINITY; heads * new];
+    let mut sums = vec![0f32; heads * new];
+
+    let tiles = new.div_ceil(QUERY_TILE);
+    let mut latents = vec![0f32; pass_rows * width];
+    // Per head, the pass's keys `[rows, dq]` and values `[rows, v_dim]`.
+    let mut keys = vec![0f32; heads * pass_rows * dq];
+    let mut values = vec![0f32; heads * pass_rows * v_dim];
+    let path = Path::detect();
+    for first in (0..context).step_by(pass_rows) {
+        let rows = pass_rows.min(context - first);
+        // Query tiles whose last row sees the pass's first row, latest
+        // (largest) first so that the last items handed out are small.
+        let seen = (0..tiles)
+            .rev()
+            .filter(|&i| cached + ((i + 1) * QUERY_TILE).min(new) > first)
+            .collect::<Vec<_>>();
+        let (lat_dst, key_dst, value_dst) = (
+            Disjoint::new(&mut latents),
+            Disjoint::new(&mut keys),
+            Disjoint::new(&mut values),
+        );
+        let (acc_dst, max_dst, sum_dst) = (
+            Disjoint::new(&mut acc),
+            Disjoint::new(&mut maxima),
+            Disjoint::new(&mut sums),
+        );
+        let queries = &queries;
+        parallel::team(|member| {
+            // The pass's latent rows, out of the paged cache.
+            member.share(rows.div_ceil(KEY_TILE), |blocks| {
+                for b in blocks {
+                    for r in b * KEY_TILE..((b + 1) * KEY_TILE).min(rows) {
+                        let t = first + r;
+                        let slot =
+                            span.block_table[t / block_size] as usize * block_size + t % block_size;
+                        // SAFETY: row `r` is this task's alone.
+                        let dst = unsafe { lat_dst.slice(r * width..(r + 1) * width) };
+                        dst.copy_from_slice(&cache[slot * width..(slot + 1) * width]);
+                    }
+                }
+            });
+            member.barrier();
+            // SAFETY: nothing writes the latents after the barrier.
+            let latents = unsafe { lat_dst.view(0..rows * width) };
+            // Per head, its keys `[c · W_UKᵀ | k_pe]` and values `c · W_UVᵀ`.
+            member.share(heads, |hs| {
+                for h in hs {
+                    // SAFETY: head `h`'s keys and values are this task's alone.
+                    let k = unsafe { key_dst.slice(h * pass_rows * dq..(h + 1) * pass_rows * dq) };
+                    let v = unsafe {
+                        value_dst.slice(h * pass_rows * v_dim..(h + 1) * pass_rows * v_dim)
+                    };
+                    // SAFETY: the shapes and strides stay inside the buffers.
+                    unsafe {
+                        product(
+                            (rows, nope, rank),
+                            k.as_mut_ptr(),
+                            dq,
+                            false,
+                            latents.as_ptr(),
+                            (width, 1),
+                            up.uk[h * rank * nope..].as_ptr(),
+                            (nope, 1),
+                            1.0,
+                        );
+                        product(
+                            (rows, v_dim, rank),
+                            v.as_mut_ptr(),
+                            v_dim,
+                            false,
+                            latents.as_ptr(),
+                            (width, 1),
+                            up.uv[h * v_dim * rank..].as_ptr(),
+                            (1, rank),
+                            1.0,
+                        );
+                    }
+                    for (key, lat) in k.chunks_exact_mut(dq).zip(latents.chunks_exact(width)) {
+                        key[nope..].copy_from_slice(&lat[rank..]);
+                    }
+                }
+            });
+            member.barrier();
+            // SAFETY: nothing writes the keys and values after the barrier.
+            let (keys, values) = unsafe {
+                (
+                    key_dst.view(0..heads * pass_rows * dq),
+                    value_dst.view(0..heads * pass_rows * v_dim),
+                )
+            };
+            let mut scores = vec![0f32; QUERY_TILE * KEY_TILE];
+            member.share(heads * seen.len(), |items| {
+                for item in items {
+                    let (h, tile) = (item % heads, seen[item / heads]);
+                    let q_rows = tile * QUERY_TILE..((tile + 1) * QUERY_TILE).min(new);
+                    let at = h * new + q_rows.start;
+                    let n = q_rows.len();
+                    // SAFETY: head `h`'s rows of this tile are this task's alone.
+                    let (acc, maxima, sums) = unsafe {
+                        (
+                            acc_dst.slice(at * v_dim..(at + n) * v_dim),
+                            max_dst.slice(at..at + n),
+                            sum_dst.slice(at..at + n),
+                        )
+                    };
+                    let tile = TileRows {
+                        queries: &queries[at * dq..(at + n) * dq],
+                        scale,
+                        positions: cached + q_rows.start,
+                        dq,
+                        v_dim,
+                    };
+                    let head_keys = &keys[h * pass_rows * dq..][..rows * dq];
+                    let head_values = &values[h * pass_rows * v_dim..][..rows * v_dim];
+                    tile.attend(
+                        path,
+                        first,
+                        head_keys,
+                        head_values,
+                        &mut scores,
+                        acc,
+                        maxima,
+                        sums,
+                    );
+                }
+            });
+        });
+    }
+    // `[heads, new, v_dim]` normalised into `[new, heads, v_dim]`.
+    let mut out = vec![0f32; new * heads * v_dim];
+    let dst = Disjoint::new(&mut out);
+    parallel::for_ranges(new, |ts| {
+        for t in ts {
+            // SAFETY: token `t`'s row is this task's alone.
+            let row = unsafe { dst.slice(t * heads * v_dim..(t + 1) * heads * v_dim) };
+            for (h, o) in row.chunks_exact_mut(v_dim).enumerate() {
+                let src = &acc[(h * new + t) * v_dim..][..v_dim];
+                let sum = sums[h * new + t];
+                o.iter_mut().zip(src).for_each(|(o, s)| *o = s / sum);
+            }
+        }
+    });
+    out
+}
+
+/// One head's tile of query rows.
+struct TileRows<'a> {
+    /// `[rows, dq]`.
+    queries: &'a [f32],
+    /// Of the scores.
+    scale: f32,
+    /// Context position of the first row.
+    positions: usize,
+    dq: usize,
+    v_dim: usize,
+}
+
+impl TileRows<'_> {
+    /// Adds the key rows `keys` (`[rows, dq]`, context positions from
+    /// `first`) and their `values` to the tile's running outputs `acc`
+    /// (`[rows, v_dim]`), maxima and sums, a [`KEY_TILE`] at a time, each
+    /// query row seeing the positions up to its own.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        path: Path,
+        first: usize,
+        keys: &[f32],
+        values: &[f32],
+        scores: &mut [f32],
+        acc: &mut [f32],
+        maxima: &mut [f32],
+        sums: &mut [f32],
+    ) {
+        let (dq, v_dim) = (self.dq, self.v_dim);
+        let n = self.queries.len() / dq;
+        let rows = keys.len() / dq;
+        // Rows past the tile's last query position are seen by none.
+        let end = rows.min((self.positions + n).saturating_sub(first));
+        for k0 in (0..end).step_by(KEY_TILE) {
+            let kt = KEY_TILE.min(end - k0);
+            let s = &mut scores[..n * kt];
+            // SAFETY: `n × dq` queries, `kt × dq` keys from `k0`, `n × kt` scores.
+            unsafe {
+                product(
+                    (n, kt, dq),
+                    s.as_mut_ptr(),
+                    kt,
+                    false,
+                    self.queries.as_ptr(),
+                    (dq, 1),
+                    keys[k0 * dq..].as_ptr(),
+                    (1, dq),
+                    self.scale,
+                );
+            }
+            let rows = Softmax {
+                positions: self.positions,
+                from: first + k0,
+                kt,
+                v_dim,
+            };
+            match path {
+                // SAFETY: `Path::detect` found AVX-512F, AVX2 and FMA.
+                #[cfg(target_arch = "x86_64")]
+                Path::Avx512 => unsafe { rows.update_avx512(s, acc, maxima, sums) },
+                _ => rows.update(s, acc, maxima, sums, softmax_row),
+            }
+            // SAFETY: `n × kt` weights, `kt × v_dim` values from `k0`, `n × v_dim` outputs.
+            unsafe {
+                product(
+                    (n, v_dim, kt),
+                    acc.as_mut_ptr(),
+                    v_dim,
+                    true,
+                    s.as_ptr(),
+                    (kt, 1),
+                    values[k0 * v_dim..].as_ptr(),
+                    (v_dim, 1),
+                    1.0,
+                );
+            }
+        }
+    }
+}
+
+/// The online softmax of one tile of scores against `kt` keys from context
+/// position `from`, its first query row at position `positions`.
+struct Softmax {
+    positions: usize,
+    from: usize,
+    kt: usize,
+    v_dim: usize,
+}
+
+impl Softmax {
+    /// Per row of `scores` (`[rows, kt]`): the keys it sees (positions up
+    /// to its own) turned into `exp(score - max)`, the others into 0; its
+    /// running maximum, sum and output `acc` moved onto the new maximum,
+    /// and the row's weights scaled to it, ready to be added as weights of
+    /// the values. `softmax` as [`softmax_row`].
+    #[inline(always)]
+    fn update(
+        &self,
+        scores: &mut [f32],
+        acc: &mut [f32],
+        maxima: &mut [f32],
+        sums: &mut [f32],
+        softmax: impl Fn(&mut [f32]) -> RowStats,
+    ) {
+        let (kt, v_dim) = (self.kt, self.v_dim);
+        for (r, row) in scores.chunks_exact_mut(kt).enumerate() {
+            let seen = (self.positions + r + 1).saturating_sub(self.from).min(kt);
+            if seen == 0 {
+                row.fill(0.0);
+                continue;
+            }
+            let stats = softmax(&mut row[..seen]);
+            row[seen..].fill(0.0);
+            let max = maxima[r].max(stats.max);
+            let (old, new) = ((maxima[r] - max).exp(), (stats.max - max).exp());
+            maxima[r] = max;
+            sums[r] = sums[r] * old + stats.sum * new;
+            if old != 1.0 {
+                acc[r * v_dim..(r + 1) * v_dim]
+                    .iter_mut()
+                    .for_each(|v| *v *= old);
+            }
+            if new != 1.0 {
+                row[..seen].iter_mut().for_each(|p| *p *= new);
+            }
+        }
+    }
+
+    /// [`Self::update`] compiled for AVX-512, with its vector `exp`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn update_avx512(
+        &self,
+        scores: &mut [f32],
+        acc: &mut [f32],
+        maxima: &mut [f32],
+        sums: &mut [f32],
+    ) {
+        self.update(scores, acc, maxima, sums, |s| unsafe {
+            super::avx512::softmax_row(s)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::attention::absorbed_attention;
+    use crate::kernels::attention::tests::fill;
+
+    /// The expanded form gives the absorbed form's outputs (its attended
+    /// latents through `W_UV`), for prompts with and without a cached
+    /// prefix that cross query tiles, key tiles, passes and cache blocks
+    /// (in a scrambled order), with one query tile, and one row alone.
+    #[test]
+    fn expanded_equals_absorbed() {
+        let (heads, rank, rope, nope, v_dim, block_size) = (3, 40, 8, 24, 20, 16);
+        let width = rank + rope;
+        let shape = LatentShape {
+            heads,
+            rank,
+            width,
+            block_size,
+        };
+        let blocks = 48;
+        let cache = fill(blocks * block_size * width, 1);
+        let table: Vec<u32> = (0..blocks as u32).map(|b| b * 29 % blocks as u32).collect();
+        let uk = fill(heads * rank * nope, 2);
+        let uv = fill(heads * v_dim * rank, 3);
+        let up = UpProjection {
+            uk: &uk,
+            uv: &uv,
+            nope,
+            v_dim,
+        };
+        let scale = 0.15;
+        for (new, cached, pass_rows) in [
+            (300, 0, 256),
+            (300, 0, 512),
+            (130, 400, 256),
+            (64, 700, 768),
+            (1, 500, 256),
+            (5, 0, 256),
+        ] {
+            let span = SeqSpan {
+                start: 0,
+                num_new: new,
+                num_cached: cached,
+                block_table: &table,
+            };
+            let q_nope = fill(new * heads * nope, 4);
+            let q_pe = fill(new * heads * rope, 5);
+            let got =
+                attention_in_passes(&q_nope, &q_pe, &cache, &span, shape, scale, &up, pass_rows);
+
+            // The absorbed form: q_lat = W_UKᵀ-absorbed queries, then W_UV.
+            let mut queries = vec![0f32; new * heads * width];
+            for t in 0..new {
+                for h in 0..heads {
+                    let q = &mut queries[(t * heads + h) * width..][..width];
+                    let qn = &q_nope[(t * heads + h) * nope..][..nope];
+                    for (r, lat) in q[..rank].iter_mut().enumerate() {
+                        *lat = (0..nope)
+                            .map(|d| uk[(h * rank + r) * nope + d] * qn[d])
+                            .sum();
+                    }
+                    q[rank..].copy_from_slice(&q_pe[(t * heads + h) * rope..][..rope]);
+                }
+            }
+            let latents = absorbed_attention(&queries, &cache, &[span], shape, scale);
+            for t in 0..new {
+                for h in 0..heads {
+                    let lat = &latents[(t * heads + h) * rank..][..rank];
+                    for d in 0..v_dim {
+                        let want: f32 = (0..rank)
+                            .map(|r| uv[(h * v_dim + d) * rank + r] * lat[r])
+                            .sum();
+                        let have = got[(t * heads + h) * v_dim + d];
+                        assert!(
+                            (want - have).abs() < 1e-4,
+                            "{new} new after {cached}, passes of {pass_rows}: token {t} head {h} \
+                             value {d}: expanded {have}, absorbed {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// One decoding token never pays for the up-projection; a long prompt
+    /// does, with or without a cached prefix.
+    #[test]
+    fn the_expanded_form_is_for_prompts() {
+        let shape = LatentShape {
+            heads: 16,
+            rank: 512,
+            width: 576,
+            block_size: 16,
+        };
+        assert!(!expanded_pays(1, 8000, shape, 128, 128));
+        assert!(!expanded_pays(4, 100, shape, 128, 128));
+        assert!(expanded_pays(2048, 0, shape, 128, 128));
+        assert!(expanded_pays(512, 7500, shape, 128, 128));
+    }
+}
