@@ -32,10 +32,12 @@
 //!   `ignore_eos`): completion tokens over the wall time of the whole
 //!   batch, prompts included, best of `HTTP_RUNS`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use common::{wait_ready, Server};
 
 use candle_core::{DType, Device};
 use ferroseek_model::testing::{bench_checkpoint, read_bandwidth_gbps};
@@ -145,61 +147,20 @@ fn best_and_median(mut values: Vec<f64>) -> (f64, f64) {
     (values[values.len() - 1], values[values.len() / 2])
 }
 
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_server(dir: &Path, f: &Format) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroseek"))
-        .args(["serve", "--port", "0", "--kv-cache-memory", "256MiB"])
-        .args([
-            "--model",
-            dir.to_str().unwrap(),
+    common::ferroseek(
+        dir,
+        &[
+            "--kv-cache-memory",
+            "256MiB",
             "--served-model-name",
             "bench",
-        ])
-        .args(["--dtype", f.dtype, "--quantize", f.quantize])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the ferroseek binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let url: String = line[at + "listening on ".len()..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                let _ = tx.send(url);
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the server logs its address");
-    Server(child, base)
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("{base}/health")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the server did not become ready");
+            "--dtype",
+            f.dtype,
+            "--quantize",
+            f.quantize,
+        ],
+    )
 }
 
 /// Aggregate completion tokens/s of `streams` concurrent streaming requests.
@@ -271,13 +232,13 @@ fn main() {
     for f in &FORMATS {
         let server = start_server(&dir, f);
         http.push(rt.block_on(async {
-            wait_ready(&client, &server.1).await;
-            through_http(&client, &server.1, 1).await; // warm-up
+            wait_ready(&client, &server.base).await;
+            through_http(&client, &server.base, 1).await; // warm-up
             let mut rates = Vec::new();
             for c in [1, 4, 8, 16] {
                 let mut best = 0f64;
                 for _ in 0..HTTP_RUNS {
-                    best = best.max(through_http(&client, &server.1, c).await);
+                    best = best.max(through_http(&client, &server.base, c).await);
                 }
                 rates.push(best);
             }

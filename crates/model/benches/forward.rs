@@ -9,6 +9,10 @@
 //! ratio column is candle-transformers' time over ours (above 1: we are
 //! faster). The last-token logits of both prefills are compared as a check
 //! that both compute the same model.
+//!
+//! Then, at q8_0, the two forms of our attention side by side
+//! ([`attention_forms`]): where the expanded form starts to pay for prompts.
+//! `FERROSEEK_BENCH_ONLY=forms` runs that part alone.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,8 +21,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::deepseek2::{DeepSeekV2, DeepSeekV2Config};
 use ferroseek_model::testing::bench_checkpoint;
 use ferroseek_model::{
-    resolve_model, Batch, DTypeChoice, DeepSeekModel, HubOptions, LatentCache, LoadOptions,
-    LogitsRows, Quantization, SeqInput,
+    resolve_model, AttentionMode, Batch, DTypeChoice, DeepSeekModel, HubOptions, LatentCache,
+    LoadOptions, LogitsRows, ModelFiles, Quantization, SeqInput,
 };
 
 const PREFILL: usize = 128;
@@ -113,6 +117,9 @@ fn main() {
         &HubOptions::from_env(None),
     )
     .expect("the bench checkpoint resolves");
+    if std::env::var("FERROSEEK_BENCH_ONLY").as_deref() == Ok("forms") {
+        return attention_forms(&files);
+    }
     let cfg: DeepSeekV2Config =
         serde_json::from_str(&std::fs::read_to_string(&files.config).unwrap()).unwrap();
     println!(
@@ -188,5 +195,70 @@ fn main() {
             PREFILL as f64 * 1e3 / op
         );
         println!("| {name} | decode 1 | {od:.1} ({:.1}) | n/a | |", 1e3 / od);
+    }
+    attention_forms(&files);
+}
+
+/// One sequence's forward at q8_0 with `new` tokens after `cached` ones,
+/// every sequence in the absorbed form against every one expanded (median
+/// of 3 each, alternated), and which one the default picks: the data
+/// behind `expanded_pays`' rates.
+fn attention_forms(files: &ModelFiles) {
+    let mut model = DeepSeekModel::load(
+        files,
+        &LoadOptions {
+            dtype: DTypeChoice::F32,
+            quantize: Quantization::Q8_0,
+            max_positions: Some(8192),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (block, blocks) = (16, 400);
+    let table: Vec<u32> = (0..blocks).collect();
+    let mut cache = LatentCache::new(model.config(), blocks as usize, block).unwrap();
+    let mut run = |model: &DeepSeekModel, new: usize, cached: usize| {
+        let batch = Batch {
+            seqs: vec![SeqInput {
+                tokens: (0..new as u32).map(|t| (t * 7919) % 7900 + 2).collect(),
+                num_cached: cached,
+                block_table: table.clone(),
+                logits: LogitsRows::Last,
+            }],
+        };
+        let t = Instant::now();
+        model.forward(&batch, &mut cache).unwrap();
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    // A context to attend to.
+    run(&model, 4096, 0);
+    println!();
+    println!("q8_0, one sequence's forward; median of 3");
+    println!("| new tokens | cached | absorbed ms | expanded ms | absorbed / expanded |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (new, cached) in [
+        (8, 0),
+        (16, 0),
+        (32, 0),
+        (64, 0),
+        (128, 0),
+        (512, 0),
+        (2048, 0),
+        (4, 4096),
+        (8, 4096),
+        (16, 4096),
+        (32, 4096),
+        (128, 4096),
+        (512, 2048),
+    ] {
+        let (mut absorbed, mut expanded) = (vec![], vec![]);
+        for _ in 0..3 {
+            model.set_attention_mode(AttentionMode::Absorbed);
+            absorbed.push(run(&model, new, cached));
+            model.set_attention_mode(AttentionMode::Expanded);
+            expanded.push(run(&model, new, cached));
+        }
+        let (a, e) = (median(absorbed), median(expanded));
+        println!("| {new} | {cached} | {a:.1} | {e:.1} | {:.2} |", a / e);
     }
 }

@@ -227,8 +227,29 @@ pub fn write_random_checkpoint(
 /// The benchmark checkpoint, generated once into `cache_dir/<dtype>` and
 /// reused after.
 pub fn bench_checkpoint(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
-    let config = bench_config();
-    let dir = cache_dir.join(format!("random-v2-lite-265m-{dtype:?}").to_lowercase());
+    checkpoint_in(cache_dir, "random-v2-lite-265m", bench_config(), dtype)
+}
+
+/// The benchmark model with low-rank queries (`q_lora_rank` 384, as
+/// DeepSeek-V2 and V3 have them), generated as [`bench_checkpoint`] is.
+/// llama.cpp reads a `deepseek2` GGUF without low-rank queries only at
+/// V2-Lite's own depth (it tells the two apart by the layer count), so the
+/// side by side with it (`benches/long_context.rs`) runs this one.
+pub fn bench_checkpoint_q_lora(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
+    let mut config = bench_config();
+    config["q_lora_rank"] = 384.into();
+    checkpoint_in(cache_dir, "random-v2-lite-q-lora", config, dtype)
+}
+
+/// `cache_dir/<name>-<dtype>`, written with `config` unless it holds a
+/// checkpoint of exactly that config.
+fn checkpoint_in(
+    cache_dir: &Path,
+    name: &str,
+    config: serde_json::Value,
+    dtype: DType,
+) -> Result<PathBuf> {
+    let dir = cache_dir.join(format!("{name}-{dtype:?}").to_lowercase());
     let complete = dir.join("model.safetensors").exists()
         && std::fs::read_to_string(dir.join("config.json"))
             .ok()

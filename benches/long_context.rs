@@ -1,0 +1,238 @@
+//! Long prompts through the real server, side by side with llama.cpp's.
+//!
+//! `cargo bench -p ferroseek --bench long_context`
+//!
+//! On the benchmark model (DeepSeek-V2-Lite's architecture at 265M random
+//! parameters) with low-rank queries (`q_lora_rank` 384: llama.cpp reads
+//! V2-Lite's layout only at its own depth of 27 layers), at q8_0
+//! (`FERROSEEK_BENCH_QUANT` changes it), the `ferroseek` binary answers
+//! token-id prompts on
+//! `/v1/completions`, greedy, `ignore_eos`, one request at a time:
+//! - **prefill**: prompts of 512, 2k, 8k and 16k tokens, each new (no cached
+//!   prefix), one token generated: prompt tokens over the request's time;
+//! - **decode after** 2k, 8k and 16k tokens: the last prompt of that length
+//!   asked again for 65 tokens and for 1 (now cached, both prefill only its
+//!   last tokens): 64 tokens over the difference of the two times;
+//! - **time to first token** of an 8k prompt whose first 7.5k tokens are
+//!   those of the 8k prompt before (cached), against that cold prompt's.
+//!
+//! With `FERROSEEK_BENCH_LLAMA_SERVER` naming a llama.cpp `llama-server`
+//! binary and `FERROSEEK_BENCH_LLAMA_GGUF` a GGUF of the benchmark model
+//! (`scripts/bench_model_gguf.sh target/bench-models/random-v2-lite-q-lora-bf16`
+//! writes one), llama.cpp's server answers
+//! the same requests in the same run, on as many threads, and the table
+//! gives both and their ratio; without them its column says why it is
+//! missing. `FERROSEEK_BENCH_LENGTHS` (say `512,2048`) measures fewer
+//! lengths.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{start, wait_ready, Server};
+
+use candle_core::DType;
+use ferroseek_model::testing::bench_checkpoint_q_lora;
+use serde_json::{json, Value};
+
+const LENGTHS: [usize; 4] = [512, 2048, 8192, 16384];
+/// Decode is measured after these prompt lengths.
+const DECODE_AFTER: [usize; 3] = [2048, 8192, 16384];
+const DECODE_TOKENS: usize = 64;
+/// The cached-prefix case: a prompt of `CACHED_PROMPT` tokens whose first
+/// `CACHED_PREFIX` were sent before.
+const CACHED_PROMPT: usize = 8192;
+const CACHED_PREFIX: usize = 7680;
+/// Prompts up to this many tokens are timed this many times (the best
+/// counts); longer ones once.
+const SHORT: usize = 2048;
+const SHORT_RUNS: usize = 3;
+
+fn ferroseek(dir: &std::path::Path, quant: &str, context: usize) -> Server {
+    let context = context.to_string();
+    common::ferroseek(
+        dir,
+        &[
+            "--kv-cache-memory",
+            "1GiB",
+            "--served-model-name",
+            "bench",
+            "--dtype",
+            "f32",
+            "--quantize",
+            quant,
+            "--max-model-len",
+            &context,
+        ],
+    )
+}
+
+fn llama_cpp(binary: &str, gguf: &str, threads: usize, context: usize) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "-m",
+            gguf,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
+        .args(["-c", &context.to_string(), "-np", "1"]);
+    let mut server = start("llama.cpp", command, |line| {
+        line.contains("server is listening").then(String::new)
+    });
+    server.base = format!("http://127.0.0.1:{port}");
+    server
+}
+
+/// A prompt of `n` ids that shares no prefix with another `seed`'s.
+fn prompt(n: usize, seed: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|t| (t.wrapping_mul(7919) ^ seed.wrapping_mul(104_729)) % 7800 + 100)
+        .collect()
+}
+
+/// Seconds one request of `prompt` for `max_tokens` tokens takes.
+async fn time(client: &reqwest::Client, base: &str, prompt: &[u32], max_tokens: usize) -> f64 {
+    let body = json!({
+        "model": "bench", "prompt": prompt, "max_tokens": max_tokens,
+        "temperature": 0, "ignore_eos": true,
+    });
+    let start = Instant::now();
+    let response = client
+        .post(format!("{base}/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let generated = reply["usage"]["completion_tokens"].as_u64();
+    assert_eq!(generated, Some(max_tokens as u64), "{reply}");
+    start.elapsed().as_secs_f64()
+}
+
+/// One server's figures, keyed as the table's rows.
+async fn measure(server: &Server, lengths: &[usize]) -> Vec<(String, f64)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let base = &server.base;
+    wait_ready(&client, base).await;
+    let mut seed = 1;
+    let mut fresh = |n| {
+        seed += 1;
+        prompt(n, seed)
+    };
+    time(&client, base, &fresh(64), 4).await; // warm-up
+    let (mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![]);
+    for &n in lengths {
+        let runs = if n <= SHORT { SHORT_RUNS } else { 1 };
+        let (mut best, mut last) = (f64::INFINITY, vec![]);
+        for _ in 0..runs {
+            last = fresh(n);
+            best = best.min(time(&client, base, &last, 1).await);
+        }
+        eprintln!("{}: prefill {n}: {best:.2} s", server.name);
+        prefill.push((
+            format!("prefill, {n}-token prompt (tok/s)"),
+            n as f64 / best,
+        ));
+        if DECODE_AFTER.contains(&n) {
+            // The last prompt is cached now: both requests prefill its
+            // last tokens only.
+            let long = time(&client, base, &last, DECODE_TOKENS + 1).await;
+            let short = time(&client, base, &last, 1).await;
+            eprintln!(
+                "{}: decode after {n}: {long:.2} s against {short:.2} s",
+                server.name
+            );
+            decode.push((
+                format!("decode, {DECODE_TOKENS} tokens after {n} (tok/s)"),
+                DECODE_TOKENS as f64 / (long - short),
+            ));
+        }
+        if n == CACHED_PROMPT {
+            // The same first tokens, then new ones.
+            let mut p = last[..CACHED_PREFIX].to_vec();
+            p.extend(fresh(CACHED_PROMPT - CACHED_PREFIX));
+            let warm = time(&client, base, &p, 1).await;
+            eprintln!(
+                "{}: {n} after a cached {CACHED_PREFIX}: {warm:.2} s",
+                server.name
+            );
+            ttft.push((
+                format!("time to first token, {n} tokens, {CACHED_PREFIX} cached (s)"),
+                warm,
+            ));
+            ttft.push((format!("time to first token, {n} tokens, cold (s)"), best));
+        }
+    }
+    prefill.into_iter().chain(decode).chain(ttft).collect()
+}
+
+fn main() {
+    let threads = ferroseek_model::set_threads(None);
+    let lengths: Vec<usize> = match std::env::var("FERROSEEK_BENCH_LENGTHS") {
+        Ok(v) => v
+            .split(',')
+            .map(|n| n.trim().parse().expect("a length"))
+            .collect(),
+        Err(_) => LENGTHS.to_vec(),
+    };
+    let quant = std::env::var("FERROSEEK_BENCH_QUANT").unwrap_or_else(|_| "q8_0".into());
+    let context = lengths.iter().max().copied().unwrap_or(0) + DECODE_TOKENS + 64;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = bench_checkpoint_q_lora(&root.join("target/bench-models"), DType::BF16)
+        .expect("writing the bench checkpoint");
+    // The server needs a tokenizer; the test model's serves (ids it does
+    // not know decode to nothing, and only token counts are read).
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(root.join("models/tiny-deepseek-v3").join(f), dir.join(f)).unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ours = {
+        let server = ferroseek(&dir, &quant, context);
+        rt.block_on(measure(&server, &lengths))
+    };
+    let theirs = match (
+        std::env::var("FERROSEEK_BENCH_LLAMA_SERVER"),
+        std::env::var("FERROSEEK_BENCH_LLAMA_GGUF"),
+    ) {
+        (Ok(binary), Ok(gguf)) => {
+            let server = llama_cpp(&binary, &gguf, threads, context);
+            Ok(rt.block_on(measure(&server, &lengths)))
+        }
+        _ => Err("not run: set FERROSEEK_BENCH_LLAMA_SERVER and FERROSEEK_BENCH_LLAMA_GGUF"),
+    };
+    println!("threads: {threads}; weights: {quant}; one request at a time");
+    println!("| | ferroseek | llama.cpp | ratio |");
+    println!("|---|---:|---:|---:|");
+    for (i, (row, value)) in ours.iter().enumerate() {
+        let (peer, ratio) = match &theirs {
+            Ok(rows) => {
+                let peer = rows[i].1;
+                // Times: theirs over ours; rates: ours over theirs.
+                let ratio = if row.ends_with("(s)") {
+                    peer / value
+                } else {
+                    value / peer
+                };
+                (format!("{peer:.2}"), format!("{ratio:.2}x"))
+            }
+            Err(why) => (why.to_string(), String::new()),
+        };
+        println!("| {row} | {value:.2} | {peer} | {ratio} |");
+    }
+}
