@@ -51,15 +51,21 @@ fn python_with(modules: &str) -> Option<String> {
     Some(python)
 }
 
-/// Runs `tests/python/{script}` against a fresh server; it must print `done`.
-fn run_script(python: &str, script: &str, done: &str) {
+/// Runs `tests/python/{script}` against a fresh server on the test model
+/// (`model`: its folder by default, or a file such as its GGUF); it must
+/// print `done`.
+fn run_script(python: &str, script: &str, done: &str, model: Option<&str>) {
     // A second name that starts with `/`, as a model given by its absolute path is named.
-    let server = Server::start(&[
+    let mut args = vec![
         "--api-key",
         "sk-python",
         "--served-model-name",
         "tiny-deepseek-v3,/srv/models/tiny-deepseek-v3",
-    ]);
+    ];
+    if let Some(model) = model {
+        args.extend(["--model", model]);
+    }
+    let server = Server::start(&args);
     let path = format!("{}/tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(python)
         .args([&path, &server.url("/v1"), "sk-python", "tiny-deepseek-v3"])
@@ -82,6 +88,26 @@ fn official_python_client_works_unchanged() {
             &python,
             "openai_client.py",
             "all python client checks passed",
+            None,
+        );
+    }
+}
+
+/// The same checks against the test model read from llama.cpp's q8_0 GGUF
+/// of it (`scripts/make_gguf_fixtures.sh`): weights, tokenizer and chat
+/// template all from the one file.
+#[test]
+fn official_python_client_works_on_a_gguf_file() {
+    if let Some(python) = python_with("openai, jsonschema, pydantic") {
+        let gguf = format!(
+            "{}/crates/model/tests/fixtures/gguf/tiny-deepseek-v3-q8_0.gguf",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        run_script(
+            &python,
+            "openai_client.py",
+            "all python client checks passed",
+            Some(&gguf),
         );
     }
 }
@@ -93,6 +119,7 @@ fn langchain_chat_openai_binds_tools_and_structures_output() {
             &python,
             "langchain_client.py",
             "all langchain client checks passed",
+            None,
         );
     }
 }
