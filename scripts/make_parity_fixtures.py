@@ -355,7 +355,7 @@ LONG_ROWS = sorted(set(range(0, LONG_PROMPT, 512)) | set(range(LONG_PROMPT - 16,
 V3_LONG_YARN = dict(sorted({
     **V3_NOAUX_YARN,
     "max_position_embeddings": 16384,
-    # 8 rotary frequencies, wavelengths from 6 to 7000 positions: the ramp between beta_fast
+    # 8 rotary frequencies, wavelengths from 6 to 20,000 positions: the ramp between beta_fast
     # and beta_slow crosses them.
     "qk_rope_head_dim": 16,
     "rope_scaling": {
