@@ -11,10 +11,27 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use super::{split_files, split_name, GgufCheckpoint};
 use crate::error::ModelError;
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A scratch folder, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn temp_dir(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("ferroseek-gguf-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 fn write(path: &Path, metadata: &[(&str, Value)], tensors: &[(&str, QTensor)]) {
@@ -301,7 +318,8 @@ fn config_with(
         .unwrap();
     let mut metadata: Vec<(String, Value)> = content.metadata.into_iter().collect();
     edit(&mut metadata);
-    let path = temp_dir("config").join(format!("{name}.gguf"));
+    let dir = temp_dir(&format!("config-{name}"));
+    let path = dir.join(format!("{name}.gguf"));
     let metadata: Vec<(&str, Value)> = metadata
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
