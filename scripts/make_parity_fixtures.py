@@ -609,14 +609,19 @@ def config_layout(hub_cfg):
     return f"{hub_cfg['model_type']} hub"
 
 
-def build(name, hub_cfg, seed):
+def new_folder(name, hub_cfg, seed):
+    """A fresh fixtures/NAME with the model written and its weight names checked: (folder,
+    names)."""
     folder = os.path.join(OUT_DIR, name)
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     os.makedirs(folder)
-
     write_model(name, hub_cfg, seed, folder)
-    names = check_weight_names(os.path.join(folder, "model.safetensors"), hf_config(folder))
+    return folder, check_weight_names(os.path.join(folder, "model.safetensors"), hf_config(folder))
+
+
+def build(name, hub_cfg, seed):
+    folder, names = new_folder(name, hub_cfg, seed)
 
     # The reference comes from HF's own reading of the folder just written.
     model = load(folder)
@@ -712,12 +717,7 @@ def build(name, hub_cfg, seed):
 
 def build_long(name, hub_cfg, seed):
     """The long-prompt fixture: one prompt of LONG_PROMPT ids, log-probs at LONG_ROWS."""
-    folder = os.path.join(OUT_DIR, name)
-    if os.path.isdir(folder):
-        shutil.rmtree(folder)
-    os.makedirs(folder)
-    write_model(name, hub_cfg, seed, folder)
-    check_weight_names(os.path.join(folder, "model.safetensors"), hf_config(folder))
+    folder, _ = new_folder(name, hub_cfg, seed)
     g = torch.Generator().manual_seed(seed + 7)
     prompt = torch.randint(0, hub_cfg["vocab_size"], (LONG_PROMPT,), generator=g, dtype=torch.long)
     rows = torch.tensor(LONG_ROWS, dtype=torch.long)

@@ -255,14 +255,19 @@ impl Attention {
         // (`--dtype bf16` or `f16`) the choice keeps their absorbed path, as
         // the fused kernels do.
         let f32_compute = q_nope.dtype() == DType::F32;
-        let expanded = |s: &SeqSpan| match mode {
-            AttentionMode::Absorbed => false,
-            AttentionMode::Expanded => true,
-            AttentionMode::Auto => {
-                f32_compute && expanded_pays(s.num_new, s.num_cached, shape, self.nope, self.v_dim)
-            }
-        };
-        if !layout.seqs.iter().any(expanded) {
+        let expanded: Vec<bool> = layout
+            .seqs
+            .iter()
+            .map(|s| match mode {
+                AttentionMode::Absorbed => false,
+                AttentionMode::Expanded => true,
+                AttentionMode::Auto => {
+                    f32_compute
+                        && expanded_pays(s.num_new, s.num_cached, shape, self.nope, self.v_dim)
+                }
+            })
+            .collect();
+        if !expanded.contains(&true) {
             return self.absorbed(q_nope, q_pe, layout, cache, tokens, dtype);
         }
         let row = self.heads * self.v_dim;
@@ -280,10 +285,10 @@ impl Attention {
         // The others, in the absorbed form as a batch of their own: their
         // rows of the queries, and spans renumbered to match.
         let (mut rest, mut rest_rows, mut rest_pe) = (vec![], vec![], vec![]);
-        for span in &layout.seqs {
+        for (span, &expanded) in layout.seqs.iter().zip(&expanded) {
             let rows = span.start..span.start + span.num_new;
-            if expanded(span) {
-                let o = expanded_attention(
+            if expanded {
+                expanded_attention(
                     &q_all[rows.start * qn..rows.end * qn],
                     &q_pe[rows.start * qp..rows.end * qp],
                     cache,
@@ -291,8 +296,8 @@ impl Attention {
                     shape,
                     self.scale,
                     &up,
+                    &mut out[rows.start * row..rows.end * row],
                 );
-                out[rows.start * row..rows.end * row].copy_from_slice(&o);
             } else {
                 rest.push(SeqSpan {
                     start: rest_rows.len(),

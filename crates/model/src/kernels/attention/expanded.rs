@@ -120,9 +120,10 @@ unsafe fn product(
 
 /// One sequence's attention in the expanded form. `q_nope`: its `[num_new,
 /// heads, nope]` query parts, `q_pe`: their rotated `[num_new, heads,
-/// rope]` parts, `cache`: the layer's `[slots, width]` rows. Returns
-/// `[num_new, heads, v_dim]`: per head, softmax(scale · q·kᵀ) · v, token
+/// rope]` parts, `cache`: the layer's `[slots, width]` rows. Writes `out`
+/// (`[num_new, heads, v_dim]`): per head, softmax(scale · q·kᵀ) · v, token
 /// `j` seeing context positions `0..=num_cached + j`.
+#[allow(clippy::too_many_arguments)]
 pub fn expanded_attention(
     q_nope: &[f32],
     q_pe: &[f32],
@@ -131,10 +132,11 @@ pub fn expanded_attention(
     shape: LatentShape,
     scale: f32,
     up: &UpProjection,
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     let per_row = shape.heads * (up.nope + shape.width - shape.rank + up.v_dim);
     let rows = (PASS_BUDGET / per_row).max(KEY_TILE) / KEY_TILE * KEY_TILE;
-    attention_in_passes(q_nope, q_pe, cache, span, shape, scale, up, rows)
+    attention_in_passes(q_nope, q_pe, cache, span, shape, scale, up, rows, out)
 }
 
 /// [`expanded_attention`] with passes of `pass_rows` context rows.
@@ -148,7 +150,8 @@ fn attention_in_passes(
     scale: f32,
     up: &UpProjection,
     pass_rows: usize,
-) -> Vec<f32> {
+    out: &mut [f32],
+) {
     let LatentShape {
         heads,
         rank,
@@ -166,6 +169,7 @@ fn attention_in_passes(
     assert_eq!(q_pe.len(), new * heads * rope, "q_pe's size");
     assert_eq!(up.uk.len(), heads * rank * nope, "W_UK's size");
     assert_eq!(up.uv.len(), heads * v_dim * rank, "W_UV's size");
+    assert_eq!(out.len(), new * heads * v_dim, "the output's size");
 
     // Per head, its query rows `[q_nope | q_pe]`: `[heads, new, dq]`.
     let mut queries = vec![0f32; heads * new * dq];
@@ -314,8 +318,7 @@ fn attention_in_passes(
         });
     }
     // `[heads, new, v_dim]` normalised into `[new, heads, v_dim]`.
-    let mut out = vec![0f32; new * heads * v_dim];
-    let dst = Disjoint::new(&mut out);
+    let dst = Disjoint::new(out);
     parallel::for_ranges(new, |ts| {
         for t in ts {
             // SAFETY: token `t`'s row is this task's alone.
@@ -327,7 +330,6 @@ fn attention_in_passes(
             }
         }
     });
-    out
 }
 
 /// One head's tile of query rows.
@@ -526,8 +528,10 @@ mod tests {
             };
             let q_nope = fill(new * heads * nope, 4);
             let q_pe = fill(new * heads * rope, 5);
-            let got =
-                attention_in_passes(&q_nope, &q_pe, &cache, &span, shape, scale, &up, pass_rows);
+            let mut got = vec![0f32; new * heads * v_dim];
+            attention_in_passes(
+                &q_nope, &q_pe, &cache, &span, shape, scale, &up, pass_rows, &mut got,
+            );
 
             // The absorbed form: q_lat = W_UKᵀ-absorbed queries, then W_UV.
             let mut queries = vec![0f32; new * heads * width];
