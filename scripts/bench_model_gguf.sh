@@ -16,11 +16,7 @@ MODEL=${1:-target/bench-models/random-v2-lite-265m-bf16}
 source "$(dirname "$0")/llama_cpp_env.sh"
 OUT=${2:-$WORK/bench-v2-lite-q8_0.gguf}
 
-if [ ! -x "$WORK/build/bin/llama-server" ]; then
-  "$WORK/venv/bin/cmake" -S "$LLAMA" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF > "$WORK/cmake.log" 2>&1
-  "$WORK/venv/bin/cmake" --build "$WORK/build" --target llama-server -j "$(nproc)" > "$WORK/build.log" 2>&1
-fi
+build_llama llama-server
 convert "$MODEL" "$OUT" q8_0
 
 echo "FERROSEEK_BENCH_LLAMA_SERVER=$WORK/build/bin/llama-server"

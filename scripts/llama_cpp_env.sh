@@ -35,3 +35,13 @@ sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", o
 convert_hf_to_gguf.main()
 PY
 }
+
+# build_llama TARGET: builds one of llama.cpp's programs (llama-server,
+# llama-quantize) into $WORK/build/bin, once; a few minutes with cmake.
+build_llama() {
+  if [ ! -x "$WORK/build/bin/$1" ]; then
+    "$WORK/venv/bin/cmake" -S "$LLAMA" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+      -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF > "$WORK/cmake.log" 2>&1
+    "$WORK/venv/bin/cmake" --build "$WORK/build" --target "$1" -j "$(nproc)" > "$WORK/build.log" 2>&1
+  fi
+}

@@ -34,7 +34,7 @@
 
 mod common;
 
-use candle_core::{DType, IndexOp, Tensor};
+use candle_core::{DType, IndexOp};
 use common::*;
 use ferroseek_model::testing::write_random_checkpoint;
 use ferroseek_model::{
@@ -87,25 +87,6 @@ fn greedy_agreement(model: &DeepSeekModel, case: &Case, steps: usize) -> usize {
         .zip(&case.greedy)
         .take_while(|(a, b)| a == b)
         .count()
-}
-
-fn prompt_logprobs(model: &DeepSeekModel, prompt: &[u32]) -> Tensor {
-    let mut cache = cache_for(model, 32);
-    run_in_chunks(model, &mut cache, &blocks(0, 32), prompt, &[prompt.len()])
-}
-
-/// (median, max) of |a - b| over all elements.
-fn diff_stats(a: &Tensor, b: &Tensor) -> (f32, f32) {
-    let mut d: Vec<f32> = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    d.sort_by(f32::total_cmp);
-    (d[d.len() / 2], d[d.len() - 1])
 }
 
 #[test]

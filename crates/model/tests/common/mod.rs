@@ -129,3 +129,23 @@ pub fn run_in_chunks(
     assert_eq!(done, tokens.len());
     Tensor::cat(&out, 0).unwrap()
 }
+
+/// The prompt's log-probabilities, `[tokens, vocab]`, in one piece.
+pub fn prompt_logprobs(model: &DeepSeekModel, prompt: &[u32]) -> Tensor {
+    let mut cache = cache_for(model, 32);
+    run_in_chunks(model, &mut cache, &blocks(0, 32), prompt, &[prompt.len()])
+}
+
+/// (median, max) of |a - b| over all elements.
+pub fn diff_stats(a: &Tensor, b: &Tensor) -> (f32, f32) {
+    let mut d: Vec<f32> = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    d.sort_by(f32::total_cmp);
+    (d[d.len() / 2], d[d.len() - 1])
+}
