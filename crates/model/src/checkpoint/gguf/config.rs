@@ -120,10 +120,16 @@ pub(super) fn deepseek_config(gguf: &GgufCheckpoint) -> Result<DeepSeekConfig> {
         }
         None => return Err(meta.error(arch_key, "is missing")),
     }
-    if meta.arch_uint("nextn_predict_layers")?.unwrap_or(0) > 0 {
+    // The last `nextn_predict_layers` blocks are multi-token-prediction
+    // layers, kept by llama.cpp's converter for GLM-4.7-Flash and
+    // DeepSeek-V3.2 (their `blk.N` tensors past the model's layers). The
+    // model does not draft with them: they stay unread in the mapping.
+    let blocks = meta.positive("block_count")?;
+    let nextn = meta.arch_uint("nextn_predict_layers")?.unwrap_or(0);
+    if nextn >= blocks {
         return Err(meta.error(
             &format!("{ARCH}.nextn_predict_layers"),
-            "is set: files that keep multi-token-prediction layers are not supported yet",
+            &format!("is {nextn}, which leaves none of the {blocks} blocks to the model"),
         ));
     }
     let heads = meta.positive("attention.head_count")?;
@@ -181,7 +187,7 @@ pub(super) fn deepseek_config(gguf: &GgufCheckpoint) -> Result<DeepSeekConfig> {
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size,
-        num_hidden_layers: meta.positive("block_count")?,
+        num_hidden_layers: blocks - nextn,
         num_attention_heads: heads,
         q_lora_rank: meta.arch_uint("attention.q_lora_rank")?.filter(|&r| r > 0),
         kv_lora_rank: meta.positive("attention.kv_lora_rank")?,
@@ -198,9 +204,19 @@ pub(super) fn deepseek_config(gguf: &GgufCheckpoint) -> Result<DeepSeekConfig> {
         max_position_embeddings: meta.positive("context_length")?,
         tie_word_embeddings: !gguf.has("output.weight"),
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
-        eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?
-            .into_iter()
-            .collect(),
+        // Generation ends at eos and, as in llama.cpp, at the ends of a
+        // turn and of a message the file names.
+        eos_token_ids: {
+            let mut ids = Vec::new();
+            for key in ["eos", "eot", "eom"] {
+                if let Some(id) = token_id(&format!("tokenizer.ggml.{key}_token_id"))? {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+            ids
+        },
         torch_dtype: None,
         fp8: None,
     })

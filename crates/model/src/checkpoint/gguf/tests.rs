@@ -366,8 +366,37 @@ fn missing_or_unsupported_metadata_is_an_error_naming_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("per-layer array"), "{err}");
+    let err = config_with(
+        "all-nextn",
+        set("deepseek2.nextn_predict_layers", Value::U32(4)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`deepseek2.nextn_predict_layers` is 4, which leaves none of the 4 blocks"),
+        "{err}"
+    );
     // The file as written passes.
     assert!(config_with("whole", |_| {}).is_ok());
+}
+
+/// A file that keeps multi-token-prediction blocks after the model's
+/// layers (as llama.cpp's converter writes GLM-4.7-Flash) counts them in
+/// `block_count` and says how many in `nextn_predict_layers`: the model
+/// has the others.
+#[test]
+fn multi_token_prediction_blocks_are_not_model_layers() {
+    let whole = config_with("no-nextn", |_| {}).unwrap();
+    let with_mtp = config_with("nextn", |m| {
+        for (k, v) in m.iter_mut() {
+            if k == "deepseek2.block_count" {
+                *v = Value::U32(whole.num_hidden_layers as u32 + 1);
+            }
+        }
+        m.push(("deepseek2.nextn_predict_layers".into(), Value::U32(1)));
+    })
+    .unwrap();
+    assert_eq!(with_mtp, whole);
 }
 
 /// Relative distance of `a` from `b`: |a - b| / |b| over all elements.
