@@ -230,6 +230,19 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
             .map_err(|e| invalid(format!("its tokenizer does not build: {e}")))?;
         let config = tokenizer_config(&vocab).map_err(invalid)?;
-        Self::assemble(inner, Some((path, config)), None, chat_template)
+        // What ends generation, as a `generation_config.json` would say it:
+        // eos, then the ends of a turn and of a message the file names.
+        let ends: Vec<u32> = vocab
+            .eos_token_id
+            .into_iter()
+            .chain(vocab.end_of_turn_ids.iter().copied())
+            .collect();
+        let generation = json!({ "eos_token_id": ends });
+        Self::assemble(
+            inner,
+            Some((path, config)),
+            Some((path, generation)),
+            chat_template,
+        )
     }
 }

@@ -182,3 +182,34 @@ fn an_unknown_pre_tokenizer_is_an_error_naming_it_and_the_supported_ones() {
         other => panic!("expected InvalidFile, got {:?}", other.map(|_| ())),
     }
 }
+
+/// A file that names an end of turn and of a message (GLM's name
+/// `<|user|>` and `<|observation|>`) ends generation at them as at eos, as
+/// llama.cpp does.
+#[test]
+fn the_ends_of_a_turn_and_a_message_end_generation() -> Result<()> {
+    use candle_core::quantized::gguf_file::{self, Value as Meta};
+    let plain = Tokenizer::from_gguf(&gguf_path(), None)?;
+    let eos = plain.eos_token_ids()[0];
+    let id = |token: &str| {
+        plain
+            .inner()
+            .token_to_id(token)
+            .ok_or_else(|| anyhow!("{token} is not in the vocabulary"))
+    };
+    let (user, assistant) = (id("<｜User｜>")?, id("<｜Assistant｜>")?);
+    let mut file = std::fs::File::open(gguf_path())?;
+    let content = gguf_file::Content::read(&mut file)?;
+    let mut metadata: Vec<(String, Meta)> = content.metadata.into_iter().collect();
+    metadata.push(("tokenizer.ggml.eot_token_id".into(), Meta::U32(user)));
+    metadata.push(("tokenizer.ggml.eom_token_id".into(), Meta::U32(assistant)));
+    let dir = std::env::temp_dir().join(format!("ferroseek-eot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("eot.gguf");
+    let metadata: Vec<(&str, &Meta)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut std::fs::File::create(&path)?, &metadata, &[])?;
+    let tok = Tokenizer::from_gguf(&path, None);
+    std::fs::remove_dir_all(&dir)?;
+    assert_eq!(tok?.eos_token_ids(), &[eos, user, assistant]);
+    Ok(())
+}

@@ -24,9 +24,15 @@ pub struct GgufVocab {
     pub merges: Vec<String>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
-    /// Every id the file names as a special token (`bos`, `eos`, `unk`,
-    /// `sep`, `padding`, `mask`): Hugging Face's special tokens, where the
-    /// token types mark any added token that looks special as control.
+    /// `tokenizer.ggml.eot_token_id` and `eom_token_id`: the ends of a turn
+    /// and of a message, which end generation as eos does (llama.cpp counts
+    /// them among its end-of-generation tokens; GLM's files name `<|user|>`
+    /// and `<|observation|>` there, and eos is `<|endoftext|>`).
+    pub end_of_turn_ids: Vec<u32>,
+    /// Every id the file names as a special token (`bos`, `eos`, `eot`,
+    /// `eom`, `unk`, `sep`, `padding`, `mask`): Hugging Face's special
+    /// tokens, where the token types mark any added token that looks
+    /// special as control.
     pub named_ids: Vec<u32>,
     pub add_bos_token: Option<bool>,
     pub chat_template: Option<String>,
@@ -96,10 +102,23 @@ impl GgufVocab {
             merges: strings("tokenizer.ggml.merges")?,
             bos_token_id: id("tokenizer.ggml.bos_token_id")?,
             eos_token_id: id("tokenizer.ggml.eos_token_id")?,
-            named_ids: ["bos", "eos", "unknown", "seperator", "padding", "mask"]
+            end_of_turn_ids: ["eot", "eom"]
                 .iter()
                 .filter_map(|name| id(&format!("tokenizer.ggml.{name}_token_id")).transpose())
                 .collect::<Result<_>>()?,
+            named_ids: [
+                "bos",
+                "eos",
+                "eot",
+                "eom",
+                "unknown",
+                "seperator",
+                "padding",
+                "mask",
+            ]
+            .iter()
+            .filter_map(|name| id(&format!("tokenizer.ggml.{name}_token_id")).transpose())
+            .collect::<Result<_>>()?,
             add_bos_token: match meta.get("tokenizer.ggml.add_bos_token") {
                 None => None,
                 Some(Value::Bool(b)) => Some(*b),
