@@ -23,12 +23,25 @@ fi
 # convert MODEL_DIR OUT_FILE OUTTYPE: llama.cpp's convert_hf_to_gguf.py. Our
 # models' tokenizers use DeepSeek-V3's pre-tokenizer over a vocabulary of
 # their own, so the converter's hash lookup of the pre-tokenizer fails; the
-# answer is given to it.
+# answer is given to it. GLM's vocabulary step looks up GLM's own special
+# tokens by name ([gMASK], <|user|>, ...), which a test model's tokenizer
+# lacks: its vocabulary is written as the plain gpt2 one the others get, and
+# the config's three eos ids become eos, end of turn and end of message, as
+# GLM's step makes <|endoftext|>, <|user|> and <|observation|> (the order
+# of GLM-4.7-Flash's eos_token_id list).
 convert() {
   PYTHONPATH="$LLAMA/gguf-py:$LLAMA" "$WORK/venv/bin/python" - "$@" <<'PY'
 import sys
 import conversion.base as base
+import conversion.glm as glm
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "deepseek-v3"
+def glm_vocab(self):
+    self._set_vocab_gpt2()
+    eos, eot, eom = self.hparams["eos_token_id"]
+    self.gguf_writer.add_eos_token_id(eos)
+    self.gguf_writer.add_eot_token_id(eot)
+    self.gguf_writer.add_eom_token_id(eom)
+glm.Glm4MoeLiteModel.set_vocab = glm_vocab
 import convert_hf_to_gguf
 model, out, outtype = sys.argv[1:]
 sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", out]

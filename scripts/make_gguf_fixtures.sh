@@ -67,11 +67,13 @@ PY
 convert "$dir" "$OUT/k-quant-v3-bf16.gguf" bf16
 "$WORK/build/bin/llama-quantize" "$OUT/k-quant-v3-bf16.gguf" "$OUT/k-quant-v3-Q4_K_M.gguf" Q4_K_M
 
-# The four parity fixtures (crates/model/tests/fixtures/NAME: V2 and V3
-# variants with transformers' own reference log-probs), as f32. They have no
-# tokenizer, which the converter needs: give each a byte-level one of
-# exactly their 256 tokens.
-for name in v2_plain v2_group v3_noaux_yarn v3_yarn_mscale1; do
+# The parity fixtures (crates/model/tests/fixtures/NAME: V2 and V3
+# variants and the relatives Moonlight, Kimi-K2 and GLM-4.7-Flash, with
+# transformers' own reference log-probs), as f32. They have no tokenizer,
+# which the converter needs: give each a byte-level one of exactly their
+# 256 tokens. (GLM's file keeps its multi-token-prediction block count, as
+# GLM-4.7-Flash's does: block_count 4, nextn_predict_layers 1.)
+for name in v2_plain v2_group v3_noaux_yarn v3_yarn_mscale1 moonlight kimi_k2 glm4_moe_lite; do
   dir="$WORK/$name"
   mkdir -p "$dir"
   cp "crates/model/tests/fixtures/$name/config.json" \

@@ -6,10 +6,12 @@
 //! wide, so that K-quants apply) serves within a bound measured against
 //! its bf16 source.
 //!
-//! The four parity fixtures (V2 and V3 variants: no q_lora and tied
-//! embeddings, grouped greedy routing, noaux_tc with YaRN, dense layers)
-//! are converted too, as f32, and checked against transformers' own
-//! reference log-probs.
+//! The parity fixtures (V2 and V3 variants: no q_lora and tied
+//! embeddings, grouped greedy routing, noaux_tc with YaRN, dense layers;
+//! and the relatives Moonlight, Kimi-K2 and GLM-4.7-Flash, whose file
+//! counts a multi-token-prediction block as llama.cpp writes GLM's) are
+//! converted too, as f32, and checked against transformers' own reference
+//! log-probs.
 //!
 //! The q8_0 file differs from in-situ `--quantize q8_0` in one tensor: the
 //! converter stores the embedding table as Q8_0 too, where in-situ
@@ -25,6 +27,7 @@ use std::path::PathBuf;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
+use ferroseek_model::config::Arch;
 use ferroseek_model::{
     resolve_model, Batch, CheckpointFormat, DTypeChoice, DeepSeekConfig, DeepSeekModel, HubOptions,
     LoadOptions, LogitsRows, ModelFiles, Quantization, SeqInput, WeightFormat,
@@ -271,11 +274,27 @@ fn llama_quantize_q4_k_m_file_serves_within_its_bound() {
     );
 }
 
-/// The config as GGUF can carry it: the stored dtype is not said, and
-/// `rms_norm_eps` is an f32.
+/// The config as GGUF can carry it: the stored dtype is not said, every
+/// relative is architecture `deepseek2` (read as V2 or V3, not as
+/// `kimi_k2` or `glm4_moe_lite`), and `rms_norm_eps` and
+/// `routed_scaling_factor` are f32s (the model computes with them as f32s
+/// either way).
 fn comparable(mut from_gguf: DeepSeekConfig, from_json: &DeepSeekConfig) -> DeepSeekConfig {
+    let family = match from_gguf.arch {
+        Arch::V2 => "deepseek_v2",
+        Arch::V3 => "deepseek_v3",
+    };
+    assert_eq!(from_gguf.model_type, family);
+    from_gguf.model_type = from_json.model_type.clone();
     assert!((from_gguf.rms_norm_eps - from_json.rms_norm_eps).abs() < 1e-12);
     from_gguf.rms_norm_eps = from_json.rms_norm_eps;
+    if let (Some(g), Some(j)) = (&mut from_gguf.moe, &from_json.moe) {
+        assert_eq!(
+            g.routed_scaling_factor as f32,
+            j.routed_scaling_factor as f32
+        );
+        g.routed_scaling_factor = j.routed_scaling_factor;
+    }
     assert_eq!(from_gguf.torch_dtype, None);
     from_gguf.torch_dtype = from_json.torch_dtype;
     from_gguf
@@ -283,7 +302,7 @@ fn comparable(mut from_gguf: DeepSeekConfig, from_json: &DeepSeekConfig) -> Deep
 
 #[test]
 fn converted_parity_fixtures_give_transformers_logprobs() {
-    for name in FIXTURES {
+    for name in all_fixtures() {
         let gguf = files(&fixture_dir("gguf").join(format!("{name}-f32.gguf")));
         let model = load(&gguf, Quantization::None);
         let from_json = DeepSeekConfig::from_file(&files(&fixture_dir(name)).config).unwrap();
