@@ -28,14 +28,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{start, wait_ready, Server};
+use common::{completion_seconds as time, llama_cpp, prompt, wait_ready, Server};
 
 use candle_core::DType;
 use ferroseek_model::testing::bench_checkpoint_q_lora;
-use serde_json::{json, Value};
 
 const LENGTHS: [usize; 4] = [512, 2048, 8192, 16384];
 /// Decode is measured after these prompt lengths.
@@ -67,63 +65,6 @@ fn ferroseek(dir: &std::path::Path, quant: &str, context: usize) -> Server {
             &context,
         ],
     )
-}
-
-fn llama_cpp(binary: &str, gguf: &str, threads: usize, context: usize) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut command = Command::new(binary);
-    command
-        .args([
-            "-m",
-            gguf,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ])
-        .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
-        .args(["-c", &context.to_string(), "-np", "1"])
-        // llama.cpp 0c1e570 aborts in its graph split on a q8_0 deepseek2
-        // file whose weights it repacks for its CPU kernels; the q8_0 dot
-        // products are the same without the repacking.
-        .arg("--no-repack");
-    let mut server = start("llama.cpp", command, |line| {
-        line.contains("server is listening").then(String::new)
-    });
-    server.base = format!("http://127.0.0.1:{port}");
-    server
-}
-
-/// A prompt of `n` ids that shares no prefix with another `seed`'s.
-fn prompt(n: usize, seed: u32) -> Vec<u32> {
-    (0..n as u32)
-        .map(|t| (t.wrapping_mul(7919) ^ seed.wrapping_mul(104_729)) % 7800 + 100)
-        .collect()
-}
-
-/// Seconds one request of `prompt` for `max_tokens` tokens takes.
-async fn time(client: &reqwest::Client, base: &str, prompt: &[u32], max_tokens: usize) -> f64 {
-    let body = json!({
-        "model": "bench", "prompt": prompt, "max_tokens": max_tokens,
-        "temperature": 0, "ignore_eos": true,
-    });
-    let start = Instant::now();
-    let response = client
-        .post(format!("{base}/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let reply: Value = response.json().await.unwrap();
-    assert_eq!(status, 200, "{reply}");
-    let generated = reply["usage"]["completion_tokens"].as_u64();
-    assert_eq!(generated, Some(max_tokens as u64), "{reply}");
-    start.elapsed().as_secs_f64()
 }
 
 /// One server's figures, keyed as the table's rows.

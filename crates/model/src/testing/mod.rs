@@ -234,10 +234,14 @@ pub fn bench_checkpoint(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
 /// DeepSeek-V2 and V3 have them), generated as [`bench_checkpoint`] is.
 /// llama.cpp reads a `deepseek2` GGUF without low-rank queries only at
 /// V2-Lite's own depth (it tells the two apart by the layer count), so the
-/// side by side with it (`benches/long_context.rs`) runs this one.
+/// side by side with it (`benches/long_context.rs`, `benches/gguf.rs`)
+/// runs this one. Its context is 32768 positions: llama.cpp serves no
+/// more than a file's training context, and the long-context bench sends
+/// 16k-token prompts.
 pub fn bench_checkpoint_q_lora(cache_dir: &Path, dtype: DType) -> Result<PathBuf> {
     let mut config = bench_config();
     config["q_lora_rank"] = 384.into();
+    config["max_position_embeddings"] = 32768.into();
     checkpoint_in(cache_dir, "random-v2-lite-q-lora", config, dtype)
 }
 
