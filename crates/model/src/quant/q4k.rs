@@ -3,6 +3,7 @@
 
 use crate::kernels::packed::q4k::{SUPER, TILE_D, TILE_QUADS, TILE_SCALES};
 use crate::kernels::packed::{Lines, PackedQ4K, BLOCK, TILE};
+use crate::kernels::parallel::{for_ranges, Disjoint};
 
 /// Bytes of one Q4_K block: `d`, `dmin`, 12 bytes of scales, 128 of nibbles.
 const Q4K_BYTES: usize = 144;
@@ -192,6 +193,15 @@ impl PackedQ4K {
     /// `data`: candle's Q4_K blocks of a `[n, k]` weight, row-major. `None`
     /// when the shape does not tile.
     pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ4K> {
+        Self::from_blocks(data, n, k, true)
+    }
+
+    /// [`Self::new`]; with `parallel`, tiles are repacked on the compute
+    /// pool (each one's units are contiguous in all three buffers:
+    /// repacking one tile after another made most of a GGUF file's load).
+    /// Callers that already split a weight over threads of their own pass
+    /// `false`.
+    fn from_blocks(data: &[u8], n: usize, k: usize, parallel: bool) -> Option<PackedQ4K> {
         if !n.is_multiple_of(TILE) || !k.is_multiple_of(SUPER) {
             return None;
         }
@@ -205,24 +215,48 @@ impl PackedQ4K {
         let mut quads = Lines::zeroed(units * TILE_QUADS);
         let mut d = vec![half::f16::ZERO; units * TILE_D];
         let mut scales = vec![0u8; units * TILE_SCALES];
-        for row in 0..n {
-            let (tile, r) = (row / TILE, row % TILE);
-            for sb in 0..supers {
-                let block = &data[(row * supers + sb) * Q4K_BYTES..][..Q4K_BYTES];
-                let unit = tile * supers + sb;
-                d[unit * TILE_D + r] = half::f16::from_le_bytes([block[0], block[1]]);
-                d[unit * TILE_D + TILE + r] = half::f16::from_le_bytes([block[2], block[3]]);
-                for j in 0..8 {
-                    let (scale, min) = scale_min(j, &block[4..16]);
-                    scales[unit * TILE_SCALES + j * TILE + r] = scale;
-                    scales[unit * TILE_SCALES + (8 + j) * TILE + r] = min;
-                }
-                for (i, &byte) in block[16..].iter().enumerate() {
-                    let (pair, within) = (i / 32, i % 32);
-                    let (quad, b) = (within / 4, within % 4);
-                    quads[unit * TILE_QUADS + ((pair * 8 + quad) * TILE + r) * 4 + b] = byte;
+        let out = (
+            Disjoint::new(&mut quads),
+            Disjoint::new(&mut d),
+            Disjoint::new(&mut scales),
+        );
+        let fill = |tiles: std::ops::Range<usize>| {
+            for tile in tiles {
+                let units = tile * supers..(tile + 1) * supers;
+                let range = |per: usize| units.start * per..units.end * per;
+                // SAFETY: each tile's units are its own ranges, inside the
+                // buffers, which outlive the parallel call.
+                let (quads, d, scales) = unsafe {
+                    (
+                        out.0.slice(range(TILE_QUADS)),
+                        out.1.slice(range(TILE_D)),
+                        out.2.slice(range(TILE_SCALES)),
+                    )
+                };
+                for r in 0..TILE {
+                    let row = tile * TILE + r;
+                    for sb in 0..supers {
+                        let block = &data[(row * supers + sb) * Q4K_BYTES..][..Q4K_BYTES];
+                        d[sb * TILE_D + r] = half::f16::from_le_bytes([block[0], block[1]]);
+                        d[sb * TILE_D + TILE + r] = half::f16::from_le_bytes([block[2], block[3]]);
+                        for j in 0..8 {
+                            let (scale, min) = scale_min(j, &block[4..16]);
+                            scales[sb * TILE_SCALES + j * TILE + r] = scale;
+                            scales[sb * TILE_SCALES + (8 + j) * TILE + r] = min;
+                        }
+                        for (i, &byte) in block[16..].iter().enumerate() {
+                            let (pair, within) = (i / 32, i % 32);
+                            let (quad, b) = (within / 4, within % 4);
+                            quads[sb * TILE_QUADS + ((pair * 8 + quad) * TILE + r) * 4 + b] = byte;
+                        }
+                    }
                 }
             }
+        };
+        if parallel {
+            for_ranges(n / TILE, fill);
+        } else {
+            fill(0..n / TILE);
         }
         Some(PackedQ4K {
             n,
@@ -241,6 +275,7 @@ impl PackedQ4K {
             return None;
         }
         assert_eq!(w.len(), n * k, "not a [n, k] weight");
-        PackedQ4K::new(&quantize_blocks(w), n, k)
+        // `pack_rows` calls this on row parts of its own threads.
+        PackedQ4K::from_blocks(&quantize_blocks(w), n, k, false)
     }
 }

@@ -2,23 +2,60 @@
 //! blocks, or straight from f32 numbers by GGML's own arithmetic.
 
 use crate::kernels::packed::{Lines, PackedQ8, BLOCK, Q8_0_BYTES, TILE};
+use crate::kernels::parallel::{for_ranges, Disjoint};
 
-/// Row `row`'s block `b` (of `blocks` a row) of a Q8_0 weight into the
-/// packed layout: its scale `d`, its 32 numbers `q` stored `+ 128` as
-/// `[8 k-quads][16 rows][4 bytes]` of its tile.
-fn put_block(
-    scales: &mut [half::f16],
-    quads: &mut [u8],
-    (row, b, blocks): (usize, usize, usize),
-    d: half::f16,
-    q: impl Iterator<Item = i8>,
-) {
-    let (tile, r) = (row / TILE, row % TILE);
-    scales[(tile * blocks + b) * TILE + r] = d;
-    let base = (tile * blocks + b) * TILE * BLOCK;
-    for (i, q) in q.enumerate() {
-        let (quad, byte) = (i / 4, i % 4);
-        quads[base + (quad * TILE + r) * 4 + byte] = (q as i16 + 128) as u8;
+/// A `[n, k]` Q8_0 weight in the packed layout: `[n / 16 tiles][k / 32
+/// blocks]` of 16 scales and `[8 k-quads][16 rows][4 bytes]` numbers stored
+/// `+ 128`. `block(row, b, q)` gives row `row`'s block `b`: its scale, its
+/// 32 numbers into `q`. With `parallel`, tiles are filled on the compute
+/// pool (each one's scales and numbers are contiguous): repacking a GGUF
+/// file's blocks one tile after another made most of its load. Callers
+/// that already split a weight over threads of their own pass `false`.
+fn pack(
+    n: usize,
+    k: usize,
+    parallel: bool,
+    block: impl Fn(usize, usize, &mut [i8; BLOCK]) -> half::f16 + Sync,
+) -> PackedQ8 {
+    let blocks = k / BLOCK;
+    let mut scales = vec![half::f16::ZERO; n * blocks];
+    let mut quads = Lines::zeroed(n * k);
+    let tile_scales = blocks * TILE;
+    let tile_quads = blocks * TILE * BLOCK;
+    let (scale_out, quad_out) = (Disjoint::new(&mut scales), Disjoint::new(&mut quads));
+    let fill = |tiles: std::ops::Range<usize>| {
+        let mut q = [0i8; BLOCK];
+        for tile in tiles {
+            // SAFETY: each tile's scales and numbers are its own ranges,
+            // inside the buffers, which outlive the parallel call.
+            let (scales, quads) = unsafe {
+                (
+                    scale_out.slice(tile * tile_scales..(tile + 1) * tile_scales),
+                    quad_out.slice(tile * tile_quads..(tile + 1) * tile_quads),
+                )
+            };
+            for r in 0..TILE {
+                for b in 0..blocks {
+                    scales[b * TILE + r] = block(tile * TILE + r, b, &mut q);
+                    let base = b * TILE * BLOCK;
+                    for (i, &q) in q.iter().enumerate() {
+                        let (quad, byte) = (i / 4, i % 4);
+                        quads[base + (quad * TILE + r) * 4 + byte] = (q as i16 + 128) as u8;
+                    }
+                }
+            }
+        }
+    };
+    if parallel {
+        for_ranges(n / TILE, fill);
+    } else {
+        fill(0..n / TILE);
+    }
+    PackedQ8 {
+        n,
+        k,
+        scales,
+        quads,
     }
 }
 
@@ -35,22 +72,13 @@ impl PackedQ8 {
             n * blocks * Q8_0_BYTES,
             "not a [n, k] Q8_0 weight"
         );
-        let mut scales = vec![half::f16::ZERO; n * blocks];
-        let mut quads = Lines::zeroed(n * k);
-        for row in 0..n {
-            for b in 0..blocks {
-                let block = &data[(row * blocks + b) * Q8_0_BYTES..][..Q8_0_BYTES];
-                let d = half::f16::from_le_bytes([block[0], block[1]]);
-                let q = block[2..].iter().map(|&q| q as i8);
-                put_block(&mut scales, &mut quads, (row, b, blocks), d, q);
+        Some(pack(n, k, true, |row, b, q| {
+            let block = &data[(row * blocks + b) * Q8_0_BYTES..][..Q8_0_BYTES];
+            for (q, &byte) in q.iter_mut().zip(&block[2..]) {
+                *q = byte as i8;
             }
-        }
-        Some(PackedQ8 {
-            n,
-            k,
-            scales,
-            quads,
-        })
+            half::f16::from_le_bytes([block[0], block[1]])
+        }))
     }
 
     /// `w` (`[n, k]` f32, row-major) quantized to Q8_0 as candle (GGML)
@@ -65,34 +93,19 @@ impl PackedQ8 {
             return None;
         }
         assert_eq!(w.len(), n * k, "not a [n, k] weight");
-        let blocks = k / BLOCK;
-        let mut scales = vec![half::f16::ZERO; n * blocks];
-        let mut quads = Lines::zeroed(n * k);
-        let mut q = [0i8; BLOCK];
-        for row in 0..n {
-            for b in 0..blocks {
-                let x = &w[row * k + b * BLOCK..][..BLOCK];
-                // SAFETY: `available` checked the CPU's features above.
-                #[cfg(target_arch = "x86_64")]
-                let d = unsafe { vnni::quantize_q8_0(x, &mut q) };
-                #[cfg(not(target_arch = "x86_64"))]
-                let d = 0.0;
-                let d = half::f16::from_f32(d);
-                put_block(
-                    &mut scales,
-                    &mut quads,
-                    (row, b, blocks),
-                    d,
-                    q.iter().copied(),
-                );
-            }
-        }
-        Some(PackedQ8 {
-            n,
-            k,
-            scales,
-            quads,
-        })
+        // `pack_rows` calls this on row parts of its own threads.
+        Some(pack(n, k, false, |row, b, q| {
+            let x = &w[row * k + b * BLOCK..][..BLOCK];
+            // SAFETY: `available` checked the CPU's features above.
+            #[cfg(target_arch = "x86_64")]
+            let d = unsafe { vnni::quantize_q8_0(x, q) };
+            #[cfg(not(target_arch = "x86_64"))]
+            let d = {
+                let _ = (x, q);
+                0.0
+            };
+            half::f16::from_f32(d)
+        }))
     }
 }
 
