@@ -166,6 +166,15 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
     let t = Instant::now();
     let model = DeepSeekModel::load(&files, &load_options).context("cannot load the weights")?;
     let vocab_size = model.config().vocab_size;
+    let trained = model.config().max_position_embeddings;
+    if let Some(len) = args.max_model_len.filter(|&len| len > trained) {
+        // As llama.cpp warns (and caps); vLLM refuses without an override.
+        tracing::warn!(
+            max_model_len = len,
+            max_position_embeddings = trained,
+            "--max-model-len is past the positions the model was made for: answers may degrade there"
+        );
+    }
     tracing::info!(
         seconds = format!("{:.1}", t.elapsed().as_secs_f64()),
         compute_dtype = ?model.dtype(),

@@ -141,6 +141,26 @@ async fn json_logs_carry_the_request_id() {
     assert_eq!(v["level"], "INFO");
 }
 
+/// A context past the model's `max_position_embeddings` (4096 for the
+/// test model) is served, with a warning naming both; within it, none.
+#[test]
+fn a_context_past_the_models_positions_is_warned_of() {
+    let wanted = |l: &str| l.contains("past the positions the model was made for");
+    let past = Server::start(&["--max-model-len", "8192"]);
+    let logs = past.logs_once(|l| wanted(l) || l.contains("model ready"));
+    let line = logs
+        .lines()
+        .find(|l| wanted(l))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        line.contains("WARN") && line.contains("8192") && line.contains("4096"),
+        "{line}"
+    );
+    let within = Server::start(&["--max-model-len", "4096"]);
+    let logs = within.logs_once(|l| l.contains("model ready"));
+    assert!(!logs.lines().any(wanted), "{logs}");
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_429_at_once() {
     let server = Server::start(&["--max-num-seqs", "1", "--max-queue", "1"]);
