@@ -171,7 +171,7 @@ fn attention() {
     };
     println!("| attention context | µs per token | GFLOP/s |");
     println!("|---:|---:|---:|");
-    for context in [128usize, 512, 2048] {
+    for context in [128usize, 512, 2048, 8192, 16384] {
         let blocks = context.div_ceil(shape.block_size);
         // Blocks in a scrambled order, as a long-running cache holds them.
         let table: Vec<u32> = (0..blocks as u32)
