@@ -10,17 +10,6 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let resp = client()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
-}
-
 fn user(text: &str) -> Value {
     json!([{"role": "user", "content": text}])
 }
@@ -28,13 +17,13 @@ fn user(text: &str) -> Value {
 #[tokio::test]
 async fn chat_completion_has_openai_shape_and_usage() {
     let server = Server::start(&[]);
-    let (status, body) = post(
-        &server,
-        "/v1/chat/completions",
-        json!({"model": "tiny-deepseek-v3", "messages": user("Hello"), "max_tokens": 5,
+    let (status, body) = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "tiny-deepseek-v3", "messages": user("Hello"), "max_tokens": 5,
                "logprobs": true, "top_logprobs": 3, "temperature": 0}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
     assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
@@ -174,7 +163,7 @@ async fn thinking_requests_return_reasoning_content() {
         json!({"messages": user("Why?"), "max_tokens": 6, "temperature": 0, "chat_template_kwargs": {"thinking": true}}),
         json!({"messages": user("Why?"), "max_tokens": 6, "temperature": 0, "thinking": {"type": "enabled"}}),
     ] {
-        let (status, resp) = post(&server, "/v1/chat/completions", body).await;
+        let (status, resp) = server.post("/v1/chat/completions", body).await;
         assert_eq!(status, 200, "{resp}");
         // The embedded template opens <think> in the prompt: the output is
         // reasoning until the model closes it.
@@ -209,9 +198,7 @@ async fn thinking_requests_return_reasoning_content() {
         deltas.iter().any(|d| d["reasoning_content"].is_string()),
         "{body}"
     );
-    let (_, plain) = post(
-        &server,
-        "/v1/chat/completions",
+    let (_, plain) = server.post("/v1/chat/completions",
         json!({"messages": user("Why?"), "max_tokens": 6, "temperature": 0, "thinking": {"type": "disabled"}}),
     )
     .await;
@@ -226,8 +213,8 @@ async fn seeded_sampling_is_reproducible_and_repeated_prompts_hit_the_cache() {
     let server = Server::start(&[]);
     let long = "Tell me a long story about a lighthouse keeper and the sea, in many words.";
     let body = json!({"messages": user(long), "max_tokens": 12, "temperature": 1.0, "seed": 42});
-    let (_, a) = post(&server, "/v1/chat/completions", body.clone()).await;
-    let (_, b) = post(&server, "/v1/chat/completions", body).await;
+    let (_, a) = server.post("/v1/chat/completions", body.clone()).await;
+    let (_, b) = server.post("/v1/chat/completions", body).await;
     assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
     assert_eq!(a["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     let prompt_tokens = b["usage"]["prompt_tokens"].as_u64().unwrap();
@@ -262,12 +249,12 @@ async fn seeded_sampling_is_reproducible_and_repeated_prompts_hit_the_cache() {
 async fn legacy_completions_echo_logprobs_and_token_prompts() {
     let server = Server::start(&[]);
     // max_tokens 0 + echo: only the prompt and its log-probabilities.
-    let (status, body) = post(
-        &server,
-        "/v1/completions",
-        json!({"prompt": [0, 400, 401, 402], "max_tokens": 0, "echo": true, "logprobs": 2}),
-    )
-    .await;
+    let (status, body) = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": [0, 400, 401, 402], "max_tokens": 0, "echo": true, "logprobs": 2}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "text_completion");
     let choice = &body["choices"][0];
@@ -285,13 +272,13 @@ async fn legacy_completions_echo_logprobs_and_token_prompts() {
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]));
 
     // Several prompts, n choices each: index = prompt * n + choice.
-    let (status, body) = post(
-        &server,
-        "/v1/completions",
-        json!({"prompt": ["The cat", "A dog"], "max_tokens": 3, "n": 2, "echo": true,
+    let (status, body) = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": ["The cat", "A dog"], "max_tokens": 3, "n": 2, "echo": true,
                "logprobs": 1, "temperature": 0.7, "seed": 1}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let choices = body["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 4);
@@ -385,11 +372,13 @@ async fn small_routes_models_tokenize_metrics_openapi() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "model_not_found");
 
-    let (status, tok) = post(&server, "/tokenize", json!({"prompt": "Hello world"})).await;
+    let (status, tok) = server
+        .post("/tokenize", json!({"prompt": "Hello world"}))
+        .await;
     assert_eq!(status, 200);
     let ids = tok["tokens"].clone();
     assert_eq!(tok["count"], ids.as_array().unwrap().len());
-    let (_, detok) = post(&server, "/detokenize", json!({"tokens": ids})).await;
+    let (_, detok) = server.post("/detokenize", json!({"tokens": ids})).await;
     assert!(detok["prompt"].as_str().unwrap().ends_with("Hello world"));
 
     let resp = c

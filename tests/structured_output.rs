@@ -9,17 +9,6 @@ mod common;
 use common::{sse_payloads, Server};
 use serde_json::{json, Value};
 
-async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
-}
-
 /// The text of each choice of a streamed chat completion, and its finish reason.
 async fn stream_chat(server: &Server, mut body: Value) -> Vec<(String, String)> {
     body["stream"] = json!(true);
@@ -96,7 +85,9 @@ async fn json_schema_output_matches_whole_and_streamed() {
     let server = Server::start(&[]);
     let format = json!({"response_format": {"type": "json_schema", "json_schema": {
         "name": "person", "schema": person_schema(), "strict": true}}, "n": 3});
-    let (status, body) = post(&server, "/v1/chat/completions", chat(format.clone())).await;
+    let (status, body) = server
+        .post("/v1/chat/completions", chat(format.clone()))
+        .await;
     assert_eq!(status, 200, "{body}");
     let mut whole = Vec::new();
     for choice in body["choices"].as_array().unwrap() {
@@ -113,12 +104,12 @@ async fn json_schema_output_matches_whole_and_streamed() {
 #[tokio::test]
 async fn json_object_and_vllm_constraints() {
     let server = Server::start(&[]);
-    let (status, body) = post(
-        &server,
-        "/v1/chat/completions",
-        chat(json!({"response_format": {"type": "json_object"}, "max_tokens": 2000})),
-    )
-    .await;
+    let (status, body) = server
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"response_format": {"type": "json_object"}, "max_tokens": 2000})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let choice = &body["choices"][0];
     // A random model may run out of tokens inside an open-ended object; a
@@ -152,7 +143,7 @@ async fn json_object_and_vllm_constraints() {
         ),
     ];
     for (extra, kind) in cases {
-        let (status, body) = post(&server, "/v1/chat/completions", chat(extra)).await;
+        let (status, body) = server.post("/v1/chat/completions", chat(extra)).await;
         assert_eq!(status, 200, "{kind}: {body}");
         let text = body["choices"][0]["message"]["content"].as_str().unwrap();
         assert_eq!(body["choices"][0]["finish_reason"], "stop", "{kind}");
@@ -177,14 +168,14 @@ async fn json_object_and_vllm_constraints() {
 #[tokio::test]
 async fn completions_take_structured_outputs_too() {
     let server = Server::start(&[]);
-    let (status, body) = post(
-        &server,
-        "/v1/completions",
-        json!({"prompt": "The answer is", "max_tokens": 50, "seed": 3,
+    let (status, body) = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": "The answer is", "max_tokens": 50, "seed": 3,
                "response_format": {"type": "json_schema",
                                    "json_schema": {"name": "p", "schema": person_schema()}}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     check_person(body["choices"][0]["text"].as_str().unwrap());
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
@@ -231,19 +222,21 @@ async fn constraints_that_cannot_apply_are_400s_naming_the_field() {
         ),
     ];
     for (extra, param) in cases {
-        let (status, body) = post(&server, "/v1/chat/completions", chat(extra.clone())).await;
+        let (status, body) = server
+            .post("/v1/chat/completions", chat(extra.clone()))
+            .await;
         assert_eq!(status, 400, "{extra}: {body}");
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["param"], param, "{extra}: {body}");
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     }
     // `text` is no constraint at all.
-    let (status, _) = post(
-        &server,
-        "/v1/chat/completions",
-        chat(json!({"response_format": {"type": "text"}, "max_tokens": 3})),
-    )
-    .await;
+    let (status, _) = server
+        .post(
+            "/v1/chat/completions",
+            chat(json!({"response_format": {"type": "text"}, "max_tokens": 3})),
+        )
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -368,7 +361,7 @@ async fn required_and_named_tool_choice_return_valid_calls() {
     ];
     for (choice, only) in cases {
         let body = ask(choice.clone(), false);
-        let (status, resp) = post(&server, "/v1/chat/completions", body.clone()).await;
+        let (status, resp) = server.post("/v1/chat/completions", body.clone()).await;
         assert_eq!(status, 200, "{resp}");
         let c = &resp["choices"][0];
         assert_eq!(c["finish_reason"], "tool_calls", "{choice}: {resp}");
@@ -390,12 +383,9 @@ async fn required_and_named_tool_choice_return_valid_calls() {
     }
     // Several calls allowed: those that came are valid; a section cut by
     // `max_tokens` is text.
-    let (status, resp) = post(
-        &server,
-        "/v1/chat/completions",
-        ask(json!("required"), true),
-    )
-    .await;
+    let (status, resp) = server
+        .post("/v1/chat/completions", ask(json!("required"), true))
+        .await;
     assert_eq!(status, 200, "{resp}");
     let c = &resp["choices"][0];
     match c["finish_reason"].as_str().unwrap() {
@@ -408,7 +398,9 @@ async fn required_and_named_tool_choice_return_valid_calls() {
         other => panic!("finish_reason {other}: {resp}"),
     }
     // `none`: no call, whatever the model writes.
-    let (status, resp) = post(&server, "/v1/chat/completions", ask(json!("none"), true)).await;
+    let (status, resp) = server
+        .post("/v1/chat/completions", ask(json!("none"), true))
+        .await;
     assert_eq!(status, 200);
     assert!(resp["choices"][0]["message"]["tool_calls"].is_null());
     assert_ne!(resp["choices"][0]["finish_reason"], "tool_calls");
@@ -426,13 +418,13 @@ async fn tool_schemas_that_do_not_compile_name_their_tool() {
             "tools[1].function.parameters",
         ),
     ] {
-        let (status, body) = post(
-            &server,
-            "/v1/chat/completions",
-            json!({"messages": [{"role": "user", "content": "x"}], "tools": tools,
+        let (status, body) = server
+            .post(
+                "/v1/chat/completions",
+                json!({"messages": [{"role": "user", "content": "x"}], "tools": tools,
                    "tool_choice": choice}),
-        )
-        .await;
+            )
+            .await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"]["param"], param, "{body}");
     }
@@ -447,24 +439,22 @@ async fn an_assistant_prefix_is_continued() {
     };
     // The continuation is what the prompt ending in the prefix gives: the
     // same as a completion of the rendered text cut there.
-    let (status, a) = post(
-        &server,
-        "/v1/chat/completions",
-        json!({"messages": messages(json!(true)), "max_tokens": 8, "temperature": 0}),
-    )
-    .await;
+    let (status, a) = server
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": messages(json!(true)), "max_tokens": 8, "temperature": 0}),
+        )
+        .await;
     assert_eq!(status, 200, "{a}");
-    let (_, b) = post(
-        &server,
-        "/v1/chat/completions",
-        json!({"messages": messages(json!(null)), "continue_final_message": true,
+    let (_, b) = server
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": messages(json!(null)), "continue_final_message": true,
                "add_generation_prompt": false, "max_tokens": 8, "temperature": 0}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
-    let (_, c) = post(
-        &server,
-        "/v1/completions",
+    let (_, c) = server.post("/v1/completions",
         json!({"prompt": "<｜begin▁of▁sentence｜><｜User｜>Count.<｜Assistant｜></think>One, two,",
                "add_special_tokens": false, "max_tokens": 8, "temperature": 0}),
     )
@@ -494,7 +484,7 @@ async fn an_assistant_prefix_is_continued() {
             "add_generation_prompt",
         ),
     ] {
-        let (status, resp) = post(&server, "/v1/chat/completions", body).await;
+        let (status, resp) = server.post("/v1/chat/completions", body).await;
         assert_eq!(status, 400, "{resp}");
         assert_eq!(resp["error"]["param"], param, "{resp}");
     }
@@ -503,12 +493,12 @@ async fn an_assistant_prefix_is_continued() {
 #[tokio::test]
 async fn with_thinking_on_the_grammar_holds_only_the_answer() {
     let server = Server::start(&[]);
-    let (_, tok) = post(
-        &server,
-        "/tokenize",
-        json!({"prompt": "</think>", "add_special_tokens": false}),
-    )
-    .await;
+    let (_, tok) = server
+        .post(
+            "/tokenize",
+            json!({"prompt": "</think>", "add_special_tokens": false}),
+        )
+        .await;
     let end_think = tok["tokens"][0].as_u64().unwrap();
     // Thinking is free: here a bias makes the model close it after a few
     // tokens, which a grammar from the first token would have forbidden.
@@ -518,7 +508,7 @@ async fn with_thinking_on_the_grammar_holds_only_the_answer() {
         "response_format": {"type": "json_schema", "json_schema": {
             "name": "person", "schema": person_schema()}},
     }));
-    let (status, resp) = post(&server, "/v1/chat/completions", body.clone()).await;
+    let (status, resp) = server.post("/v1/chat/completions", body.clone()).await;
     assert_eq!(status, 200, "{resp}");
     let c = &resp["choices"][0];
     // `</think>` came first (a grammar from the first token forbids it, and

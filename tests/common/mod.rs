@@ -155,16 +155,23 @@ impl Server {
         }
     }
 
-    /// The JSON answer to a JSON POST to `path`.
+    /// The status and JSON answer of a JSON POST to `path`.
     #[allow(dead_code)]
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let resp = reqwest::Client::new()
             .post(self.url(path))
-            .json(body)
+            .json(&body)
             .send()
             .await
             .unwrap();
-        resp.json().await.unwrap()
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// The JSON answer to a JSON POST to `path`.
+    #[allow(dead_code)]
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        self.post(path, body.clone()).await.1
     }
 
     pub fn pid(&self) -> u32 {
