@@ -17,6 +17,22 @@ MODEL=models/tiny-deepseek-v3
 source "$(dirname "$0")/llama_cpp_env.sh"
 mkdir -p "$OUT"
 
+# byte_level_tokenizer DIR: the converter needs a tokenizer, and the random
+# models have none: a byte-level one of exactly their 256 tokens.
+byte_level_tokenizer() {
+  "$WORK/venv/bin/python" - "$1" <<'PY'
+import json, sys
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tok.decoder = decoders.ByteLevel()
+tok.save(sys.argv[1] + "/tokenizer.json")
+json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, open(sys.argv[1] + "/tokenizer_config.json", "w"))
+PY
+}
+
 for outtype in bf16 q8_0; do
   convert "$MODEL" "$OUT/tiny-deepseek-v3-$outtype.gguf" "$outtype"
 done
@@ -32,11 +48,9 @@ build_llama llama-quantize
 dir="$WORK/k-quant-v3"
 mkdir -p "$dir"
 "$WORK/venv/bin/python" - "$dir" <<'PY'
-import json, math, sys
+import math, sys
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
-from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 out = sys.argv[1]
 torch.manual_seed(2026)
 cfg = DeepseekV3Config(
@@ -57,38 +71,22 @@ with torch.no_grad():
             gain = 4.0 if name == "lm_head.weight" else 2.0 if name.endswith("mlp.gate.weight") else 1.0
             p.copy_(torch.randn(p.shape) * gain / math.sqrt(p.shape[1]))
 model.to(torch.bfloat16).save_pretrained(out)
-vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-tok.decoder = decoders.ByteLevel()
-tok.save(out + "/tokenizer.json")
-json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, open(out + "/tokenizer_config.json", "w"))
 PY
+byte_level_tokenizer "$dir"
 convert "$dir" "$OUT/k-quant-v3-bf16.gguf" bf16
 "$WORK/build/bin/llama-quantize" "$OUT/k-quant-v3-bf16.gguf" "$OUT/k-quant-v3-Q4_K_M.gguf" Q4_K_M
 
 # The parity fixtures (crates/model/tests/fixtures/NAME: V2 and V3
 # variants and the relatives Moonlight, Kimi-K2 and GLM-4.7-Flash, with
-# transformers' own reference log-probs), as f32. They have no tokenizer,
-# which the converter needs: give each a byte-level one of exactly their
-# 256 tokens. (GLM's file keeps its multi-token-prediction block count, as
+# transformers' own reference log-probs), as f32, each with a byte-level
+# tokenizer. (GLM's file keeps its multi-token-prediction block count, as
 # GLM-4.7-Flash's does: block_count 4, nextn_predict_layers 1.)
 for name in v2_plain v2_group v3_noaux_yarn v3_yarn_mscale1 moonlight kimi_k2 glm4_moe_lite; do
   dir="$WORK/$name"
   mkdir -p "$dir"
   cp "crates/model/tests/fixtures/$name/config.json" \
     "crates/model/tests/fixtures/$name/model.safetensors" "$dir/"
-  "$WORK/venv/bin/python" - "$dir" <<'EOF'
-import json, sys
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
-vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-tok.decoder = decoders.ByteLevel()
-tok.save(sys.argv[1] + "/tokenizer.json")
-json.dump({"tokenizer_class": "PreTrainedTokenizerFast"}, open(sys.argv[1] + "/tokenizer_config.json", "w"))
-EOF
+  byte_level_tokenizer "$dir"
   convert "$dir" "$OUT/$name-f32.gguf" f32
 done
 ls -l "$OUT"
