@@ -65,6 +65,18 @@ pub(crate) fn for_ranges(items: usize, f: impl Fn(Range<usize>) + Sync) {
     team(|member| member.share(items, &f));
 }
 
+/// [`for_ranges`] where `parallel`, else `f(0..items)` on the calling
+/// thread: for work that callers running on threads of their own (not the
+/// pool's) also do, where calling the pool from those threads would only
+/// crowd the cores.
+pub(crate) fn for_ranges_if(parallel: bool, items: usize, f: impl Fn(Range<usize>) + Sync) {
+    if parallel {
+        for_ranges(items, f);
+    } else {
+        f(0..items);
+    }
+}
+
 /// Most [`Member::share`] calls one [`team`] call may make.
 const SHARES: usize = 8;
 

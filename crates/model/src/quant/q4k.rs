@@ -3,7 +3,7 @@
 
 use crate::kernels::packed::q4k::{SUPER, TILE_D, TILE_QUADS, TILE_SCALES};
 use crate::kernels::packed::{Lines, PackedQ4K, BLOCK, TILE};
-use crate::kernels::parallel::{for_ranges, Disjoint};
+use crate::kernels::parallel::{for_ranges_if, Disjoint};
 
 /// Bytes of one Q4_K block: `d`, `dmin`, 12 bytes of scales, 128 of nibbles.
 const Q4K_BYTES: usize = 144;
@@ -253,11 +253,7 @@ impl PackedQ4K {
                 }
             }
         };
-        if parallel {
-            for_ranges(n / TILE, fill);
-        } else {
-            fill(0..n / TILE);
-        }
+        for_ranges_if(parallel, n / TILE, fill);
         Some(PackedQ4K {
             n,
             k,

@@ -2,7 +2,7 @@
 //! blocks, or straight from f32 numbers by GGML's own arithmetic.
 
 use crate::kernels::packed::{Lines, PackedQ8, BLOCK, Q8_0_BYTES, TILE};
-use crate::kernels::parallel::{for_ranges, Disjoint};
+use crate::kernels::parallel::{for_ranges_if, Disjoint};
 
 /// A `[n, k]` Q8_0 weight in the packed layout: `[n / 16 tiles][k / 32
 /// blocks]` of 16 scales and `[8 k-quads][16 rows][4 bytes]` numbers stored
@@ -46,11 +46,7 @@ fn pack(
             }
         }
     };
-    if parallel {
-        for_ranges(n / TILE, fill);
-    } else {
-        fill(0..n / TILE);
-    }
+    for_ranges_if(parallel, n / TILE, fill);
     PackedQ8 {
         n,
         k,
