@@ -22,8 +22,10 @@
 //! writes one), llama.cpp's server answers
 //! the same requests in the same run, on as many threads, and the table
 //! gives both and their ratio; without them its column says why it is
-//! missing. `FERROSEEK_BENCH_LENGTHS` (say `512,2048`) measures fewer
-//! lengths.
+//! missing. llama.cpp keeps its cache in f16; ferroseek is measured with
+//! each `--kv-cache-dtype` of `FERROSEEK_BENCH_KV_CACHE_DTYPES` (default
+//! `f32,bf16`), a column each. `FERROSEEK_BENCH_LENGTHS` (say `512,2048`)
+//! measures fewer lengths.
 
 mod common;
 
@@ -48,7 +50,7 @@ const CACHED_PREFIX: usize = 7680;
 const SHORT: usize = 2048;
 const SHORT_RUNS: usize = 3;
 
-fn ferroseek(dir: &std::path::Path, quant: &str, context: usize) -> Server {
+fn ferroseek(dir: &std::path::Path, quant: &str, cache: &str, context: usize) -> Server {
     let context = context.to_string();
     common::ferroseek(
         dir,
@@ -63,6 +65,8 @@ fn ferroseek(dir: &std::path::Path, quant: &str, context: usize) -> Server {
             quant,
             "--max-model-len",
             &context,
+            "--kv-cache-dtype",
+            cache,
         ],
     )
 }
@@ -146,11 +150,19 @@ fn main() {
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(root.join("models/tiny-deepseek-v3").join(f), dir.join(f)).unwrap();
     }
+    let caches: Vec<String> = std::env::var("FERROSEEK_BENCH_KV_CACHE_DTYPES")
+        .unwrap_or_else(|_| "f32,bf16".into())
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ours = {
-        let server = ferroseek(&dir, &quant, context);
-        rt.block_on(measure(&server, &lengths))
-    };
+    let ours: Vec<Vec<(String, f64)>> = caches
+        .iter()
+        .map(|cache| {
+            let server = ferroseek(&dir, &quant, cache, context);
+            rt.block_on(measure(&server, &lengths))
+        })
+        .collect();
     let theirs = match (
         std::env::var("FERROSEEK_BENCH_LLAMA_SERVER"),
         std::env::var("FERROSEEK_BENCH_LLAMA_GGUF"),
@@ -162,22 +174,44 @@ fn main() {
         _ => Err("not run: set FERROSEEK_BENCH_LLAMA_SERVER and FERROSEEK_BENCH_LLAMA_GGUF"),
     };
     println!("threads: {threads}; weights: {quant}; one request at a time");
-    println!("| | ferroseek | llama.cpp | ratio |");
-    println!("|---|---:|---:|---:|");
-    for (i, (row, value)) in ours.iter().enumerate() {
-        let (peer, ratio) = match &theirs {
+    let columns: Vec<String> = caches.iter().map(|c| format!("ferroseek {c}")).collect();
+    let ratios: Vec<String> = caches.iter().map(|c| format!("ratio {c}")).collect();
+    println!(
+        "| | {} | llama.cpp | {} |",
+        columns.join(" | "),
+        ratios.join(" | ")
+    );
+    println!(
+        "|---|{}---:|{}",
+        "---:|".repeat(caches.len()),
+        "---:|".repeat(caches.len())
+    );
+    for (i, (row, _)) in ours[0].iter().enumerate() {
+        let values: Vec<f64> = ours.iter().map(|rows| rows[i].1).collect();
+        let shown: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+        let (peer, ratios) = match &theirs {
             Ok(rows) => {
                 let peer = rows[i].1;
                 // Times: theirs over ours; rates: ours over theirs.
-                let ratio = if row.ends_with("(s)") {
-                    peer / value
-                } else {
-                    value / peer
-                };
-                (format!("{peer:.2}"), format!("{ratio:.2}x"))
+                let ratios: Vec<String> = values
+                    .iter()
+                    .map(|value| {
+                        let ratio = if row.ends_with("(s)") {
+                            peer / value
+                        } else {
+                            value / peer
+                        };
+                        format!("{ratio:.2}x")
+                    })
+                    .collect();
+                (format!("{peer:.2}"), ratios)
             }
-            Err(why) => (why.to_string(), String::new()),
+            Err(why) => (why.to_string(), vec![String::new(); values.len()]),
         };
-        println!("| {row} | {value:.2} | {peer} | {ratio} |");
+        println!(
+            "| {row} | {} | {peer} | {} |",
+            shown.join(" | "),
+            ratios.join(" | ")
+        );
     }
 }

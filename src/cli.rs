@@ -100,6 +100,14 @@ pub enum GenerationConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheDType {
+    /// The fastest whose accuracy holds (see the README's sizing).
+    Auto,
+    F32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -167,6 +175,13 @@ pub struct ServeArgs {
     /// Memory for the latent KV cache, e.g. `512MiB`, `4GiB` or a number of bytes.
     #[arg(long, env = "FERROSEEK_KV_CACHE_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
     pub kv_cache_memory: usize,
+
+    /// How the latent KV cache stores its numbers: auto, f32 or bf16. bf16
+    /// takes half the memory per token (twice the tokens in
+    /// `--kv-cache-memory`) and half the bytes a decode step reads at long
+    /// context, rounding each cached number to 8 significant bits.
+    #[arg(long, env = "FERROSEEK_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDType::Auto)]
+    pub kv_cache_dtype: KvCacheDType,
 
     /// Tokens per KV cache block.
     #[arg(long, env = "FERROSEEK_BLOCK_SIZE", default_value_t = 16)]

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use ferroseek_engine::output::hidden_special_tokens;
 use ferroseek_engine::{Engine, EngineConfig, Grammars, Tokenizer, TokenizerFiles, ToolCallFormat};
 use ferroseek_model::{
-    resolve_model, resolve_model_with_gguf_file, CheckpointFormat, DeepSeekModel, HubOptions,
-    LoadOptions, ModelFiles,
+    resolve_model, resolve_model_with_gguf_file, CacheDType, CheckpointFormat, DeepSeekModel,
+    HubOptions, LoadOptions, ModelFiles,
 };
 
-use crate::cli::{GenerationConfig, ServeArgs};
+use crate::cli::{GenerationConfig, KvCacheDType, ServeArgs};
 use crate::embedded;
 use crate::generation_defaults;
 use crate::openai::common::unix_now;
@@ -112,6 +112,21 @@ fn load_tokenizer(args: &ServeArgs, files: &ModelFiles) -> Result<(Tokenizer, Op
     Ok((tokenizer, files.generation_config.clone()))
 }
 
+/// The cache storage `choice` names for a model computing in `compute`.
+/// `auto` stores what the model computes, as vLLM's `auto` does: bf16
+/// where the activations are bf16 or f16 (the cache's rounding then adds
+/// little to theirs), f32 where they are f32, which keeps the reference's
+/// numbers to 1e-4; `bf16` there is the faster choice at long contexts,
+/// within the bound the README states.
+fn cache_dtype(choice: KvCacheDType, compute: DType) -> CacheDType {
+    match choice {
+        KvCacheDType::F32 => CacheDType::F32,
+        KvCacheDType::Bf16 => CacheDType::Bf16,
+        KvCacheDType::Auto if compute == DType::F32 => CacheDType::F32,
+        KvCacheDType::Auto => CacheDType::Bf16,
+    }
+}
+
 fn total_size(paths: &[PathBuf]) -> u64 {
     paths
         .iter()
@@ -202,6 +217,7 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
         .unwrap_or_default()
         .into();
     let tokenizer = Arc::new(tokenizer);
+    let kv_cache_dtype = cache_dtype(args.kv_cache_dtype, model.dtype());
     let engine = Engine::start(
         model,
         tokenizer.clone(),
@@ -210,6 +226,7 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
             max_num_batched_tokens: args.max_num_batched_tokens,
             block_size: args.block_size,
             kv_cache_bytes: args.kv_cache_memory,
+            kv_cache_dtype,
             max_model_len: args.max_model_len,
             max_queue: args.max_queue,
             max_buffered_events: args.max_buffered_events as usize,
@@ -220,6 +237,7 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
     tracing::info!(
         blocks = stats.blocks_total,
         block_size = stats.block_size,
+        kv_cache_dtype = kv_cache_dtype.name(),
         max_model_len = engine.max_model_len(),
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
         "model ready"

@@ -302,31 +302,35 @@ async fn anything_else_gets_what_it_can_do() {
     }
 }
 
+/// Quantized weights, and the latent cache in bf16, answer within two
+/// points of the model as trained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn quantized_models_answer_within_two_points() {
+async fn quantized_models_and_a_bf16_cache_answer_within_two_points() {
     let problems = problems(SEED + 3, 100);
     let mut rates = vec![];
-    for quantize in [None, Some("q8_0"), Some("q4_k")] {
-        let server = match quantize {
-            None => Server::start_embedded(&[]),
-            Some(q) => Server::start_embedded(&["--quantize", q]),
-        };
+    let variants: [&[&str]; 4] = [
+        &[],
+        &["--quantize", "q8_0"],
+        &["--quantize", "q4_k"],
+        &["--kv-cache-dtype", "bf16"],
+    ];
+    for flags in variants {
+        let server = Server::start_embedded(flags);
         let mut rate = vec![];
         for mode in [Mode::Thinking, Mode::Plain] {
             let replies = ask_all(&server, questions(&problems, mode), 32).await;
             rate.push(accuracy(&problems, &replies));
         }
         println!(
-            "{}: thinking on {:.1}%, off {:.1}%",
-            quantize.unwrap_or("bf16"),
+            "{flags:?}: thinking on {:.1}%, off {:.1}%",
             100.0 * rate[0],
             100.0 * rate[1]
         );
         rates.push(rate);
     }
-    for quantized in &rates[1..] {
-        for (q, full) in quantized.iter().zip(&rates[0]) {
-            assert!(q + 0.02 >= *full, "{rates:?}");
+    for variant in &rates[1..] {
+        for (v, full) in variant.iter().zip(&rates[0]) {
+            assert!(v + 0.02 >= *full, "{rates:?}");
         }
     }
 }

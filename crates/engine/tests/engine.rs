@@ -15,7 +15,8 @@ use ferroseek_engine::{
     Tokenizer, ValidRequest,
 };
 use ferroseek_model::{
-    resolve_model, Batch, DeepSeekModel, HubOptions, LatentCache, LoadOptions, LogitsRows, SeqInput,
+    resolve_model, Batch, CacheDType, DeepSeekModel, HubOptions, LatentCache, LoadOptions,
+    LogitsRows, SeqInput,
 };
 
 fn model_dir() -> std::path::PathBuf {
@@ -243,7 +244,7 @@ fn preemption_and_recompute_give_the_same_tokens() {
     // Room for 12 blocks of 4 tokens: 6 sequences of 8 + 16 tokens cannot all
     // fit, so newer ones are preempted and recomputed.
     let (model, _) = load();
-    let block_bytes = LatentCache::bytes_per_block(model.config(), 4);
+    let block_bytes = LatentCache::bytes_per_block(model.config(), 4, CacheDType::F32);
     drop(model);
     let config = EngineConfig {
         block_size: 4,
@@ -479,7 +480,7 @@ fn context_length_ends_generation_without_max_tokens() {
 #[test]
 fn impossible_requests_are_refused_up_front() {
     let (model, tokenizer) = load();
-    let block_bytes = LatentCache::bytes_per_block(model.config(), 16);
+    let block_bytes = LatentCache::bytes_per_block(model.config(), 16, CacheDType::F32);
     let e = Engine::start(
         model,
         tokenizer,

@@ -161,7 +161,8 @@ fn grouped() {
     }
 }
 
-/// One decode token's absorbed attention over `context` cached rows.
+/// One decode token's absorbed attention over `context` cached rows, on
+/// an f32 cache and on a bf16 one (`--kv-cache-dtype bf16`).
 fn attention() {
     let shape = LatentShape {
         heads: 16,
@@ -169,8 +170,8 @@ fn attention() {
         width: 320,
         block_size: 16,
     };
-    println!("| attention context | µs per token | GFLOP/s |");
-    println!("|---:|---:|---:|");
+    println!("| attention context | µs per token, f32 cache | bf16 cache | GFLOP/s, f32 | bf16 |");
+    println!("|---:|---:|---:|---:|---:|");
     for context in [128usize, 512, 2048, 8192, 16384] {
         let blocks = context.div_ceil(shape.block_size);
         // Blocks in a scrambled order, as a long-running cache holds them.
@@ -180,6 +181,7 @@ fn attention() {
         let cache: Vec<f32> = (0..blocks * shape.block_size * shape.width)
             .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
             .collect();
+        let narrow: Vec<half::bf16> = cache.iter().map(|&v| half::bf16::from_f32(v)).collect();
         let queries: Vec<f32> = (0..shape.heads * shape.width)
             .map(|i| (i % 17) as f32 * 0.01)
             .collect();
@@ -189,14 +191,19 @@ fn attention() {
             num_cached: context - 1,
             block_table: &table,
         }];
-        let secs = median_secs(|| {
+        let wide = median_secs(|| {
             std::hint::black_box(absorbed_attention(&queries, &cache, &seqs, shape, 0.1));
+        });
+        let half = median_secs(|| {
+            std::hint::black_box(absorbed_attention(&queries, &narrow, &seqs, shape, 0.1));
         });
         let flops = 2.0 * (shape.heads * context * (shape.width + shape.rank)) as f64;
         println!(
-            "| {context} | {:.1} | {:.1} |",
-            secs * 1e6,
-            flops / secs / 1e9
+            "| {context} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            wide * 1e6,
+            half * 1e6,
+            flops / wide / 1e9,
+            flops / half / 1e9
         );
     }
 }

@@ -38,7 +38,7 @@ pub mod quant;
 pub mod testing;
 
 pub use batch::{Batch, LogitsRows, SeqInput};
-pub use cache::LatentCache;
+pub use cache::{CacheDType, LatentCache};
 pub use checkpoint::{
     resolve_model, resolve_model_with_gguf_file, Checkpoint, CheckpointFormat, GgufCheckpoint,
     GgufVocab, HubOptions, ModelFiles,

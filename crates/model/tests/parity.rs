@@ -9,7 +9,7 @@ mod common;
 
 use candle_core::IndexOp;
 use common::*;
-use ferroseek_model::{Batch, DTypeChoice, LogitsRows, SeqInput};
+use ferroseek_model::{Batch, CacheDType, DTypeChoice, LatentCache, LogitsRows, SeqInput};
 
 /// Absolute log-prob tolerance in f32 required by the model issue.
 const F32_TOLERANCE: f32 = 1e-4;
@@ -139,6 +139,51 @@ fn bf16_stays_within_documented_bound() {
         );
         assert!(
             same_top1 * 20 >= positions * 17,
+            "{name}: top-1 kept {same_top1}/{positions}"
+        );
+    }
+}
+
+/// `--kv-cache-dtype bf16` with f32 compute: the cached latents rounded to
+/// bf16, all else f32. Against transformers' f32 log-probs, per fixture over
+/// every position of every case (|Δ| the largest over the vocabulary): the
+/// median under 0.06 nats, 90% of positions within 0.25, and the top-1 token
+/// kept at 90% of them. Measured: medians 0.025-0.045, 43-45 of 45 positions
+/// within 0.25, top-1 kept at 43-45 of 45. The few far positions (up to 7
+/// nats) are the random models' near-tied expert choices flipping, as in
+/// the bf16 compute bound above; the kernels on a bf16 cache equal the f32
+/// ones on its values (`bf16_rows_give_the_numbers_of_their_f32_values`).
+#[test]
+fn a_bf16_cache_stays_within_its_bound() {
+    for name in all_fixtures() {
+        let model = load(name, DTypeChoice::F32);
+        let (mut diffs, mut same_top1) = (Vec::new(), 0);
+        for case in reference(name) {
+            let mut cache =
+                LatentCache::with_dtype(model.config(), 16, BLOCK, CacheDType::Bf16).unwrap();
+            let n = case.prompt.len();
+            let got = run_in_chunks(&model, &mut cache, &blocks(0, 8), &case.prompt, &[n]);
+            for p in 0..n {
+                let (a, want) = (got.i(p).unwrap(), case.logprobs.i(p).unwrap());
+                diffs.push(max_abs_diff(&a, &want));
+                same_top1 += usize::from(argmax(&a) == argmax(&want));
+            }
+        }
+        diffs.sort_by(f32::total_cmp);
+        let positions = diffs.len();
+        let median = diffs[positions / 2];
+        let close = diffs.iter().filter(|&&d| d < 0.25).count();
+        eprintln!(
+            "{name}: bf16 cache median {median}, {close}/{positions} within 0.25, \
+             top-1 kept {same_top1}/{positions}"
+        );
+        assert!(median < 0.06, "{name}: median error {median}");
+        assert!(
+            close * 10 >= positions * 9,
+            "{name}: {close}/{positions} within 0.25"
+        );
+        assert!(
+            same_top1 * 10 >= positions * 9,
             "{name}: top-1 kept {same_top1}/{positions}"
         );
     }

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc as async_mpsc;
 
-use ferroseek_model::{DeepSeekModel, LatentCache};
+use ferroseek_model::{CacheDType, DeepSeekModel, LatentCache};
 
 use crate::block_manager::BlockManager;
 use crate::error::{Error, Result};
@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Bytes of latent cache to allocate (all layers).
     pub kv_cache_bytes: usize,
+    /// How the latent cache stores its numbers (bf16 holds twice the tokens).
+    pub kv_cache_dtype: CacheDType,
     /// Longest sequence (prompt + generated); defaults to the model's.
     pub max_model_len: Option<usize>,
     /// Most requests waiting for their first step before new ones are refused.
@@ -65,6 +67,7 @@ impl Default for EngineConfig {
             max_num_batched_tokens: 2048,
             block_size: 16,
             kv_cache_bytes: 1 << 30,
+            kv_cache_dtype: CacheDType::F32,
             max_model_len: None,
             max_queue: 1024,
             max_buffered_events: 4096,
@@ -214,8 +217,13 @@ impl Engine {
         if max_model_len == 0 {
             return Err(invalid("`max_model_len` must be at least 1".into()));
         }
-        let cache = LatentCache::with_memory_budget(&cfg, config.kv_cache_bytes, config.block_size)
-            .map_err(Error::KvCache)?;
+        let cache = LatentCache::with_memory_budget(
+            &cfg,
+            config.kv_cache_bytes,
+            config.block_size,
+            config.kv_cache_dtype,
+        )
+        .map_err(Error::KvCache)?;
         let blocks_total = cache.num_blocks();
         let blocks = BlockManager::new(blocks_total, config.block_size);
         let shared = Arc::new(Shared {

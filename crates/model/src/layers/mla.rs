@@ -20,10 +20,12 @@ use candle_nn::VarBuilder;
 use super::linear::{with_f32, GroupedLinear, Linear, WeightFormat};
 use super::norm::RmsNorm;
 use super::rope::Rope;
+use crate::cache::LayerRows;
 use crate::config::DeepSeekConfig;
 use crate::kernels::attention::{
     absorbed_attention, expanded_attention, expanded_pays, fused_absorbed_attention, fused_pays,
-    phased_absorbed_attention, phases_fit, HeadMatrices, LatentShape, SeqSpan, UpProjection,
+    phased_absorbed_attention, phases_fit, HeadMatrices, Latent, LatentShape, SeqSpan,
+    UpProjection,
 };
 use crate::kernels::packed;
 
@@ -199,7 +201,22 @@ impl Attention {
         x: &Tensor,
         layout: &BatchLayout,
         rope: &Rope,
-        cache: &mut [f32],
+        cache: LayerRows,
+        mode: AttentionMode,
+    ) -> Result<Tensor> {
+        match cache {
+            LayerRows::F32(cache) => self.forward_on(x, layout, rope, cache, mode),
+            LayerRows::Bf16(cache) => self.forward_on(x, layout, rope, cache, mode),
+        }
+    }
+
+    /// [`Self::forward`] on a cache of `E`s.
+    fn forward_on<E: Latent>(
+        &self,
+        x: &Tensor,
+        layout: &BatchLayout,
+        rope: &Rope,
+        cache: &mut [E],
         mode: AttentionMode,
     ) -> Result<Tensor> {
         let tokens = x.dim(0)?;
@@ -209,14 +226,16 @@ impl Attention {
         // New cache rows: [normalised c_kv | rotated k_pe].
         let (q, kv) = self.q.forward_with(&self.kv_a_proj_with_mqa, x)?;
         let c_kv = self.kv_a_layernorm.forward(&kv.narrow(1, 0, self.rank)?)?;
-        let rows = Tensor::cat(&[&c_kv, &kv.narrow(1, self.rank, self.rope_dim)?], 1)?
+        let mut rows = Tensor::cat(&[&c_kv, &kv.narrow(1, self.rank, self.rope_dim)?], 1)?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        for (t, row) in rows.chunks_exact(width).enumerate() {
+        for (t, row) in rows.chunks_exact_mut(width).enumerate() {
+            rope.rotate(&mut row[self.rank..], layout.positions[t]);
             let dst = &mut cache[layout.slots[t] * width..][..width];
-            dst.copy_from_slice(row);
-            rope.rotate(&mut dst[self.rank..], layout.positions[t]);
+            for (d, v) in dst.iter_mut().zip(row.iter()) {
+                *d = E::from_f32(*v);
+            }
         }
 
         let q = q.reshape((tokens, self.heads, self.nope + self.rope_dim))?;
@@ -240,12 +259,12 @@ impl Attention {
     /// Each sequence's attention in the form `mode` gives it. `q_nope`:
     /// `[tokens, heads, nope]`. Returns `[tokens, heads * v_head_dim]`.
     #[allow(clippy::too_many_arguments)]
-    fn attend(
+    fn attend<E: Latent>(
         &self,
         q_nope: &Tensor,
         q_pe: &[f32],
         layout: &BatchLayout,
-        cache: &[f32],
+        cache: &[E],
         tokens: usize,
         dtype: DType,
         mode: AttentionMode,
@@ -326,12 +345,12 @@ impl Attention {
     }
 
     /// `q_nope`: `[tokens, heads, nope]`. Returns `[tokens, heads * v_head_dim]`.
-    fn absorbed(
+    fn absorbed<E: Latent>(
         &self,
         q_nope: &Tensor,
         q_pe: &[f32],
         layout: &BatchLayout,
-        cache: &[f32],
+        cache: &[E],
         tokens: usize,
         dtype: DType,
     ) -> Result<Tensor> {
@@ -355,12 +374,12 @@ impl Attention {
 
     /// [`Self::absorbed`] a step at a time: each per-head matrix in a call
     /// of its own, around [`absorbed_attention`].
-    fn unfused(
+    fn unfused<E: Latent>(
         &self,
         q_nope: &Tensor,
         q_pe: &[f32],
         layout: &BatchLayout,
-        cache: &[f32],
+        cache: &[E],
         tokens: usize,
         dtype: DType,
     ) -> Result<Tensor> {
@@ -392,12 +411,12 @@ impl Attention {
     /// where the per-head matrices are repacked for the VNNI kernels and
     /// the activations are f32; `None` elsewhere. The numbers are the same
     /// as the unfused path's.
-    fn fused(
+    fn fused<E: Latent>(
         &self,
         q_nope: &Tensor,
         q_pe: &[f32],
         layout: &BatchLayout,
-        cache: &[f32],
+        cache: &[E],
         shape: LatentShape,
         fusion: Fusion,
     ) -> Result<Option<Vec<f32>>> {

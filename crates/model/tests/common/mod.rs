@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor, D};
 use ferroseek_model::{
-    resolve_model, Batch, DTypeChoice, DeepSeekModel, HubOptions, LatentCache, LoadOptions,
-    LogitsRows, SeqInput,
+    resolve_model, Batch, CacheDType, DTypeChoice, DeepSeekModel, HubOptions, LatentCache,
+    LoadOptions, LogitsRows, SeqInput,
 };
 
 pub const FIXTURES: [&str; 4] = ["v2_plain", "v2_group", "v3_noaux_yarn", "v3_yarn_mscale1"];
@@ -100,7 +100,11 @@ pub fn blocks(first: u32, n: usize) -> Vec<u32> {
 }
 
 pub fn cache_for(model: &DeepSeekModel, num_blocks: usize) -> LatentCache {
-    LatentCache::new(model.config(), num_blocks, BLOCK).unwrap()
+    cache_in(model, num_blocks, CacheDType::F32)
+}
+
+pub fn cache_in(model: &DeepSeekModel, num_blocks: usize, dtype: CacheDType) -> LatentCache {
+    LatentCache::with_dtype(model.config(), num_blocks, BLOCK, dtype).unwrap()
 }
 
 /// Feeds `chunks` of one sequence in turn (each a separate forward) and returns

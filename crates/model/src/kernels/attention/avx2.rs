@@ -2,6 +2,8 @@
 
 use std::arch::x86_64::*;
 
+use super::Latent;
+
 /// # Safety
 /// The CPU has AVX (called from the AVX2 + FMA paths).
 #[inline(always)]
@@ -17,13 +19,18 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// # Safety
 /// The CPU has AVX2 and FMA (the lengths are checked).
 #[inline(always)]
-pub unsafe fn dots<const H: usize>(q: &[f32], width: usize, key: &[f32], out: &mut [f32; 4]) {
+pub unsafe fn dots<E: Latent, const H: usize>(
+    q: &[f32],
+    width: usize,
+    key: &[E],
+    out: &mut [f32; 4],
+) {
     assert!(q.len() >= H * width && key.len() >= width);
     let (qp, kp) = (q.as_ptr(), key.as_ptr());
     let mut acc = [_mm256_setzero_ps(); H];
     let mut c = 0;
     while c + 8 <= width {
-        let k = _mm256_loadu_ps(kp.add(c));
+        let k = E::load8(kp.add(c));
         for (h, a) in acc.iter_mut().enumerate() {
             *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(h * width + c)), k, *a);
         }
@@ -32,7 +39,7 @@ pub unsafe fn dots<const H: usize>(q: &[f32], width: usize, key: &[f32], out: &m
     for h in 0..H {
         out[h] = hsum(acc[h]);
         for i in c..width {
-            out[h] += q[h * width + i] * key[i];
+            out[h] += q[h * width + i] * key[i].to_f32();
         }
     }
 }
@@ -43,9 +50,9 @@ pub unsafe fn dots<const H: usize>(q: &[f32], width: usize, key: &[f32], out: &m
 /// # Safety
 /// The CPU has AVX2 and FMA (the lengths are checked).
 #[inline(always)]
-pub unsafe fn weighted_sums<const H: usize>(
+pub unsafe fn weighted_sums<E: Latent, const H: usize>(
     p: &[f32],
-    rows: &[&[f32]],
+    rows: &[&[E]],
     rank: usize,
     out: &mut [f32],
 ) {
@@ -57,8 +64,8 @@ pub unsafe fn weighted_sums<const H: usize>(
         let mut acc = [[_mm256_setzero_ps(); 2]; H];
         for (t, v) in rows.iter().enumerate() {
             assert!(v.len() >= rank);
-            let v0 = _mm256_loadu_ps(v.as_ptr().add(c));
-            let v1 = _mm256_loadu_ps(v.as_ptr().add(c + 8));
+            let v0 = E::load8(v.as_ptr().add(c));
+            let v1 = E::load8(v.as_ptr().add(c + 8));
             for (h, a) in acc.iter_mut().enumerate() {
                 let w = _mm256_broadcast_ss(&*pp.add(h * context + t));
                 a[0] = _mm256_fmadd_ps(w, v0, a[0]);

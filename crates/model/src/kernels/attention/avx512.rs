@@ -2,6 +2,7 @@
 
 use std::arch::x86_64::*;
 
+use super::Latent;
 use crate::kernels::x86::exp512;
 
 /// Lanes `0..n` of a 16-lane mask (all for `n >= 16`).
@@ -18,12 +19,12 @@ fn lanes(n: usize) -> __mmask16 {
 /// `width`-long query rows of `q` with `keys[r]`.
 ///
 /// # Safety
-/// The CPU has AVX-512F (the lengths are checked).
+/// The CPU has AVX-512F and AVX-512BW (the lengths are checked).
 #[inline(always)]
-pub unsafe fn dots<const H: usize, const R: usize>(
+pub unsafe fn dots<E: Latent, const H: usize, const R: usize>(
     q: &[f32],
     width: usize,
-    keys: [&[f32]; R],
+    keys: [&[E]; R],
     out: &mut [[f32; 4]; R],
 ) {
     assert!(q.len() >= H * width && keys.iter().all(|k| k.len() >= width));
@@ -35,7 +36,7 @@ pub unsafe fn dots<const H: usize, const R: usize>(
         let m = lanes(width - c);
         let mut k = [_mm512_setzero_ps(); R];
         for (k, key) in k.iter_mut().zip(&keys) {
-            *k = _mm512_maskz_loadu_ps(m, key.as_ptr().add(c));
+            *k = E::load16(key.as_ptr().add(c), m);
         }
         for (h, a) in acc.iter_mut().enumerate() {
             let qv = _mm512_maskz_loadu_ps(m, qp.add(h * width + c));
@@ -91,22 +92,22 @@ pub unsafe fn softmax_row(s: &mut [f32]) -> super::RowStats {
 /// last ones masked).
 ///
 /// # Safety
-/// The CPU has AVX-512F (the lengths are checked).
+/// The CPU has AVX-512F and AVX-512BW (the lengths are checked).
 #[inline(always)]
-pub unsafe fn weighted_sums<const H: usize>(
+pub unsafe fn weighted_sums<E: Latent, const H: usize>(
     p: &[f32],
-    rows: &[&[f32]],
+    rows: &[&[E]],
     rank: usize,
     out: &mut [f32],
 ) {
     assert!(p.len() >= H * rows.len() && out.len() >= H * rank);
     let mut c = 0;
     while c + 64 <= rank {
-        columns::<H, 4>(p, rows, rank, c, 0xffff, out);
+        columns::<E, H, 4>(p, rows, rank, c, 0xffff, out);
         c += 64;
     }
     while c < rank {
-        columns::<H, 1>(p, rows, rank, c, lanes(rank - c), out);
+        columns::<E, H, 1>(p, rows, rank, c, lanes(rank - c), out);
         c += 16;
     }
 }
@@ -115,14 +116,14 @@ pub unsafe fn weighted_sums<const H: usize>(
 /// them masked by `last`.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `p` holds `H` rows of `rows.len()` numbers, `out`
+/// The CPU has AVX-512F and AVX-512BW; `p` holds `H` rows of `rows.len()` numbers, `out`
 /// and every row at least `H·rank` and `rank` numbers, and the columns
 /// `c..c + 16·V` lie within `rank` but for the lanes `last` masks off (as
 /// [`weighted_sums`] calls it).
 #[inline(always)]
-unsafe fn columns<const H: usize, const V: usize>(
+unsafe fn columns<E: Latent, const H: usize, const V: usize>(
     p: &[f32],
-    rows: &[&[f32]],
+    rows: &[&[E]],
     rank: usize,
     c: usize,
     last: __mmask16,
@@ -135,7 +136,7 @@ unsafe fn columns<const H: usize, const V: usize>(
         assert!(row.len() >= rank);
         let mut v = [_mm512_setzero_ps(); V];
         for (i, v) in v.iter_mut().enumerate() {
-            *v = _mm512_maskz_loadu_ps(mask(i), row.as_ptr().add(c + 16 * i));
+            *v = E::load16(row.as_ptr().add(c + 16 * i), mask(i));
         }
         for (h, a) in acc.iter_mut().enumerate() {
             let w = _mm512_set1_ps(*p.as_ptr().add(h * context + t));

@@ -21,7 +21,7 @@
 //! up-projected once per call, whatever the number of query rows.
 
 use super::item::{softmax_row, Path};
-use super::{LatentShape, RowStats, SeqSpan};
+use super::{Latent, LatentShape, RowStats, SeqSpan};
 use crate::kernels::parallel::{self, Disjoint};
 
 /// Query rows of one work item.
@@ -124,10 +124,10 @@ unsafe fn product(
 /// (`[num_new, heads, v_dim]`): per head, softmax(scale · q·kᵀ) · v, token
 /// `j` seeing context positions `0..=num_cached + j`.
 #[allow(clippy::too_many_arguments)]
-pub fn expanded_attention(
+pub fn expanded_attention<E: Latent>(
     q_nope: &[f32],
     q_pe: &[f32],
-    cache: &[f32],
+    cache: &[E],
     span: &SeqSpan,
     shape: LatentShape,
     scale: f32,
@@ -141,10 +141,10 @@ pub fn expanded_attention(
 
 /// [`expanded_attention`] with passes of `pass_rows` context rows.
 #[allow(clippy::too_many_arguments)]
-fn attention_in_passes(
+fn attention_in_passes<E: Latent>(
     q_nope: &[f32],
     q_pe: &[f32],
-    cache: &[f32],
+    cache: &[E],
     span: &SeqSpan,
     shape: LatentShape,
     scale: f32,
@@ -226,7 +226,7 @@ fn attention_in_passes(
                             span.block_table[t / block_size] as usize * block_size + t % block_size;
                         // SAFETY: row `r` is this task's alone.
                         let dst = unsafe { lat_dst.slice(r * width..(r + 1) * width) };
-                        dst.copy_from_slice(&cache[slot * width..(slot + 1) * width]);
+                        E::widen(&cache[slot * width..(slot + 1) * width], dst);
                     }
                 }
             });
@@ -484,12 +484,13 @@ impl Softmax {
 mod tests {
     use super::*;
     use crate::kernels::attention::absorbed_attention;
-    use crate::kernels::attention::tests::fill;
+    use crate::kernels::attention::tests::{bf16_and_widened, fill};
 
     /// The expanded form gives the absorbed form's outputs (its attended
     /// latents through `W_UV`), for prompts with and without a cached
     /// prefix that cross query tiles, key tiles, passes and cache blocks
-    /// (in a scrambled order), with one query tile, and one row alone.
+    /// (in a scrambled order), with one query tile, and one row alone; and
+    /// on the cache in bf16, what it gives on those values widened to f32.
     #[test]
     fn expanded_equals_absorbed() {
         let (heads, rank, rope, nope, v_dim, block_size) = (3, 40, 8, 24, 20, 16);
@@ -501,7 +502,7 @@ mod tests {
             block_size,
         };
         let blocks = 48;
-        let cache = fill(blocks * block_size * width, 1);
+        let (narrow, cache) = bf16_and_widened(&fill(blocks * block_size * width, 1));
         let table: Vec<u32> = (0..blocks as u32).map(|b| b * 29 % blocks as u32).collect();
         let uk = fill(heads * rank * nope, 2);
         let uv = fill(heads * v_dim * rank, 3);
@@ -532,6 +533,24 @@ mod tests {
             attention_in_passes(
                 &q_nope, &q_pe, &cache, &span, shape, scale, &up, pass_rows, &mut got,
             );
+            let mut on_bf16 = vec![0f32; new * heads * v_dim];
+            attention_in_passes(
+                &q_nope,
+                &q_pe,
+                &narrow,
+                &span,
+                shape,
+                scale,
+                &up,
+                pass_rows,
+                &mut on_bf16,
+            );
+            for (i, (a, b)) in on_bf16.iter().zip(&got).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "{new} after {cached}, number {i}: bf16 {a}, widened {b}"
+                );
+            }
 
             // The absorbed form: q_lat = W_UKᵀ-absorbed queries, then W_UV.
             let mut queries = vec![0f32; new * heads * width];

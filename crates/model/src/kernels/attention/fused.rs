@@ -5,7 +5,7 @@
 use super::item::{Item, Path};
 use super::matrices::{token_chunks, HeadMatrices, FUSED_TOKENS};
 use super::plan::{owners, CHUNK_ROWS};
-use super::{context_rows, LatentShape, SeqSpan};
+use super::{context_rows, Latent, LatentShape, SeqSpan};
 use crate::kernels::parallel::{self, Disjoint};
 
 /// Whether [`fused_absorbed_attention`] is the faster fused kernel for
@@ -36,10 +36,10 @@ pub fn fused_pays(heads: usize, tokens: usize, context: usize) -> bool {
 /// `q_nope`: `[tokens, heads, nope]`; `q_pe`: `[tokens, heads, width -
 /// rank]` (rotated). Returns `[tokens, heads, v_dim]`. Any call gives the
 /// unfused steps' numbers; [`fused_pays`] says when it is the faster.
-pub fn fused_absorbed_attention<UK, UV>(
+pub fn fused_absorbed_attention<E: Latent, UK, UV>(
     q_nope: &[f32],
     q_pe: &[f32],
-    cache: &[f32],
+    cache: &[E],
     seqs: &[SeqSpan],
     shape: LatentShape,
     scale: f32,
@@ -66,7 +66,7 @@ where
     let dst = Disjoint::new(&mut out);
     let path = Path::detect();
     parallel::for_ranges(heads / group, |items| {
-        let mut rows: Vec<&[f32]> = Vec::new();
+        let mut rows: Vec<&[E]> = Vec::new();
         let mut scratch = matrices.scratch(tokens, rank);
         let m = FUSED_TOKENS.min(tokens);
         // `[m, group, width]` queries, then `[m, group, rank]` latents.

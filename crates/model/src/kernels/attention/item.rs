@@ -3,7 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
-use super::{axpy, dot, RowStats};
+use super::{axpy, dot, Latent, RowStats};
 
 /// The instruction set the kernel runs on, chosen at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,9 +20,10 @@ impl Path {
         #[cfg(target_arch = "x86_64")]
         {
             use std::is_x86_feature_detected as has;
-            // The AVX-512 path also uses AVX2 and FMA instructions.
+            // The AVX-512 path also uses AVX2 and FMA instructions, and
+            // AVX-512BW's masked loads of 16-bit numbers (bf16 caches).
             if has!("avx2") && has!("fma") {
-                if has!("avx512f") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
                     return Path::Avx512;
                 }
                 return Path::Avx2;
@@ -45,7 +46,12 @@ pub(super) struct Item<'a> {
 impl Item<'_> {
     /// `out` (`[group, rank]`) = per head, Σ exp(scale · q·rowᵀ - max) ·
     /// c_kv over `rows`, on `path`, with each head's max and sum.
-    pub(super) fn attend_on(&self, path: Path, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
+    pub(super) fn attend_on<E: Latent>(
+        &self,
+        path: Path,
+        rows: &[&[E]],
+        out: &mut [f32],
+    ) -> Vec<RowStats> {
         match path {
             Path::Plain => self.attend(rows, out),
             // SAFETY: `Path::detect` found the features each path needs.
@@ -65,7 +71,11 @@ impl Item<'_> {
     /// The CPU has AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend_avx2(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
+    pub(super) unsafe fn attend_avx2<E: Latent>(
+        &self,
+        rows: &[&[E]],
+        out: &mut [f32],
+    ) -> Vec<RowStats> {
         let (q, context, group, width, rank) =
             (self.q, rows.len(), self.group, self.width, self.rank);
         let mut scores = vec![0f32; group * context];
@@ -76,10 +86,10 @@ impl Item<'_> {
             let mut dots = [0f32; 4];
             for (t, key) in rows.iter().enumerate() {
                 match n {
-                    4 => avx2::dots::<4>(qh, width, key, &mut dots),
-                    3 => avx2::dots::<3>(qh, width, key, &mut dots),
-                    2 => avx2::dots::<2>(qh, width, key, &mut dots),
-                    _ => avx2::dots::<1>(qh, width, key, &mut dots),
+                    4 => avx2::dots::<E, 4>(qh, width, key, &mut dots),
+                    3 => avx2::dots::<E, 3>(qh, width, key, &mut dots),
+                    2 => avx2::dots::<E, 2>(qh, width, key, &mut dots),
+                    _ => avx2::dots::<E, 1>(qh, width, key, &mut dots),
                 }
                 for (i, d) in dots[..n].iter().enumerate() {
                     scores[(h + i) * context + t] = d * self.scale;
@@ -94,10 +104,10 @@ impl Item<'_> {
             out,
             softmax_rows,
             |n, p, o| match n {
-                4 => avx2::weighted_sums::<4>(p, rows, rank, o),
-                3 => avx2::weighted_sums::<3>(p, rows, rank, o),
-                2 => avx2::weighted_sums::<2>(p, rows, rank, o),
-                _ => avx2::weighted_sums::<1>(p, rows, rank, o),
+                4 => avx2::weighted_sums::<E, 4>(p, rows, rank, o),
+                3 => avx2::weighted_sums::<E, 3>(p, rows, rank, o),
+                2 => avx2::weighted_sums::<E, 2>(p, rows, rank, o),
+                _ => avx2::weighted_sums::<E, 1>(p, rows, rank, o),
             },
         )
     }
@@ -111,10 +121,14 @@ impl Item<'_> {
     /// load and store in the inner loop (`--bench kernels -- attention`).
     ///
     /// # Safety
-    /// The CPU has AVX-512F, AVX2 and FMA.
+    /// The CPU has AVX-512F, AVX-512BW, AVX-512VL, AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn attend_avx512(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn attend_avx512<E: Latent>(
+        &self,
+        rows: &[&[E]],
+        out: &mut [f32],
+    ) -> Vec<RowStats> {
         const KEYS: usize = 2;
         let (q, context, group, width, rank) =
             (self.q, rows.len(), self.group, self.width, self.rank);
@@ -128,12 +142,12 @@ impl Item<'_> {
             while t < context {
                 // The last few rows repeat the final one to fill the block.
                 let take = (context - t).min(KEYS);
-                let keys: [&[f32]; KEYS] = std::array::from_fn(|r| rows[t + r.min(take - 1)]);
+                let keys: [&[E]; KEYS] = std::array::from_fn(|r| rows[t + r.min(take - 1)]);
                 match n {
-                    4 => avx512::dots::<4, KEYS>(qh, width, keys, &mut dots),
-                    3 => avx512::dots::<3, KEYS>(qh, width, keys, &mut dots),
-                    2 => avx512::dots::<2, KEYS>(qh, width, keys, &mut dots),
-                    _ => avx512::dots::<1, KEYS>(qh, width, keys, &mut dots),
+                    4 => avx512::dots::<E, 4, KEYS>(qh, width, keys, &mut dots),
+                    3 => avx512::dots::<E, 3, KEYS>(qh, width, keys, &mut dots),
+                    2 => avx512::dots::<E, 2, KEYS>(qh, width, keys, &mut dots),
+                    _ => avx512::dots::<E, 1, KEYS>(qh, width, keys, &mut dots),
                 }
                 for (r, row) in dots[..take].iter().enumerate() {
                     for (i, d) in row[..n].iter().enumerate() {
@@ -146,15 +160,15 @@ impl Item<'_> {
         }
         let softmax = |s: &mut [f32], context| avx512::softmax_rows(s, context);
         weigh(&mut scores, group, rank, out, softmax, |n, p, o| match n {
-            4 => avx512::weighted_sums::<4>(p, rows, rank, o),
-            3 => avx512::weighted_sums::<3>(p, rows, rank, o),
-            2 => avx512::weighted_sums::<2>(p, rows, rank, o),
-            _ => avx512::weighted_sums::<1>(p, rows, rank, o),
+            4 => avx512::weighted_sums::<E, 4>(p, rows, rank, o),
+            3 => avx512::weighted_sums::<E, 3>(p, rows, rank, o),
+            2 => avx512::weighted_sums::<E, 2>(p, rows, rank, o),
+            _ => avx512::weighted_sums::<E, 1>(p, rows, rank, o),
         })
     }
 
     /// [`Self::attend_on`] in plain loops.
-    pub(super) fn attend(&self, rows: &[&[f32]], out: &mut [f32]) -> Vec<RowStats> {
+    pub(super) fn attend<E: Latent>(&self, rows: &[&[E]], out: &mut [f32]) -> Vec<RowStats> {
         let Item {
             q,
             group,

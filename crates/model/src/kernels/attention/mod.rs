@@ -62,28 +62,124 @@ pub struct LatentShape {
     pub block_size: usize,
 }
 
+/// A number of the latent cache: f32, or bf16 (half the bytes a decode
+/// step reads at long context), widened to f32 as the kernels load it, so
+/// that the arithmetic is f32 whatever the storage.
+pub trait Latent: Copy + Default + Send + Sync + 'static {
+    /// The storage's nearest value to `v` (bf16: rounded to nearest even).
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+
+    /// `dst` := `src`, widened.
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+
+    /// Sixteen numbers from `p` as f32 lanes, those `m` masks off neither
+    /// read nor faulted on (zero).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX-512BW; the unmasked lanes lie in memory
+    /// `p` may read.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self, m: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512;
+
+    /// Eight numbers from `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; the eight lie in memory `p` may read.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Latent for f32 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[inline(always)]
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32, m: std::arch::x86_64::__mmask16) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_maskz_loadu_ps(m, p)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Latent for half::bf16 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> half::bf16 {
+        half::bf16::from_f32(v)
+    }
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+
+    /// A bf16 is the top half of an f32: widening is a shift of each
+    /// 16-bit lane into the top of a 32-bit one.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(
+        p: *const half::bf16,
+        m: std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let bits = _mm256_maskz_loadu_epi16(m, p as *const i16);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let bits = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    }
+}
+
+/// The dot product of `a` with `b`, widened.
 #[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot<E: Latent>(a: &[f32], b: &[E]) -> f32 {
     // Eight independent accumulators let the compiler keep them in vector lanes.
     let mut acc = [0f32; 8];
     let (ca, ra) = a.as_chunks::<8>();
     let (cb, rb) = b.as_chunks::<8>();
     for (x, y) in ca.iter().zip(cb) {
         for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            acc[i] += x[i] * y[i].to_f32();
         }
     }
     let mut tail = 0f32;
     for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
+        tail += x * y.to_f32();
     }
     acc.iter().sum::<f32>() + tail
 }
 
 #[inline(always)]
-fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
+fn axpy<E: Latent>(out: &mut [f32], alpha: f32, x: &[E]) {
     for (o, v) in out.iter_mut().zip(x) {
-        *o += alpha * v;
+        *o += alpha * v.to_f32();
     }
 }
 
@@ -97,12 +193,12 @@ pub(super) struct RowStats {
 
 /// `rows` := the cache rows at positions `positions` of `span`'s context,
 /// read in place through its block table.
-pub(super) fn context_rows<'c>(
+pub(super) fn context_rows<'c, E: Latent>(
     span: &SeqSpan,
     positions: std::ops::Range<usize>,
-    cache: &'c [f32],
+    cache: &'c [E],
     shape: LatentShape,
-    rows: &mut Vec<&'c [f32]>,
+    rows: &mut Vec<&'c [E]>,
 ) {
     let LatentShape {
         width, block_size, ..

@@ -4,7 +4,7 @@
 
 use super::matrices::{token_chunks, HeadMatrices};
 use super::plan::Plan;
-use super::{LatentShape, RowStats, SeqSpan};
+use super::{Latent, LatentShape, RowStats, SeqSpan};
 use crate::kernels::parallel::{self, Disjoint};
 
 /// Whether [`phased_absorbed_attention`] keeps the pool busy with `heads`
@@ -24,10 +24,10 @@ pub fn phases_fit(heads: usize) -> bool {
 /// [`fused_pays`] says no, this saves the host-side steps between the
 /// three calls of the unfused path (and the calls' own fixed costs). The
 /// numbers are the unfused steps'.
-pub fn phased_absorbed_attention<UK, UV>(
+pub fn phased_absorbed_attention<E: Latent, UK, UV>(
     q_nope: &[f32],
     q_pe: &[f32],
-    cache: &[f32],
+    cache: &[E],
     seqs: &[SeqSpan],
     shape: LatentShape,
     scale: f32,

@@ -4,7 +4,7 @@
 //! merge.
 
 use super::item::{Item, Path};
-use super::{axpy, context_rows, LatentShape, RowStats, SeqSpan};
+use super::{axpy, context_rows, Latent, LatentShape, RowStats, SeqSpan};
 use crate::kernels::parallel::{self, Disjoint};
 
 /// Number of heads one work item handles, given `spans` (each token's
@@ -121,11 +121,11 @@ impl<'s> Plan<'s> {
     /// No other thread runs these items meanwhile, and the buffers have the
     /// plan's sizes.
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn attend(
+    pub(super) unsafe fn attend<E: Latent>(
         &self,
         range: std::ops::Range<usize>,
         queries: &[f32],
-        cache: &[f32],
+        cache: &[E],
         shape: LatentShape,
         scale: f32,
         out: &Disjoint<f32>,
@@ -136,7 +136,7 @@ impl<'s> Plan<'s> {
             heads, rank, width, ..
         } = shape;
         let (group, path) = (self.group, Path::detect());
-        let mut rows: Vec<&[f32]> = Vec::new();
+        let mut rows: Vec<&[E]> = Vec::new();
         for work in &self.works[range] {
             let (span, _) = self.owner[work.token];
             // The item's cache rows, found once (not per head or per

@@ -15,21 +15,39 @@ pub(super) fn fill(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// The SIMD loops equal the plain ones for odd head counts, widths and
-/// ranks with tails, and contexts that cross cache blocks and leave a
-/// partial block of key rows.
-#[test]
-fn simd_paths_match_plain_loops() {
+/// The SIMD paths this CPU can run.
+fn simd_paths() -> Vec<Path> {
     let mut paths = vec![];
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             paths.push(Path::Avx2);
         }
-        if std::is_x86_feature_detected!("avx512f") {
+        if Path::detect() == Path::Avx512 {
             paths.push(Path::Avx512);
         }
     }
+    paths
+}
+
+/// `out[i, r] = Σ_c x[i, c] · w[head][r, c]` for `[rows, cols]` weights
+/// per head: a per-head matrix in plain loops.
+fn product(w: &[f32], head: usize, rows: usize, x: &[f32], out: &mut [f32]) {
+    let cols = x.len() / (out.len() / rows);
+    let w = &w[head * rows * cols..][..rows * cols];
+    for (x, out) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
+        for (o, w) in out.iter_mut().zip(w.chunks_exact(cols)) {
+            *o = dot(x, w);
+        }
+    }
+}
+
+/// The SIMD loops equal the plain ones for odd head counts, widths and
+/// ranks with tails, and contexts that cross cache blocks and leave a
+/// partial block of key rows.
+#[test]
+fn simd_paths_match_plain_loops() {
+    let paths = simd_paths();
     for (group, rank, rope, context) in [
         (4, 256, 64, 300),
         (3, 40, 12, 17),
@@ -159,13 +177,14 @@ fn split_contexts_match_a_direct_softmax() {
 /// per-head matrices here plain f32 products): sequences mid-decode,
 /// one with a context long enough to be split into chunks, one a
 /// prompt longer than an item's chunk of tokens, blocks in a scrambled
-/// order, a head count no power of two.
+/// order, a head count no power of two. And every one of them on the
+/// cache in bf16 gives what it gives on those values widened to f32.
 #[test]
 fn fused_equals_the_steps_one_after_another() {
     let (heads, nope, rank, rope, v_dim, block_size) = (12, 24, 40, 8, 20, 16);
     let width = rank + rope;
     let blocks = 60;
-    let cache = fill(blocks * block_size * width, 5);
+    let (narrow, cache) = bf16_and_widened(&fill(blocks * block_size * width, 5));
     let table: Vec<u32> = (0..blocks as u32).map(|b| b * 7 % blocks as u32).collect();
     let seqs = [
         SeqSpan {
@@ -183,16 +202,6 @@ fn fused_equals_the_steps_one_after_another() {
     ];
     let tokens = 39;
     let (w_uk, w_uv) = (fill(heads * rank * nope, 6), fill(heads * v_dim * rank, 7));
-    // `out[i, r] = Σ_c x[i, c] · w[head][r, c]` for `[rows, cols]` weights.
-    let product = |w: &[f32], head: usize, rows: usize, x: &[f32], out: &mut [f32]| {
-        let cols = x.len() / (out.len() / rows);
-        let w = &w[head * rows * cols..][..rows * cols];
-        for (x, out) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
-            for (o, w) in out.iter_mut().zip(w.chunks_exact(cols)) {
-                *o = dot(x, w);
-            }
-        }
-    };
     let matrices = HeadMatrices {
         nope,
         v_dim,
@@ -215,19 +224,35 @@ fn fused_equals_the_steps_one_after_another() {
         q[rank..].copy_from_slice(&q_pe[i * rope..][..rope]);
     }
     let latents = absorbed_attention(&queries, &cache, &seqs, shape, 0.3);
+    let close = |got: &[f32], want: &[f32], what: &str| {
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                "{what}, number {i}: {a} against {b}"
+            );
+        }
+    };
+    let on_bf16 = absorbed_attention(&queries, &narrow, &seqs, shape, 0.3);
+    close(&on_bf16, &latents, "unfused on bf16");
     let mut want = vec![0f32; tokens * heads * v_dim];
     for (i, out) in want.chunks_exact_mut(v_dim).enumerate() {
         (matrices.uv)(i % heads, &latents[i * rank..][..rank], out);
     }
-    for run in [fused_absorbed_attention, phased_absorbed_attention] {
-        let got = run(&q_nope, &q_pe, &cache, &seqs, shape, 0.3, &matrices);
-        assert_eq!(got.len(), want.len());
-        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
-                "number {i}: fused {a}, steps {b}"
-            );
-        }
+    let (q, m) = ((&q_nope[..], &q_pe[..]), &matrices);
+    let runs = [
+        (
+            fused_absorbed_attention(q.0, q.1, &cache, &seqs, shape, 0.3, m),
+            fused_absorbed_attention(q.0, q.1, &narrow, &seqs, shape, 0.3, m),
+        ),
+        (
+            phased_absorbed_attention(q.0, q.1, &cache, &seqs, shape, 0.3, m),
+            phased_absorbed_attention(q.0, q.1, &narrow, &seqs, shape, 0.3, m),
+        ),
+    ];
+    for (got, on_bf16) in runs {
+        close(&got, &want, "fused against the steps");
+        close(&on_bf16, &got, "fused on bf16");
     }
 }
 
@@ -248,4 +273,56 @@ fn split_contexts_stay_within_the_partial_budget() {
     // A long prompt's prefill: no split.
     assert_eq!(chunks_for(8192, 4096, per_chunk), 1);
     assert!(16 * chunks_for(65_536, 16, per_chunk) * per_chunk <= PARTIAL_BUDGET);
+}
+
+/// `values` rounded to bf16, and those roundings widened back to f32.
+pub(super) fn bf16_and_widened(values: &[f32]) -> (Vec<half::bf16>, Vec<f32>) {
+    let narrow: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let wide = narrow.iter().map(|v| v.to_f32()).collect();
+    (narrow, wide)
+}
+
+/// A bf16 cache gives, on every path, the numbers an f32 cache holding the
+/// same (rounded) values gives: only the storage is narrower. Widths with
+/// tails exercise the masked 16-bit loads.
+#[test]
+fn bf16_rows_give_the_numbers_of_their_f32_values() {
+    let mut paths = vec![Path::Plain];
+    paths.extend(simd_paths());
+    for (group, rank, rope, context) in [(4, 256, 64, 300), (3, 40, 12, 17), (5, 72, 9, 6)] {
+        let width = rank + rope;
+        let q = fill(group * width, 11);
+        let (narrow, wide) = bf16_and_widened(&fill(context * width, 12));
+        let rows16: Vec<&[half::bf16]> = narrow.chunks_exact(width).collect();
+        let rows32: Vec<&[f32]> = wide.chunks_exact(width).collect();
+        let item = Item {
+            q: &q,
+            group,
+            width,
+            rank,
+            scale: 0.3,
+        };
+        let mut want = vec![0f32; group * rank];
+        let want_stats = item.attend(&rows32, &mut want);
+        for &path in &paths {
+            let mut got = vec![0f32; group * rank];
+            let stats = item.attend_on(path, &rows16, &mut got);
+            for (a, b) in stats.iter().zip(&want_stats) {
+                assert!(
+                    (a.max - b.max).abs() <= 1e-5 * (1.0 + b.max.abs()),
+                    "{path:?}"
+                );
+                assert!(
+                    (a.sum - b.sum).abs() <= 1e-5 * (1.0 + b.sum.abs()),
+                    "{path:?}"
+                );
+            }
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{path:?}: {a} vs {b} ({group}, {rank}, {rope}, {context})"
+                );
+            }
+        }
+    }
 }

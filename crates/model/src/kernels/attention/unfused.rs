@@ -2,15 +2,15 @@
 //! the per-head matrices around it left to the caller.
 
 use super::plan::Plan;
-use super::{LatentShape, RowStats, SeqSpan};
+use super::{Latent, LatentShape, RowStats, SeqSpan};
 use crate::kernels::parallel::{self, Disjoint};
 
 /// `queries`: `[tokens, heads, width]`; `cache`: the layer's `[slots, width]` rows.
 /// Returns `[tokens, heads, rank]`: per head, softmax(scale · q·rowᵀ) · c_kv.
 /// Token `j` of a sequence sees cache positions `0..=num_cached + j`.
-pub fn absorbed_attention(
+pub fn absorbed_attention<E: Latent>(
     queries: &[f32],
-    cache: &[f32],
+    cache: &[E],
     seqs: &[SeqSpan],
     shape: LatentShape,
     scale: f32,
