@@ -7,6 +7,9 @@
 //! 16, 32 and 64 (where the kernel hands over to candle): our kernel on an
 //! f32, a bf16 and a Q8_0 weight, candle's matmul (or quantized matmul) on
 //! the same. GB/s = weight bytes / time (the weight is read once per call).
+//! Q8_0 also at prompt sizes, 256 and 512 rows, where the packed kernel
+//! takes 16 rows at a time on AMX tiles if the CPU has AMX-INT8
+//! (`FERROSEEK_AMX=off` measures its VNNI kernel there instead).
 //! Last, the absorbed attention kernel at the benchmark model's geometry (16
 //! heads, latent 256 + rope 64, 16-row cache blocks) for one decode token:
 //! GFLOP/s at several context lengths (`-- attention` runs only this part).
@@ -63,11 +66,9 @@ fn main() {
     let q8_mm = candle_core::quantized::QMatMul::from_qtensor(q8).unwrap();
     let only_q8_0 = std::env::args().skip(1).any(|a| a == "q8_0");
     let packed = Packed::available().then(|| Packed::Q8_0(PackedQ8::new(&q8_data, N, K).unwrap()));
-    println!(
-        "| q8_0 | m | f32 tiles GB/s | packed VNNI GB/s | candle GB/s | best ours / bandwidth |"
-    );
+    println!("| q8_0 | m | f32 tiles GB/s | packed GB/s | candle GB/s | best ours / bandwidth |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for m in [1usize, 4, 8, 16, 32, 64] {
+    for m in [1usize, 4, 8, 16, 32, 64, 256, 512] {
         let x: Vec<f32> = (0..m * K).map(|i| (i % 13) as f32 * 0.01).collect();
         let gb = q8_data.len() as f64 / 1e9;
         let ours = median_secs(|| {

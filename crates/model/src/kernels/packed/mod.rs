@@ -26,6 +26,8 @@
 
 use crate::kernels::parallel::{self, Disjoint};
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod input;
 pub(crate) mod q4k;
 mod q8_0;
@@ -36,6 +38,23 @@ pub(crate) use input::Row;
 use input::{quantize_into, quantize_rows, Quantized, QuantizedView};
 pub use q4k::PackedQ4K;
 pub use q8_0::PackedQ8;
+
+/// A task's input rows in groups for the AMX kernel; none on other CPUs.
+#[cfg(target_arch = "x86_64")]
+type AmxGroups = amx::Groups;
+#[cfg(not(target_arch = "x86_64"))]
+type AmxGroups = std::convert::Infallible;
+
+/// `rows` (each `k` numbers) in groups for the AMX kernel, where `pack`
+/// is Q8_0 and the CPU has AMX-INT8, and there is a whole group.
+fn amx_groups(pack: &Packed, rows: &[Row], k: usize) -> Option<AmxGroups> {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(pack, Packed::Q8_0(_)) && rows.len() >= amx::AMX_ROWS && amx::available() {
+        return Some(amx::Groups::new(rows, k));
+    }
+    let _ = (pack, rows, k);
+    None
+}
 
 /// Input rows a tile takes at once (independent accumulators): a batch of
 /// 8 sequences reads each weight tile once.
@@ -173,9 +192,7 @@ impl Packed {
         let mut dots = [[0f32; TILE]; ROWS];
         match self {
             Packed::Q8_0(p) => {
-                let blocks = p.k / BLOCK;
-                let scales = &p.scales[tile * blocks * TILE..][..blocks * TILE];
-                let quads = &p.quads[tile * blocks * TILE * BLOCK..][..blocks * TILE * BLOCK];
+                let (scales, quads) = p.tile(tile);
                 by_rows!(q8_0::vnni::tile, rows, scales, quads, &mut dots)
             }
             Packed::Q4K(p) => {
@@ -330,7 +347,8 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
             }
         };
         // Each task's rows, found once per thread that meets the task.
-        let mut task_rows: Vec<Option<Vec<Row>>> = tasks.iter().map(|_| None).collect();
+        let mut task_rows: Vec<Option<(Vec<Row>, Option<AmxGroups>)>> =
+            tasks.iter().map(|_| None).collect();
         member.share(units, |range| {
             // The range's tiles, a task at a time.
             let mut unit = range.start;
@@ -344,12 +362,16 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
                 } = &tasks[task];
                 let first = firsts[task];
                 let end = range.end.min(first + pack.dims().0 / TILE);
-                let rows = task_rows[task]
-                    .get_or_insert_with(|| input.rows(starts.iter().copied(), pack.dims().1));
+                let (rows, groups) = task_rows[task].get_or_insert_with(|| {
+                    let k = pack.dims().1;
+                    let rows = input.rows(starts.iter().copied(), k);
+                    let groups = amx_groups(pack, &rows, k);
+                    (rows, groups)
+                });
                 for tile in unit - first..end - first {
                     // SAFETY: `available` checked the CPU's features above.
                     unsafe {
-                        tile_rows(pack, tile, rows, |i, dots| {
+                        tile_rows(pack, tile, rows, groups.as_ref(), |i, dots| {
                             let start = out + i * stride + tile * TILE;
                             // SAFETY: this unit alone writes these 16 columns
                             // (the caller keeps tasks apart; a task's tiles
@@ -364,8 +386,11 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
     });
 }
 
-/// Tile `tile` of `pack` against every one of `rows`, up to [`ROWS`] per
-/// weight load: `put(i, dots)` takes row `i`'s 16 dots.
+/// Tile `tile` of `pack` against every one of `rows`: the first
+/// `groups.rows()` of them 16 at a time on the AMX kernel where there are
+/// `groups` (made by [`amx_groups`] from these rows), the rest up to
+/// [`ROWS`] per weight load on the VNNI kernel. `put(i, dots)` takes row
+/// `i`'s 16 dots; the numbers are the same on either kernel.
 ///
 /// # Safety
 /// The CPU has the kernels' features ([`PackedQ8::available`]).
@@ -373,10 +398,35 @@ unsafe fn tile_rows(
     pack: &Packed,
     tile: usize,
     rows: &[Row],
+    groups: Option<&AmxGroups>,
     mut put: impl FnMut(usize, &[f32; TILE]),
 ) {
     let m = rows.len();
     let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(groups), Packed::Q8_0(p)) = (groups, pack) {
+        let (scales, quads) = p.tile(tile);
+        let mut dots = [[0f32; TILE]; amx::AMX_ROWS];
+        while i < groups.rows() {
+            let (a, stride) = groups.group(i / amx::AMX_ROWS);
+            // SAFETY: `groups` was made from these rows, so each of the
+            // group's rows has its `k` numbers from `a + j·stride`.
+            amx::tile(
+                a,
+                stride,
+                &rows[i..i + amx::AMX_ROWS],
+                scales,
+                quads,
+                &mut dots,
+            );
+            for (j, dots) in dots.iter().enumerate() {
+                put(i + j, dots);
+            }
+            i += amx::AMX_ROWS;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = groups;
     while i < m {
         let r = (m - i).min(ROWS);
         #[cfg(target_arch = "x86_64")]
@@ -408,10 +458,11 @@ pub fn matmul_here(x: &[f32], pack: &Packed, out: &mut [f32]) {
     assert_eq!(out.len(), m * n, "out is not [m, n]");
     let input = quantize_rows(x);
     let rows = input.view().rows((0..m).map(|i| i * k), k);
+    let groups = amx_groups(pack, &rows, k);
     for tile in 0..n / TILE {
         // SAFETY: `available` checked the CPU's features above.
         unsafe {
-            tile_rows(pack, tile, &rows, |i, dots| {
+            tile_rows(pack, tile, &rows, groups.as_ref(), |i, dots| {
                 out[i * n + tile * TILE..][..TILE].copy_from_slice(dots)
             })
         };

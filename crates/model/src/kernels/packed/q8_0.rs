@@ -45,6 +45,14 @@ impl PackedQ8 {
         (self.n, self.k)
     }
 
+    /// Tile `tile`'s block scales and packed weights.
+    pub(crate) fn tile(&self, tile: usize) -> (&[half::f16], &[u8]) {
+        let blocks = self.k / BLOCK;
+        let scales = &self.scales[tile * blocks * TILE..][..blocks * TILE];
+        let quads = &self.quads[tile * blocks * TILE * BLOCK..][..blocks * TILE * BLOCK];
+        (scales, quads)
+    }
+
     /// Bytes a full read takes.
     pub fn bytes(&self) -> usize {
         self.quads.len() + self.scales.len() * 2

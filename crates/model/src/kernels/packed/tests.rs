@@ -168,3 +168,41 @@ fn q4k_kernel_matches_the_integer_arithmetic() {
         }
     }
 }
+
+/// The AMX kernel gives the VNNI kernel's numbers to the bit, for input
+/// rows a matrix's (evenly spaced, and strided as one group's of
+/// several), an expert's (picked out of order, so copied together), and
+/// rows past the last whole group of 16 (left to the VNNI kernel). Runs
+/// where the CPU has AMX-INT8 and says it was skipped elsewhere.
+#[test]
+fn amx_tiles_give_the_vnni_numbers() {
+    #[cfg(target_arch = "x86_64")]
+    if Packed::available() && amx::available() {
+        let (n, k) = (48, 256);
+        let pack = Packed::Q8_0(packed_q8_0(n, k, 70).1);
+        let x = fill(64 * 3 * k, 71);
+        let input = quantize_rows(&x);
+        let scattered: Vec<usize> = (0..37).map(|i| (i * 29 % 64) * k).collect();
+        for (what, starts) in [
+            ("a matrix's", (0..40).map(|i| i * k).collect::<Vec<_>>()),
+            ("strided", (0..33).map(|i| (i * 3 + 1) * k).collect()),
+            ("scattered", scattered),
+        ] {
+            let rows = input.view().rows(starts.iter().copied(), k);
+            let groups = amx_groups(&pack, &rows, k).expect("whole groups of 16");
+            assert_eq!(groups.rows(), rows.len() / 16 * 16);
+            for tile in 0..n / TILE {
+                let (mut amx, mut vnni) = (vec![], vec![]);
+                // SAFETY: `available` said yes to both kernels.
+                unsafe {
+                    tile_rows(&pack, tile, &rows, Some(&groups), |i, d| amx.push((i, *d)));
+                    tile_rows(&pack, tile, &rows, None, |i, d| vnni.push((i, *d)));
+                }
+                amx.sort_by_key(|&(i, _)| i);
+                assert_eq!(amx, vnni, "{what} rows, tile {tile}");
+            }
+        }
+        return;
+    }
+    eprintln!("skipped: this CPU has no AMX-INT8 (or Linux gave no tile state)");
+}
