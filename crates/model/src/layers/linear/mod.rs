@@ -42,6 +42,20 @@ fn stored_blocks(vb: &VarBuilder) -> Result<Option<(GgmlDType, Tensor)>> {
     Ok(None)
 }
 
+/// `f` of the numbers of `t`, a CPU tensor, read in place out of its
+/// storage (a copy of every weight took a tenth of a load, and as much
+/// again in page faults).
+fn in_place<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("the numbers of a tensor that is not on the CPU");
+    };
+    Ok(f(
+        &cpu.as_slice::<T>()?[layout.start_offset()..][..t.elem_count()]
+    ))
+}
+
 /// Most rows the decode kernel takes for an f32 weight; candle's GEMM wins
 /// above (it blocks for registers; the kernel's AVX2 tiles are then
 /// compute-bound). At 16 rows the kernel still wins: the GEMM runs on
@@ -180,24 +194,22 @@ impl Linear {
                 weight.to_dtype(format.dtype)?.contiguous()?,
             ));
         };
-        // Fresh tensors: candle's `QTensor::quantize` reads its source's
-        // storage from the start, ignoring a view's offset (a per-head slice
-        // of `kv_b_proj` would quantize head 0's numbers).
-        let values = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
         let threads = crate::kernels::parallel::threads();
-        if weight.device().is_cpu() {
-            if let Some(packed) = pack_rows(&values, weight.dims2()?, ggml, threads)? {
+        let (dims, values) = (weight.dims2()?, weight.to_dtype(DType::F32)?);
+        let q = if weight.device().is_cpu() {
+            // The numbers read in place, by their layout's offset (a
+            // per-head slice of `kv_b_proj` is a view).
+            let packed = in_place(&values, |v| pack_rows(v, dims, ggml, threads))??;
+            if let Some(packed) = packed {
                 return Ok(Linear {
                     weight: Weight::Packed(packed),
                 });
             }
-        }
-        let q = if weight.device().is_cpu() {
-            quantize_rows(&values, weight.dims2()?, ggml, threads)?
+            in_place(&values, |v| quantize_rows(v, dims, ggml, threads))??
         } else {
+            // Fresh tensors: candle's `QTensor::quantize` reads its
+            // source's storage from the start, ignoring a view's offset.
+            let values = values.flatten_all()?.to_vec1::<f32>()?;
             QTensor::quantize(
                 &Tensor::from_vec(values, weight.shape(), weight.device())?,
                 ggml,
@@ -229,15 +241,8 @@ impl Linear {
             );
         }
         if blocks.device().is_cpu() {
-            // Packed straight from the tensor's storage: a copy of every
-            // weight's bytes took a tenth of a GGUF file's load.
-            let blocks = blocks.contiguous()?;
-            let (storage, layout) = blocks.storage_and_layout();
-            let candle_core::Storage::Cpu(cpu) = &*storage else {
-                candle_core::bail!("a CPU tensor whose storage is not on the CPU");
-            };
-            let bytes = &cpu.as_slice::<u8>()?[layout.start_offset()..][..blocks.elem_count()];
-            if let Some(packed) = Packed::new(bytes, ggml, out_dim, in_dim) {
+            let packed = in_place(blocks, |bytes| Packed::new(bytes, ggml, out_dim, in_dim))?;
+            if let Some(packed) = packed {
                 return Ok(Linear {
                     weight: Weight::Packed(packed),
                 });
