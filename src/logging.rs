@@ -12,9 +12,14 @@ use crate::cli::LogFormat;
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A line that cannot be written is dropped. tracing would report the
+    // failure with `eprintln!`, which panics when stderr is a pipe whose
+    // reader went away, taking down whatever thread logged: a request's,
+    // the engine's, the signal handler's.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let result = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())

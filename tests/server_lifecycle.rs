@@ -1,6 +1,7 @@
 //! Start-up options, overload and shutdown of the real binary: the chat
 //! template override, JSON logs with request ids, 429 on a full queue, and
-//! the bound on how long SIGTERM waits.
+//! the bound on how long SIGTERM waits, and a server whose log reader went
+//! away.
 
 mod common;
 
@@ -245,4 +246,75 @@ async fn quantized_weights_serve() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["usage"]["completion_tokens"], 3);
     assert!(server.logs().contains("Q8_0"), "{}", server.logs());
+}
+
+/// A server whose log reader goes away (a pipe into `head`, a log shipper
+/// that died) goes on serving, and SIGTERM still stops it: a log line it
+/// cannot write is dropped. (tracing's writer used to report the failed
+/// write with `eprintln!`, which panics on a broken stderr, and took the
+/// thread that logged with it: the signal handler's, so SIGTERM was lost.)
+#[tokio::test]
+async fn a_closed_log_pipe_neither_stops_serving_nor_stopping() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let model = common::test_model_dir();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroseek"))
+        .args(["serve", "--port", "0", "--kv-cache-memory", "32MiB"])
+        .args(["--model", &model, "--served-model-name", "tiny-deepseek-v3"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut base = None;
+    {
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(at) = line.find("listening on http://") {
+                let rest = &line[at + "listening on ".len()..];
+                base = Some(rest.split_whitespace().next().unwrap().to_string());
+            }
+            if line.contains("model ready") {
+                break;
+            }
+        }
+    } // The reader goes: stderr is now a broken pipe.
+    let base = base.expect("the server logged its address");
+    let client = reqwest::Client::new();
+    // "model ready" is logged just before the server takes the model.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = |r: Result<reqwest::Response, _>| r.is_ok_and(|r| r.status().is_success());
+    while !ready(client.get(format!("{base}/health")).send().await) {
+        assert!(Instant::now() < deadline, "the server never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..2 {
+        let reply: Value = client
+            .post(format!("{base}/v1/completions"))
+            .json(&json!({"model": "tiny-deepseek-v3", "prompt": "Hello", "max_tokens": 4}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(reply["usage"]["completion_tokens"], 4, "{reply}");
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server did not stop on SIGTERM with its log pipe closed");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
 }
