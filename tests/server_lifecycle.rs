@@ -290,16 +290,13 @@ async fn a_closed_log_pipe_neither_stops_serving_nor_stopping() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for _ in 0..2 {
-        let reply: Value = client
-            .post(format!("{base}/v1/completions"))
-            .json(&json!({"model": "tiny-deepseek-v3", "prompt": "Hello", "max_tokens": 4}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(reply["usage"]["completion_tokens"], 4, "{reply}");
+        let body = json!({"model": "tiny-deepseek-v3", "prompt": "Hello", "max_tokens": 4});
+        let (status, reply) = common::post_url(&format!("{base}/v1/completions"), body).await;
+        assert_eq!(
+            (status, &reply["usage"]["completion_tokens"]),
+            (200, &json!(4)),
+            "{reply}"
+        );
     }
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

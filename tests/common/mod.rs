@@ -158,14 +158,7 @@ impl Server {
     /// The status and JSON answer of a JSON POST to `path`.
     #[allow(dead_code)]
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let resp = reqwest::Client::new()
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap())
+        post_url(&self.url(path), body).await
     }
 
     /// The JSON answer to a JSON POST to `path`.
@@ -230,6 +223,18 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The status and JSON answer of a JSON POST to `url`.
+pub async fn post_url(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
 }
 
 /// A GET's status over a plain TCP socket (no async runtime needed).
