@@ -101,9 +101,13 @@ pub enum GenerationConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KvCacheDType {
-    /// The fastest whose accuracy holds (see the README's sizing).
+    /// As the activations: bf16 where `--dtype` makes them bf16 or f16,
+    /// else f32.
     Auto,
+    /// The reference's numbers.
     F32,
+    /// Half the bytes; each number rounded to 8 significant bits (the
+    /// README states the accuracy measured).
     Bf16,
 }
 
