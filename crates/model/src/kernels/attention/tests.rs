@@ -15,6 +15,17 @@ pub(super) fn fill(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// A work item of `group` heads' queries `q`, scale 0.3.
+fn item(q: &[f32], group: usize, width: usize, rank: usize) -> Item<'_> {
+    Item {
+        q,
+        group,
+        width,
+        rank,
+        scale: 0.3,
+    }
+}
+
 /// The SIMD paths this CPU can run.
 fn simd_paths() -> Vec<Path> {
     let mut paths = vec![];
@@ -66,13 +77,7 @@ fn simd_paths_match_plain_loops() {
                 &cache[slot * width..(slot + 1) * width]
             })
             .collect();
-        let item = Item {
-            q: &q,
-            group,
-            width,
-            rank,
-            scale: 0.3,
-        };
+        let item = item(&q, group, width, rank);
         let normalised = |out: &mut Vec<f32>, stats: Vec<RowStats>| {
             for (o, s) in out.chunks_exact_mut(rank).zip(stats) {
                 o.iter_mut().for_each(|v| *v /= s.sum);
@@ -295,13 +300,7 @@ fn bf16_rows_give_the_numbers_of_their_f32_values() {
         let (narrow, wide) = bf16_and_widened(&fill(context * width, 12));
         let rows16: Vec<&[half::bf16]> = narrow.chunks_exact(width).collect();
         let rows32: Vec<&[f32]> = wide.chunks_exact(width).collect();
-        let item = Item {
-            q: &q,
-            group,
-            width,
-            rank,
-            scale: 0.3,
-        };
+        let item = item(&q, group, width, rank);
         let mut want = vec![0f32; group * rank];
         let want_stats = item.attend(&rows32, &mut want);
         for &path in &paths {
