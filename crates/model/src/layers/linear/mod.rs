@@ -197,15 +197,26 @@ impl Linear {
         let threads = crate::kernels::parallel::threads();
         let (dims, values) = (weight.dims2()?, weight.to_dtype(DType::F32)?);
         let q = if weight.device().is_cpu() {
-            // The numbers read in place, by their layout's offset (a
-            // per-head slice of `kv_b_proj` is a view).
-            let packed = in_place(&values, |v| pack_rows(v, dims, ggml, threads))??;
-            if let Some(packed) = packed {
-                return Ok(Linear {
-                    weight: Weight::Packed(packed),
-                });
+            // The numbers read in place (once), by their layout's offset (a
+            // per-head slice of `kv_b_proj` is a view): packed where the
+            // kernels take the shape, else candle's blocks.
+            let held = in_place(
+                &values,
+                |v| -> Result<std::result::Result<Packed, QTensor>> {
+                    match pack_rows(v, dims, ggml, threads)? {
+                        Some(packed) => Ok(Ok(packed)),
+                        None => quantize_rows(v, dims, ggml, threads).map(Err),
+                    }
+                },
+            )??;
+            match held {
+                Ok(packed) => {
+                    return Ok(Linear {
+                        weight: Weight::Packed(packed),
+                    })
+                }
+                Err(q) => q,
             }
-            in_place(&values, |v| quantize_rows(v, dims, ggml, threads))??
         } else {
             // Fresh tensors: candle's `QTensor::quantize` reads its
             // source's storage from the start, ignoring a view's offset.
