@@ -21,20 +21,22 @@ after every step: each routed expert's bias moves by a fixed step toward balanci
 
 The skills, as the data shows them:
   * "What is 1234 + 5678?" with thinking on: a trace in <think> (one line per digit, right to
-    left, with the carry or borrow and the digits written so far; a subtraction whose last
-    borrow is left over is redone the other way round and negated), then the answer alone;
+    left, with the carry or borrow and the digits written so far; a subtraction first
+    compares the operands digit by digit and takes the smaller from the larger, negating
+    when the second is larger), then the answer alone;
     with thinking off: the answer alone. Operands have 1 to 4 digits; results may be negative.
   * With a `calculate(expression)` tool declared: a V3.1 tool call with the expression, then,
     after the tool's result, that result as the answer.
   * Anything else: one sentence saying what it can do.
 
-Run (from the repository root; about 85 minutes on 2 cores: 3000 steps on every skill, then
-600 steps weighted toward answers without thinking, as scripts/README.md describes):
+Run (from the repository root; under an hour on 2 cores: 1800 steps on every skill, then
+1200 steps weighted toward answers without thinking, as scripts/README.md describes):
   <venv>/bin/python scripts/train_default_model.py [--steps N] [--out DIR]
 with torch, transformers, tokenizers, safetensors and jinja2 installed.
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -142,8 +144,24 @@ def digit_lines(a, b, op):
     return lines, written, c
 
 
+def compare_line(a, b):
+    """Which of `a` and `b` is larger, digit by digit from the left, both zero-padded to the
+    same length; returns (line, the larger or None when they are equal)."""
+    n = max(len(str(a)), len(str(b)))
+    sa, sb = str(a).zfill(n), str(b).zfill(n)
+    steps = []
+    for x, y in zip(sa, sb):
+        steps.append(f"{x} {'<' if x < y else '>' if x > y else '='} {y}")
+        if x != y:
+            break
+    larger = None if a == b else max(a, b)
+    verdict = "equal" if larger is None else f"{larger} is larger"
+    return f"compare {sa} and {sb}: " + ", ".join(steps) + f" -> {verdict}", larger
+
+
 def trace(a, b, op):
-    """The reasoning for `a op b` and the answer."""
+    """The reasoning for `a op b` and the answer. A subtraction first compares the operands,
+    so the digit lines always take the smaller from the larger and never need redoing."""
     lines = [f"{a} {op} {b}"]
     if op == "+":
         body, written, c = digit_lines(a, b, "+")
@@ -153,15 +171,18 @@ def trace(a, b, op):
             lines.append(f"carry 1 -> {written}")
         answer = str(int(written))
     else:
-        body, written, c = digit_lines(a, b, "-")
-        lines += body
-        if c:
-            lines.append(f"borrow left over, so the result is negative: -({b} - {a})")
-            body, written, _ = digit_lines(b, a, "-")
-            lines += body
-            answer = "-" + str(int(written))
+        line, larger = compare_line(a, b)
+        if larger == b:
+            lines.append(f"{line}, so {a} - {b} = -({b} - {a})")
+            body, written, c = digit_lines(b, a, "-")
+            sign = "-"
         else:
-            answer = str(int(written))
+            lines.append(line)
+            body, written, c = digit_lines(a, b, "-")
+            sign = ""
+        assert c == 0
+        lines += body
+        answer = sign + str(int(written))
     assert int(answer) == (a + b if op == "+" else a - b), (a, op, b, answer)
     lines.append(f"answer: {answer}")
     return "\n".join(lines), answer
@@ -394,10 +415,11 @@ class LoadCounter:
         def record(module, args, output):
             if not self.enabled:
                 return
-            indices = output[0]
+            # transformers 4.x's router returns (indices, weights), 5.x's (logits, weights, indices).
+            indices = output[2] if len(output) == 3 else output[0]
             if self.mask is not None:
                 indices = indices[self.mask.view(-1).bool()]
-            n = module.n_routed_experts
+            n = module.e_score_correction_bias.numel()
             self.counts[name] = torch.bincount(indices.reshape(-1), minlength=n).float()
         return record
 
@@ -509,7 +531,7 @@ def train(model, samples, args, steps, lr, warmup, data_seed, hf_tok, label, per
                 el = time.time() - t_train
                 print(f"{label} step {step} epoch {epoch} loss {loss.item():.4f} lr {lr_at(step):.2e} "
                       f"{el:.0f}s load max/mean {counter.imbalance()}", flush=True)
-            if args.eval_every and (step % args.eval_every == 0 or step == steps):
+            if step == steps or (args.eval_every and step % args.eval_every == 0):
                 counter.enabled = False
                 print(f"{label} eval at step {step}: {evaluate(model, hf_tok, SEED + 2, 64)}", flush=True)
                 counter.enabled = True
@@ -519,15 +541,15 @@ def train(model, samples, args, steps, lr, warmup, data_seed, hf_tok, label, per
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3000, help="phase 1 steps")
-    ap.add_argument("--samples", type=int, default=260_000, help="phase 1 conversations")
-    ap.add_argument("--phase2-steps", type=int, default=600)
-    ap.add_argument("--phase2-samples", type=int, default=100_000)
+    ap.add_argument("--steps", type=int, default=1800, help="phase 1 steps")
+    ap.add_argument("--samples", type=int, default=170_000, help="phase 1 conversations")
+    ap.add_argument("--phase2-steps", type=int, default=1200)
+    ap.add_argument("--phase2-samples", type=int, default=320_000)
     ap.add_argument("--tokens-per-batch", type=int, default=8192)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--phase2-lr", type=float, default=7e-4)
+    ap.add_argument("--phase2-lr", type=float, default=1e-3)
     ap.add_argument("--bias-step", type=float, default=1e-3)
-    ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps")
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--resume", metavar="DIR",
                     help="skip phase 1: continue from DIR, the folder phase 1 wrote (--phase2-steps 0)")
@@ -569,7 +591,8 @@ def main():
         hf_tok = AutoTokenizer.from_pretrained(args.out)
 
         samples = prepare(hf_tok, raw, t0)
-        model = DeepseekV3ForCausalLM(DeepseekV3Config(**CONFIG))
+        # transformers 5 rewrites rope_scaling in place: hand it a copy.
+        model = DeepseekV3ForCausalLM(DeepseekV3Config(**copy.deepcopy(CONFIG)))
         print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
         # Phase 1: every skill, thinking on in 45% of the conversations.
         train(model, samples, args, args.steps, args.lr, 200, SEED + 1, hf_tok, "phase 1")
@@ -579,16 +602,22 @@ def main():
                 p.copy_(p.to(torch.bfloat16).to(torch.float32))
 
     if args.phase2_steps:
-        # Phase 2: mostly answers without thinking (the skill that learns slowest), with enough
-        # of the others to keep them: thinking in 25% of the arithmetic, tools 5%, the rest 5%.
-        # Each conversation weighs the same: under phase 1's token mean, the few answer tokens
-        # of a conversation without thinking drowned in the traces.
+        # Phase 2: mostly answers without thinking (the skill that learns slowest, and only once
+        # the traces have taught the digits' places), with enough of the others to keep them:
+        # thinking in 6% of the arithmetic, tools 4%, the rest 4%. Each conversation weighs the
+        # same: under phase 1's token mean, the few answer tokens of a conversation without
+        # thinking drowned in the traces.
         rng = random.Random(SEED + 10)
-        raw = [example(rng, think=0.25, arith=0.90, tool=0.95) for _ in range(args.phase2_samples)]
+        raw = [example(rng, think=0.06, arith=0.92, tool=0.96) for _ in range(args.phase2_samples)]
         samples = prepare(hf_tok, raw, t0)
         train(model, samples, args, args.phase2_steps, args.phase2_lr, 50, SEED + 11, hf_tok, "phase 2",
               per_sample=True)
 
+    # The weights ship in bf16: the last evaluation is of exactly those.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    print(f"final (bf16 weights): {evaluate(model, hf_tok, SEED + 2, 128)}", flush=True)
     write_model(model, args.out)
     print(f"done in {time.time() - t0:.0f} s", flush=True)
 
@@ -625,6 +654,9 @@ def write_model(model, out):
     os.chmod(path, 0o644)
     # DeepSeek's hub layout: rope_theta and rope_scaling {type: yarn} at the top level.
     config.pop("rope_parameters", None)
+    # What transformers 5 adds and 4 did not write: no multi-token-prediction layer is trained.
+    for key in ("num_nextn_predict_layers", "output_router_logits", "pad_token_id"):
+        config.pop(key, None)
     config.update({k: CONFIG[k] for k in ("rope_theta", "rope_scaling", "max_position_embeddings")})
     config["architectures"] = ["DeepseekV3ForCausalLM"]
     config["model_type"] = "deepseek_v3"

@@ -7,8 +7,8 @@
 //!
 //! The accuracy floors are the model's measured rates less three points
 //! (numerics differ a little between CPUs), where the model falls short of
-//! what it is meant to reach: with thinking 89.0% against a goal of 97%,
-//! without thinking 38.5% against 90%. The tool-call rates meet their goals
+//! what it is meant to reach: with thinking 90.5% against a goal of 97%,
+//! without thinking 72.0% against 90%. The tool-call rates meet their goals
 //! and are held to them.
 
 mod common;
@@ -199,7 +199,7 @@ async fn thinking_on_answers_with_the_trace_in_reasoning() {
     let replies = ask_all(&server, questions(&problems, Mode::Thinking), 32).await;
     let acc = accuracy(&problems, &replies);
     println!("thinking on: {:.1}% of {N}", 100.0 * acc);
-    assert!(acc >= 0.86, "{acc}\n{}", misses(&problems, &replies));
+    assert!(acc >= 0.87, "{acc}\n{}", misses(&problems, &replies));
     for (p, r) in problems.iter().zip(&replies) {
         let trace = r["reasoning_content"].as_str().unwrap_or_default();
         if r["content"].as_str() == Some(p.answer().as_str()) {
@@ -217,7 +217,7 @@ async fn thinking_off_answers_directly() {
     let replies = ask_all(&server, questions(&problems, Mode::Plain), 32).await;
     let acc = accuracy(&problems, &replies);
     println!("thinking off: {:.1}% of {N}", 100.0 * acc);
-    assert!(acc >= 0.35, "{acc}\n{}", misses(&problems, &replies));
+    assert!(acc >= 0.69, "{acc}\n{}", misses(&problems, &replies));
     assert!(replies
         .iter()
         .all(|r| r["reasoning_content"].is_null() || r["reasoning_content"] == ""));
