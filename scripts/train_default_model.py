@@ -597,9 +597,7 @@ def main():
         # Phase 1: every skill, thinking on in 45% of the conversations.
         train(model, samples, args, args.steps, args.lr, 200, SEED + 1, hf_tok, "phase 1")
         # What phase 1 writes is bf16; phase 2 starts from exactly that, as --resume does.
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(p.to(torch.bfloat16).to(torch.float32))
+        round_to_bf16(model)
 
     if args.phase2_steps:
         # Phase 2: mostly answers without thinking (the skill that learns slowest, and only once
@@ -614,12 +612,18 @@ def main():
               per_sample=True)
 
     # The weights ship in bf16: the last evaluation is of exactly those.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    round_to_bf16(model)
     print(f"final (bf16 weights): {evaluate(model, hf_tok, SEED + 2, 128)}", flush=True)
     write_model(model, args.out)
     print(f"done in {time.time() - t0:.0f} s", flush=True)
+
+
+@torch.no_grad()
+def round_to_bf16(model):
+    """Round the weights to what write_model stores (the router's correction bias, a buffer,
+    stays F32 there too)."""
+    for p in model.parameters():
+        p.copy_(p.to(torch.bfloat16).to(torch.float32))
 
 
 def prepare(hf_tok, raw, t0):
