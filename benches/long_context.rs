@@ -23,9 +23,10 @@
 //! the same requests in the same run, on as many threads, and the table
 //! gives both and their ratio; without them its column says why it is
 //! missing. llama.cpp keeps its cache in f16; ferroseek is measured with
-//! each `--kv-cache-dtype` of `FERROSEEK_BENCH_KV_CACHE_DTYPES` (default
-//! `f32,bf16`), a column each. `FERROSEEK_BENCH_LENGTHS` (say `512,2048`)
-//! measures fewer lengths.
+//! each entry of `FERROSEEK_BENCH_KV_CACHE_DTYPES` (default
+//! `f32,bf16,bf16:bf16`), a column each: a `--kv-cache-dtype`, and after a
+//! colon an `--attention-dtype` (f32 without one).
+//! `FERROSEEK_BENCH_LENGTHS` (say `512,2048`) measures fewer lengths.
 
 mod common;
 
@@ -50,8 +51,10 @@ const CACHED_PREFIX: usize = 7680;
 const SHORT: usize = 2048;
 const SHORT_RUNS: usize = 3;
 
-fn ferroseek(dir: &std::path::Path, quant: &str, cache: &str, context: usize) -> Server {
+/// `column`: a `--kv-cache-dtype`, and after a colon an `--attention-dtype`.
+fn ferroseek(dir: &std::path::Path, quant: &str, column: &str, context: usize) -> Server {
     let context = context.to_string();
+    let (cache, attention) = column.split_once(':').unwrap_or((column, "f32"));
     common::ferroseek(
         dir,
         &[
@@ -67,6 +70,8 @@ fn ferroseek(dir: &std::path::Path, quant: &str, cache: &str, context: usize) ->
             &context,
             "--kv-cache-dtype",
             cache,
+            "--attention-dtype",
+            attention,
         ],
     )
 }
@@ -151,7 +156,7 @@ fn main() {
         std::fs::copy(root.join("models/tiny-deepseek-v3").join(f), dir.join(f)).unwrap();
     }
     let caches: Vec<String> = std::env::var("FERROSEEK_BENCH_KV_CACHE_DTYPES")
-        .unwrap_or_else(|_| "f32,bf16".into())
+        .unwrap_or_else(|_| "f32,bf16,bf16:bf16".into())
         .split(',')
         .map(|c| c.trim().to_string())
         .collect();
@@ -174,8 +179,19 @@ fn main() {
         _ => Err("not run: set FERROSEEK_BENCH_LLAMA_SERVER and FERROSEEK_BENCH_LLAMA_GGUF"),
     };
     println!("threads: {threads}; weights: {quant}; one request at a time");
-    let columns: Vec<String> = caches.iter().map(|c| format!("ferroseek {c}")).collect();
-    let ratios: Vec<String> = caches.iter().map(|c| format!("ratio {c}")).collect();
+    // `bf16:bf16` reads "bf16, bf16 attention".
+    let name = |c: &String| match c.split_once(':') {
+        Some((cache, attention)) => format!("{cache}, {attention} attention"),
+        None => c.clone(),
+    };
+    let columns: Vec<String> = caches
+        .iter()
+        .map(|c| format!("ferroseek {}", name(c)))
+        .collect();
+    let ratios: Vec<String> = caches
+        .iter()
+        .map(|c| format!("ratio {}", name(c)))
+        .collect();
     println!(
         "| | {} | llama.cpp | {} |",
         columns.join(" | "),

@@ -112,6 +112,15 @@ pub enum KvCacheDType {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttentionDType {
+    /// The reference's numbers.
+    F32,
+    /// bf16 operands on Intel AMX tiles, where the CPU has them (the
+    /// README states the accuracy measured).
+    Bf16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -186,6 +195,14 @@ pub struct ServeArgs {
     /// context, rounding each cached number to 8 significant bits.
     #[arg(long, env = "FERROSEEK_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDType::Auto)]
     pub kv_cache_dtype: KvCacheDType,
+
+    /// What a prompt's attention multiplies: f32 or bf16. bf16 rounds the
+    /// queries, keys, attention weights and values to bf16 and multiplies
+    /// them on Intel AMX tiles (sums in f32), about twice as fast on long
+    /// prompts; on CPUs without AMX-BF16 it computes in f32. Decoding is
+    /// unchanged.
+    #[arg(long, env = "FERROSEEK_ATTENTION_DTYPE", value_enum, default_value_t = AttentionDType::F32)]
+    pub attention_dtype: AttentionDType,
 
     /// Tokens per KV cache block.
     #[arg(long, env = "FERROSEEK_BLOCK_SIZE", default_value_t = 16)]

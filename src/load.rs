@@ -16,7 +16,7 @@ use ferroseek_model::{
     HubOptions, LoadOptions, ModelFiles,
 };
 
-use crate::cli::{GenerationConfig, KvCacheDType, ServeArgs};
+use crate::cli::{AttentionDType, GenerationConfig, KvCacheDType, ServeArgs};
 use crate::embedded;
 use crate::generation_defaults;
 use crate::openai::common::unix_now;
@@ -127,6 +127,23 @@ fn cache_dtype(choice: KvCacheDType, compute: DType) -> CacheDType {
     }
 }
 
+/// The model's setting for `--attention-dtype`; bf16 where the CPU cannot
+/// multiply bf16 tiles computes in f32, and says so.
+fn attention_dtype(choice: AttentionDType) -> ferroseek_model::AttentionDType {
+    match choice {
+        AttentionDType::F32 => ferroseek_model::AttentionDType::F32,
+        AttentionDType::Bf16 => {
+            if !ferroseek_model::kernels::attention::bf16_tiles_available() {
+                tracing::warn!(
+                    "--attention-dtype bf16: this CPU has no AMX-BF16 tiles (or Linux refused \
+                     them); prompts' attention computes in f32"
+                );
+            }
+            ferroseek_model::AttentionDType::Bf16
+        }
+    }
+}
+
 fn total_size(paths: &[PathBuf]) -> u64 {
     paths
         .iter()
@@ -175,6 +192,7 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
         dtype: args.dtype,
         max_positions: args.max_model_len,
         quantize: args.quantize,
+        attention_dtype: attention_dtype(args.attention_dtype),
         device,
         ..Default::default()
     };
@@ -238,6 +256,7 @@ pub fn load(args: &ServeArgs, device: Device) -> Result<Ready> {
         blocks = stats.blocks_total,
         block_size = stats.block_size,
         kv_cache_dtype = kv_cache_dtype.name(),
+        attention_dtype = ?args.attention_dtype,
         max_model_len = engine.max_model_len(),
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
         "model ready"

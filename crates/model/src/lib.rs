@@ -47,6 +47,6 @@ pub use config::DeepSeekConfig;
 pub use error::{ModelError, Result};
 pub use kernels::parallel::{set_threads, threads as compute_threads};
 pub use layers::linear::WeightFormat;
-pub use layers::mla::AttentionMode;
+pub use layers::mla::{AttentionDType, AttentionMode};
 pub use model::{DTypeChoice, DeepSeekModel, LoadOptions};
 pub use quant::Quantization;

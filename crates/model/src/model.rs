@@ -16,7 +16,7 @@ use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
 use crate::kernels::attention::SeqSpan;
 use crate::layers::linear::{Linear, WeightFormat};
-use crate::layers::mla::{Attention, AttentionMode, BatchLayout};
+use crate::layers::mla::{Attention, AttentionDType, AttentionMode, BatchLayout};
 use crate::layers::moe::{Mlp, Moe};
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::Rope;
@@ -84,6 +84,8 @@ pub struct LoadOptions {
     pub dtype: DTypeChoice,
     pub device: Device,
     pub attention: AttentionMode,
+    /// What prompts' attention multiplies.
+    pub attention_dtype: AttentionDType,
     /// Longest context to prepare rope tables for; defaults to
     /// `max_position_embeddings`.
     pub max_positions: Option<usize>,
@@ -97,6 +99,7 @@ impl Default for LoadOptions {
             dtype: DTypeChoice::Auto,
             device: Device::Cpu,
             attention: AttentionMode::Auto,
+            attention_dtype: AttentionDType::F32,
             max_positions: None,
             quantize: Quantization::None,
         }
@@ -169,6 +172,7 @@ pub struct DeepSeekModel {
     dtype: DType,
     weights: WeightFormat,
     attention: AttentionMode,
+    attention_dtype: AttentionDType,
 }
 
 impl DeepSeekModel {
@@ -263,6 +267,7 @@ impl DeepSeekModel {
             dtype: vb.dtype(),
             weights,
             attention: options.attention,
+            attention_dtype: options.attention_dtype,
             cfg,
         })
     }
@@ -320,6 +325,12 @@ impl DeepSeekModel {
     /// or always absorbed or always expanded (all give the same numbers).
     pub fn set_attention_mode(&mut self, mode: AttentionMode) {
         self.attention = mode;
+    }
+
+    /// Chooses what the expanded form's products multiply: f32 (the
+    /// default) or bf16 on AMX tiles ([`AttentionDType`]).
+    pub fn set_attention_dtype(&mut self, dtype: AttentionDType) {
+        self.attention_dtype = dtype;
     }
 
     fn layout<'a>(&self, batch: &'a Batch, cache: &LatentCache) -> Result<BatchLayout<'a>> {
@@ -406,7 +417,7 @@ impl DeepSeekModel {
                 &layout,
                 &self.rope,
                 cache.layer_mut(l),
-                self.attention,
+                (self.attention, self.attention_dtype),
             )?;
             x = (x + h)?;
             let h = layer.post_attention_layernorm.forward(&x)?;

@@ -68,6 +68,80 @@ fn forced() -> Option<bool> {
     })
 }
 
+/// Whether the AMX tiles can run the product whose CPUID bit (leaf 7,
+/// EDX) is `product_bit`: the CPU has AMX-TILE, that product and
+/// AVX-512BW, and Linux gives the process the tile state when asked
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, which a process
+/// must do before its first tile instruction; the grant covers all of its
+/// threads). `FERROSEEK_AMX=off` says no (for measuring against the
+/// AVX-512 kernels). The callers keep the answer.
+pub(crate) fn amx_granted(product_bit: u32) -> bool {
+    if std::env::var("FERROSEEK_AMX").is_ok_and(|v| v == "off") {
+        return false;
+    }
+    // SAFETY: leaf 7 exists on every CPU with AVX-512, and reads as zeros
+    // past the highest leaf elsewhere.
+    #[allow(unused_unsafe)]
+    let leaf = unsafe { __cpuid_count(7, 0) };
+    let has = |bit: u32| leaf.edx >> bit & 1 == 1;
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // AMX-TILE is bit 24.
+    has(24)
+        && has(product_bit)
+        && std::is_x86_feature_detected!("avx512bw")
+        // SAFETY: the call takes two integers and changes only what the
+        // process may use.
+        && unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+}
+
+/// An AMX tile configuration (palette 1): each tile's bytes per row and
+/// rows, in the layout `ldtilecfg` reads.
+#[repr(C, align(64))]
+pub(crate) struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+impl TileConfig {
+    /// Tile `t` of `bytes_per_row[t]` bytes by `rows[t]` rows; the tiles
+    /// past `shapes` unused.
+    pub(crate) const fn new(shapes: &[(u16, u8)]) -> TileConfig {
+        let mut bytes_per_row = [0u16; 16];
+        let mut rows = [0u8; 16];
+        let mut t = 0;
+        while t < shapes.len() {
+            (bytes_per_row[t], rows[t]) = shapes[t];
+            t += 1;
+        }
+        TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row,
+            rows,
+        }
+    }
+
+    /// Configures this thread's tiles so (`ldtilecfg`).
+    ///
+    /// # Safety
+    /// [`amx_granted`] said yes.
+    #[inline(always)]
+    pub(crate) unsafe fn load(&self) {
+        std::arch::asm!("ldtilecfg [{}]", in(reg) self as *const TileConfig, options(nostack, readonly));
+    }
+}
+
 /// Whether the CPU's vendor is AMD (or Hygon, which builds AMD's cores),
 /// found once.
 fn amd() -> bool {

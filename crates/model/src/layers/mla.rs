@@ -55,6 +55,20 @@ pub enum AttentionMode {
     Expanded,
 }
 
+/// What the expanded form's two products (the attention over a prompt's
+/// rows) multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionDType {
+    /// f32 numbers: the absorbed form's outputs, to rounding.
+    #[default]
+    F32,
+    /// The queries, keys, weights and values rounded to bf16 and multiplied
+    /// on Intel AMX tiles (sums in f32), where the CPU has AMX-BF16; f32
+    /// elsewhere. About twice as fast on an 8k prompt, for about twice a
+    /// bf16 cache's error (`crates/model/tests/parity.rs`).
+    Bf16,
+}
+
 #[derive(Debug, Clone)]
 pub enum QProj {
     Plain {
@@ -202,11 +216,11 @@ impl Attention {
         layout: &BatchLayout,
         rope: &Rope,
         cache: LayerRows,
-        mode: AttentionMode,
+        (mode, products): (AttentionMode, AttentionDType),
     ) -> Result<Tensor> {
         match cache {
-            LayerRows::F32(cache) => self.forward_on(x, layout, rope, cache, mode),
-            LayerRows::Bf16(cache) => self.forward_on(x, layout, rope, cache, mode),
+            LayerRows::F32(cache) => self.forward_on(x, layout, rope, cache, (mode, products)),
+            LayerRows::Bf16(cache) => self.forward_on(x, layout, rope, cache, (mode, products)),
         }
     }
 
@@ -217,7 +231,7 @@ impl Attention {
         layout: &BatchLayout,
         rope: &Rope,
         cache: &mut [E],
-        mode: AttentionMode,
+        choice: (AttentionMode, AttentionDType),
     ) -> Result<Tensor> {
         let tokens = x.dim(0)?;
         let width = self.rank + self.rope_dim;
@@ -252,7 +266,7 @@ impl Attention {
         let q_nope = q.narrow(2, 0, self.nope)?.contiguous()?;
 
         // `[tokens, heads * v_head_dim]`.
-        let out = self.attend(&q_nope, &q_pe, layout, cache, tokens, dtype, mode)?;
+        let out = self.attend(&q_nope, &q_pe, layout, cache, tokens, dtype, choice)?;
         self.o_proj.forward(&out)
     }
 
@@ -267,7 +281,7 @@ impl Attention {
         cache: &[E],
         tokens: usize,
         dtype: DType,
-        mode: AttentionMode,
+        (mode, products): (AttentionMode, AttentionDType),
     ) -> Result<Tensor> {
         let shape = self.shape(layout.block_size);
         // The expanded kernel computes in f32; with narrower activations
@@ -315,6 +329,7 @@ impl Attention {
                     shape,
                     self.scale,
                     &up,
+                    products == AttentionDType::Bf16,
                     &mut out[rows.start * row..rows.end * row],
                 );
             } else {

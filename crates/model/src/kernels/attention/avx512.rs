@@ -71,7 +71,12 @@ pub unsafe fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<super::Row
 /// The CPU has AVX-512F.
 #[inline(always)]
 pub unsafe fn softmax_row(s: &mut [f32]) -> super::RowStats {
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut maxima = _mm512_set1_ps(f32::NEG_INFINITY);
+    for chunk in s.chunks(16) {
+        let m = lanes(chunk.len());
+        maxima = _mm512_mask_max_ps(maxima, m, maxima, _mm512_maskz_loadu_ps(m, chunk.as_ptr()));
+    }
+    let max = _mm512_reduce_max_ps(maxima);
     let mut sum = _mm512_setzero_ps();
     for chunk in s.chunks_mut(16) {
         let m = lanes(chunk.len());

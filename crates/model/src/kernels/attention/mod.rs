@@ -18,7 +18,9 @@
 //! - `item`: one work item's scores, softmax and weighted sums, with the
 //!   `avx2` and `avx512` inner loops.
 //! - `expanded`: the expanded form for prompts, where it costs less: per-head
-//!   keys and values rebuilt from the latents, then tiled matrix products.
+//!   keys and values rebuilt from the latents, then tiled matrix products
+//!   (in f32, or on AMX bf16 tiles where asked and the CPU has them:
+//!   `tiles`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -32,6 +34,8 @@ mod phased;
 mod plan;
 #[cfg(test)]
 mod tests;
+mod tiled;
+mod tiles;
 mod unfused;
 
 pub use expanded::{expanded_attention, expanded_pays, UpProjection};
@@ -39,6 +43,12 @@ pub(crate) use fused::{fused_absorbed_attention, fused_pays};
 pub(crate) use matrices::HeadMatrices;
 pub(crate) use phased::{phased_absorbed_attention, phases_fit};
 pub use unfused::absorbed_attention;
+
+/// Whether this CPU multiplies bf16 on AMX tiles, as the expanded form does
+/// where asked (`AttentionDType::Bf16`).
+pub fn bf16_tiles_available() -> bool {
+    tiles::available()
+}
 
 /// Where one sequence's tokens sit in the flattened batch and in the cache.
 #[derive(Debug, Clone, Copy)]

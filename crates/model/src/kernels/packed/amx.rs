@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::{Row, BLOCK, TILE};
-use crate::kernels::x86::{prefetch, tile_prefetches};
+use crate::kernels::x86::{amx_granted, prefetch, tile_prefetches, TileConfig};
 
 /// Input rows one tile product takes.
 pub(crate) const AMX_ROWS: usize = 16;
@@ -31,66 +31,21 @@ const BLOCK_BYTES: usize = BLOCK * TILE;
 /// kernel).
 pub(crate) fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        if std::env::var("FERROSEEK_AMX").is_ok_and(|v| v == "off") {
-            return false;
-        }
-        // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
-        let leaf = __cpuid_count(7, 0);
-        let has = |bit: u32| leaf.edx >> bit & 1 == 1;
-        has(24) && has(25) && std::is_x86_feature_detected!("avx512bw") && tile_state_granted()
-    })
-}
-
-/// Asks Linux for the tile data state (`ARCH_REQ_XCOMP_PERM`,
-/// `XFEATURE_XTILEDATA`), which a process must do before its first tile
-/// instruction; the grant covers all of its threads.
-fn tile_state_granted() -> bool {
-    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-    const XFEATURE_XTILEDATA: libc::c_long = 18;
-    // SAFETY: the call takes two integers and changes only what the
-    // process may use.
-    unsafe {
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            ARCH_REQ_XCOMP_PERM,
-            XFEATURE_XTILEDATA,
-        ) == 0
-    }
+    // CPUID leaf 7, EDX bit 25: AMX-INT8.
+    *AVAILABLE.get_or_init(|| amx_granted(25))
 }
 
 /// The tiles' shapes (palette 1): `tmm0`, `tmm3` the 16 × 16 int32 dots;
 /// `tmm1`, `tmm4` 16 input rows of a block (32 bytes); `tmm2`, `tmm5` a
 /// block of the weight (8 rows of 64 bytes). Two of each, so that one
 /// block's product runs while the other's dots are read.
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    bytes_per_row: [u16; 16],
-    rows: [u8; 16],
-}
-
 const CONFIG: TileConfig = {
-    let mut bytes_per_row = [0u16; 16];
-    let mut rows = [0u8; 16];
-    let mut t = 0;
-    while t < 6 {
-        (bytes_per_row[t], rows[t]) = match t % 3 {
-            0 => (64, 16),
-            1 => (BLOCK as u16, AMX_ROWS as u8),
-            _ => (64, (BLOCK / 4) as u8),
-        };
-        t += 1;
-    }
-    TileConfig {
-        palette: 1,
-        start_row: 0,
-        reserved: [0; 14],
-        bytes_per_row,
-        rows,
-    }
+    let (dots, input, weight) = (
+        (64, 16),
+        (BLOCK as u16, AMX_ROWS as u8),
+        (64, (BLOCK / 4) as u8),
+    );
+    TileConfig::new(&[dots, input, weight, dots, input, weight])
 };
 
 /// Tile `$c` := the dots of the 16 input rows from `$a` (`$stride`
@@ -169,7 +124,7 @@ pub(super) unsafe fn tile(
     for row in rows {
         assert!(row.scales.len() >= blocks && row.offsets.len() >= blocks);
     }
-    asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
+    CONFIG.load();
     let qp = quads.as_ptr();
     let on = tile_prefetches(AMX_ROWS);
     // Two buffers: a block's dots are read a block after they are
