@@ -109,6 +109,9 @@ pub enum KvCacheDType {
     /// Half the bytes; each number rounded to 8 significant bits (the
     /// README states the accuracy measured).
     Bf16,
+    /// A quarter of the bytes; each number rounded to fp8 e4m3's 4
+    /// significant bits (the README states the accuracy measured).
+    Fp8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -189,10 +192,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FERROSEEK_KV_CACHE_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
     pub kv_cache_memory: usize,
 
-    /// How the latent KV cache stores its numbers: auto, f32 or bf16. bf16
-    /// takes half the memory per token (twice the tokens in
+    /// How the latent KV cache stores its numbers: auto, f32, bf16 or fp8.
+    /// bf16 takes half the memory per token (twice the tokens in
     /// `--kv-cache-memory`) and half the bytes a decode step reads at long
-    /// context, rounding each cached number to 8 significant bits.
+    /// context, rounding each cached number to 8 significant bits; fp8
+    /// (e4m3) a quarter, rounding to 4.
     #[arg(long, env = "FERROSEEK_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDType::Auto)]
     pub kv_cache_dtype: KvCacheDType,
 

@@ -122,6 +122,7 @@ fn cache_dtype(choice: KvCacheDType, compute: DType) -> CacheDType {
     match choice {
         KvCacheDType::F32 => CacheDType::F32,
         KvCacheDType::Bf16 => CacheDType::Bf16,
+        KvCacheDType::Fp8 => CacheDType::Fp8,
         KvCacheDType::Auto if compute == DType::F32 => CacheDType::F32,
         KvCacheDType::Auto => CacheDType::Bf16,
     }

@@ -303,18 +303,20 @@ async fn anything_else_gets_what_it_can_do() {
 }
 
 /// Quantized weights, and the latent cache in bf16, answer within two
-/// points of the model as trained.
+/// points of the model as trained; the cache in fp8 (4 significant bits)
+/// within five (measured: 87% and 71% against 89% and 69%).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn quantized_models_and_a_bf16_cache_answer_within_two_points() {
+async fn quantized_models_and_narrow_caches_answer_within_their_bounds() {
     let problems = problems(SEED + 3, 100);
     let mut rates = vec![];
-    let variants: [&[&str]; 4] = [
-        &[],
-        &["--quantize", "q8_0"],
-        &["--quantize", "q4_k"],
-        &["--kv-cache-dtype", "bf16"],
+    let variants: [(&[&str], f64); 5] = [
+        (&[], 0.0),
+        (&["--quantize", "q8_0"], 0.02),
+        (&["--quantize", "q4_k"], 0.02),
+        (&["--kv-cache-dtype", "bf16"], 0.02),
+        (&["--kv-cache-dtype", "fp8"], 0.05),
     ];
-    for flags in variants {
+    for (flags, _) in variants {
         let server = Server::start_embedded(flags);
         let mut rate = vec![];
         for mode in [Mode::Thinking, Mode::Plain] {
@@ -328,9 +330,9 @@ async fn quantized_models_and_a_bf16_cache_answer_within_two_points() {
         );
         rates.push(rate);
     }
-    for variant in &rates[1..] {
+    for (variant, (flags, points)) in rates.iter().zip(variants).skip(1) {
         for (v, full) in variant.iter().zip(&rates[0]) {
-            assert!(v + 0.02 >= *full, "{rates:?}");
+            assert!(v + points + 1e-9 >= *full, "{flags:?}: {rates:?}");
         }
     }
 }

@@ -3,9 +3,11 @@
 //! the only per-token state MLA needs. Which blocks a sequence owns is the
 //! engine's business; a sequence hands its block table to the forward pass.
 //!
-//! The rows are stored as f32 or as bf16 ([`CacheDType`]); the attention
-//! kernels widen bf16 to f32 as they load it, so only the storage rounds.
+//! The rows are stored as f32, bf16 or fp8 e4m3 ([`CacheDType`]); the
+//! attention kernels widen them to f32 as they load them, so only the
+//! storage rounds.
 
+use float8::F8E4M3;
 use half::bf16;
 
 use crate::config::DeepSeekConfig;
@@ -21,6 +23,9 @@ pub enum CacheDType {
     /// the bytes a decode step reads at long context), each number rounded
     /// to bf16's 8 significant bits.
     Bf16,
+    /// A quarter of the bytes per token, each number rounded to fp8 e4m3's
+    /// 4 significant bits (±448 at most; larger ones saturate).
+    Fp8,
 }
 
 impl CacheDType {
@@ -28,6 +33,7 @@ impl CacheDType {
         match self {
             CacheDType::F32 => 4,
             CacheDType::Bf16 => 2,
+            CacheDType::Fp8 => 1,
         }
     }
 
@@ -35,6 +41,7 @@ impl CacheDType {
         match self {
             CacheDType::F32 => "f32",
             CacheDType::Bf16 => "bf16",
+            CacheDType::Fp8 => "fp8",
         }
     }
 }
@@ -46,8 +53,9 @@ impl std::str::FromStr for CacheDType {
         match s {
             "f32" | "float32" => Ok(CacheDType::F32),
             "bf16" | "bfloat16" => Ok(CacheDType::Bf16),
+            "fp8" | "fp8_e4m3" => Ok(CacheDType::Fp8),
             other => Err(format!(
-                "unknown KV cache dtype `{other}` (expected f32 or bf16)"
+                "unknown KV cache dtype `{other}` (expected f32, bf16 or fp8)"
             )),
         }
     }
@@ -58,12 +66,14 @@ impl std::str::FromStr for CacheDType {
 enum Pools {
     F32(Vec<Vec<f32>>),
     Bf16(Vec<Vec<bf16>>),
+    Fp8(Vec<Vec<F8E4M3>>),
 }
 
 /// One layer's rows, as the forward pass writes and reads them.
 pub enum LayerRows<'a> {
     F32(&'a mut [f32]),
     Bf16(&'a mut [bf16]),
+    Fp8(&'a mut [F8E4M3]),
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +108,9 @@ impl LatentCache {
             CacheDType::F32 => Pools::F32((0..layers).map(|_| vec![0.0; per_layer]).collect()),
             CacheDType::Bf16 => {
                 Pools::Bf16((0..layers).map(|_| vec![bf16::ZERO; per_layer]).collect())
+            }
+            CacheDType::Fp8 => {
+                Pools::Fp8((0..layers).map(|_| vec![F8E4M3::ZERO; per_layer]).collect())
             }
         };
         Ok(LatentCache {
@@ -135,6 +148,7 @@ impl LatentCache {
         match self.pools {
             Pools::F32(_) => CacheDType::F32,
             Pools::Bf16(_) => CacheDType::Bf16,
+            Pools::Fp8(_) => CacheDType::Fp8,
         }
     }
 
@@ -169,6 +183,7 @@ impl LatentCache {
         match &mut self.pools {
             Pools::F32(layers) => copy(layers, (src, dst), len),
             Pools::Bf16(layers) => copy(layers, (src, dst), len),
+            Pools::Fp8(layers) => copy(layers, (src, dst), len),
         }
         Ok(())
     }
@@ -177,6 +192,7 @@ impl LatentCache {
         match &mut self.pools {
             Pools::F32(layers) => LayerRows::F32(&mut layers[layer]),
             Pools::Bf16(layers) => LayerRows::Bf16(&mut layers[layer]),
+            Pools::Fp8(layers) => LayerRows::Fp8(&mut layers[layer]),
         }
     }
 }
@@ -212,8 +228,16 @@ mod tests {
             LatentCache::bytes_per_block(&cfg, 16, CacheDType::Bf16),
             16 * 40 * 3 * 2
         );
+        assert_eq!(
+            LatentCache::bytes_per_block(&cfg, 16, CacheDType::Fp8),
+            16 * 40 * 3
+        );
         let budget = 10 * LatentCache::bytes_per_block(&cfg, 16, CacheDType::F32);
-        for (dtype, blocks) in [(CacheDType::F32, 10), (CacheDType::Bf16, 20)] {
+        for (dtype, blocks) in [
+            (CacheDType::F32, 10),
+            (CacheDType::Bf16, 20),
+            (CacheDType::Fp8, 40),
+        ] {
             let cache = LatentCache::with_memory_budget(&cfg, budget, 16, dtype).unwrap();
             assert_eq!((cache.num_blocks(), cache.dtype()), (blocks, dtype));
         }
@@ -225,7 +249,7 @@ mod tests {
     #[test]
     fn blocks_copy_in_every_layer() {
         let cfg = config();
-        for dtype in [CacheDType::F32, CacheDType::Bf16] {
+        for dtype in [CacheDType::F32, CacheDType::Bf16, CacheDType::Fp8] {
             let mut cache = LatentCache::with_dtype(&cfg, 4, 2, dtype).unwrap();
             let len = 2 * 40;
             for layer in 0..3 {
@@ -234,6 +258,9 @@ mod tests {
                     LayerRows::Bf16(rows) => {
                         rows[len..2 * len].fill(bf16::from_f32(layer as f32 + 1.0))
                     }
+                    LayerRows::Fp8(rows) => {
+                        rows[len..2 * len].fill(F8E4M3::from_f32(layer as f32 + 1.0))
+                    }
                 }
             }
             cache.copy_block(1, 3).unwrap();
@@ -241,6 +268,7 @@ mod tests {
                 let copied: Vec<f32> = match cache.layer_mut(layer) {
                     LayerRows::F32(rows) => rows[3 * len..].to_vec(),
                     LayerRows::Bf16(rows) => rows[3 * len..].iter().map(|v| v.to_f32()).collect(),
+                    LayerRows::Fp8(rows) => rows[3 * len..].iter().map(|v| v.to_f32()).collect(),
                 };
                 assert!(copied.iter().all(|&v| v == layer as f32 + 1.0), "{dtype:?}");
             }
@@ -250,6 +278,6 @@ mod tests {
         assert!("fp9"
             .parse::<CacheDType>()
             .unwrap_err()
-            .contains("f32 or bf16"));
+            .contains("f32, bf16 or fp8"));
     }
 }

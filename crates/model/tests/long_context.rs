@@ -73,19 +73,53 @@ fn a_long_prompt_matches_the_reference_in_both_forms() {
 /// 0.006, largest 0.03, in both forms): no larger than on the short
 /// fixtures. With `--attention-dtype bf16` too (the expanded form's
 /// operands in bf16, where the CPU has AMX-BF16): median under 0.03 and
-/// largest under 0.15 (measured: 0.015 and 0.072).
+/// largest under 0.15 (measured: 0.015 and 0.072). On an fp8 cache
+/// (`--kv-cache-dtype fp8`): median under 0.2, largest under 0.6
+/// (measured: 0.096 and 0.30).
 #[test]
-fn a_long_prompt_on_a_bf16_cache_stays_within_its_bound() {
+fn a_long_prompt_on_a_narrow_cache_stays_within_its_bound() {
     let (name, t, prompt, rows) = long_fixture();
     let n = prompt.len();
     let tiles = ferroseek_model::kernels::attention::bf16_tiles_available();
     if !tiles {
         eprintln!("bf16 attention skipped: this CPU has no AMX-BF16 tiles");
     }
-    for (mode, products, median_bound, max_bound) in [
-        (AttentionMode::Absorbed, AttentionDType::F32, 0.02, 0.1),
-        (AttentionMode::Expanded, AttentionDType::F32, 0.02, 0.1),
-        (AttentionMode::Expanded, AttentionDType::Bf16, 0.03, 0.15),
+    for (dtype, mode, products, median_bound, max_bound) in [
+        (
+            CacheDType::Bf16,
+            AttentionMode::Absorbed,
+            AttentionDType::F32,
+            0.02,
+            0.1,
+        ),
+        (
+            CacheDType::Bf16,
+            AttentionMode::Expanded,
+            AttentionDType::F32,
+            0.02,
+            0.1,
+        ),
+        (
+            CacheDType::Bf16,
+            AttentionMode::Expanded,
+            AttentionDType::Bf16,
+            0.03,
+            0.15,
+        ),
+        (
+            CacheDType::Fp8,
+            AttentionMode::Absorbed,
+            AttentionDType::F32,
+            0.2,
+            0.6,
+        ),
+        (
+            CacheDType::Fp8,
+            AttentionMode::Expanded,
+            AttentionDType::F32,
+            0.2,
+            0.6,
+        ),
     ] {
         if products == AttentionDType::Bf16 && !tiles {
             continue;
@@ -94,8 +128,7 @@ fn a_long_prompt_on_a_bf16_cache_stays_within_its_bound() {
         model.set_attention_mode(mode);
         model.set_attention_dtype(products);
         let mut cache =
-            LatentCache::with_dtype(model.config(), n.div_ceil(BLOCK), BLOCK, CacheDType::Bf16)
-                .unwrap();
+            LatentCache::with_dtype(model.config(), n.div_ceil(BLOCK), BLOCK, dtype).unwrap();
         let table = blocks(0, n.div_ceil(BLOCK));
         let ours = run_in_chunks(&model, &mut cache, &table, &prompt, &[3001, n - 3001]);
         let ours = ours.index_select(&rows, 0).unwrap();
@@ -106,16 +139,16 @@ fn a_long_prompt_on_a_bf16_cache_stays_within_its_bound() {
         diffs.sort_by(f32::total_cmp);
         let (median, max) = (diffs[diffs.len() / 2], diffs[diffs.len() - 1]);
         eprintln!(
-            "{mode:?}, {products:?} products: bf16 cache median {median}, max {max} over {} rows",
+            "{dtype:?} cache, {mode:?}, {products:?} products: median {median}, max {max} over {} rows",
             diffs.len()
         );
         assert!(
             median < median_bound,
-            "{mode:?}, {products:?}: median error {median}"
+            "{dtype:?} cache, {mode:?}, {products:?}: median error {median}"
         );
         assert!(
             max < max_bound,
-            "{mode:?}, {products:?}: largest error {max}"
+            "{dtype:?} cache, {mode:?}, {products:?}: largest error {max}"
         );
     }
 }

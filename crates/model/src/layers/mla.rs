@@ -221,6 +221,7 @@ impl Attention {
         match cache {
             LayerRows::F32(cache) => self.forward_on(x, layout, rope, cache, (mode, products)),
             LayerRows::Bf16(cache) => self.forward_on(x, layout, rope, cache, (mode, products)),
+            LayerRows::Fp8(cache) => self.forward_on(x, layout, rope, cache, (mode, products)),
         }
     }
 

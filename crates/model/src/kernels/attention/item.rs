@@ -21,8 +21,9 @@ impl Path {
         {
             use std::is_x86_feature_detected as has;
             // The AVX-512 path also uses AVX2 and FMA instructions, and
-            // AVX-512BW's masked loads of 16-bit numbers (bf16 caches).
-            if has!("avx2") && has!("fma") {
+            // AVX-512BW's masked loads of 16- and 8-bit numbers (bf16 and
+            // fp8 caches); the AVX2 path F16C's widening (fp8 caches).
+            if has!("avx2") && has!("fma") && has!("f16c") {
                 if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
                     return Path::Avx512;
                 }
@@ -68,9 +69,9 @@ impl Item<'_> {
     /// sums stay in registers across all rows.
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA.
+    /// The CPU has AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn attend_avx2<E: Latent>(
         &self,
         rows: &[&[E]],

@@ -167,6 +167,50 @@ impl Latent for half::bf16 {
     }
 }
 
+/// fp8 e4m3 (`--kv-cache-dtype fp8`): 4 significant bits, ±448 at most
+/// (larger numbers saturate). Widened through f16: an e4m3 number's bits
+/// moved into an f16's are the number times 2⁻⁸, subnormals included, and
+/// the f16-to-f32 conversion is exact. The vector loads sign-extend each
+/// byte to 16 bits and shift it left by 7, which puts the sign in bit 15
+/// and the exponent and mantissa in place; [`F16_BITS`] clears bit 14, the
+/// sign's second copy.
+impl Latent for float8::F8E4M3 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> float8::F8E4M3 {
+        float8::F8E4M3::from_f32(v)
+    }
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        float8::F8E4M3::to_f32(&self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(
+        p: *const float8::F8E4M3,
+        m: std::arch::x86_64::__mmask16,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let words = _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(m, p as *const i8));
+        let half = _mm256_and_si256(_mm256_slli_epi16::<7>(words), _mm256_set1_epi16(F16_BITS));
+        _mm512_mul_ps(_mm512_cvtph_ps(half), _mm512_set1_ps(256.0))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const float8::F8E4M3) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let words = _mm_cvtepi8_epi16(_mm_loadl_epi64(p as *const __m128i));
+        let half = _mm_and_si128(_mm_slli_epi16::<7>(words), _mm_set1_epi16(F16_BITS));
+        _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.0))
+    }
+}
+
+/// Every bit of an f16 but its exponent's highest (see the fp8 loads).
+#[cfg(target_arch = "x86_64")]
+const F16_BITS: i16 = !0x4000;
+
 /// The dot product of `a` with `b`, widened.
 #[inline(always)]
 pub(crate) fn dot<E: Latent>(a: &[f32], b: &[E]) -> f32 {

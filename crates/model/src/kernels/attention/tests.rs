@@ -31,7 +31,10 @@ fn simd_paths() -> Vec<Path> {
     let mut paths = vec![];
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
             paths.push(Path::Avx2);
         }
         if Path::detect() == Path::Avx512 {
@@ -282,30 +285,40 @@ fn split_contexts_stay_within_the_partial_budget() {
 
 /// `values` rounded to bf16, and those roundings widened back to f32.
 pub(super) fn bf16_and_widened(values: &[f32]) -> (Vec<half::bf16>, Vec<f32>) {
-    let narrow: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    narrowed_and_widened(values)
+}
+
+/// `values` rounded to `E`, and those roundings widened back to f32.
+fn narrowed_and_widened<E: Latent>(values: &[f32]) -> (Vec<E>, Vec<f32>) {
+    let narrow: Vec<E> = values.iter().map(|&v| E::from_f32(v)).collect();
     let wide = narrow.iter().map(|v| v.to_f32()).collect();
     (narrow, wide)
 }
 
-/// A bf16 cache gives, on every path, the numbers an f32 cache holding the
-/// same (rounded) values gives: only the storage is narrower. Widths with
-/// tails exercise the masked 16-bit loads.
+/// A bf16 or fp8 cache gives, on every path, the numbers an f32 cache
+/// holding the same (rounded) values gives: only the storage is narrower.
+/// Widths with tails exercise the masked narrow loads.
 #[test]
-fn bf16_rows_give_the_numbers_of_their_f32_values() {
+fn narrow_rows_give_the_numbers_of_their_f32_values() {
+    narrow_rows_give_their_values::<half::bf16>();
+    narrow_rows_give_their_values::<float8::F8E4M3>();
+}
+
+fn narrow_rows_give_their_values<E: Latent>() {
     let mut paths = vec![Path::Plain];
     paths.extend(simd_paths());
     for (group, rank, rope, context) in [(4, 256, 64, 300), (3, 40, 12, 17), (5, 72, 9, 6)] {
         let width = rank + rope;
         let q = fill(group * width, 11);
-        let (narrow, wide) = bf16_and_widened(&fill(context * width, 12));
-        let rows16: Vec<&[half::bf16]> = narrow.chunks_exact(width).collect();
+        let (narrow, wide) = narrowed_and_widened::<E>(&fill(context * width, 12));
+        let rows_narrow: Vec<&[E]> = narrow.chunks_exact(width).collect();
         let rows32: Vec<&[f32]> = wide.chunks_exact(width).collect();
         let item = item(&q, group, width, rank);
         let mut want = vec![0f32; group * rank];
         let want_stats = item.attend(&rows32, &mut want);
         for &path in &paths {
             let mut got = vec![0f32; group * rank];
-            let stats = item.attend_on(path, &rows16, &mut got);
+            let stats = item.attend_on(path, &rows_narrow, &mut got);
             for (a, b) in stats.iter().zip(&want_stats) {
                 assert!(
                     (a.max - b.max).abs() <= 1e-5 * (1.0 + b.max.abs()),
@@ -322,6 +335,41 @@ fn bf16_rows_give_the_numbers_of_their_f32_values() {
                     "{path:?}: {a} vs {b} ({group}, {rank}, {rope}, {context})"
                 );
             }
+        }
+    }
+}
+
+/// The vector loads widen every fp8 e4m3 number (subnormals, zeros,
+/// ±448) exactly as `float8` does; only its NaNs are left out, which the
+/// cache never holds (larger numbers saturate).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn fp8_loads_widen_every_number() {
+    use float8::F8E4M3;
+    use std::arch::x86_64::*;
+    let codes: Vec<F8E4M3> = (0..=255u8)
+        .filter(|b| b & 0x7f != 0x7f)
+        .map(F8E4M3::from_bits)
+        .collect();
+    let want: Vec<f32> = codes.iter().map(|c| c.to_f32()).collect();
+    assert_eq!(F8E4M3::from_f32(1e6).to_f32(), 448.0, "saturation");
+    if std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vl") {
+        for (chunk, want) in codes.chunks(16).zip(want.chunks(16)) {
+            let mut got = [0f32; 16];
+            // SAFETY: the CPU has AVX-512F, BW and VL; the mask covers the chunk.
+            unsafe {
+                let m = (((1u32 << chunk.len()) - 1) & 0xffff) as __mmask16;
+                _mm512_storeu_ps(got.as_mut_ptr(), F8E4M3::load16(chunk.as_ptr(), m));
+            }
+            assert_eq!(&got[..chunk.len()], want);
+        }
+    }
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+        for (chunk, want) in codes.chunks_exact(8).zip(want.chunks_exact(8)) {
+            let mut got = [0f32; 8];
+            // SAFETY: the CPU has AVX2 and F16C; the chunk holds eight.
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), F8E4M3::load8(chunk.as_ptr())) };
+            assert_eq!(got, want);
         }
     }
 }

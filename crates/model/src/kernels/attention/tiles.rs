@@ -450,7 +450,16 @@ mod tests {
     fn rounding_is_to_nearest_even() {
         let src: Vec<f32> = fill(1000, 7)
             .into_iter()
-            .chain([0.0, -0.0, 1.0, 1.00390625, 1.01171875, 3.0e38, -1.0e-40])
+            // 1 + 2⁻⁸ and 1 + 3·2⁻⁸: ties, to even both ways.
+            .chain([
+                0.0,
+                -0.0,
+                1.0,
+                1.0 + 1.0 / 256.0,
+                1.0 + 3.0 / 256.0,
+                3.0e38,
+                -1.0e-40,
+            ])
             .collect();
         for &v in &src {
             assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{v}");
