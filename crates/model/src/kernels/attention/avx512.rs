@@ -92,7 +92,7 @@ pub unsafe fn softmax_row(s: &mut [f32]) -> super::RowStats {
     }
 }
 
-/// `out[h·rank + c] += Σ_t p[h·context + t] · rows[t][c]` for `H` heads:
+/// `out[h·rank + c] += Σ_t p[h·stride + t] · rows[t][c]` for `H` heads:
 /// 64 columns at a time held in registers over all rows, then 16 (the
 /// last ones masked).
 ///
@@ -101,18 +101,35 @@ pub unsafe fn softmax_row(s: &mut [f32]) -> super::RowStats {
 #[inline(always)]
 pub unsafe fn weighted_sums<E: Latent, const H: usize>(
     p: &[f32],
+    stride: usize,
     rows: &[&[E]],
     rank: usize,
     out: &mut [f32],
 ) {
-    assert!(p.len() >= H * rows.len() && out.len() >= H * rank);
+    assert!(p.len() >= (H - 1) * stride + rows.len() && out.len() >= H * rank);
     let mut c = 0;
     while c + 64 <= rank {
-        columns::<E, H, 4>(p, rows, rank, c, 0xffff, out);
+        columns::<E, H, 4>(p, stride, rows, rank, c, 0xffff, out);
         c += 64;
     }
     while c < rank {
-        columns::<E, H, 1>(p, rows, rank, c, lanes(rank - c), out);
+        columns::<E, H, 1>(p, stride, rows, rank, c, lanes(rank - c), out);
+        c += 16;
+    }
+}
+
+/// `dst[..src.len()]` := `src`, widened sixteen numbers at a time.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX-512BW (the lengths are checked).
+#[inline(always)]
+pub unsafe fn widen<E: Latent>(src: &[E], dst: &mut [f32]) {
+    assert!(dst.len() >= src.len());
+    let mut c = 0;
+    while c < src.len() {
+        let m = lanes(src.len() - c);
+        let v = E::load16(src.as_ptr().add(c), m);
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(c), m, v);
         c += 16;
     }
 }
@@ -121,20 +138,20 @@ pub unsafe fn weighted_sums<E: Latent, const H: usize>(
 /// them masked by `last`.
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX-512BW; `p` holds `H` rows of `rows.len()` numbers, `out`
-/// and every row at least `H·rank` and `rank` numbers, and the columns
-/// `c..c + 16·V` lie within `rank` but for the lanes `last` masks off (as
-/// [`weighted_sums`] calls it).
+/// The CPU has AVX-512F and AVX-512BW; `p` holds `H` rows `stride` apart
+/// of `rows.len()` numbers, `out` and every row at least `H·rank` and
+/// `rank` numbers, and the columns `c..c + 16·V` lie within `rank` but for
+/// the lanes `last` masks off (as [`weighted_sums`] calls it).
 #[inline(always)]
 unsafe fn columns<E: Latent, const H: usize, const V: usize>(
     p: &[f32],
+    stride: usize,
     rows: &[&[E]],
     rank: usize,
     c: usize,
     last: __mmask16,
     out: &mut [f32],
 ) {
-    let context = rows.len();
     let mask = |i: usize| if i + 1 == V { last } else { 0xffff };
     let mut acc = [[_mm512_setzero_ps(); V]; H];
     for (t, row) in rows.iter().enumerate() {
@@ -144,7 +161,7 @@ unsafe fn columns<E: Latent, const H: usize, const V: usize>(
             *v = E::load16(row.as_ptr().add(c + 16 * i), mask(i));
         }
         for (h, a) in acc.iter_mut().enumerate() {
-            let w = _mm512_set1_ps(*p.as_ptr().add(h * context + t));
+            let w = _mm512_set1_ps(*p.as_ptr().add(h * stride + t));
             for i in 0..V {
                 a[i] = _mm512_fmadd_ps(w, v[i], a[i]);
             }

@@ -80,6 +80,10 @@ pub trait Latent: Copy + Default + Send + Sync + 'static {
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
 
+    /// Whether widening costs enough that the absorbed kernel widens rows
+    /// once into a scratch for all heads rather than as each reads them.
+    const WIDEN_FIRST: bool = false;
+
     /// `dst` := `src`, widened.
     #[inline(always)]
     fn widen(src: &[Self], dst: &mut [f32]) {
@@ -175,6 +179,8 @@ impl Latent for half::bf16 {
 /// and the exponent and mantissa in place; [`F16_BITS`] clears bit 14, the
 /// sign's second copy.
 impl Latent for float8::F8E4M3 {
+    const WIDEN_FIRST: bool = true;
+
     #[inline(always)]
     fn from_f32(v: f32) -> float8::F8E4M3 {
         float8::F8E4M3::from_f32(v)

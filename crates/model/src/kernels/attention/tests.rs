@@ -297,7 +297,8 @@ fn narrowed_and_widened<E: Latent>(values: &[f32]) -> (Vec<E>, Vec<f32>) {
 
 /// A bf16 or fp8 cache gives, on every path, the numbers an f32 cache
 /// holding the same (rounded) values gives: only the storage is narrower.
-/// Widths with tails exercise the masked narrow loads.
+/// Widths with tails exercise the masked narrow loads; eight heads over 37
+/// rows, an fp8 cache's widening in tiles with a short last one.
 #[test]
 fn narrow_rows_give_the_numbers_of_their_f32_values() {
     narrow_rows_give_their_values::<half::bf16>();
@@ -307,7 +308,12 @@ fn narrow_rows_give_the_numbers_of_their_f32_values() {
 fn narrow_rows_give_their_values<E: Latent>() {
     let mut paths = vec![Path::Plain];
     paths.extend(simd_paths());
-    for (group, rank, rope, context) in [(4, 256, 64, 300), (3, 40, 12, 17), (5, 72, 9, 6)] {
+    for (group, rank, rope, context) in [
+        (4, 256, 64, 300),
+        (3, 40, 12, 17),
+        (5, 72, 9, 6),
+        (8, 40, 9, 37),
+    ] {
         let width = rank + rope;
         let q = fill(group * width, 11);
         let (narrow, wide) = narrowed_and_widened::<E>(&fill(context * width, 12));
