@@ -25,8 +25,14 @@ use super::tiled::{self, TileOperands};
 use super::{Latent, LatentShape, RowStats, SeqSpan};
 use crate::kernels::parallel::{self, Disjoint};
 
-/// Query rows of one work item.
+/// Query rows of one work item on AMX tiles.
 pub(super) const QUERY_TILE: usize = 64;
+/// Query rows of one work item in f32. Each of its products packs its key
+/// (or value) tile: `gemm`'s packing took a sixth of the time of 512 prompt
+/// rows after 7680 cached ones at 64 rows (perf). At 128, 512 prompt rows
+/// after 7680 cached ones took 8% less time, 2048 after 6144 8% less and
+/// 2048 alone 4% (in process, q8_0, the benchmark model); 256 gained less.
+const F32_QUERY_TILE: usize = 128;
 /// Key rows one score product takes.
 pub(super) const KEY_TILE: usize = 256;
 /// Most numbers one pass's per-head keys and values may take (32 MB).
@@ -218,7 +224,12 @@ fn attention_in_passes<E: Latent>(
     let maxima = filled(maxima, heads * new, f32::NEG_INFINITY);
     let sums = filled(sums, heads * new, 0.0);
 
-    let tiles = new.div_ceil(QUERY_TILE);
+    let query_tile = if operands.is_some() {
+        QUERY_TILE
+    } else {
+        F32_QUERY_TILE
+    };
+    let tiles = new.div_ceil(query_tile);
     let latents = filled(latents, pass_rows * width, 0.0);
     // Per head, the pass's keys `[rows, dq]` and values `[rows, v_dim]` (on
     // tiles, packed in the operands instead).
@@ -232,7 +243,7 @@ fn attention_in_passes<E: Latent>(
         // (largest) first so that the last items handed out are small.
         let seen = (0..tiles)
             .rev()
-            .filter(|&i| cached + ((i + 1) * QUERY_TILE).min(new) > first)
+            .filter(|&i| cached + ((i + 1) * query_tile).min(new) > first)
             .collect::<Vec<_>>();
         let (lat_dst, key_dst, value_dst) = (
             Disjoint::new(latents),
@@ -327,7 +338,7 @@ fn attention_in_passes<E: Latent>(
                     value_dst.view(0..heads * f32_rows * v_dim),
                 )
             };
-            let mut scores = vec![0f32; QUERY_TILE * KEY_TILE];
+            let mut scores = vec![0f32; query_tile * KEY_TILE];
             let mut scratch = tiled::Scratch::default();
             // SAFETY: nothing writes the packed operands after the barrier.
             let packed = packed.as_ref().map(|p| unsafe { p.view() });
@@ -336,7 +347,7 @@ fn attention_in_passes<E: Latent>(
                     // Head by head: a thread's next items read the keys
                     // and values its last ones left in its caches.
                     let (h, tile) = (item / seen.len(), seen[item % seen.len()]);
-                    let q_rows = tile * QUERY_TILE..((tile + 1) * QUERY_TILE).min(new);
+                    let q_rows = tile * query_tile..((tile + 1) * query_tile).min(new);
                     let at = h * new + q_rows.start;
                     let n = q_rows.len();
                     // SAFETY: head `h`'s rows of this tile are this task's alone.
