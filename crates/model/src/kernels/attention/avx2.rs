@@ -44,7 +44,7 @@ pub unsafe fn dots<E: Latent, const H: usize>(
     }
 }
 
-/// `out[h·rank + c] += Σ_t p[h·context + t] · rows[t][c]` for `H` heads,
+/// `out[h·rank + c] += Σ_t p[h·stride + t] · rows[t][c]` for `H` heads,
 /// 16 columns at a time held in registers over all rows.
 ///
 /// # Safety
@@ -52,12 +52,12 @@ pub unsafe fn dots<E: Latent, const H: usize>(
 #[inline(always)]
 pub unsafe fn weighted_sums<E: Latent, const H: usize>(
     p: &[f32],
+    stride: usize,
     rows: &[&[E]],
     rank: usize,
     out: &mut [f32],
 ) {
-    let context = rows.len();
-    assert!(p.len() >= H * context && out.len() >= H * rank);
+    assert!(p.len() >= (H - 1) * stride + rows.len() && out.len() >= H * rank);
     let (pp, op) = (p.as_ptr(), out.as_mut_ptr());
     let mut c = 0;
     while c + 16 <= rank {
@@ -67,7 +67,7 @@ pub unsafe fn weighted_sums<E: Latent, const H: usize>(
             let v0 = E::load8(v.as_ptr().add(c));
             let v1 = E::load8(v.as_ptr().add(c + 8));
             for (h, a) in acc.iter_mut().enumerate() {
-                let w = _mm256_broadcast_ss(&*pp.add(h * context + t));
+                let w = _mm256_broadcast_ss(&*pp.add(h * stride + t));
                 a[0] = _mm256_fmadd_ps(w, v0, a[0]);
                 a[1] = _mm256_fmadd_ps(w, v1, a[1]);
             }
@@ -83,12 +83,25 @@ pub unsafe fn weighted_sums<E: Latent, const H: usize>(
         for (t, row) in rows.iter().enumerate() {
             let v = &row[c..rank];
             for h in 0..H {
-                super::axpy(
-                    &mut out[h * rank + c..(h + 1) * rank],
-                    p[h * context + t],
-                    v,
-                );
+                super::axpy(&mut out[h * rank + c..(h + 1) * rank], p[h * stride + t], v);
             }
         }
+    }
+}
+
+/// `dst[..src.len()]` := `src`, widened eight numbers at a time.
+///
+/// # Safety
+/// The CPU has AVX2 and F16C (the lengths are checked).
+#[inline(always)]
+pub unsafe fn widen<E: Latent>(src: &[E], dst: &mut [f32]) {
+    assert!(dst.len() >= src.len());
+    let mut c = 0;
+    while c + 8 <= src.len() {
+        _mm256_storeu_ps(dst.as_mut_ptr().add(c), E::load8(src.as_ptr().add(c)));
+        c += 8;
+    }
+    for (d, s) in dst[c..src.len()].iter_mut().zip(&src[c..]) {
+        *d = s.to_f32();
     }
 }

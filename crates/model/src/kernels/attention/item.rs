@@ -77,40 +77,45 @@ impl Item<'_> {
         rows: &[&[E]],
         out: &mut [f32],
     ) -> Vec<RowStats> {
-        let (q, context, group, width, rank) =
-            (self.q, rows.len(), self.group, self.width, self.rank);
+        let (context, group, width, rank) = (rows.len(), self.group, self.width, self.rank);
         let mut scores = vec![0f32; group * context];
+        let Some(mut scratch) = widening::<E>(group, width) else {
+            self.scores_avx2(rows, 0, &mut scores);
+            return weigh(&mut scores, group, rank, out, softmax_rows, |n, p, o| {
+                sums::<E, false>(n, p, context, rows, rank, o)
+            });
+        };
+        self.attend_widened::<E, false>(rows, &mut scratch, scores, out)
+    }
+
+    /// The scores of `keys`, rows `first..` of the item's context, into
+    /// their columns of `scores` (`[group, context]`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_avx2<K: Latent>(&self, keys: &[&[K]], first: usize, scores: &mut [f32]) {
+        let (q, group, width) = (self.q, self.group, self.width);
+        let context = scores.len() / group;
         let mut h = 0;
         while h < group {
             let n = (group - h).min(4);
             let qh = &q[h * width..];
             let mut dots = [0f32; 4];
-            for (t, key) in rows.iter().enumerate() {
+            for (t, key) in keys.iter().enumerate() {
                 match n {
-                    4 => avx2::dots::<E, 4>(qh, width, key, &mut dots),
-                    3 => avx2::dots::<E, 3>(qh, width, key, &mut dots),
-                    2 => avx2::dots::<E, 2>(qh, width, key, &mut dots),
-                    _ => avx2::dots::<E, 1>(qh, width, key, &mut dots),
+                    4 => avx2::dots::<K, 4>(qh, width, key, &mut dots),
+                    3 => avx2::dots::<K, 3>(qh, width, key, &mut dots),
+                    2 => avx2::dots::<K, 2>(qh, width, key, &mut dots),
+                    _ => avx2::dots::<K, 1>(qh, width, key, &mut dots),
                 }
                 for (i, d) in dots[..n].iter().enumerate() {
-                    scores[(h + i) * context + t] = d * self.scale;
+                    scores[(h + i) * context + first + t] = d * self.scale;
                 }
             }
             h += n;
         }
-        weigh(
-            &mut scores,
-            group,
-            rank,
-            out,
-            softmax_rows,
-            |n, p, o| match n {
-                4 => avx2::weighted_sums::<E, 4>(p, rows, rank, o),
-                3 => avx2::weighted_sums::<E, 3>(p, rows, rank, o),
-                2 => avx2::weighted_sums::<E, 2>(p, rows, rank, o),
-                _ => avx2::weighted_sums::<E, 1>(p, rows, rank, o),
-            },
-        )
     }
 
     /// The AVX-512 version: four heads against `KEYS` cache rows at a time
@@ -137,21 +142,50 @@ impl Item<'_> {
             self.scores_avx512(rows, 0, &mut scores);
             let softmax = |s: &mut [f32], context| avx512::softmax_rows(s, context);
             return weigh(&mut scores, group, rank, out, softmax, |n, p, o| {
-                sums_avx512(n, p, context, rows, rank, o)
+                sums::<E, true>(n, p, context, rows, rank, o)
             });
         };
-        for t in (0..context).step_by(WIDE_ROWS) {
-            let tile = widened(&rows[t..(t + WIDE_ROWS).min(context)], width, &mut scratch);
-            self.scores_avx512(&tile, t, &mut scores);
+        self.attend_widened::<E, true>(rows, &mut scratch, scores, out)
+    }
+
+    /// [`Self::attend_avx512`] (`AVX512`) or [`Self::attend_avx2`] on a
+    /// cache whose rows are widened [`WIDE_ROWS`] at a time into `scratch`
+    /// first, for the scores and again for the sums.
+    ///
+    /// # Safety
+    /// The CPU has what the path `AVX512` names needs.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn attend_widened<E: Latent, const AVX512: bool>(
+        &self,
+        rows: &[&[E]],
+        scratch: &mut [f32],
+        mut scores: Vec<f32>,
+        out: &mut [f32],
+    ) -> Vec<RowStats> {
+        let (context, group, width, rank) = (rows.len(), self.group, self.width, self.rank);
+        let tiles = (0..context).step_by(WIDE_ROWS);
+        let tile = |t: usize| &rows[t..(t + WIDE_ROWS).min(context)];
+        for t in tiles.clone() {
+            let keys = widened::<E, AVX512>(tile(t), width, scratch);
+            if AVX512 {
+                self.scores_avx512(&keys, t, &mut scores);
+            } else {
+                self.scores_avx2(&keys, t, &mut scores);
+            }
         }
-        let stats = avx512::softmax_rows(&mut scores, context);
-        for t in (0..context).step_by(WIDE_ROWS) {
-            let tile = widened(&rows[t..(t + WIDE_ROWS).min(context)], rank, &mut scratch);
+        let stats = if AVX512 {
+            avx512::softmax_rows(&mut scores, context)
+        } else {
+            softmax_rows(&mut scores, context)
+        };
+        for t in tiles {
+            let values = widened::<E, AVX512>(tile(t), rank, scratch);
             let mut h = 0;
             while h < group {
                 let n = (group - h).min(4);
-                let p = &scores[h * context + t..];
-                sums_avx512(n, p, context, &tile, rank, &mut out[h * rank..]);
+                let (p, o) = (&scores[h * context + t..], &mut out[h * rank..]);
+                sums::<f32, AVX512>(n, p, context, &values, rank, o);
                 h += n;
             }
         }
@@ -227,13 +261,14 @@ impl Item<'_> {
     }
 }
 
-/// Rows of an fp8 cache an AVX-512 item widens at a time, into an f32
+/// Rows of an fp8 cache an item widens at a time, into an f32
 /// scratch that stays in L1 while every head reads it: a row is widened
 /// twice (for the scores, then the sums) instead of once per four heads in
 /// each. With sixteen heads an item, about a sixth less time at 2k to
-/// 16k rows (`--bench kernels -- attention`; 64 rows at a time gained
-/// less); a bf16 cache, whose widening is two instructions, lost 5% to 8%
-/// by it, and items of four heads lost by it on either.
+/// 16k rows with AVX-512 and an eighth with AVX2 (`--bench kernels --
+/// attention`; 64 rows at a time gained less); a bf16 cache, whose
+/// widening is two instructions, lost 5% to 8% by it, and items of four
+/// heads lost by it on either.
 #[cfg(target_arch = "x86_64")]
 const WIDE_ROWS: usize = 16;
 
@@ -247,31 +282,36 @@ fn widening<E: Latent>(group: usize, width: usize) -> Option<Vec<f32>> {
 }
 
 /// The first `cols` numbers of each of `rows` (at most [`WIDE_ROWS`]),
-/// widened into `scratch`.
+/// widened into `scratch` with AVX-512 (`AVX512`) or AVX2.
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX-512BW.
+/// The CPU has AVX-512F and AVX-512BW (`AVX512`), or AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn widened<'s, E: Latent>(
+unsafe fn widened<'s, E: Latent, const AVX512: bool>(
     rows: &[&[E]],
     cols: usize,
     scratch: &'s mut [f32],
 ) -> Vec<&'s [f32]> {
     for (row, dst) in rows.iter().zip(scratch.chunks_exact_mut(cols)) {
-        avx512::widen(&row[..cols], dst);
+        if AVX512 {
+            avx512::widen(&row[..cols], dst);
+        } else {
+            avx2::widen(&row[..cols], dst);
+        }
     }
     scratch.chunks_exact(cols).take(rows.len()).collect()
 }
 
 /// The weighted sums of `n` ≤ 4 heads (numerators `p`, `stride` apart)
-/// over `rows` into their output rows `o`.
+/// over `rows` into their output rows `o`, with AVX-512 (`AVX512`) or
+/// AVX2.
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX-512BW.
+/// The CPU has AVX-512F and AVX-512BW (`AVX512`), or AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn sums_avx512<E: Latent>(
+unsafe fn sums<E: Latent, const AVX512: bool>(
     n: usize,
     p: &[f32],
     stride: usize,
@@ -279,11 +319,15 @@ unsafe fn sums_avx512<E: Latent>(
     rank: usize,
     o: &mut [f32],
 ) {
-    match n {
-        4 => avx512::weighted_sums::<E, 4>(p, stride, rows, rank, o),
-        3 => avx512::weighted_sums::<E, 3>(p, stride, rows, rank, o),
-        2 => avx512::weighted_sums::<E, 2>(p, stride, rows, rank, o),
-        _ => avx512::weighted_sums::<E, 1>(p, stride, rows, rank, o),
+    match (AVX512, n) {
+        (true, 4) => avx512::weighted_sums::<E, 4>(p, stride, rows, rank, o),
+        (true, 3) => avx512::weighted_sums::<E, 3>(p, stride, rows, rank, o),
+        (true, 2) => avx512::weighted_sums::<E, 2>(p, stride, rows, rank, o),
+        (true, _) => avx512::weighted_sums::<E, 1>(p, stride, rows, rank, o),
+        (false, 4) => avx2::weighted_sums::<E, 4>(p, stride, rows, rank, o),
+        (false, 3) => avx2::weighted_sums::<E, 3>(p, stride, rows, rank, o),
+        (false, 2) => avx2::weighted_sums::<E, 2>(p, stride, rows, rank, o),
+        (false, _) => avx2::weighted_sums::<E, 1>(p, stride, rows, rank, o),
     }
 }
 
