@@ -18,7 +18,7 @@ use super::expanded::{Softmax, TileRows, KEY_TILE, QUERY_TILE};
 use super::tiles::Layout::{ByColumns, ByRows};
 #[cfg(target_arch = "x86_64")]
 use super::tiles::Term;
-use super::tiles::{self, Packed, DEPTH, ROWS};
+use super::tiles::{self, Layout, Packed, DEPTH, ROWS};
 use super::UpProjection;
 use crate::kernels::parallel::Disjoint;
 #[cfg(target_arch = "x86_64")]
@@ -184,20 +184,10 @@ impl Destinations {
         // products carry about 16 bits of the f32 matrix.
         let uk = &w.uk[h * rank * nope..][..rank * nope];
         let uv = &w.uv[h * v_dim * rank..][..v_dim * rank];
-        let [uk_high, uk_low] = self
-            .uk
-            .slice(2 * h * g.uk()..2 * (h + 1) * g.uk())
-            .split_at_mut(g.uk())
-            .into();
-        tiles::pack(ByColumns, uk, (rank, nope, nope), uk_high);
-        tiles::pack(ByColumns, &residues(uk), (rank, nope, nope), uk_low);
-        let [uv_high, uv_low] = self
-            .uv
-            .slice(2 * h * g.uv()..2 * (h + 1) * g.uv())
-            .split_at_mut(g.uv())
-            .into();
-        tiles::pack(ByRows, uv, (v_dim, rank, rank), uv_high);
-        tiles::pack(ByRows, &residues(uv), (v_dim, rank, rank), uv_low);
+        let uk_pair = self.uk.slice(2 * h * g.uk()..2 * (h + 1) * g.uk());
+        pack_split(ByColumns, uk, (rank, nope, nope), uk_pair);
+        let uv_pair = self.uv.slice(2 * h * g.uv()..2 * (h + 1) * g.uv());
+        pack_split(ByRows, uv, (v_dim, rank, rank), uv_pair);
     }
 
     /// The pass's latent rows from `first` (a multiple of 16) on, `rows`
@@ -340,12 +330,16 @@ impl View<'_> {
     }
 }
 
-/// What rounding each of `values` to bf16 leaves.
-fn residues(values: &[f32]) -> Vec<f32> {
-    values
+/// `w` packed as `layout` twice into the halves of `pair`: the bf16
+/// nearest to each number, then the bf16 nearest to what that leaves.
+fn pack_split(layout: Layout, w: &[f32], shape: (usize, usize, usize), pair: &mut [u16]) {
+    let (high, low) = pair.split_at_mut(pair.len() / 2);
+    tiles::pack(layout, w, shape, high);
+    let residues: Vec<f32> = w
         .iter()
         .map(|&v| v - f32::from_bits((tiles::bf16_bits(v) as u32) << 16))
-        .collect()
+        .collect();
+    tiles::pack(layout, &residues, shape, low);
 }
 
 /// A thread's buffers for [`attend`]: the scores, the weights in bf16 and

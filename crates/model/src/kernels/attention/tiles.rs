@@ -313,6 +313,15 @@ mod avx512 {
     use super::{rounded, DEPTH, ROWS, TILE};
     use std::arch::x86_64::*;
 
+    /// Per lane, the bf16 `even` (in its high 16 bits, as [`rounded`]
+    /// leaves it) in the low half of a word and the bf16 `odd` in the
+    /// high half: a pair as the tiles read it.
+    #[inline(always)]
+    unsafe fn pairs(even: __m512i, odd: __m512i) -> __m512i {
+        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
+        _mm512_or_si512(_mm512_srli_epi32::<16>(even), _mm512_and_si512(odd, high))
+    }
+
     /// Lanes `from..from + 16` of row `r` (zeros past `rows` and `cols`).
     #[inline(always)]
     unsafe fn load(
@@ -348,7 +357,6 @@ mod avx512 {
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(ROWS as i32),
         );
-        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
         for j in 0..n_blocks {
             for c in 0..k_chunks {
                 let tile = dst[(j * k_chunks + c) * TILE..][..TILE].as_mut_ptr() as *mut i32;
@@ -358,8 +366,7 @@ mod avx512 {
                     let hi = load(src, r, c * DEPTH + 16, shape);
                     let even = rounded(_mm512_permutex2var_ps(lo, evens, hi));
                     let odd = rounded(_mm512_permutex2var_ps(lo, odds, hi));
-                    let words =
-                        _mm512_or_si512(_mm512_srli_epi32::<16>(even), _mm512_and_si512(odd, high));
+                    let words = pairs(even, odd);
                     _mm512_i32scatter_epi32::<4>(tile.add(n), places, words);
                 }
             }
@@ -378,7 +385,6 @@ mod avx512 {
     ) {
         let (n_blocks, k_chunks) = (cols.div_ceil(ROWS), rows.div_ceil(DEPTH));
         let shape = (rows, cols, ld);
-        let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
         for c in 0..k_chunks {
             for j in 0..n_blocks {
                 let tile = dst[(c * n_blocks + j) * TILE..][..TILE].as_mut_ptr();
@@ -386,8 +392,7 @@ mod avx512 {
                     let r = c * DEPTH + 2 * p;
                     let even = rounded(load(src, r, j * ROWS, shape));
                     let odd = rounded(load(src, r + 1, j * ROWS, shape));
-                    let words =
-                        _mm512_or_si512(_mm512_srli_epi32::<16>(even), _mm512_and_si512(odd, high));
+                    let words = pairs(even, odd);
                     _mm512_storeu_si512(tile.add(p * 2 * ROWS) as *mut _, words);
                 }
             }
