@@ -167,11 +167,12 @@ impl Item<'_> {
         let tiles = (0..context).step_by(WIDE_ROWS);
         let tile = |t: usize| &rows[t..(t + WIDE_ROWS).min(context)];
         for t in tiles.clone() {
-            let keys = widened::<E, AVX512>(tile(t), width, scratch);
+            let rows = tile(t);
+            let keys = &widened::<E, AVX512>(rows, width, scratch)[..rows.len()];
             if AVX512 {
-                self.scores_avx512(&keys, t, &mut scores);
+                self.scores_avx512(keys, t, &mut scores);
             } else {
-                self.scores_avx2(&keys, t, &mut scores);
+                self.scores_avx2(keys, t, &mut scores);
             }
         }
         let stats = if AVX512 {
@@ -180,12 +181,13 @@ impl Item<'_> {
             softmax_rows(&mut scores, context)
         };
         for t in tiles {
-            let values = widened::<E, AVX512>(tile(t), rank, scratch);
+            let rows = tile(t);
+            let values = &widened::<E, AVX512>(rows, rank, scratch)[..rows.len()];
             let mut h = 0;
             while h < group {
                 let n = (group - h).min(4);
                 let (p, o) = (&scores[h * context + t..], &mut out[h * rank..]);
-                sums::<f32, AVX512>(n, p, context, &values, rank, o);
+                sums::<f32, AVX512>(n, p, context, values, rank, o);
                 h += n;
             }
         }
@@ -282,7 +284,8 @@ fn widening<E: Latent>(group: usize, width: usize) -> Option<Vec<f32>> {
 }
 
 /// The first `cols` numbers of each of `rows` (at most [`WIDE_ROWS`]),
-/// widened into `scratch` with AVX-512 (`AVX512`) or AVX2.
+/// widened into `scratch` with AVX-512 (`AVX512`) or AVX2; the first
+/// `rows.len()` of the slices returned are theirs.
 ///
 /// # Safety
 /// The CPU has AVX-512F and AVX-512BW (`AVX512`), or AVX2 and F16C.
@@ -292,7 +295,7 @@ unsafe fn widened<'s, E: Latent, const AVX512: bool>(
     rows: &[&[E]],
     cols: usize,
     scratch: &'s mut [f32],
-) -> Vec<&'s [f32]> {
+) -> [&'s [f32]; WIDE_ROWS] {
     for (row, dst) in rows.iter().zip(scratch.chunks_exact_mut(cols)) {
         if AVX512 {
             avx512::widen(&row[..cols], dst);
@@ -300,7 +303,8 @@ unsafe fn widened<'s, E: Latent, const AVX512: bool>(
             avx2::widen(&row[..cols], dst);
         }
     }
-    scratch.chunks_exact(cols).take(rows.len()).collect()
+    let scratch = &*scratch;
+    std::array::from_fn(|r| &scratch[r * cols..][..cols])
 }
 
 /// The weighted sums of `n` ≤ 4 heads (numerators `p`, `stride` apart)
