@@ -10,6 +10,9 @@
 //! Q8_0 also at prompt sizes, 256 and 512 rows, where the packed kernel
 //! takes 16 rows at a time on AMX tiles if the CPU has AMX-INT8
 //! (`FERROSEEK_AMX=off` measures its VNNI kernel there instead).
+//! The packed kernel in each of its formats (Q8_0, Q4_K, Q6_K) against
+//! candle's quantized matmul on the same blocks (`-- packed` runs only
+//! this part).
 //! Last, the absorbed attention kernel at the benchmark model's geometry (16
 //! heads, latent 256 + rope 64, 16-row cache blocks) for one decode token:
 //! GFLOP/s at several context lengths (`-- attention` runs only this part).
@@ -47,6 +50,10 @@ fn main() {
     }
     if std::env::args().skip(1).any(|a| a == "grouped") {
         grouped();
+        return;
+    }
+    if std::env::args().skip(1).any(|a| a == "packed") {
+        formats();
         return;
     }
     let threads = rayon::current_num_threads();
@@ -125,7 +132,48 @@ fn main() {
         }
     }
     grouped();
+    formats();
     attention();
+}
+
+/// `x [m, 4096] · Wᵀ` with W `[8192, 4096]` in each format the packed
+/// kernel runs: its time per call and GB/s of the format's bytes, beside
+/// candle's quantized matmul on the same blocks.
+fn formats() {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    if !Packed::available() {
+        println!("packed formats: skipped, the CPU lacks AVX-512-VNNI");
+        return;
+    }
+    let w: Vec<f32> = (0..N * K)
+        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let w = Tensor::from_vec(w, (N, K), &Device::Cpu).unwrap();
+    println!("| format | m | packed ms | packed GB/s | candle ms | candle / packed time |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for ggml in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+        let q = QTensor::quantize(&w, ggml).unwrap();
+        let pack = Packed::new(&q.data().unwrap(), ggml, N, K).unwrap();
+        let mm = QMatMul::from_qtensor(q).unwrap();
+        for m in [1usize, 8, 64, 512] {
+            let x: Vec<f32> = (0..m * K).map(|i| (i % 13) as f32 * 0.01).collect();
+            let ours = median_secs(|| {
+                std::hint::black_box(packed::matmul_groups(&x, m, &[&pack]));
+            });
+            let xt = Tensor::from_vec(x, (m, K), &Device::Cpu).unwrap();
+            let theirs = median_secs(|| {
+                std::hint::black_box(mm.forward(&xt).unwrap());
+            });
+            println!(
+                "| {} | {m} | {:.2} | {:.1} | {:.2} | {:.2} |",
+                pack.format(),
+                ours * 1e3,
+                pack.bytes() as f64 / 1e9 / ours,
+                theirs * 1e3,
+                theirs / ours
+            );
+        }
+    }
 }
 
 /// MLA's absorbed per-head matrices in Q8_0 at the benchmark model's

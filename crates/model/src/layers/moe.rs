@@ -65,20 +65,23 @@ impl Mlp {
         let packed = [&gate_proj, &up_proj, &down_proj]
             .iter()
             .all(|l| l.is_packed());
-        let held = match (packed, gate_proj.dims()?, up_proj.dims()?) {
-            (true, gate, up) if gate == up => {
-                let [gate, up, down] =
-                    [gate_proj, up_proj, down_proj].map(|l| l.into_packed().expect("packed"));
-                MlpWeights::Packed(PackedMlp {
-                    gate_up: Packed::stack(gate, up),
-                    down,
-                })
-            }
-            _ => MlpWeights::Linears {
+        // The gate and up projections run as one stacked weight when they
+        // share a shape and a format (a GGUF file may hold them in two).
+        let stackable =
+            gate_proj.dims()? == up_proj.dims()? && gate_proj.format() == up_proj.format();
+        let held = if packed && stackable {
+            let [gate, up, down] =
+                [gate_proj, up_proj, down_proj].map(|l| l.into_packed().expect("packed"));
+            MlpWeights::Packed(PackedMlp {
+                gate_up: Packed::stack(gate, up),
+                down,
+            })
+        } else {
+            MlpWeights::Linears {
                 gate_proj,
                 up_proj,
                 down_proj,
-            },
+            }
         };
         Ok(Mlp { held })
     }
@@ -90,29 +93,36 @@ impl Mlp {
         }
     }
 
-    /// Each of `mlps` (all held as linears) applied to the same `x`: their
-    /// gate and up projections all run in one [`Linear::forward_shared`].
-    fn forward_shared(mlps: &[&Mlp], x: &Tensor) -> Result<Vec<Tensor>> {
+    /// Each of `mlps` applied to the same `x`: the gate and up projections
+    /// of those held as linears all run in one [`Linear::forward_shared`];
+    /// a packed one among them (a layer whose weights are not all in
+    /// formats or shapes the packed kernels take) runs on its own.
+    pub(crate) fn forward_shared(mlps: &[&Mlp], x: &Tensor) -> Result<Vec<Tensor>> {
         let mut linears = Vec::with_capacity(2 * mlps.len());
         let mut downs = Vec::with_capacity(mlps.len());
         for mlp in mlps {
-            let MlpWeights::Linears {
+            if let MlpWeights::Linears {
                 gate_proj,
                 up_proj,
                 down_proj,
             } = &mlp.held
-            else {
-                candle_core::bail!("a packed MLP among linear ones");
-            };
-            linears.extend([gate_proj, up_proj]);
-            downs.push(down_proj);
+            {
+                linears.extend([gate_proj, up_proj]);
+                downs.push(down_proj);
+            }
         }
         let projected = Linear::forward_shared(&linears, x)?;
         let hidden = projected
             .chunks_exact(2)
             .map(|gate_up| silu_times_tensor(&gate_up[0], &gate_up[1]))
             .collect::<Result<Vec<_>>>()?;
-        Linear::forward_each(&downs, &hidden)
+        let mut held = Linear::forward_each(&downs, &hidden)?.into_iter();
+        mlps.iter()
+            .map(|mlp| match &mlp.held {
+                MlpWeights::Linears { .. } => Ok(held.next().expect("one output per linear MLP")),
+                MlpWeights::Packed(_) => mlp.forward(x),
+            })
+            .collect()
     }
 }
 

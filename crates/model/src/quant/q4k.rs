@@ -1,9 +1,9 @@
 //! Q4_K weights as GGML quantizes them, and into the packed layout of
 //! [`PackedQ4K`].
 
+use super::repack_super_blocks;
 use crate::kernels::packed::q4k::{SUPER, TILE_D, TILE_QUADS, TILE_SCALES};
-use crate::kernels::packed::{Lines, PackedQ4K, BLOCK, TILE};
-use crate::kernels::parallel::{for_ranges_if, Disjoint};
+use crate::kernels::packed::{PackedQ4K, BLOCK, TILE};
 
 /// Bytes of one Q4_K block: `d`, `dmin`, 12 bytes of scales, 128 of nibbles.
 const Q4K_BYTES: usize = 144;
@@ -202,58 +202,24 @@ impl PackedQ4K {
     /// Callers that already split a weight over threads of their own pass
     /// `false`.
     fn from_blocks(data: &[u8], n: usize, k: usize, parallel: bool) -> Option<PackedQ4K> {
-        if !n.is_multiple_of(TILE) || !k.is_multiple_of(SUPER) {
-            return None;
-        }
-        let supers = k / SUPER;
-        assert_eq!(
-            data.len(),
-            n * supers * Q4K_BYTES,
-            "not a [n, k] Q4_K weight"
-        );
-        let units = n / TILE * supers;
-        let mut quads = Lines::zeroed(units * TILE_QUADS);
-        let mut d = vec![half::f16::ZERO; units * TILE_D];
-        let mut scales = vec![0u8; units * TILE_SCALES];
-        let out = (
-            Disjoint::new(&mut quads),
-            Disjoint::new(&mut d),
-            Disjoint::new(&mut scales),
-        );
-        let fill = |tiles: std::ops::Range<usize>| {
-            for tile in tiles {
-                let units = tile * supers..(tile + 1) * supers;
-                let range = |per: usize| units.start * per..units.end * per;
-                // SAFETY: each tile's units are its own ranges, inside the
-                // buffers, which outlive the parallel call.
-                let (quads, d, scales) = unsafe {
-                    (
-                        out.0.slice(range(TILE_QUADS)),
-                        out.1.slice(range(TILE_D)),
-                        out.2.slice(range(TILE_SCALES)),
-                    )
-                };
-                for r in 0..TILE {
-                    let row = tile * TILE + r;
-                    for sb in 0..supers {
-                        let block = &data[(row * supers + sb) * Q4K_BYTES..][..Q4K_BYTES];
-                        d[sb * TILE_D + r] = half::f16::from_le_bytes([block[0], block[1]]);
-                        d[sb * TILE_D + TILE + r] = half::f16::from_le_bytes([block[2], block[3]]);
-                        for j in 0..8 {
-                            let (scale, min) = scale_min(j, &block[4..16]);
-                            scales[sb * TILE_SCALES + j * TILE + r] = scale;
-                            scales[sb * TILE_SCALES + (8 + j) * TILE + r] = min;
-                        }
-                        for (i, &byte) in block[16..].iter().enumerate() {
-                            let (pair, within) = (i / 32, i % 32);
-                            let (quad, b) = (within / 4, within % 4);
-                            quads[sb * TILE_QUADS + ((pair * 8 + quad) * TILE + r) * 4 + b] = byte;
-                        }
-                    }
-                }
+        let per = (TILE_QUADS, TILE_D, TILE_SCALES);
+        let put = |block: &[u8],
+                   r: usize,
+                   (quads, d, scales): (&mut [u8], &mut [half::f16], &mut [u8])| {
+            d[r] = half::f16::from_le_bytes([block[0], block[1]]);
+            d[TILE + r] = half::f16::from_le_bytes([block[2], block[3]]);
+            for j in 0..8 {
+                let (scale, min) = scale_min(j, &block[4..16]);
+                scales[j * TILE + r] = scale;
+                scales[(8 + j) * TILE + r] = min;
+            }
+            for (i, &byte) in block[16..].iter().enumerate() {
+                let (pair, within) = (i / 32, i % 32);
+                let (quad, b) = (within / 4, within % 4);
+                quads[((pair * 8 + quad) * TILE + r) * 4 + b] = byte;
             }
         };
-        for_ranges_if(parallel, n / TILE, fill);
+        let (quads, d, scales) = repack_super_blocks(data, (n, k), Q4K_BYTES, per, parallel, put)?;
         Some(PackedQ4K {
             n,
             k,

@@ -4,7 +4,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::kernels::packed::{PackedQ4K, PackedQ8};
+use crate::kernels::packed::{PackedQ4K, PackedQ6K, PackedQ8};
 
 /// A deterministic pseudo-random fill in [-1, 1).
 pub fn values(len: usize, seed: usize) -> Vec<f32> {
@@ -39,7 +39,7 @@ pub fn dequantized(q: &QTensor) -> Vec<f32> {
 }
 
 /// A `[n, k]` fill quantized to `ggml` by candle.
-fn quantized(n: usize, k: usize, seed: usize, ggml: GgmlDType) -> QTensor {
+pub fn quantized(n: usize, k: usize, seed: usize, ggml: GgmlDType) -> QTensor {
     let w = Tensor::from_vec(values(n * k, seed), (n, k), &Device::Cpu).unwrap();
     QTensor::quantize(&w, ggml).unwrap()
 }
@@ -55,5 +55,12 @@ pub fn packed_q8_0(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ8) {
 pub fn packed_q4k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ4K) {
     let q = quantized(n, k, seed, GgmlDType::Q4K);
     let p = PackedQ4K::new(&q.data().unwrap(), n, k).unwrap();
+    (q, p)
+}
+
+/// A `[n, k]` fill in candle's Q6_K, and packed.
+pub fn packed_q6k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ6K) {
+    let q = quantized(n, k, seed, GgmlDType::Q6K);
+    let p = PackedQ6K::new(&q.data().unwrap(), n, k).unwrap();
     (q, p)
 }

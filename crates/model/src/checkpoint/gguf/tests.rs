@@ -414,11 +414,16 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
     norm(&(a - b).unwrap()) / norm(b)
 }
 
-/// Under a Q8_0 model, a Q4_K weight keeps its blocks (Q4_K, not rounded
-/// to Q8_0), and a Q6_K weight, which no kernel runs, is decoded and
-/// rounded to Q8_0; both compute what their stored numbers say.
+/// Under a Q8_0 model, a weight stored in a format the kernels run keeps
+/// its numbers: Q4_K and Q6_K their blocks (packed where the CPU has the
+/// kernels), Q5_0 and Q4_0 as the Q8_0 blocks that hold them exactly
+/// (candle's own blocks elsewhere); a Q5_1 weight, which no kernel of ours
+/// runs, is decoded and rounded to Q8_0. Each computes what its stored
+/// numbers say, up to the rounding of the activations (and for Q5_1 of its
+/// numbers).
 #[test]
-fn q4_k_weights_keep_their_blocks_and_other_types_are_requantized() {
+fn stored_blocks_are_kept_and_other_types_are_requantized() {
+    use crate::kernels::packed::Packed;
     use crate::layers::linear::{Linear, WeightFormat};
     use crate::quant::Quantization;
     use candle_core::Module;
@@ -426,12 +431,20 @@ fn q4_k_weights_keep_their_blocks_and_other_types_are_requantized() {
     let dir = temp_dir("kquants");
     let path = dir.join("kquants.gguf");
     let (a, b) = (ramp(&[32, 256]), (ramp(&[48, 256]) * 0.3).unwrap());
+    let (c, d) = (
+        (ramp(&[64, 256]) * 0.7).unwrap(),
+        (ramp(&[16, 256]) * 2.0).unwrap(),
+    );
+    let e = (ramp(&[32, 256]) * 0.5).unwrap();
     write(
         &path,
         &[],
         &[
             ("blk.0.attn_output.weight", q(&a, GgmlDType::Q4K)),
             ("blk.0.ffn_down.weight", q(&b, GgmlDType::Q6K)),
+            ("blk.0.ffn_gate.weight", q(&c, GgmlDType::Q5_0)),
+            ("blk.0.ffn_up.weight", q(&d, GgmlDType::Q4_0)),
+            ("blk.0.attn_q_a.weight", q(&e, GgmlDType::Q5_1)),
         ],
     );
     let g = GgufCheckpoint::open(&[path]).unwrap();
@@ -440,23 +453,146 @@ fn q4_k_weights_keep_their_blocks_and_other_types_are_requantized() {
         dtype: DType::F32,
         quantize: Quantization::Q8_0,
     };
+    let packed = Packed::available();
+    // Relative error of the kept formats: the activations' 8-bit rounding
+    // alone (measured 1.3e-4 for each; Q5_1 rounded again 3.5e-4).
+    const KEPT: f32 = 2.5e-4;
     let x = ramp(&[5, 256]);
-    for (prefix, w, ggml, held) in [
-        ("model.layers.0.self_attn.o_proj", &a, GgmlDType::Q4K, "q4"),
-        ("model.layers.0.mlp.down_proj", &b, GgmlDType::Q6K, "q8_0"),
+    for (prefix, w, ggml, held, bound) in [
+        (
+            "model.layers.0.self_attn.o_proj",
+            &a,
+            GgmlDType::Q4K,
+            "q4k",
+            0.01,
+        ),
+        (
+            "model.layers.0.mlp.down_proj",
+            &b,
+            GgmlDType::Q6K,
+            "q6k",
+            0.01,
+        ),
+        (
+            "model.layers.0.mlp.gate_proj",
+            &c,
+            GgmlDType::Q5_0,
+            if packed { "q8_0" } else { "q5_0" },
+            KEPT,
+        ),
+        (
+            "model.layers.0.mlp.up_proj",
+            &d,
+            GgmlDType::Q4_0,
+            if packed { "q8_0" } else { "q4_0" },
+            KEPT,
+        ),
+        (
+            "model.layers.0.self_attn.q_a_proj",
+            &e,
+            GgmlDType::Q5_1,
+            "q8_0",
+            0.02,
+        ),
     ] {
         let out = w.dim(0).unwrap();
         let linear = Linear::load(256, out, vb.pp(prefix), format).unwrap();
-        assert!(
-            linear.format().starts_with(held),
-            "{prefix}: {}",
-            linear.format()
-        );
+        assert_eq!(linear.format(), held, "{prefix}");
         let stored = q(w, ggml).dequantize(&Device::Cpu).unwrap();
         let dense = x.matmul(&stored.t().unwrap()).unwrap();
-        // What is left is the activations' 8-bit rounding (and for Q6_K
-        // the Q8_0 rounding of its numbers).
         let err = relative_error(&linear.forward(&x).unwrap(), &dense);
-        assert!(err < 0.02, "{prefix}: relative error {err}");
+        assert!(err < bound, "{prefix}: relative error {err}");
+    }
+}
+
+/// An MLP whose gate and up projections a file stores in two formats
+/// (Q8_0 and Q4_K, its down projection in Q6_K) runs each as stored, as
+/// linears rather than one stacked weight, and computes what the stored
+/// numbers say; beside a packed MLP (the same MoE layer's shared expert,
+/// say) the two kinds run together.
+#[test]
+fn an_mlp_in_mixed_formats_runs_each_as_stored() {
+    use crate::layers::linear::{Linear, WeightFormat};
+    use crate::layers::moe::Mlp;
+    use crate::quant::Quantization;
+    use candle_core::Module;
+
+    let dir = temp_dir("mixed-mlp");
+    let path = dir.join("mixed.gguf");
+    let fill = |seed: usize, scale: f32| {
+        let v: Vec<f32> = crate::testing::unit::values(256 * 256, seed)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        Tensor::from_vec(v, (256, 256), &Device::Cpu).unwrap()
+    };
+    let (gate, up, down) = (fill(1, 0.1), fill(2, 0.1), fill(3, 0.1));
+    let stored = [
+        ("ffn_gate", &gate, GgmlDType::Q8_0),
+        ("ffn_up", &up, GgmlDType::Q4K),
+        ("ffn_down", &down, GgmlDType::Q6K),
+    ];
+    // Block 1 keeps one format throughout: it is stacked.
+    let format_of = |block: usize, ggml: GgmlDType| if block == 1 { GgmlDType::Q8_0 } else { ggml };
+    let names: Vec<String> = (0..2)
+        .flat_map(|block| stored.map(|(name, _, _)| format!("blk.{block}.{name}.weight")))
+        .collect();
+    let tensors: Vec<(&str, QTensor)> = (0..2)
+        .flat_map(|block| stored.map(|(_, w, ggml)| q(w, format_of(block, ggml))))
+        .zip(&names)
+        .map(|(t, name)| (name.as_str(), t))
+        .collect();
+    write(&path, &[], &tensors);
+    let g = GgufCheckpoint::open(&[path]).unwrap();
+    let vb = g.var_builder(DType::F32, &Device::Cpu);
+    let format = WeightFormat {
+        dtype: DType::F32,
+        quantize: Quantization::Q8_0,
+    };
+    let mixed = Mlp::new(256, 256, vb.pp("model.layers.0.mlp"), format).unwrap();
+    let uniform = Mlp::new(256, 256, vb.pp("model.layers.1.mlp"), format).unwrap();
+    let x = Tensor::from_vec(
+        crate::testing::unit::values(3 * 256, 4),
+        (3, 256),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let dense = |block: usize| {
+        let w = |i: usize| {
+            let (_, t, ggml) = stored[i];
+            q(t, format_of(block, ggml))
+                .dequantize(&Device::Cpu)
+                .unwrap()
+        };
+        let (g, u, d) = (w(0), w(1), w(2));
+        let h = (candle_nn::ops::silu(&x.matmul(&g.t().unwrap()).unwrap()).unwrap()
+            * x.matmul(&u.t().unwrap()).unwrap())
+        .unwrap();
+        h.matmul(&d.t().unwrap()).unwrap()
+    };
+    let apart = crate::testing::unit::max_abs_diff;
+    for (mlp, block) in [(&mixed, 0), (&uniform, 1)] {
+        // Exactly its three linears, each held as the file stores it.
+        let l = |name: &str| {
+            let vb = vb.pp(format!("model.layers.{block}.mlp.{name}"));
+            Linear::load(256, 256, vb, format).unwrap()
+        };
+        let (g, u, d) = (l("gate_proj"), l("up_proj"), l("down_proj"));
+        if block == 0 {
+            assert_eq!([g.format(), u.format(), d.format()], ["q8_0", "q4k", "q6k"]);
+        }
+        let h = (candle_nn::ops::silu(&g.forward(&x).unwrap()).unwrap() * u.forward(&x).unwrap())
+            .unwrap();
+        let got = mlp.forward(&x).unwrap();
+        assert_eq!(apart(&got, &d.forward(&h).unwrap()), 0.0, "block {block}");
+        // And what the stored numbers say, up to the activations' 8-bit
+        // rounding, which the down projection magnifies on these fills
+        // (measured 0.026 for both blocks; each linear alone 3e-4).
+        let err = relative_error(&got, &dense(block));
+        assert!(err < 0.04, "block {block}: relative error {err}");
+    }
+    let both = Mlp::forward_shared(&[&mixed, &uniform, &mixed], &x).unwrap();
+    for (got, mlp) in both.iter().zip([&mixed, &uniform, &mixed]) {
+        assert_eq!(apart(got, &mlp.forward(&x).unwrap()), 0.0);
     }
 }

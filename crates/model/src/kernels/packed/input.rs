@@ -1,6 +1,8 @@
 //! The packed kernels' input: each row quantized to int8 per 32-number
-//! block, with the block's scale, its sum, and the sum's `-128` multiple
-//! that undoes the Q8_0 weights' `+128` offset.
+//! block, with the block's scale, its sum, the sum's `-128` multiple
+//! that undoes the Q8_0 weights' `+128` offset, and the `-32` multiples of
+//! its two halves' sums that undo the Q6_K levels' `+32` (Q6_K scales
+//! weights 16 at a time).
 
 use super::BLOCK;
 
@@ -27,6 +29,9 @@ pub(super) struct Quantized {
     pub(super) sums: Vec<i32>,
     /// `-128 ·` each sum: the Q8_0 kernel's correction for its `+128`.
     pub(super) offsets: Vec<i32>,
+    /// `-32 ·` each block's first 16 numbers' sum, then its last 16's:
+    /// the Q6_K kernel's correction for its levels' `+32`.
+    pub(super) half_offsets: Vec<i32>,
 }
 
 impl Quantized {
@@ -38,6 +43,7 @@ impl Quantized {
             scales: vec![0.0; blocks],
             sums: vec![0; blocks],
             offsets: vec![0; blocks],
+            half_offsets: vec![0; 2 * blocks],
         }
     }
 
@@ -47,6 +53,7 @@ impl Quantized {
             scales: &self.scales,
             sums: &self.sums,
             offsets: &self.offsets,
+            half_offsets: &self.half_offsets,
         }
     }
 }
@@ -57,6 +64,7 @@ pub(super) struct QuantizedView<'a> {
     pub(super) scales: &'a [f32],
     pub(super) sums: &'a [i32],
     pub(super) offsets: &'a [i32],
+    pub(super) half_offsets: &'a [i32],
 }
 
 impl<'a> QuantizedView<'a> {
@@ -71,6 +79,7 @@ impl<'a> QuantizedView<'a> {
                     scales: &self.scales[first..][..blocks],
                     sums: &self.sums[first..][..blocks],
                     offsets: &self.offsets[first..][..blocks],
+                    half_offsets: &self.half_offsets[2 * first..][..2 * blocks],
                 }
             })
             .collect()
@@ -85,14 +94,16 @@ pub(super) fn quantize_into(
     scales: &mut [f32],
     sums: &mut [i32],
     offsets: &mut [i32],
+    half_offsets: &mut [i32],
 ) {
     let blocks = x.len() / BLOCK;
     assert!(q.len() == x.len() && scales.len() == blocks);
     assert!(sums.len() == blocks && offsets.len() == blocks);
+    assert!(half_offsets.len() == 2 * blocks);
     // SAFETY: only reached once `available` has checked the CPU.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        vnni::quantize(x, q, scales, sums, offsets)
+        vnni::quantize(x, q, scales, sums, offsets, half_offsets)
     };
 }
 
@@ -104,8 +115,9 @@ pub(super) fn quantize_rows(x: &[f32]) -> Quantized {
         scales,
         sums,
         offsets,
+        half_offsets,
     } = &mut out;
-    quantize_into(x, q, scales, sums, offsets);
+    quantize_into(x, q, scales, sums, offsets, half_offsets);
     out
 }
 
@@ -115,6 +127,8 @@ pub(crate) struct Row<'a> {
     pub(crate) scales: &'a [f32],
     pub(crate) sums: &'a [i32],
     pub(crate) offsets: &'a [i32],
+    /// Per block, `-32 ·` the sums of its two halves of 16.
+    pub(crate) half_offsets: &'a [i32],
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -124,7 +138,8 @@ mod vnni {
     use super::BLOCK;
 
     /// Each 32-number block of `x`: scale `max |x| / 127`, the numbers over
-    /// it rounded to the nearest integer (ties to even), and their sum.
+    /// it rounded to the nearest integer (ties to even), their sum, and
+    /// the offsets of the sum and of its halves' sums.
     ///
     /// # Safety
     /// The CPU has AVX-512F and AVX-512BW (the lengths are checked).
@@ -135,10 +150,12 @@ mod vnni {
         scales: &mut [f32],
         sums: &mut [i32],
         offsets: &mut [i32],
+        half_offsets: &mut [i32],
     ) {
         let blocks = x.len() / BLOCK;
         assert!(q.len() >= blocks * BLOCK && scales.len() >= blocks);
         assert!(sums.len() >= blocks && offsets.len() >= blocks);
+        assert!(half_offsets.len() >= 2 * blocks);
         for b in 0..blocks {
             let p = x.as_ptr().add(b * BLOCK);
             let (v0, v1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
@@ -152,7 +169,10 @@ mod vnni {
             _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtepi32_epi8(q0));
             _mm_storeu_si128(dst.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
             scales[b] = scale;
-            sums[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            let (h0, h1) = (_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1));
+            half_offsets[2 * b] = -32 * h0;
+            half_offsets[2 * b + 1] = -32 * h1;
+            sums[b] = h0 + h1;
             offsets[b] = -128 * sums[b];
         }
     }

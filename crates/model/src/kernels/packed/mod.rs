@@ -1,12 +1,13 @@
 //! Quantized weights repacked for AVX-512-VNNI: on CPUs that have it, every
-//! Q8_0 and Q4_K weight of the model (projections, MLA's absorbed per-head
+//! Q8_0, Q4_K and Q6_K weight of the model (projections, MLA's absorbed per-head
 //! matrices, the experts, lm_head) is held this way, as its only copy, and
 //! these kernels run it at every input size.
 //!
 //! Each group of 16 output rows is stored so that one VNNI instruction
 //! multiplies four inputs with sixteen rows at once: for Q8_0 block by
 //! block as `[8 k-quads][16 rows][4 bytes]`, with the 16 rows' f16 scales
-//! beside them (34 bytes per 32 weights, as Q8_0); Q4_K in [`PackedQ4K`].
+//! beside them (34 bytes per 32 weights, as Q8_0); Q4_K in [`PackedQ4K`],
+//! Q6_K in [`PackedQ6K`].
 //! The input rows are quantized to int8 per 32-number block, as Q8_0 does
 //! to weights; a block's integer dot is exact, and its scales are applied
 //! once per block and 16 rows. One call takes several weights, each with
@@ -30,6 +31,7 @@ use crate::kernels::parallel::{self, Disjoint};
 mod amx;
 mod input;
 pub(crate) mod q4k;
+pub(crate) mod q6k;
 mod q8_0;
 #[cfg(test)]
 mod tests;
@@ -37,6 +39,7 @@ mod tests;
 pub(crate) use input::Row;
 use input::{quantize_into, quantize_rows, Quantized, QuantizedView};
 pub use q4k::PackedQ4K;
+pub use q6k::PackedQ6K;
 pub use q8_0::PackedQ8;
 
 /// A task's input rows in groups for the AMX kernel; none on other CPUs.
@@ -102,11 +105,12 @@ impl std::ops::DerefMut for Lines {
     }
 }
 
-/// A weight held for the packed kernels, in either format.
+/// A weight held for the packed kernels, in one of their formats.
 #[derive(Debug, Clone)]
 pub enum Packed {
     Q8_0(PackedQ8),
     Q4K(PackedQ4K),
+    Q6K(PackedQ6K),
 }
 
 impl Packed {
@@ -120,8 +124,8 @@ impl Packed {
     pub fn fits(ggml: candle_core::quantized::GgmlDType, n: usize, k: usize) -> bool {
         use candle_core::quantized::GgmlDType;
         let blocks = match ggml {
-            GgmlDType::Q8_0 => BLOCK,
-            GgmlDType::Q4K => 256,
+            GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 => BLOCK,
+            GgmlDType::Q4K | GgmlDType::Q6K => 256,
             _ => return false,
         };
         Self::available() && n.is_multiple_of(TILE) && k.is_multiple_of(blocks)
@@ -132,6 +136,7 @@ impl Packed {
         match self {
             Packed::Q8_0(p) => (p.n, p.k),
             Packed::Q4K(p) => p.dims(),
+            Packed::Q6K(p) => p.dims(),
         }
     }
 
@@ -140,6 +145,7 @@ impl Packed {
         match self {
             Packed::Q8_0(p) => p.bytes(),
             Packed::Q4K(p) => p.bytes(),
+            Packed::Q6K(p) => p.bytes(),
         }
     }
 
@@ -148,6 +154,7 @@ impl Packed {
         match self {
             Packed::Q8_0(_) => "q8_0",
             Packed::Q4K(_) => "q4k",
+            Packed::Q6K(_) => "q6k",
         }
     }
 
@@ -157,6 +164,7 @@ impl Packed {
         match self {
             Packed::Q8_0(p) => p.dequantize(),
             Packed::Q4K(p) => p.dequantize(),
+            Packed::Q6K(p) => p.dequantize(),
         }
     }
 
@@ -165,6 +173,7 @@ impl Packed {
         match (top, bottom) {
             (Packed::Q8_0(t), Packed::Q8_0(b)) => Packed::Q8_0(PackedQ8::stack(t, b)),
             (Packed::Q4K(t), Packed::Q4K(b)) => Packed::Q4K(PackedQ4K::stack(t, b)),
+            (Packed::Q6K(t), Packed::Q6K(b)) => Packed::Q6K(PackedQ6K::stack(t, b)),
             _ => panic!("stacked weights differ in format"),
         }
     }
@@ -198,6 +207,10 @@ impl Packed {
             Packed::Q4K(p) => {
                 let (quads, d, scales) = p.tile(tile);
                 by_rows!(q4k::vnni::tile, rows, quads, d, scales, &mut dots)
+            }
+            Packed::Q6K(p) => {
+                let (bits, d, scales) = p.tile(tile);
+                by_rows!(q6k::vnni::tile, rows, bits, d, scales, &mut dots)
             }
         }
         dots
@@ -301,11 +314,12 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
     let mut input = Quantized::zeroed(x.len());
     // From here to the region's end the buffers are reached only through
     // these pointers: written in the first phase, read in the second.
-    let (q, scales, sums, offsets) = (
+    let (q, scales, sums, offsets, half_offsets) = (
         Disjoint::new(&mut input.q),
         Disjoint::new(&mut input.scales),
         Disjoint::new(&mut input.sums),
         Disjoint::new(&mut input.offsets),
+        Disjoint::new(&mut input.half_offsets),
     );
     // Tile `u` of all tasks' tiles in order: the task whose first tile
     // index is the largest not above `u` (tasks without rows have none).
@@ -332,7 +346,8 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
                     q.slice(numbers),
                     scales.slice(blocks.clone()),
                     sums.slice(blocks.clone()),
-                    offsets.slice(blocks),
+                    offsets.slice(blocks.clone()),
+                    half_offsets.slice(2 * blocks.start..2 * blocks.end),
                 )
             };
         });
@@ -344,6 +359,7 @@ unsafe fn run(x: &[f32], tasks: &[Task], out: &mut [f32]) {
                 scales: scales.view(0..blocks),
                 sums: sums.view(0..blocks),
                 offsets: offsets.view(0..blocks),
+                half_offsets: half_offsets.view(0..2 * blocks),
             }
         };
         // Each task's rows, found once per thread that meets the task.

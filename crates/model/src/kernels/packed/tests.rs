@@ -2,7 +2,7 @@
 
 use super::input::quantize_block;
 use super::*;
-use crate::testing::unit::{dequantized, packed_q4k, packed_q8_0, values as fill};
+use crate::testing::unit::{dequantized, packed_q4k, packed_q6k, packed_q8_0, values as fill};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
@@ -80,11 +80,13 @@ fn each_job_takes_its_own_rows() {
     let a = Packed::Q8_0(packed_q8_0(48, 64, 10).1);
     let b = Packed::Q4K(packed_q4k(32, 256, 20).1);
     let c = Packed::Q8_0(packed_q8_0(16, 32, 30).1);
+    let d = Packed::Q6K(packed_q6k(16, 256, 35).1);
     let jobs = vec![
         (&a, vec![0, 192, 64]),
         (&b, vec![512, 0, 1024, 32, 96, 1280, 160, 224, 288]),
         (&a, vec![]),
         (&c, vec![1280]),
+        (&d, vec![256, 0, 1024]),
     ];
     let got = matmul_each(&x, &jobs);
     let mut want = Vec::new();
@@ -107,7 +109,8 @@ fn here_equals_the_pools_call() {
     }
     let q8 = Packed::Q8_0(packed_q8_0(48, 128, 50).1);
     let q4 = Packed::Q4K(packed_q4k(32, 256, 60).1);
-    for pack in [&q8, &q4] {
+    let q6 = Packed::Q6K(packed_q6k(32, 512, 65).1);
+    for pack in [&q8, &q4, &q6] {
         let (n, k) = pack.dims();
         for m in [1, 3, 8, 11] {
             let x = fill(m * k, m);
@@ -154,6 +157,67 @@ fn q4k_kernel_matches_the_integer_arithmetic() {
                         let inner = (d * sc as f32) as f64 * dot as f64
                             - (dmin * mn as f32) as f64 * sum as f64;
                         exact += dx as f64 * inner;
+                    }
+                }
+                let plain: f64 = (0..k).map(|c| deq[j * k + c] as f64 * xs[c] as f64).sum();
+                let have = got[i * n + j] as f64;
+                assert!(
+                    (have - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                    "{m} rows, row {i} column {j}: {have} vs {exact}"
+                );
+                let norm = (k as f64).sqrt() * 3.0;
+                assert!((have - plain).abs() <= 0.02 * norm, "{have} vs f32 {plain}");
+            }
+        }
+    }
+}
+
+/// Repacked Q6_K blocks hold candle's numbers to the bit: every level,
+/// scale and `d` lands where the kernel reads it.
+#[test]
+fn q6k_packing_keeps_candles_numbers() {
+    let (q, p) = packed_q6k(48, 768, 41);
+    assert_eq!(p.dequantize(), dequantized(&q));
+}
+
+/// The Q6_K kernel equals the same integer arithmetic done plainly on
+/// GGML's own blocks (exact up to f32 rounding) for every row count, and
+/// stays within activation quantization of the f32 product with candle's
+/// dequantized weights.
+#[test]
+fn q6k_kernel_matches_the_integer_arithmetic() {
+    if !Packed::available() {
+        return;
+    }
+    let (n, k) = (32, 512);
+    let (q, p) = packed_q6k(n, k, 42);
+    let data = q.data().unwrap();
+    let deq = dequantized(&q);
+    let p = Packed::Q6K(p);
+    for m in [1, 3, 8, 9] {
+        let x: Vec<f32> = fill(m * k, m).iter().map(|v| v * 3.0).collect();
+        let got = matmul_groups(&x, m, &[&p]);
+        for i in 0..m {
+            let xs = &x[i * k..][..k];
+            for j in 0..n {
+                let mut exact = 0f64;
+                for sb in 0..k / 256 {
+                    let block = &data[(j * k / 256 + sb) * 210..][..210];
+                    let d = half::f16::from_le_bytes([block[208], block[209]]).to_f32();
+                    let levels = crate::quant::q6k::levels(block);
+                    for b in 0..8 {
+                        let mut xq = [0i8; BLOCK];
+                        let dx = quantize_block(&xs[(sb * 8 + b) * BLOCK..][..BLOCK], &mut xq);
+                        for half in 0..2 {
+                            let scale = block[192 + 2 * b + half] as i8;
+                            let dot: i32 = (0..16)
+                                .map(|c| {
+                                    let u = levels[b * BLOCK + half * 16 + c] as i32;
+                                    (u - 32) * xq[half * 16 + c] as i32
+                                })
+                                .sum();
+                            exact += dx as f64 * (d * scale as f32) as f64 * dot as f64;
+                        }
                     }
                 }
                 let plain: f64 = (0..k).map(|c| deq[j * k + c] as f64 * xs[c] as f64).sum();

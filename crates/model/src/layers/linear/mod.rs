@@ -25,10 +25,14 @@ pub use grouped::GroupedLinear;
 /// The names, beside a linear layer's `weight`, under which a checkpoint
 /// that stores the weight as GGML blocks of a format the packed kernels
 /// run offers those bytes, `[out, row bytes]` (a GGUF file does;
-/// safetensors never).
-pub const STORED_BLOCKS: [(GgmlDType, &str); 2] = [
+/// safetensors never). Q4_0 and Q5_0 run as the Q8_0 that holds their
+/// numbers exactly.
+pub const STORED_BLOCKS: [(GgmlDType, &str); 5] = [
     (GgmlDType::Q8_0, "weight.q8_0_blocks"),
     (GgmlDType::Q4K, "weight.q4_k_blocks"),
+    (GgmlDType::Q6K, "weight.q6_k_blocks"),
+    (GgmlDType::Q5_0, "weight.q5_0_blocks"),
+    (GgmlDType::Q4_0, "weight.q4_0_blocks"),
 ];
 
 /// The weight's stored blocks and their format, if the checkpoint offers
@@ -170,9 +174,9 @@ impl Linear {
     ) -> Result<Self> {
         match format.quantize.ggml_for(in_dim) {
             None => Self::new(in_dim, out_dim, vb.set_dtype(format.dtype)),
-            // Stored Q8_0 or Q4_K blocks are held as they are, whichever
-            // quantization was asked for: rounding them again could only
-            // lose.
+            // Stored blocks of a format the kernels run are held as they
+            // are, whichever quantization was asked for: rounding them
+            // again could only lose.
             Some(_) => match stored_blocks(&vb)? {
                 Some((ggml, blocks)) => Self::from_blocks(&blocks, ggml, in_dim, out_dim),
                 None => Self::from_tensor(
@@ -237,7 +241,8 @@ impl Linear {
 
     /// A weight stored as `ggml` blocks (`[out, row bytes]`, GGML's layout,
     /// which candle's is), held without rounding again: packed for the
-    /// VNNI kernels where the CPU has them, else as candle's blocks.
+    /// VNNI kernels where the CPU has them, else as candle's blocks (its
+    /// quantized matmul runs every format of [`STORED_BLOCKS`]).
     fn from_blocks(
         blocks: &Tensor,
         ggml: GgmlDType,
