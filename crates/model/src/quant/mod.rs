@@ -8,8 +8,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Result, Tensor};
 
-use crate::kernels::packed::{Lines, Packed, PackedQ4K, PackedQ6K, PackedQ8, TILE};
-use crate::kernels::parallel::{for_ranges_if, Disjoint};
+use crate::kernels::packed::{Packed, PackedQ4K, PackedQ6K, PackedQ8};
 
 pub(crate) mod q4k;
 pub(crate) mod q6k;
@@ -82,67 +81,6 @@ impl Packed {
             _ => None,
         }
     }
-}
-
-/// The three buffers of a `[n, k]` k-quant weight packed by 16-row tiles
-/// of 256-wide super-blocks, from GGML's blocks (`data`, `block_bytes`
-/// each, row-major): each unit (a tile's super-block) takes `per.0` bytes
-/// of numbers, `per.1` f16 factors and `per.2` scales, and `put(block, r,
-/// (bits, d, scales))` places row `r`'s block in its unit. With
-/// `parallel`, tiles are repacked on the compute pool (a tile's units are
-/// contiguous in all three buffers: repacking one tile after another made
-/// most of a GGUF file's load). `None` when the shape does not tile.
-pub(crate) fn repack_super_blocks<S: Copy + Default + Send>(
-    data: &[u8],
-    (n, k): (usize, usize),
-    block_bytes: usize,
-    per: (usize, usize, usize),
-    parallel: bool,
-    put: impl Fn(&[u8], usize, (&mut [u8], &mut [half::f16], &mut [S])) + Sync,
-) -> Option<(Lines, Vec<half::f16>, Vec<S>)> {
-    const SUPER: usize = 256;
-    if !n.is_multiple_of(TILE) || !k.is_multiple_of(SUPER) {
-        return None;
-    }
-    let supers = k / SUPER;
-    assert_eq!(
-        data.len(),
-        n * supers * block_bytes,
-        "not a [n, k] weight of these blocks"
-    );
-    let units = n / TILE * supers;
-    let mut bits = Lines::zeroed(units * per.0);
-    let mut d = vec![half::f16::ZERO; units * per.1];
-    let mut scales = vec![S::default(); units * per.2];
-    let out = (
-        Disjoint::new(&mut bits),
-        Disjoint::new(&mut d),
-        Disjoint::new(&mut scales),
-    );
-    let fill = |tiles: std::ops::Range<usize>| {
-        for tile in tiles {
-            for sb in 0..supers {
-                let unit = tile * supers + sb;
-                // SAFETY: each unit is its own range of each buffer, inside
-                // them, and the buffers outlive the parallel call; a tile's
-                // units are this task's alone.
-                let (bits, d, scales) = unsafe {
-                    (
-                        out.0.slice(unit * per.0..(unit + 1) * per.0),
-                        out.1.slice(unit * per.1..(unit + 1) * per.1),
-                        out.2.slice(unit * per.2..(unit + 1) * per.2),
-                    )
-                };
-                for r in 0..TILE {
-                    let row = tile * TILE + r;
-                    let block = &data[(row * supers + sb) * block_bytes..][..block_bytes];
-                    put(block, r, (&mut *bits, &mut *d, &mut *scales));
-                }
-            }
-        }
-    };
-    for_ranges_if(parallel, n / TILE, fill);
-    Some((bits, d, scales))
 }
 
 /// `[n, k]` `values` quantized on the CPU, the rows split over `threads`

@@ -1,8 +1,7 @@
 //! Q4_K weights as GGML quantizes them, and into the packed layout of
 //! [`PackedQ4K`].
 
-use super::repack_super_blocks;
-use crate::kernels::packed::q4k::{SUPER, TILE_D, TILE_QUADS, TILE_SCALES};
+use crate::kernels::packed::q4k::SUPER;
 use crate::kernels::packed::{PackedQ4K, BLOCK, TILE};
 
 /// Bytes of one Q4_K block: `d`, `dmin`, 12 bytes of scales, 128 of nibbles.
@@ -196,13 +195,9 @@ impl PackedQ4K {
         Self::from_blocks(data, n, k, true)
     }
 
-    /// [`Self::new`]; with `parallel`, tiles are repacked on the compute
-    /// pool (each one's units are contiguous in all three buffers:
-    /// repacking one tile after another made most of a GGUF file's load).
-    /// Callers that already split a weight over threads of their own pass
-    /// `false`.
+    /// [`Self::new`], on the compute pool when `parallel` (see
+    /// `SuperBlocks::repack`).
     fn from_blocks(data: &[u8], n: usize, k: usize, parallel: bool) -> Option<PackedQ4K> {
-        let per = (TILE_QUADS, TILE_D, TILE_SCALES);
         let put = |block: &[u8],
                    r: usize,
                    (quads, d, scales): (&mut [u8], &mut [half::f16], &mut [u8])| {
@@ -219,14 +214,7 @@ impl PackedQ4K {
                 quads[((pair * 8 + quad) * TILE + r) * 4 + b] = byte;
             }
         };
-        let (quads, d, scales) = repack_super_blocks(data, (n, k), Q4K_BYTES, per, parallel, put)?;
-        Some(PackedQ4K {
-            n,
-            k,
-            quads,
-            d,
-            scales,
-        })
+        PackedQ4K::repack(data, (n, k), Q4K_BYTES, parallel, put)
     }
 
     /// `w` (`[n, k]` f32, row-major) quantized to Q4_K as candle quantizes

@@ -1,8 +1,7 @@
 //! Q6_K weights as GGML stores them, into the packed layout of
 //! [`PackedQ6K`].
 
-use super::repack_super_blocks;
-use crate::kernels::packed::q6k::{high_shift, SUPER, TILE_BITS, TILE_LOW, TILE_SCALES};
+use crate::kernels::packed::q6k::{high_shift, SUPER, TILE_LOW};
 use crate::kernels::packed::{PackedQ6K, BLOCK, TILE};
 
 /// Bytes of one Q6_K block: 128 of low nibbles, 64 of high bit pairs, 16
@@ -34,7 +33,6 @@ impl PackedQ6K {
     /// row-major. `None` when the shape does not tile. Tiles are repacked
     /// on the compute pool.
     pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ6K> {
-        let per = (TILE_BITS, TILE, TILE_SCALES);
         let put = |block: &[u8],
                    r: usize,
                    (bits, d, scales): (&mut [u8], &mut [half::f16], &mut [i8])| {
@@ -50,13 +48,6 @@ impl PackedQ6K {
                     (u >> 4) << high_shift(j);
             }
         };
-        let (bits, d, scales) = repack_super_blocks(data, (n, k), Q6K_BYTES, per, true, put)?;
-        Some(PackedQ6K {
-            n,
-            k,
-            bits,
-            d,
-            scales,
-        })
+        PackedQ6K::repack(data, (n, k), Q6K_BYTES, true, put)
     }
 }

@@ -33,6 +33,7 @@ mod input;
 pub(crate) mod q4k;
 pub(crate) mod q6k;
 mod q8_0;
+mod super_blocks;
 #[cfg(test)]
 mod tests;
 

@@ -15,10 +15,10 @@
 //! Q4_K dequantizes; an input block of 32 meets one sub-block, so each dot
 //! is `x_scale · (d·scale · Σ q·x - dmin·min · Σ x)` with exact integer sums.
 
-use super::{Lines, BLOCK, TILE};
+use super::super_blocks::{Layout, SuperBlocks, Unit};
+use super::{BLOCK, TILE};
 
-/// Weights per super-block.
-pub(crate) const SUPER: usize = 256;
+pub(crate) use super::super_blocks::SUPER;
 /// Nibble bytes per tile and super-block.
 pub(crate) const TILE_QUADS: usize = TILE * SUPER / 2;
 /// `d` and `dmin` per tile and super-block.
@@ -27,73 +27,32 @@ pub(crate) const TILE_D: usize = 2 * TILE;
 pub(crate) const TILE_SCALES: usize = 2 * 8 * TILE;
 
 /// One `[n, k]` Q4_K weight (`n` a multiple of 16, `k` of 256), repacked.
+/// Per unit: Q4_K's nibble bytes `[4][8][16][4]`; each row's `d`, then its
+/// `dmin` (`[2][16]`); each sub-block's scale, then its min (`[2][8][16]`).
+pub type PackedQ4K = SuperBlocks<Q4K>;
+
+/// The Q4_K layout.
 #[derive(Debug, Clone)]
-pub struct PackedQ4K {
-    pub(crate) n: usize,
-    pub(crate) k: usize,
-    /// `[n / 16][k / 256][4][8][16][4]`: Q4_K's nibble bytes.
-    pub(crate) quads: Lines,
-    /// `[n / 16][k / 256][2][16]`: each row's `d`, then its `dmin`.
-    pub(crate) d: Vec<half::f16>,
-    /// `[n / 16][k / 256][2][8][16]`: each sub-block's scale, then its min.
-    pub(crate) scales: Vec<u8>,
-}
+pub struct Q4K;
 
-impl PackedQ4K {
-    /// `(n, k)`.
-    pub fn dims(&self) -> (usize, usize) {
-        (self.n, self.k)
-    }
+impl Layout for Q4K {
+    const BITS: usize = TILE_QUADS;
+    const D: usize = TILE_D;
+    const SCALES: usize = TILE_SCALES;
+    type Scale = u8;
 
-    /// Bytes a full read takes.
-    pub fn bytes(&self) -> usize {
-        self.quads.len() + self.d.len() * 2 + self.scales.len()
-    }
-
-    /// `top` above `bottom` (both `[_, k]`): tiles hold whole rows.
-    pub fn stack(mut top: PackedQ4K, bottom: PackedQ4K) -> PackedQ4K {
-        assert_eq!(top.k, bottom.k, "stacked weights differ in width");
-        top.n += bottom.n;
-        top.quads.extend(bottom.quads);
-        top.d.extend(bottom.d);
-        top.scales.extend(bottom.scales);
-        top
-    }
-
-    /// Tile `tile`'s nibbles, `d`s and scales, all its super-blocks.
-    pub(super) fn tile(&self, tile: usize) -> (&[u8], &[half::f16], &[u8]) {
-        let supers = self.k / SUPER;
-        (
-            &self.quads[tile * supers * TILE_QUADS..][..supers * TILE_QUADS],
-            &self.d[tile * supers * TILE_D..][..supers * TILE_D],
-            &self.scales[tile * supers * TILE_SCALES..][..supers * TILE_SCALES],
-        )
-    }
-
-    /// The weight's numbers, `[n, k]` row-major, as Q4_K dequantizes them.
-    pub fn dequantize(&self) -> Vec<f32> {
-        let supers = self.k / SUPER;
-        let mut out = vec![0f32; self.n * self.k];
-        for (row, out) in out.chunks_exact_mut(self.k).enumerate() {
-            let (tile, r) = (row / TILE, row % TILE);
-            for (sb, out) in out.chunks_exact_mut(SUPER).enumerate() {
-                let unit = tile * supers + sb;
-                let d = self.d[unit * TILE_D + r].to_f32();
-                let dmin = self.d[unit * TILE_D + TILE + r].to_f32();
-                for (j, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-                    let scale = d * self.scales[unit * TILE_SCALES + j * TILE + r] as f32;
-                    let min = dmin * self.scales[unit * TILE_SCALES + (8 + j) * TILE + r] as f32;
-                    let (pair, shift) = (j / 2, 4 * (j % 2));
-                    for (i, o) in out.iter_mut().enumerate() {
-                        let (quad, b) = (i / 4, i % 4);
-                        let byte =
-                            self.quads[unit * TILE_QUADS + ((pair * 8 + quad) * TILE + r) * 4 + b];
-                        *o = scale * ((byte >> shift) & 0x0F) as f32 - min;
-                    }
-                }
+    fn numbers((quads, d, scales): Unit<'_, u8>, r: usize, out: &mut [f32]) {
+        let (d, dmin) = (d[r].to_f32(), d[TILE + r].to_f32());
+        for (j, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let scale = d * scales[j * TILE + r] as f32;
+            let min = dmin * scales[(8 + j) * TILE + r] as f32;
+            let (pair, shift) = (j / 2, 4 * (j % 2));
+            for (i, o) in out.iter_mut().enumerate() {
+                let (quad, b) = (i / 4, i % 4);
+                let byte = quads[((pair * 8 + quad) * TILE + r) * 4 + b];
+                *o = scale * ((byte >> shift) & 0x0F) as f32 - min;
             }
         }
-        out
     }
 }
 

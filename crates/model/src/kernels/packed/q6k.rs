@@ -19,9 +19,10 @@
 //! `x_scale · Σ_halves d·scale · (Σ u·x - 32 · Σ x)`, the integer sums
 //! exact (each half's sum starts at the input's `-32 · Σ x`).
 
-use super::{Lines, BLOCK, TILE};
+use super::super_blocks::{Layout, SuperBlocks, Unit};
+use super::{BLOCK, TILE};
 
-pub(crate) use super::q4k::SUPER;
+pub(crate) use super::super_blocks::SUPER;
 /// Bytes of low nibbles per tile and super-block.
 pub(crate) const TILE_LOW: usize = TILE * SUPER / 2;
 /// Bytes of both parts per tile and super-block: the nibbles, then the
@@ -37,77 +38,36 @@ pub(crate) fn high_shift(j: usize) -> usize {
 }
 
 /// One `[n, k]` Q6_K weight (`n` a multiple of 16, `k` of 256), repacked.
+/// Per unit: the nibbles `[4][8][16][4]`, then the high bits
+/// `[2][8][16][4]`; each row's `d` (`[16]`); each sub-block's scale, by
+/// row (`[16][16]`).
+pub type PackedQ6K = SuperBlocks<Q6K>;
+
+/// The Q6_K layout.
 #[derive(Debug, Clone)]
-pub struct PackedQ6K {
-    pub(crate) n: usize,
-    pub(crate) k: usize,
-    /// `[n / 16][k / 256]` of the nibbles `[4][8][16][4]`, then the high
-    /// bits `[2][8][16][4]`.
-    pub(crate) bits: Lines,
-    /// `[n / 16][k / 256][16]`: each row's `d`.
-    pub(crate) d: Vec<half::f16>,
-    /// `[n / 16][k / 256][16][16]`: each sub-block's scale, by row.
-    pub(crate) scales: Vec<i8>,
+pub struct Q6K;
+
+/// Weight `i` (0..256) of row `r` in a unit's `bits`: its `u` (0..64).
+pub(crate) fn level(bits: &[u8], r: usize, i: usize) -> u8 {
+    let (j, within) = (i / BLOCK, i % BLOCK);
+    let (quad, b) = (within / 4, within % 4);
+    let low = bits[((j / 2 * 8 + quad) * TILE + r) * 4 + b] >> (4 * (j % 2)) & 0x0F;
+    let high = bits[TILE_LOW + ((j / 4 * 8 + quad) * TILE + r) * 4 + b] >> high_shift(j) & 3;
+    low | high << 4
 }
 
-impl PackedQ6K {
-    /// `(n, k)`.
-    pub fn dims(&self) -> (usize, usize) {
-        (self.n, self.k)
-    }
+impl Layout for Q6K {
+    const BITS: usize = TILE_BITS;
+    const D: usize = TILE;
+    const SCALES: usize = TILE_SCALES;
+    type Scale = i8;
 
-    /// Bytes a full read takes.
-    pub fn bytes(&self) -> usize {
-        self.bits.len() + self.d.len() * 2 + self.scales.len()
-    }
-
-    /// `top` above `bottom` (both `[_, k]`): tiles hold whole rows.
-    pub fn stack(mut top: PackedQ6K, bottom: PackedQ6K) -> PackedQ6K {
-        assert_eq!(top.k, bottom.k, "stacked weights differ in width");
-        top.n += bottom.n;
-        top.bits.extend(bottom.bits);
-        top.d.extend(bottom.d);
-        top.scales.extend(bottom.scales);
-        top
-    }
-
-    /// Tile `tile`'s bits, `d`s and scales, all its super-blocks.
-    pub(super) fn tile(&self, tile: usize) -> (&[u8], &[half::f16], &[i8]) {
-        let supers = self.k / SUPER;
-        (
-            &self.bits[tile * supers * TILE_BITS..][..supers * TILE_BITS],
-            &self.d[tile * supers * TILE..][..supers * TILE],
-            &self.scales[tile * supers * TILE_SCALES..][..supers * TILE_SCALES],
-        )
-    }
-
-    /// Weight `i` (0..256) of super-block `unit` of row `r` of its tile:
-    /// its `u` (0..64).
-    pub(crate) fn level(&self, unit: usize, r: usize, i: usize) -> u8 {
-        let (j, within) = (i / BLOCK, i % BLOCK);
-        let (quad, b) = (within / 4, within % 4);
-        let bits = &self.bits[unit * TILE_BITS..][..TILE_BITS];
-        let low = bits[((j / 2 * 8 + quad) * TILE + r) * 4 + b] >> (4 * (j % 2)) & 0x0F;
-        let high = bits[TILE_LOW + ((j / 4 * 8 + quad) * TILE + r) * 4 + b] >> high_shift(j) & 3;
-        low | high << 4
-    }
-
-    /// The weight's numbers, `[n, k]` row-major, as Q6_K dequantizes them.
-    pub fn dequantize(&self) -> Vec<f32> {
-        let supers = self.k / SUPER;
-        let mut out = vec![0f32; self.n * self.k];
-        for (row, out) in out.chunks_exact_mut(self.k).enumerate() {
-            let (tile, r) = (row / TILE, row % TILE);
-            for (sb, out) in out.chunks_exact_mut(SUPER).enumerate() {
-                let unit = tile * supers + sb;
-                let d = self.d[unit * TILE + r].to_f32();
-                for (i, o) in out.iter_mut().enumerate() {
-                    let scale = self.scales[unit * TILE_SCALES + i / 16 * TILE + r];
-                    *o = d * scale as f32 * (self.level(unit, r, i) as i32 - 32) as f32;
-                }
-            }
+    fn numbers((bits, d, scales): Unit<'_, i8>, r: usize, out: &mut [f32]) {
+        let d = d[r].to_f32();
+        for (i, o) in out.iter_mut().enumerate() {
+            let scale = scales[i / 16 * TILE + r];
+            *o = d * scale as f32 * (level(bits, r, i) as i32 - 32) as f32;
         }
-        out
     }
 }
 
