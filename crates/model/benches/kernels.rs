@@ -59,10 +59,7 @@ fn main() {
     let threads = rayon::current_num_threads();
     let bandwidth = ferroseek_model::testing::read_bandwidth_gbps();
     println!("threads: {threads}; read bandwidth (parallel sum over 1 GiB): {bandwidth:.1} GB/s");
-    let w: Vec<f32> = (0..N * K)
-        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    let w32 = Tensor::from_vec(w, (N, K), &Device::Cpu).unwrap();
+    let w32 = weight();
     let w16 = w32.to_dtype(DType::BF16).unwrap();
     let host32: Vec<f32> = w32.flatten_all().unwrap().to_vec1().unwrap();
     let host16: Vec<half::bf16> = w16.flatten_all().unwrap().to_vec1().unwrap();
@@ -136,6 +133,15 @@ fn main() {
     attention();
 }
 
+/// The `[8192, 4096]` f32 weight every product here multiplies: a
+/// deterministic fill in [-0.5, 0.5).
+fn weight() -> Tensor {
+    let w: Vec<f32> = (0..N * K)
+        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    Tensor::from_vec(w, (N, K), &Device::Cpu).unwrap()
+}
+
 /// `x [m, 4096] · Wᵀ` with W `[8192, 4096]` in each format the packed
 /// kernel runs: its time per call and GB/s of the format's bytes, beside
 /// candle's quantized matmul on the same blocks.
@@ -145,10 +151,7 @@ fn formats() {
         println!("packed formats: skipped, the CPU lacks AVX-512-VNNI");
         return;
     }
-    let w: Vec<f32> = (0..N * K)
-        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    let w = Tensor::from_vec(w, (N, K), &Device::Cpu).unwrap();
+    let w = weight();
     println!("| format | m | packed ms | packed GB/s | candle ms | candle / packed time |");
     println!("|---|---:|---:|---:|---:|---:|");
     for ggml in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {

@@ -25,8 +25,8 @@ pub use grouped::GroupedLinear;
 /// The names, beside a linear layer's `weight`, under which a checkpoint
 /// that stores the weight as GGML blocks of a format the packed kernels
 /// run offers those bytes, `[out, row bytes]` (a GGUF file does;
-/// safetensors never). Q4_0 and Q5_0 run as the Q8_0 that holds their
-/// numbers exactly.
+/// safetensors never). On the packed kernels Q4_0 and Q5_0 run as the
+/// Q8_0 that holds their numbers exactly.
 pub const STORED_BLOCKS: [(GgmlDType, &str); 5] = [
     (GgmlDType::Q8_0, "weight.q8_0_blocks"),
     (GgmlDType::Q4K, "weight.q4_k_blocks"),
