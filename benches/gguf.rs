@@ -6,15 +6,16 @@
 //! On the benchmark model with low-rank queries (DeepSeek-V2-Lite's
 //! architecture at 265M random parameters, `q_lora_rank` 384), as a `q8_0`
 //! GGUF from llama.cpp's converter and a `Q4_K_M` one from its
-//! `llama-quantize`: `scripts/bench_model_gguf.sh
-//! target/bench-models/random-v2-lite-q-lora-bf16` writes both and prints
+//! `llama-quantize`, and a `Q5_K_M` one: `scripts/bench_model_gguf.sh
+//! target/bench-models/random-v2-lite-q-lora-bf16` writes them and prints
 //! the variables naming them (`FERROSEEK_BENCH_GGUF_Q8_0`,
-//! `FERROSEEK_BENCH_GGUF_Q4_K_M`); a file not named is skipped with a
-//! message. For each file:
+//! `FERROSEEK_BENCH_GGUF_Q4_K_M`, `FERROSEEK_BENCH_GGUF_Q5_K_M`); a file
+//! not named is skipped with a message. For each file:
 //! - **load**: from starting the `ferroseek` binary to `/health` answering,
 //!   against the same from the safetensors checkpoint quantized in situ
-//!   (`--quantize q8_0` / `q4_k`), and against reading the file once (from
-//!   the page cache, as the load that follows does);
+//!   (`--quantize q8_0` / `q4_k`; there is no in-situ Q5_K), and against
+//!   reading the file once (from the page cache, as the load that follows
+//!   does);
 //! - **decode**: a 32-token prompt asked for 129 tokens and for 1, greedy,
 //!   `ignore_eos`, one request at a time: 128 tokens over the difference.
 //!   With `FERROSEEK_BENCH_LLAMA_SERVER` naming a `llama-server` binary,
@@ -98,8 +99,9 @@ fn main() {
     println!("| file | load from GGUF (s) | load from safetensors, quantized in situ (s) | reading the file (s) | decode, ferroseek (tok/s) | decode, llama.cpp (tok/s) | ratio |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (kind, variable, in_situ) in [
-        ("q8_0", "FERROSEEK_BENCH_GGUF_Q8_0", "q8_0"),
-        ("Q4_K_M", "FERROSEEK_BENCH_GGUF_Q4_K_M", "q4_k"),
+        ("q8_0", "FERROSEEK_BENCH_GGUF_Q8_0", Some("q8_0")),
+        ("Q4_K_M", "FERROSEEK_BENCH_GGUF_Q4_K_M", Some("q4_k")),
+        ("Q5_K_M", "FERROSEEK_BENCH_GGUF_Q5_K_M", None),
     ] {
         let Ok(file) = std::env::var(variable) else {
             println!(
@@ -112,9 +114,15 @@ fn main() {
         let (from_gguf, server) = timed_start(&rt, || ferroseek(&file, &args(&[])));
         let ours = decode_rate(&rt, &server);
         drop(server);
-        let (from_safetensors, server) =
-            timed_start(&rt, || ferroseek(&dir, &args(&["--quantize", in_situ])));
-        drop(server);
+        let from_safetensors = match in_situ {
+            Some(in_situ) => {
+                let (seconds, server) =
+                    timed_start(&rt, || ferroseek(&dir, &args(&["--quantize", in_situ])));
+                drop(server);
+                format!("{seconds:.2}")
+            }
+            None => "-".to_string(),
+        };
         let (theirs, ratio) = match &llama {
             Some(binary) => {
                 let server = llama_cpp(binary, file.to_str().unwrap(), threads, CONTEXT);
@@ -127,7 +135,7 @@ fn main() {
             ),
         };
         println!(
-            "| {kind} | {from_gguf:.2} | {from_safetensors:.2} | {read:.2} | {ours:.1} | {theirs} | {ratio} |"
+            "| {kind} | {from_gguf:.2} | {from_safetensors} | {read:.2} | {ours:.1} | {theirs} | {ratio} |"
         );
     }
 }

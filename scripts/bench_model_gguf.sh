@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's `llama-server` and `llama-quantize` and writes the
 # benchmark model as GGUF files with llama.cpp's own tools: q8_0 from its
-# converter, Q4_K_M from llama-quantize (of a bf16 conversion), for
+# converter, Q4_K_M and Q5_K_M from llama-quantize (of a bf16 conversion), for
 # `cargo bench -p ferroseek --bench long_context` and `--bench gguf`:
 #
 #   scripts/bench_model_gguf.sh [MODEL_DIR [OUT_PREFIX]]
@@ -22,10 +22,13 @@ build_llama llama-server
 build_llama llama-quantize
 convert "$MODEL" "$OUT-q8_0.gguf" q8_0
 convert "$MODEL" "$OUT-bf16.gguf" bf16
-"$WORK/build/bin/llama-quantize" "$OUT-bf16.gguf" "$OUT-Q4_K_M.gguf" Q4_K_M > "$WORK/quantize.log" 2>&1
+for kind in Q4_K_M Q5_K_M; do
+  "$WORK/build/bin/llama-quantize" "$OUT-bf16.gguf" "$OUT-$kind.gguf" $kind > "$WORK/quantize.log" 2>&1
+done
 rm "$OUT-bf16.gguf"
 
 echo "FERROSEEK_BENCH_LLAMA_SERVER=$WORK/build/bin/llama-server"
 echo "FERROSEEK_BENCH_LLAMA_GGUF=$OUT-q8_0.gguf"
 echo "FERROSEEK_BENCH_GGUF_Q8_0=$OUT-q8_0.gguf"
 echo "FERROSEEK_BENCH_GGUF_Q4_K_M=$OUT-Q4_K_M.gguf"
+echo "FERROSEEK_BENCH_GGUF_Q5_K_M=$OUT-Q5_K_M.gguf"

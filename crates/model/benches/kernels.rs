@@ -154,7 +154,12 @@ fn formats() {
     let w = weight();
     println!("| format | m | packed ms | packed GB/s | candle ms | candle / packed time |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for ggml in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+    for ggml in [
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ] {
         let q = QTensor::quantize(&w, ggml).unwrap();
         let pack = Packed::new(&q.data().unwrap(), ggml, N, K).unwrap();
         let mm = QMatMul::from_qtensor(q).unwrap();

@@ -273,53 +273,97 @@ fn llama_quantize_q4_k_m_file_serves_within_its_bound() {
     );
 }
 
-/// The `Q4_K_M` file computes with its own numbers: its Q4_K and Q6_K
-/// weights run as stored, its Q5_0 ones as the Q8_0 that is the same
-/// numbers, so against a dense f32 model of the file's dequantized weights
-/// what is left is the activations' 8-bit rounding in every product (and
-/// MLA's per-head matrices, which the model derives, rounded to Q8_0).
-/// Measured over the 48-token prompt, whole vocabulary: median |Δ
-/// log-prob| 0.048, max 0.30, the top token the same everywhere; with
-/// Q6_K and Q5_0 rounded again to Q8_0, as they ran before, 0.052 and
-/// 0.35. (Against the bf16 source, the file's own rounding is ten times
-/// that: see the test above.)
+/// `llama-quantize`'s `Q4_K_M` and `Q5_K_M` files of the same bf16 model
+/// compute with their own numbers: Q4_K, Q5_K and Q6_K weights run as
+/// stored, Q5_0 ones as the Q8_0 that is the same numbers, so against a
+/// dense f32 model of the file's dequantized weights what is left is the
+/// activations' 8-bit rounding in every product (and MLA's per-head
+/// matrices, which the model derives, rounded to Q8_0: the `Q5_K_M` file
+/// stores them as Q5_1). Measured over the 48-token prompt, whole
+/// vocabulary, the largest |Δ log-prob| at each position:
+/// - `Q4_K_M`: median 0.048, every position within 0.30, the top token
+///   the same everywhere (with Q6_K and Q5_0 rounded again to Q8_0, as
+///   they ran before, median 0.052, max 0.35);
+/// - `Q5_K_M`: median 0.048, every position within 0.30 but one, 6.3,
+///   where the top token differs. The forward pass is continuous but for
+///   the choice of experts, so a jump there is a routing decision that the
+///   rounding tips (the router is sharp: gate weights at twice the usual
+///   scale). candle's own Q5_K kernels, which round the activations per
+///   256, tip the same position (6.4; median 0.062); with Q5_K rounded
+///   again to Q8_0 none tips (median 0.059, max 0.44).
+///
+/// Against the bf16 source the files' own rounding is several times that:
+/// see the test above.
 #[test]
-fn llama_quantize_q4_k_m_file_computes_with_its_own_numbers() {
+fn llama_quantize_k_quant_files_compute_with_their_own_numbers() {
+    use candle_core::quantized::gguf_file::Content;
     use ferroseek_model::GgufCheckpoint;
-    let file = files(&fixture_dir("gguf").join("k-quant-v3-Q4_K_M.gguf"));
-    let native = load(&file, Quantization::None);
-    let checkpoint = GgufCheckpoint::open(&file.weights).unwrap();
-    let cfg = checkpoint.config().unwrap();
-    let vb = checkpoint.var_builder(DType::F32, &Device::Cpu);
-    let dense = DeepSeekModel::new(
-        cfg,
-        vb,
-        WeightFormat::dense(DType::F32),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let prompt: Vec<u32> = (0..48).map(|i| (i * 37 % 251 + 2) as u32).collect();
-    let (got, want) = (
-        prompt_logprobs(&native, &prompt),
-        prompt_logprobs(&dense, &prompt),
-    );
-    let (median, max) = diff_stats(&got, &want);
-    let top = |t: &Tensor| {
-        t.argmax(candle_core::D::Minus1)
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap()
-    };
-    let agree = top(&got)
-        .iter()
-        .zip(top(&want))
-        .filter(|(a, b)| **a == *b)
-        .count();
-    eprintln!("vs its own numbers in f32: median {median} max {max}, top-1 {agree} of 48");
-    assert!(
-        median < 0.06 && max < 0.4 && agree >= 46,
-        "median {median} max {max}, top-1 {agree}"
-    );
+    // Each file's formats, and how many positions may tip (as measured).
+    for (kind, formats, tipped) in [
+        (
+            "Q4_K_M",
+            [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q5_0],
+            0,
+        ),
+        (
+            "Q5_K_M",
+            [GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::Q5_1],
+            1,
+        ),
+    ] {
+        let path = fixture_dir("gguf").join(format!("k-quant-v3-{kind}.gguf"));
+        let content = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
+        for wanted in formats {
+            assert!(
+                content
+                    .tensor_infos
+                    .values()
+                    .any(|info| info.ggml_dtype == wanted),
+                "no {wanted:?} tensor in the {kind} file"
+            );
+        }
+        let file = files(&path);
+        let native = load(&file, Quantization::None);
+        let checkpoint = GgufCheckpoint::open(&file.weights).unwrap();
+        let cfg = checkpoint.config().unwrap();
+        let vb = checkpoint.var_builder(DType::F32, &Device::Cpu);
+        let dense = DeepSeekModel::new(
+            cfg,
+            vb,
+            WeightFormat::dense(DType::F32),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let prompt: Vec<u32> = (0..48).map(|i| (i * 37 % 251 + 2) as u32).collect();
+        let (got, want) = (
+            prompt_logprobs(&native, &prompt),
+            prompt_logprobs(&dense, &prompt),
+        );
+        let (median, max) = diff_stats(&got, &want);
+        let per_position: Vec<f32> = (&got - &want)
+            .and_then(|d| d.abs()?.max(candle_core::D::Minus1)?.to_vec1())
+            .unwrap();
+        let beyond = per_position.iter().filter(|&&d| d >= 0.4).count();
+        let top = |t: &Tensor| {
+            t.argmax(candle_core::D::Minus1)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap()
+        };
+        let agree = top(&got)
+            .iter()
+            .zip(top(&want))
+            .filter(|(a, b)| **a == *b)
+            .count();
+        eprintln!(
+            "{kind} vs its own numbers in f32: median {median} max {max}, {beyond} positions \
+             beyond 0.4, top-1 {agree} of 48"
+        );
+        assert!(
+            median < 0.06 && beyond <= tipped && agree >= 48 - tipped - 1,
+            "{kind}: median {median}, {beyond} positions beyond 0.4 {per_position:?}, top-1 {agree}"
+        );
+    }
 }
 
 /// The config as GGUF can carry it: the stored dtype is not said, every

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Result, Tensor};
 
-use crate::kernels::packed::{Packed, PackedQ4K, PackedQ6K, PackedQ8};
+use crate::kernels::packed::{Packed, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8};
 
 pub(crate) mod q4k;
 pub(crate) mod q6k;
@@ -74,6 +74,7 @@ impl Packed {
         match ggml {
             GgmlDType::Q8_0 => PackedQ8::new(data, n, k).map(Packed::Q8_0),
             GgmlDType::Q4K => PackedQ4K::new(data, n, k).map(Packed::Q4K),
+            GgmlDType::Q5K => PackedQ5K::new(data, n, k).map(Packed::Q5K),
             GgmlDType::Q6K => PackedQ6K::new(data, n, k).map(Packed::Q6K),
             GgmlDType::Q4_0 | GgmlDType::Q5_0 => {
                 PackedQ8::widen(data, ggml, n, k).map(Packed::Q8_0)

@@ -1,11 +1,14 @@
-//! Q4_K weights as GGML quantizes them, and into the packed layout of
-//! [`PackedQ4K`].
+//! Q4_K weights as GGML quantizes them, and Q4_K and Q5_K blocks into the
+//! packed layouts of [`PackedQ4K`] and [`PackedQ5K`].
 
-use crate::kernels::packed::q4k::SUPER;
-use crate::kernels::packed::{PackedQ4K, BLOCK, TILE};
+use crate::kernels::packed::q4k::{fifth_shift, SUPER, TILE_QUADS};
+use crate::kernels::packed::{PackedQ4K, PackedQ5K, BLOCK, TILE};
 
 /// Bytes of one Q4_K block: `d`, `dmin`, 12 bytes of scales, 128 of nibbles.
 const Q4K_BYTES: usize = 144;
+/// Bytes of one Q5_K block: `d`, `dmin`, 12 bytes of scales, 32 of fifth
+/// bits, 128 of nibbles.
+const Q5K_BYTES: usize = 176;
 
 /// Sub-block `j`'s 6-bit scale and min in Q4_K's 12 packed bytes.
 pub(crate) fn scale_min(j: usize, s: &[u8]) -> (u8, u8) {
@@ -198,21 +201,8 @@ impl PackedQ4K {
     /// [`Self::new`], on the compute pool when `parallel` (see
     /// `SuperBlocks::repack`).
     fn from_blocks(data: &[u8], n: usize, k: usize, parallel: bool) -> Option<PackedQ4K> {
-        let put = |block: &[u8],
-                   r: usize,
-                   (quads, d, scales): (&mut [u8], &mut [half::f16], &mut [u8])| {
-            d[r] = half::f16::from_le_bytes([block[0], block[1]]);
-            d[TILE + r] = half::f16::from_le_bytes([block[2], block[3]]);
-            for j in 0..8 {
-                let (scale, min) = scale_min(j, &block[4..16]);
-                scales[j * TILE + r] = scale;
-                scales[(8 + j) * TILE + r] = min;
-            }
-            for (i, &byte) in block[16..].iter().enumerate() {
-                let (pair, within) = (i / 32, i % 32);
-                let (quad, b) = (within / 4, within % 4);
-                quads[((pair * 8 + quad) * TILE + r) * 4 + b] = byte;
-            }
+        let put = |block: &[u8], r: usize, unit: (&mut [u8], &mut [half::f16], &mut [u8])| {
+            put_q4k(&block[..4], &block[4..16], &block[16..], r, unit)
         };
         PackedQ4K::repack(data, (n, k), Q4K_BYTES, parallel, put)
     }
@@ -227,5 +217,57 @@ impl PackedQ4K {
         assert_eq!(w.len(), n * k, "not a [n, k] weight");
         // `pack_rows` calls this on row parts of its own threads.
         PackedQ4K::from_blocks(&quantize_blocks(w), n, k, false)
+    }
+}
+
+/// One Q4_K-like block's parts placed as row `r` of its packed unit: `d`
+/// and `dmin` (`ds`, 4 bytes), the 12 bytes of 6-bit scales and mins, and
+/// the 128 nibble bytes (Q5_K's are Q4_K's).
+fn put_q4k(
+    ds: &[u8],
+    packed_scales: &[u8],
+    nibbles: &[u8],
+    r: usize,
+    (quads, d, scales): (&mut [u8], &mut [half::f16], &mut [u8]),
+) {
+    d[r] = half::f16::from_le_bytes([ds[0], ds[1]]);
+    d[TILE + r] = half::f16::from_le_bytes([ds[2], ds[3]]);
+    for j in 0..8 {
+        let (scale, min) = scale_min(j, packed_scales);
+        scales[j * TILE + r] = scale;
+        scales[(8 + j) * TILE + r] = min;
+    }
+    for (i, &byte) in nibbles.iter().enumerate() {
+        let (pair, within) = (i / 32, i % 32);
+        let (quad, b) = (within / 4, within % 4);
+        quads[((pair * 8 + quad) * TILE + r) * 4 + b] = byte;
+    }
+}
+
+impl PackedQ5K {
+    /// `data`: GGML's (candle's) Q5_K blocks of a `[n, k]` weight,
+    /// row-major. `None` when the shape does not tile. Tiles are repacked
+    /// on the compute pool.
+    pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ5K> {
+        let put = |block: &[u8],
+                   r: usize,
+                   (bits, d, scales): (&mut [u8], &mut [half::f16], &mut [u8])| {
+            let (quads, fifths) = bits.split_at_mut(TILE_QUADS);
+            put_q4k(
+                &block[..4],
+                &block[4..16],
+                &block[48..],
+                r,
+                (quads, d, scales),
+            );
+            // Byte `l` of GGML's 32 holds weight `l`'s fifth bit of every
+            // sub-block, sub-block `j`'s at bit `j`: the same bits, moved
+            // to where the kernel reads them.
+            for (l, &byte) in block[16..48].iter().enumerate() {
+                let moved = (0..8).fold(0u8, |m, j| m | (byte >> j & 1) << fifth_shift(j));
+                fifths[((l / 4) * TILE + r) * 4 + l % 4] = moved;
+            }
+        };
+        PackedQ5K::repack(data, (n, k), Q5K_BYTES, true, put)
     }
 }

@@ -4,7 +4,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::kernels::packed::{PackedQ4K, PackedQ6K, PackedQ8};
+use crate::kernels::packed::{PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8};
 
 /// A deterministic pseudo-random fill in [-1, 1).
 pub fn values(len: usize, seed: usize) -> Vec<f32> {
@@ -55,6 +55,13 @@ pub fn packed_q8_0(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ8) {
 pub fn packed_q4k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ4K) {
     let q = quantized(n, k, seed, GgmlDType::Q4K);
     let p = PackedQ4K::new(&q.data().unwrap(), n, k).unwrap();
+    (q, p)
+}
+
+/// A `[n, k]` fill in candle's Q5_K, and packed.
+pub fn packed_q5k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ5K) {
+    let q = quantized(n, k, seed, GgmlDType::Q5K);
+    let p = PackedQ5K::new(&q.data().unwrap(), n, k).unwrap();
     (q, p)
 }
 

@@ -7,8 +7,8 @@
 //! candle's `gguf_file::Content` reads each file's header; the tensors are
 //! read from the mapping on demand, F32, F16 and BF16 as they are and the
 //! quantized types candle decodes (Q4_0 to Q8_0, Q2_K to Q6_K) dequantized
-//! to f32. A quantized linear layer takes a Q8_0, Q4_K, Q6_K, Q5_0 or Q4_0
-//! weight's blocks as they are, asking for them by a name of
+//! to f32. A quantized linear layer takes a Q8_0, Q4_K, Q5_K, Q6_K, Q5_0
+//! or Q4_0 weight's blocks as they are, asking for them by a name of
 //! [`STORED_BLOCKS`] beside its `weight`, and repacks them for the packed
 //! kernels without rounding again (Q5_0 and Q4_0 as the Q8_0 blocks of the
 //! same numbers); weights in the other types are decoded and quantized as

@@ -415,7 +415,7 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// Under a Q8_0 model, a weight stored in a format the kernels run keeps
-/// its numbers: Q4_K and Q6_K their blocks (packed where the CPU has the
+/// its numbers: Q4_K, Q5_K and Q6_K their blocks (packed where the CPU has the
 /// kernels), Q5_0 and Q4_0 as the Q8_0 blocks that hold them exactly
 /// (candle's own blocks elsewhere); a Q5_1 weight, which no kernel of ours
 /// runs, is decoded and rounded to Q8_0. Each computes what its stored
@@ -436,6 +436,7 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
         (ramp(&[16, 256]) * 2.0).unwrap(),
     );
     let e = (ramp(&[32, 256]) * 0.5).unwrap();
+    let f = (ramp(&[48, 256]) * 1.5).unwrap();
     write(
         &path,
         &[],
@@ -445,6 +446,7 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
             ("blk.0.ffn_gate.weight", q(&c, GgmlDType::Q5_0)),
             ("blk.0.ffn_up.weight", q(&d, GgmlDType::Q4_0)),
             ("blk.0.attn_q_a.weight", q(&e, GgmlDType::Q5_1)),
+            ("blk.0.attn_q_b.weight", q(&f, GgmlDType::Q5K)),
         ],
     );
     let g = GgufCheckpoint::open(&[path]).unwrap();
@@ -471,6 +473,13 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
             &b,
             GgmlDType::Q6K,
             "q6k",
+            0.01,
+        ),
+        (
+            "model.layers.0.self_attn.q_b_proj",
+            &f,
+            GgmlDType::Q5K,
+            "q5k",
             0.01,
         ),
         (

@@ -1,5 +1,5 @@
 //! Quantized weights repacked for AVX-512-VNNI: on CPUs that have it, every
-//! Q8_0, Q4_K and Q6_K weight of the model (projections, MLA's absorbed per-head
+//! Q8_0, Q4_K, Q5_K and Q6_K weight of the model (projections, MLA's absorbed per-head
 //! matrices, the experts, lm_head) is held this way, as its only copy, and
 //! these kernels run it at every input size.
 //!
@@ -7,7 +7,7 @@
 //! multiplies four inputs with sixteen rows at once: for Q8_0 block by
 //! block as `[8 k-quads][16 rows][4 bytes]`, with the 16 rows' f16 scales
 //! beside them (34 bytes per 32 weights, as Q8_0); Q4_K in [`PackedQ4K`],
-//! Q6_K in [`PackedQ6K`].
+//! Q5_K in [`PackedQ5K`], Q6_K in [`PackedQ6K`].
 //! The input rows are quantized to int8 per 32-number block, as Q8_0 does
 //! to weights; a block's integer dot is exact, and its scales are applied
 //! once per block and 16 rows. One call takes several weights, each with
@@ -39,7 +39,7 @@ mod tests;
 
 pub(crate) use input::Row;
 use input::{quantize_into, quantize_rows, Quantized, QuantizedView};
-pub use q4k::PackedQ4K;
+pub use q4k::{PackedQ4K, PackedQ5K};
 pub use q6k::PackedQ6K;
 pub use q8_0::PackedQ8;
 
@@ -111,6 +111,7 @@ impl std::ops::DerefMut for Lines {
 pub enum Packed {
     Q8_0(PackedQ8),
     Q4K(PackedQ4K),
+    Q5K(PackedQ5K),
     Q6K(PackedQ6K),
 }
 
@@ -126,7 +127,7 @@ impl Packed {
         use candle_core::quantized::GgmlDType;
         let blocks = match ggml {
             GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 => BLOCK,
-            GgmlDType::Q4K | GgmlDType::Q6K => 256,
+            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 256,
             _ => return false,
         };
         Self::available() && n.is_multiple_of(TILE) && k.is_multiple_of(blocks)
@@ -137,6 +138,7 @@ impl Packed {
         match self {
             Packed::Q8_0(p) => (p.n, p.k),
             Packed::Q4K(p) => p.dims(),
+            Packed::Q5K(p) => p.dims(),
             Packed::Q6K(p) => p.dims(),
         }
     }
@@ -146,6 +148,7 @@ impl Packed {
         match self {
             Packed::Q8_0(p) => p.bytes(),
             Packed::Q4K(p) => p.bytes(),
+            Packed::Q5K(p) => p.bytes(),
             Packed::Q6K(p) => p.bytes(),
         }
     }
@@ -155,6 +158,7 @@ impl Packed {
         match self {
             Packed::Q8_0(_) => "q8_0",
             Packed::Q4K(_) => "q4k",
+            Packed::Q5K(_) => "q5k",
             Packed::Q6K(_) => "q6k",
         }
     }
@@ -165,6 +169,7 @@ impl Packed {
         match self {
             Packed::Q8_0(p) => p.dequantize(),
             Packed::Q4K(p) => p.dequantize(),
+            Packed::Q5K(p) => p.dequantize(),
             Packed::Q6K(p) => p.dequantize(),
         }
     }
@@ -174,6 +179,7 @@ impl Packed {
         match (top, bottom) {
             (Packed::Q8_0(t), Packed::Q8_0(b)) => Packed::Q8_0(PackedQ8::stack(t, b)),
             (Packed::Q4K(t), Packed::Q4K(b)) => Packed::Q4K(PackedQ4K::stack(t, b)),
+            (Packed::Q5K(t), Packed::Q5K(b)) => Packed::Q5K(PackedQ5K::stack(t, b)),
             (Packed::Q6K(t), Packed::Q6K(b)) => Packed::Q6K(PackedQ6K::stack(t, b)),
             _ => panic!("stacked weights differ in format"),
         }
@@ -208,6 +214,10 @@ impl Packed {
             Packed::Q4K(p) => {
                 let (quads, d, scales) = p.tile(tile);
                 by_rows!(q4k::vnni::tile, rows, quads, d, scales, &mut dots)
+            }
+            Packed::Q5K(p) => {
+                let (bits, d, scales) = p.tile(tile);
+                by_rows!(q4k::vnni::tile_q5k, rows, bits, d, scales, &mut dots)
             }
             Packed::Q6K(p) => {
                 let (bits, d, scales) = p.tile(tile);

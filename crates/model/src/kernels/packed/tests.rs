@@ -2,7 +2,9 @@
 
 use super::input::quantize_block;
 use super::*;
-use crate::testing::unit::{dequantized, packed_q4k, packed_q6k, packed_q8_0, values as fill};
+use crate::testing::unit::{
+    dequantized, packed_q4k, packed_q5k, packed_q6k, packed_q8_0, values as fill,
+};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
@@ -81,7 +83,9 @@ fn each_job_takes_its_own_rows() {
     let b = Packed::Q4K(packed_q4k(32, 256, 20).1);
     let c = Packed::Q8_0(packed_q8_0(16, 32, 30).1);
     let d = Packed::Q6K(packed_q6k(16, 256, 35).1);
+    let e = Packed::Q5K(packed_q5k(16, 512, 36).1);
     let jobs = vec![
+        (&e, vec![512, 0]),
         (&a, vec![0, 192, 64]),
         (&b, vec![512, 0, 1024, 32, 96, 1280, 160, 224, 288]),
         (&a, vec![]),
@@ -109,8 +113,9 @@ fn here_equals_the_pools_call() {
     }
     let q8 = Packed::Q8_0(packed_q8_0(48, 128, 50).1);
     let q4 = Packed::Q4K(packed_q4k(32, 256, 60).1);
+    let q5 = Packed::Q5K(packed_q5k(16, 256, 62).1);
     let q6 = Packed::Q6K(packed_q6k(32, 512, 65).1);
-    for pack in [&q8, &q4, &q6] {
+    for pack in [&q8, &q4, &q5, &q6] {
         let (n, k) = pack.dims();
         for m in [1, 3, 8, 11] {
             let x = fill(m * k, m);
@@ -121,49 +126,34 @@ fn here_equals_the_pools_call() {
     }
 }
 
-/// The Q4_K kernel equals the same integer arithmetic done plainly
-/// (exact up to f32 rounding) for every row count, and stays within
-/// activation quantization of the f32 product with candle's
-/// dequantized weights.
-#[test]
-fn q4k_kernel_matches_the_integer_arithmetic() {
-    if !Packed::available() {
-        return;
-    }
-    let (n, k) = (32, 512);
-    let (q, p) = packed_q4k(n, k, 40);
+/// `p`, packed from candle's `q` (`[n, k]`, blocks of `bytes`), against
+/// `exact(block, inputs)`: one super-block's integer arithmetic done
+/// plainly on GGML's own block and 256 inputs (each block of 32 quantized
+/// as the kernels quantize it). Exact up to f32 rounding for 1 to 9 input
+/// rows (one below the tile's 8, some, 8, one past), and within activation
+/// quantization of the f32 product with candle's dequantized weights.
+fn check_super_blocks(q: &QTensor, p: &Packed, bytes: usize, exact: impl Fn(&[u8], &[f32]) -> f64) {
+    let (n, k) = p.dims();
     let data = q.data().unwrap();
-    let deq = dequantized(&q);
-    let p = Packed::Q4K(p);
-    for m in [1, 3, 9] {
+    let deq = dequantized(q);
+    for m in [1, 3, 8, 9] {
         let x: Vec<f32> = fill(m * k, m).iter().map(|v| v * 3.0).collect();
-        let got = matmul_groups(&x, m, &[&p]);
+        let got = matmul_groups(&x, m, &[p]);
         for i in 0..m {
             let xs = &x[i * k..][..k];
             for j in 0..n {
-                let mut exact = 0f64;
-                for sb in 0..k / 256 {
-                    let block = &data[(j * k / 256 + sb) * 144..][..144];
-                    let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-                    let dmin = half::f16::from_le_bytes([block[2], block[3]]).to_f32();
-                    for sub in 0..8 {
-                        let mut xq = [0i8; BLOCK];
-                        let dx = quantize_block(&xs[(sb * 8 + sub) * BLOCK..][..BLOCK], &mut xq);
-                        let (sc, mn) = crate::quant::q4k::scale_min(sub, &block[4..16]);
-                        let byte = |c: usize| block[16 + sub / 2 * 32 + c];
-                        let nib = |c: usize| ((byte(c) >> (4 * (sub % 2))) & 0x0F) as i32;
-                        let dot: i32 = (0..BLOCK).map(|c| nib(c) * xq[c] as i32).sum();
-                        let sum: i32 = xq.iter().map(|&v| v as i32).sum();
-                        let inner = (d * sc as f32) as f64 * dot as f64
-                            - (dmin * mn as f32) as f64 * sum as f64;
-                        exact += dx as f64 * inner;
-                    }
-                }
+                let want: f64 = (0..k / 256)
+                    .map(|sb| {
+                        let block = &data[(j * k / 256 + sb) * bytes..][..bytes];
+                        exact(block, &xs[sb * 256..][..256])
+                    })
+                    .sum();
                 let plain: f64 = (0..k).map(|c| deq[j * k + c] as f64 * xs[c] as f64).sum();
                 let have = got[i * n + j] as f64;
                 assert!(
-                    (have - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
-                    "{m} rows, row {i} column {j}: {have} vs {exact}"
+                    (have - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{} {m} rows, row {i} column {j}: {have} vs {want}",
+                    p.format()
                 );
                 let norm = (k as f64).sqrt() * 3.0;
                 assert!((have - plain).abs() <= 0.02 * norm, "{have} vs f32 {plain}");
@@ -172,65 +162,90 @@ fn q4k_kernel_matches_the_integer_arithmetic() {
     }
 }
 
-/// Repacked Q6_K blocks hold candle's numbers to the bit: every level,
-/// scale and `d` lands where the kernel reads it.
+/// Sub-block `sub`'s 32 inputs quantized as the kernels quantize them,
+/// and their scale.
+fn quantized_inputs(inputs: &[f32], sub: usize) -> ([i8; BLOCK], f32) {
+    let mut xq = [0i8; BLOCK];
+    let dx = quantize_block(&inputs[sub * BLOCK..][..BLOCK], &mut xq);
+    (xq, dx)
+}
+
+/// The Q4_K and Q5_K kernels equal the same integer arithmetic done
+/// plainly on GGML's own blocks: per sub-block `x_scale · (d·scale · Σ q·x
+/// - dmin·min · Σ x)`, `q` a nibble plus, for Q5_K, 16 times its fifth bit.
 #[test]
-fn q6k_packing_keeps_candles_numbers() {
+fn q4k_and_q5k_kernels_match_the_integer_arithmetic() {
+    if !Packed::available() {
+        return;
+    }
+    let (n, k) = (32, 512);
+    let (q4, p4) = packed_q4k(n, k, 40);
+    let (q5, p5) = packed_q5k(n, k, 43);
+    // Each format's block size, and where its fifth bits and nibbles start.
+    for (q, p, bytes, fifths) in [
+        (q4, Packed::Q4K(p4), 144, None),
+        (q5, Packed::Q5K(p5), 176, Some(16)),
+    ] {
+        let nibbles = 16 + fifths.map_or(0, |_| 32);
+        check_super_blocks(&q, &p, bytes, |block, inputs| {
+            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            let dmin = half::f16::from_le_bytes([block[2], block[3]]).to_f32();
+            (0..8)
+                .map(|sub| {
+                    let (xq, dx) = quantized_inputs(inputs, sub);
+                    let (sc, mn) = crate::quant::q4k::scale_min(sub, &block[4..16]);
+                    let level = |c: usize| {
+                        let nibble = block[nibbles + sub / 2 * 32 + c] >> (4 * (sub % 2)) & 0x0F;
+                        let fifth = fifths.map_or(0, |at| block[at + c] >> sub & 1);
+                        (nibble + 16 * fifth) as i32
+                    };
+                    let dot: i32 = (0..BLOCK).map(|c| level(c) * xq[c] as i32).sum();
+                    let sum: i32 = xq.iter().map(|&v| v as i32).sum();
+                    let inner = (d * sc as f32) as f64 * dot as f64
+                        - (dmin * mn as f32) as f64 * sum as f64;
+                    dx as f64 * inner
+                })
+                .sum()
+        });
+    }
+}
+
+/// Repacked Q5_K and Q6_K blocks hold candle's numbers to the bit: every
+/// level, scale, min and `d` lands where the kernel reads it.
+#[test]
+fn q5k_and_q6k_packing_keep_candles_numbers() {
+    let (q, p) = packed_q5k(48, 768, 44);
+    assert_eq!(p.dequantize(), dequantized(&q));
     let (q, p) = packed_q6k(48, 768, 41);
     assert_eq!(p.dequantize(), dequantized(&q));
 }
 
 /// The Q6_K kernel equals the same integer arithmetic done plainly on
-/// GGML's own blocks (exact up to f32 rounding) for every row count, and
-/// stays within activation quantization of the f32 product with candle's
-/// dequantized weights.
+/// GGML's own blocks: per sub-block of 16 `x_scale · d·scale · Σ (u - 32)·x`.
 #[test]
 fn q6k_kernel_matches_the_integer_arithmetic() {
     if !Packed::available() {
         return;
     }
-    let (n, k) = (32, 512);
-    let (q, p) = packed_q6k(n, k, 42);
-    let data = q.data().unwrap();
-    let deq = dequantized(&q);
-    let p = Packed::Q6K(p);
-    for m in [1, 3, 8, 9] {
-        let x: Vec<f32> = fill(m * k, m).iter().map(|v| v * 3.0).collect();
-        let got = matmul_groups(&x, m, &[&p]);
-        for i in 0..m {
-            let xs = &x[i * k..][..k];
-            for j in 0..n {
-                let mut exact = 0f64;
-                for sb in 0..k / 256 {
-                    let block = &data[(j * k / 256 + sb) * 210..][..210];
-                    let d = half::f16::from_le_bytes([block[208], block[209]]).to_f32();
-                    let levels = crate::quant::q6k::levels(block);
-                    for b in 0..8 {
-                        let mut xq = [0i8; BLOCK];
-                        let dx = quantize_block(&xs[(sb * 8 + b) * BLOCK..][..BLOCK], &mut xq);
-                        for half in 0..2 {
-                            let scale = block[192 + 2 * b + half] as i8;
-                            let dot: i32 = (0..16)
-                                .map(|c| {
-                                    let u = levels[b * BLOCK + half * 16 + c] as i32;
-                                    (u - 32) * xq[half * 16 + c] as i32
-                                })
-                                .sum();
-                            exact += dx as f64 * (d * scale as f32) as f64 * dot as f64;
-                        }
-                    }
-                }
-                let plain: f64 = (0..k).map(|c| deq[j * k + c] as f64 * xs[c] as f64).sum();
-                let have = got[i * n + j] as f64;
-                assert!(
-                    (have - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
-                    "{m} rows, row {i} column {j}: {have} vs {exact}"
-                );
-                let norm = (k as f64).sqrt() * 3.0;
-                assert!((have - plain).abs() <= 0.02 * norm, "{have} vs f32 {plain}");
+    let (q, p) = packed_q6k(32, 512, 42);
+    check_super_blocks(&q, &Packed::Q6K(p), 210, |block, inputs| {
+        let d = half::f16::from_le_bytes([block[208], block[209]]).to_f32();
+        let levels = crate::quant::q6k::levels(block);
+        let mut exact = 0f64;
+        for b in 0..8 {
+            let (xq, dx) = quantized_inputs(inputs, b);
+            for half in 0..2 {
+                let scale = block[192 + 2 * b + half] as i8;
+                let dot: i32 = (0..16)
+                    .map(|c| {
+                        (levels[b * BLOCK + half * 16 + c] as i32 - 32) * xq[half * 16 + c] as i32
+                    })
+                    .sum();
+                exact += dx as f64 * (d * scale as f32) as f64 * dot as f64;
             }
         }
-    }
+        exact
+    });
 }
 
 /// The AMX kernel gives the VNNI kernel's numbers to the bit, for input

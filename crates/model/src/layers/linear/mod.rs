@@ -27,9 +27,10 @@ pub use grouped::GroupedLinear;
 /// run offers those bytes, `[out, row bytes]` (a GGUF file does;
 /// safetensors never). On the packed kernels Q4_0 and Q5_0 run as the
 /// Q8_0 that holds their numbers exactly.
-pub const STORED_BLOCKS: [(GgmlDType, &str); 5] = [
+pub const STORED_BLOCKS: [(GgmlDType, &str); 6] = [
     (GgmlDType::Q8_0, "weight.q8_0_blocks"),
     (GgmlDType::Q4K, "weight.q4_k_blocks"),
+    (GgmlDType::Q5K, "weight.q5_k_blocks"),
     (GgmlDType::Q6K, "weight.q6_k_blocks"),
     (GgmlDType::Q5_0, "weight.q5_0_blocks"),
     (GgmlDType::Q4_0, "weight.q4_0_blocks"),
