@@ -215,11 +215,10 @@ fn q8_0_gguf_equals_in_situ_q8_0() {
 /// committed; `scripts/make_gguf_fixtures.sh`): Q4_K for most weights,
 /// Q6_K for the output and the MoE layer's down projections, Q5_0 where a
 /// row is not whole 256-wide super-blocks (MLA's per-head up-projections).
-/// Without `--quantize` its Q4_K and Q6_K blocks are kept as they are and
-/// the Q5_0 weights run as the Q8_0 blocks that hold the same numbers.
+/// Without `--quantize` its blocks are kept as they are, every format.
 ///
 /// Measured against the bf16 file's log-probs over a 48-token prompt,
-/// whole vocabulary: median |Δ| 0.57, max 7.1, the top token the same at
+/// whole vocabulary: median |Δ| 0.57, max 7.2, the top token the same at
 /// 38 of 48 positions. In-situ `--quantize q4_k` of the bf16 file (Q4_K
 /// where rows allow, Q8_0 elsewhere) gives median 0.55, max 6.9; in-situ
 /// q8_0, median 0.06, max 0.40. The model is sharp (top log-probs near 0,
@@ -274,23 +273,25 @@ fn llama_quantize_q4_k_m_file_serves_within_its_bound() {
 }
 
 /// `llama-quantize`'s `Q4_K_M` and `Q5_K_M` files of the same bf16 model
-/// compute with their own numbers: Q4_K, Q5_K and Q6_K weights run as
-/// stored, Q5_0 ones as the Q8_0 that is the same numbers, so against a
-/// dense f32 model of the file's dequantized weights what is left is the
-/// activations' 8-bit rounding in every product (and MLA's per-head
-/// matrices, which the model derives, rounded to Q8_0: the `Q5_K_M` file
-/// stores them as Q5_1). Measured over the 48-token prompt, whole
-/// vocabulary, the largest |Δ log-prob| at each position:
-/// - `Q4_K_M`: median 0.048, every position within 0.30, the top token
-///   the same everywhere (with Q6_K and Q5_0 rounded again to Q8_0, as
-///   they ran before, median 0.052, max 0.35);
-/// - `Q5_K_M`: median 0.048, every position within 0.30 but one, 6.3,
+/// compute with their own numbers: every weight runs as stored (Q4_K,
+/// Q5_K, Q6_K, and the Q5_0 and Q5_1 where rows are not whole 256-wide
+/// super-blocks, MLA's per-head matrices `attn_k_b` and `attn_v_b`), so
+/// against a dense f32 model of the file's dequantized weights what is
+/// left is the activations' 8-bit rounding in every product. Measured over
+/// the 48-token prompt, whole vocabulary, the largest |Δ log-prob| at each
+/// position:
+/// - `Q4_K_M`: median 0.046, every position within 0.32, the top token
+///   the same everywhere (with the per-head matrices rounded to Q8_0,
+///   0.048 and 0.30; with Q6_K and Q5_0 rounded again to Q8_0 everywhere,
+///   median 0.052, max 0.35);
+/// - `Q5_K_M`: median 0.047, every position within 0.30 but one, 6.2,
 ///   where the top token differs. The forward pass is continuous but for
 ///   the choice of experts, so a jump there is a routing decision that the
 ///   rounding tips (the router is sharp: gate weights at twice the usual
-///   scale). candle's own Q5_K kernels, which round the activations per
-///   256, tip the same position (6.4; median 0.062); with Q5_K rounded
-///   again to Q8_0 none tips (median 0.059, max 0.44).
+///   scale). With the per-head matrices rounded to Q8_0, candle's own Q5_K
+///   kernels, which round the activations per 256, tip the same position
+///   (6.4; median 0.062), and with Q5_K rounded again to Q8_0 too none
+///   tips (median 0.059, max 0.44).
 ///
 /// Against the bf16 source the files' own rounding is several times that:
 /// see the test above.

@@ -171,13 +171,25 @@ impl Attention {
                 q_b_proj: Linear::load(r, q_out, vb.pp("q_b_proj"), weights)?,
             },
         };
-        // Built once here, then held (and quantized) like any projection.
-        let kv_b = vb
-            .pp("kv_b_proj")
-            .get((heads * (nope + v_dim), rank), "weight")?
-            .reshape((heads, nope + v_dim, rank))?;
-        let w_uk = GroupedLinear::new(&kv_b.narrow(1, 0, nope)?.transpose(1, 2)?, weights)?;
-        let w_uv = GroupedLinear::new(&kv_b.narrow(1, nope, v_dim)?, weights)?;
+        // Built once here, then held (and quantized) like any projection;
+        // a checkpoint that keeps them apart (a GGUF's `attn_k_b` and
+        // `attn_v_b`) offers them as `w_uk` and `w_uv`, in these shapes.
+        let (w_uk, w_uv) = if vb.contains_tensor("w_uk.weight") && vb.contains_tensor("w_uv.weight")
+        {
+            (
+                GroupedLinear::load((heads, rank, nope), vb.pp("w_uk"), weights)?,
+                GroupedLinear::load((heads, v_dim, rank), vb.pp("w_uv"), weights)?,
+            )
+        } else {
+            let kv_b = vb
+                .pp("kv_b_proj")
+                .get((heads * (nope + v_dim), rank), "weight")?
+                .reshape((heads, nope + v_dim, rank))?;
+            (
+                GroupedLinear::new(&kv_b.narrow(1, 0, nope)?.transpose(1, 2)?, weights)?,
+                GroupedLinear::new(&kv_b.narrow(1, nope, v_dim)?, weights)?,
+            )
+        };
         Ok(Attention {
             q,
             kv_a_proj_with_mqa: Linear::load(

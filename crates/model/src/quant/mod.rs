@@ -8,8 +8,11 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Result, Tensor};
 
-use crate::kernels::packed::{Packed, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8};
+use crate::kernels::packed::{
+    Legacy, Packed, PackedLegacy, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8,
+};
 
+mod legacy;
 pub(crate) mod q4k;
 pub(crate) mod q6k;
 mod q8_0;
@@ -57,10 +60,9 @@ impl std::str::FromStr for Quantization {
 }
 
 impl Packed {
-    /// candle's blocks of a `[n, k]` weight in `ggml`, repacked (Q4_0 and
-    /// Q5_0 as the Q8_0 that holds their numbers exactly); `None` for
-    /// other formats, on CPUs without the kernels, and for shapes that do
-    /// not tile.
+    /// candle's blocks of a `[n, k]` weight in `ggml`, repacked; `None`
+    /// for other formats, on CPUs without the kernels, and for shapes
+    /// that do not tile.
     pub fn new(
         data: &[u8],
         ggml: candle_core::quantized::GgmlDType,
@@ -76,10 +78,9 @@ impl Packed {
             GgmlDType::Q4K => PackedQ4K::new(data, n, k).map(Packed::Q4K),
             GgmlDType::Q5K => PackedQ5K::new(data, n, k).map(Packed::Q5K),
             GgmlDType::Q6K => PackedQ6K::new(data, n, k).map(Packed::Q6K),
-            GgmlDType::Q4_0 | GgmlDType::Q5_0 => {
-                PackedQ8::widen(data, ggml, n, k).map(Packed::Q8_0)
-            }
-            _ => None,
+            _ => Legacy::of(ggml)
+                .and_then(|format| PackedLegacy::new(data, format, n, k))
+                .map(Packed::Legacy),
         }
     }
 }

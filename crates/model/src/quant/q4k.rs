@@ -1,7 +1,7 @@
 //! Q4_K weights as GGML quantizes them, and Q4_K and Q5_K blocks into the
 //! packed layouts of [`PackedQ4K`] and [`PackedQ5K`].
 
-use crate::kernels::packed::q4k::{fifth_shift, SUPER, TILE_QUADS};
+use crate::kernels::packed::q4k::{fifth_shift, Q4K, Q5K, SUPER, TILE_QUADS};
 use crate::kernels::packed::{PackedQ4K, PackedQ5K, BLOCK, TILE};
 
 /// Bytes of one Q4_K block: `d`, `dmin`, 12 bytes of scales, 128 of nibbles.
@@ -204,7 +204,7 @@ impl PackedQ4K {
         let put = |block: &[u8], r: usize, unit: (&mut [u8], &mut [half::f16], &mut [u8])| {
             put_q4k(&block[..4], &block[4..16], &block[16..], r, unit)
         };
-        PackedQ4K::repack(data, (n, k), Q4K_BYTES, parallel, put)
+        PackedQ4K::repack(Q4K, data, (n, k), Q4K_BYTES, parallel, put)
     }
 
     /// `w` (`[n, k]` f32, row-major) quantized to Q4_K as candle quantizes
@@ -237,12 +237,28 @@ fn put_q4k(
         scales[j * TILE + r] = scale;
         scales[(8 + j) * TILE + r] = min;
     }
-    for (i, &byte) in nibbles.iter().enumerate() {
-        let (pair, within) = (i / 32, i % 32);
-        let (quad, b) = (within / 4, within % 4);
-        quads[((pair * 8 + quad) * TILE + r) * 4 + b] = byte;
+    // Four bytes (one k-quad of a pair) at a time: quad `c` (`pair · 8 +
+    // quad`) of GGML's 32 lands at `[c][r]`.
+    for (c, four) in nibbles.chunks_exact(4).enumerate() {
+        quads[(c * TILE + r) * 4..][..4].copy_from_slice(four);
     }
 }
+
+/// A byte of GGML's Q5_K fifth bits (sub-block `j`'s at bit `j`) with
+/// its bits moved to where the kernel reads them ([`fifth_shift`]).
+const FIFTHS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut j = 0;
+        while j < 8 {
+            table[byte] |= ((byte >> j & 1) << fifth_shift(j)) as u8;
+            j += 1;
+        }
+        byte += 1;
+    }
+    table
+};
 
 impl PackedQ5K {
     /// `data`: GGML's (candle's) Q5_K blocks of a `[n, k]` weight,
@@ -261,13 +277,14 @@ impl PackedQ5K {
                 (quads, d, scales),
             );
             // Byte `l` of GGML's 32 holds weight `l`'s fifth bit of every
-            // sub-block, sub-block `j`'s at bit `j`: the same bits, moved
-            // to where the kernel reads them.
-            for (l, &byte) in block[16..48].iter().enumerate() {
-                let moved = (0..8).fold(0u8, |m, j| m | (byte >> j & 1) << fifth_shift(j));
-                fifths[((l / 4) * TILE + r) * 4 + l % 4] = moved;
+            // sub-block: the same bits, moved to where the kernel reads
+            // them.
+            for (quad, four) in block[16..48].chunks_exact(4).enumerate() {
+                for (b, &byte) in four.iter().enumerate() {
+                    fifths[(quad * TILE + r) * 4 + b] = FIFTHS[byte as usize];
+                }
             }
         };
-        PackedQ5K::repack(data, (n, k), Q5K_BYTES, true, put)
+        PackedQ5K::repack(Q5K, data, (n, k), Q5K_BYTES, true, put)
     }
 }

@@ -1,7 +1,7 @@
 //! Q6_K weights as GGML stores them, into the packed layout of
 //! [`PackedQ6K`].
 
-use crate::kernels::packed::q6k::{high_shift, SUPER, TILE_LOW};
+use crate::kernels::packed::q6k::{high_shift, Q6K, SUPER, TILE_LOW};
 use crate::kernels::packed::{PackedQ6K, BLOCK, TILE};
 
 /// Bytes of one Q6_K block: 128 of low nibbles, 64 of high bit pairs, 16
@@ -14,6 +14,7 @@ const Q6K_BYTES: usize = 210;
 /// nibble) and `l + 64` (high), byte `l + 32` weights `l + 32` and `l +
 /// 96`, and byte `l` of its 32 high-bit bytes the top two bits of weights
 /// `l`, `l + 32`, `l + 64` and `l + 96`, two bits each from the bottom.
+#[cfg(test)]
 pub(crate) fn levels(block: &[u8]) -> [u8; SUPER] {
     let (low, rest) = block.split_at(SUPER / 2);
     let high = &rest[..SUPER / 4];
@@ -33,21 +34,55 @@ impl PackedQ6K {
     /// row-major. `None` when the shape does not tile. Tiles are repacked
     /// on the compute pool.
     pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ6K> {
-        let put = |block: &[u8],
-                   r: usize,
-                   (bits, d, scales): (&mut [u8], &mut [half::f16], &mut [i8])| {
-            d[r] = half::f16::from_le_bytes([block[208], block[209]]);
-            for (s, &scale) in block[192..208].iter().enumerate() {
-                scales[s * TILE + r] = scale as i8;
+        PackedQ6K::repack(Q6K, data, (n, k), Q6K_BYTES, true, put)
+    }
+}
+
+/// One GGML Q6_K block placed as row `r` of its unit, a byte at a time
+/// (the same bits [`levels`] reads one weight at a time; a weight at a
+/// time made most of a Q4_K_M file's load). Pair `p` of blocks (weights
+/// `64p..64p + 64`) lies in half `p / 2` of GGML's nibbles: block `2p`'s
+/// weight `i` in byte `i` of the half's first 32, block `2p + 1`'s in
+/// byte `i` of its second 32, both in the low nibble for even `p` and the
+/// high one for odd. Group `g` of four blocks (half `g`) has its high bit
+/// pairs in byte `i` of the half's 32, blocks `4g..4g + 4` from the
+/// bottom, which [`high_shift`] places at bits 4, 0, 6 and 2.
+fn put(block: &[u8], r: usize, (bits, d, scales): (&mut [u8], &mut [half::f16], &mut [i8])) {
+    d[r] = half::f16::from_le_bytes([block[208], block[209]]);
+    for (s, &scale) in block[192..208].iter().enumerate() {
+        scales[s * TILE + r] = scale as i8;
+    }
+    let (low, high) = (
+        &block[..SUPER / 2],
+        &block[SUPER / 2..SUPER / 2 + SUPER / 4],
+    );
+    debug_assert_eq!(
+        [high_shift(0), high_shift(1), high_shift(2), high_shift(3)],
+        [4, 0, 6, 2]
+    );
+    for pair in 0..4 {
+        let half = &low[64 * (pair / 2)..][..64];
+        let (first, second) = half.split_at(BLOCK);
+        for quad in 0..8 {
+            let at = ((pair * 8 + quad) * TILE + r) * 4;
+            for b in 0..4 {
+                let (x, y) = (first[quad * 4 + b], second[quad * 4 + b]);
+                bits[at + b] = if pair % 2 == 0 {
+                    (x & 0x0F) | (y << 4)
+                } else {
+                    (x >> 4) | (y & 0xF0)
+                };
             }
-            for (i, u) in levels(block).into_iter().enumerate() {
-                let (j, within) = (i / BLOCK, i % BLOCK);
-                let (quad, b) = (within / 4, within % 4);
-                bits[((j / 2 * 8 + quad) * TILE + r) * 4 + b] |= (u & 0x0F) << (4 * (j % 2));
-                bits[TILE_LOW + ((j / 4 * 8 + quad) * TILE + r) * 4 + b] |=
-                    (u >> 4) << high_shift(j);
+        }
+    }
+    for group in 0..2 {
+        for quad in 0..8 {
+            let at = TILE_LOW + ((group * 8 + quad) * TILE + r) * 4;
+            for b in 0..4 {
+                let x = high[32 * group + quad * 4 + b];
+                bits[at + b] =
+                    (x & 0x03) << 4 | (x & 0x0C) >> 2 | (x & 0x30) << 2 | (x & 0xC0) >> 4;
             }
-        };
-        PackedQ6K::repack(data, (n, k), Q6K_BYTES, true, put)
+        }
     }
 }

@@ -1,8 +1,6 @@
 //! Q8_0 weights into the packed layout of [`PackedQ8`]: from candle's
 //! blocks, or straight from f32 numbers by GGML's own arithmetic.
 
-use candle_core::quantized::GgmlDType;
-
 use crate::kernels::packed::{Lines, PackedQ8, BLOCK, Q8_0_BYTES, TILE};
 use crate::kernels::parallel::{for_ranges_if, Disjoint};
 
@@ -77,46 +75,6 @@ impl PackedQ8 {
             let block = &data[(row * blocks + b) * Q8_0_BYTES..][..Q8_0_BYTES];
             for (q, &byte) in q.iter_mut().zip(&block[2..]) {
                 *q = byte as i8;
-            }
-            half::f16::from_le_bytes([block[0], block[1]])
-        }))
-    }
-
-    /// `data`: GGML's Q4_0 or Q5_0 blocks (`ggml`) of a `[n, k]` weight,
-    /// row-major, held as Q8_0 without rounding: a block of either is `d`
-    /// times 32 small integers (`q - 8` in -8..8, `q - 16` in -16..16),
-    /// which Q8_0 holds exactly under the same `d`. `None` when the shape
-    /// does not tile or the type is another.
-    pub fn widen(data: &[u8], ggml: GgmlDType, n: usize, k: usize) -> Option<PackedQ8> {
-        let bytes = match ggml {
-            GgmlDType::Q4_0 | GgmlDType::Q5_0 => ggml.type_size(),
-            _ => return None,
-        };
-        if !n.is_multiple_of(TILE) || !k.is_multiple_of(BLOCK) {
-            return None;
-        }
-        let blocks = k / BLOCK;
-        assert_eq!(
-            data.len(),
-            n * blocks * bytes,
-            "not a [n, k] {ggml:?} weight"
-        );
-        Some(pack(n, k, true, |row, b, q| {
-            let block = &data[(row * blocks + b) * bytes..][..bytes];
-            let (low, high) = q.split_at_mut(BLOCK / 2);
-            if ggml == GgmlDType::Q4_0 {
-                for ((l, h), &byte) in low.iter_mut().zip(high).zip(&block[2..]) {
-                    *l = (byte & 0x0F) as i8 - 8;
-                    *h = (byte >> 4) as i8 - 8;
-                }
-            } else {
-                // The fifth bits: number `j`'s at bit `j` of the word.
-                let fifth = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-                for (j, ((l, h), &byte)) in low.iter_mut().zip(high).zip(&block[6..]).enumerate() {
-                    let bit = |at: usize| ((fifth >> at & 1) << 4) as u8;
-                    *l = ((byte & 0x0F) | bit(j)) as i8 - 16;
-                    *h = ((byte >> 4) | bit(j + 16)) as i8 - 16;
-                }
             }
             half::f16::from_le_bytes([block[0], block[1]])
         }))

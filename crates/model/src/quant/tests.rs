@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 
 use super::{pack_rows, quantize_rows, QUANTIZE_SPLIT};
 use crate::kernels::packed::{Packed, PackedQ4K, PackedQ8, BLOCK};
-use crate::testing::unit::{dequantized, packed_q4k, packed_q8_0, quantized, values as fill};
+use crate::testing::unit::{dequantized, packed_q4k, packed_q8_0, values as fill};
 
 /// Quantizing f32 weights straight into the packed layout gives the
 /// bytes candle's Q8_0 blocks pack into: random weights, a block of
@@ -167,24 +167,4 @@ fn split_quantization_equals_candles() {
         assert_eq!(ours.shape().dims2().unwrap(), (n, k));
         assert!(ours.data().unwrap() == whole.data().unwrap(), "{ggml:?}");
     }
-}
-
-/// Q4_0 and Q5_0 blocks held as Q8_0 keep candle's numbers to the bit:
-/// the same `d`, the same integers (every level of each, both halves and
-/// the fifth bits of Q5_0); other formats are not widened.
-#[test]
-fn q4_0_and_q5_0_widen_to_q8_0_exactly() {
-    let (n, k) = (32, 256);
-    for ggml in [GgmlDType::Q4_0, GgmlDType::Q5_0] {
-        let q = quantized(n, k, 90, ggml);
-        let data = q.data().unwrap();
-        let widened = PackedQ8::widen(&data, ggml, n, k).unwrap();
-        assert_eq!(widened.dequantize(), dequantized(&q), "{ggml:?}");
-        if Packed::available() {
-            let packed = Packed::new(&data, ggml, n, k).expect("packed as Q8_0");
-            assert_eq!(packed.format(), "q8_0");
-        }
-    }
-    let q4k = quantized(n, k, 91, GgmlDType::Q4K);
-    assert!(PackedQ8::widen(&q4k.data().unwrap(), GgmlDType::Q4K, n, k).is_none());
 }

@@ -4,7 +4,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::kernels::packed::{PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8};
+use crate::kernels::packed::{Legacy, PackedLegacy, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8};
 
 /// A deterministic pseudo-random fill in [-1, 1).
 pub fn values(len: usize, seed: usize) -> Vec<f32> {
@@ -62,6 +62,15 @@ pub fn packed_q4k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ4K) {
 pub fn packed_q5k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ5K) {
     let q = quantized(n, k, seed, GgmlDType::Q5K);
     let p = PackedQ5K::new(&q.data().unwrap(), n, k).unwrap();
+    (q, p)
+}
+
+/// A `[n, k]` fill in candle's `ggml` (Q4_0, Q4_1, Q5_0 or Q5_1), and
+/// packed.
+pub fn packed_legacy(n: usize, k: usize, seed: usize, ggml: GgmlDType) -> (QTensor, PackedLegacy) {
+    let q = quantized(n, k, seed, ggml);
+    let format = Legacy::of(ggml).expect("a legacy format");
+    let p = PackedLegacy::new(&q.data().unwrap(), format, n, k).unwrap();
     (q, p)
 }
 

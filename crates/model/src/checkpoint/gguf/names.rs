@@ -34,6 +34,12 @@ const LAYER: &[(&str, &str)] = &[
     ),
     ("self_attn.kv_a_layernorm.weight", "attn_kv_a_norm.weight"),
     ("self_attn.o_proj.weight", "attn_output.weight"),
+    // MLA's per-head matrices as the converter splits `kv_b_proj`: the key
+    // part `[heads, rank, nope]` (each head's transposed), the value part
+    // `[heads, v, rank]`. Not Hugging Face names: the attention asks for
+    // these first, and a file with the split offers them as they are.
+    ("self_attn.w_uk.weight", "attn_k_b.weight"),
+    ("self_attn.w_uv.weight", "attn_v_b.weight"),
     ("post_attention_layernorm.weight", "ffn_norm.weight"),
     ("mlp.gate_proj.weight", "ffn_gate.weight"),
     ("mlp.up_proj.weight", "ffn_up.weight"),

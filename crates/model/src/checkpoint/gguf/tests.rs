@@ -184,6 +184,58 @@ fn split_kv_b_rebuilds_hf_kv_b_proj() {
     assert!(same(&rebuilt, &kv_b));
 }
 
+/// The split halves are also offered as they are, as MLA's per-head
+/// matrices `w_uk` (`[heads, rank, nope]`) and `w_uv` (`[heads, v,
+/// rank]`), and a quantized model holds each head from the stored blocks:
+/// the file's numbers exactly, at their own bits (Q5_0 and Q4_K here;
+/// where the CPU lacks the packed kernels they are decoded and rounded to
+/// Q8_0 instead).
+#[test]
+fn split_per_head_matrices_keep_their_stored_blocks() {
+    use crate::kernels::packed::Packed;
+    use crate::layers::linear::{GroupedLinear, WeightFormat};
+    use crate::quant::Quantization;
+
+    let (heads, nope, v, rank) = (4, 32, 32, 256);
+    let k_b = ramp(&[heads, rank, nope]);
+    let v_b = (ramp(&[heads, v, rank]) * 0.5).unwrap();
+    let dir = temp_dir("kvb-blocks");
+    let path = dir.join("kvb.gguf");
+    let (k_q, v_q) = (q(&k_b, GgmlDType::Q5_0), q(&v_b, GgmlDType::Q4K));
+    let stored = |t: &QTensor| t.dequantize(&Device::Cpu).unwrap();
+    let (k_numbers, v_numbers) = (stored(&k_q), stored(&v_q));
+    write(
+        &path,
+        &[],
+        &[
+            ("blk.0.attn_k_b.weight", k_q),
+            ("blk.0.attn_v_b.weight", v_q),
+        ],
+    );
+    let g = GgufCheckpoint::open(&[path]).unwrap();
+    let vb = g.var_builder(DType::F32, &Device::Cpu);
+    let vb = vb.pp("model.layers.0.self_attn");
+    assert!(vb.contains_tensor("w_uk.weight") && vb.contains_tensor("w_uv.weight"));
+    let format = WeightFormat {
+        dtype: DType::F32,
+        quantize: Quantization::Q8_0,
+    };
+    for (name, dims, numbers, held) in [
+        ("w_uk", (heads, rank, nope), &k_numbers, "q5_0"),
+        ("w_uv", (heads, v, rank), &v_numbers, "q4k"),
+    ] {
+        let grouped = GroupedLinear::load(dims, vb.pp(name), format).unwrap();
+        let dense = grouped.dense(DType::F32).unwrap();
+        if Packed::available() {
+            assert_eq!(grouped.format(), held, "{name}");
+            assert!(same(&dense, numbers), "{name}: not the stored numbers");
+        } else {
+            assert_eq!(grouped.format(), "q8_0", "{name}");
+            assert!(relative_error(&dense, numbers) < 0.01, "{name}");
+        }
+    }
+}
+
 #[test]
 fn split_sets_open_from_the_first_file() {
     let dir = temp_dir("split");
@@ -415,15 +467,13 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// Under a Q8_0 model, a weight stored in a format the kernels run keeps
-/// its numbers: Q4_K, Q5_K and Q6_K their blocks (packed where the CPU has the
-/// kernels), Q5_0 and Q4_0 as the Q8_0 blocks that hold them exactly
-/// (candle's own blocks elsewhere); a Q5_1 weight, which no kernel of ours
-/// runs, is decoded and rounded to Q8_0. Each computes what its stored
-/// numbers say, up to the rounding of the activations (and for Q5_1 of its
-/// numbers).
+/// its blocks (packed where the CPU has the kernels, candle's own blocks
+/// elsewhere): Q4_K, Q5_K, Q6_K, Q5_0, Q4_0 and Q5_1 here; a Q3_K weight,
+/// which no kernel of ours runs, is decoded and rounded to Q8_0. Each
+/// computes what its stored numbers say, up to the rounding of the
+/// activations (and for Q3_K of its numbers).
 #[test]
 fn stored_blocks_are_kept_and_other_types_are_requantized() {
-    use crate::kernels::packed::Packed;
     use crate::layers::linear::{Linear, WeightFormat};
     use crate::quant::Quantization;
     use candle_core::Module;
@@ -437,6 +487,7 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
     );
     let e = (ramp(&[32, 256]) * 0.5).unwrap();
     let f = (ramp(&[48, 256]) * 1.5).unwrap();
+    let h = (ramp(&[32, 256]) * 0.8).unwrap();
     write(
         &path,
         &[],
@@ -446,6 +497,7 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
             ("blk.0.ffn_gate.weight", q(&c, GgmlDType::Q5_0)),
             ("blk.0.ffn_up.weight", q(&d, GgmlDType::Q4_0)),
             ("blk.0.attn_q_a.weight", q(&e, GgmlDType::Q5_1)),
+            ("blk.0.attn_kv_a_mqa.weight", q(&h, GgmlDType::Q3K)),
             ("blk.0.attn_q_b.weight", q(&f, GgmlDType::Q5K)),
         ],
     );
@@ -455,9 +507,8 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
         dtype: DType::F32,
         quantize: Quantization::Q8_0,
     };
-    let packed = Packed::available();
     // Relative error of the kept formats: the activations' 8-bit rounding
-    // alone (measured 1.3e-4 for each; Q5_1 rounded again 3.5e-4).
+    // alone (measured 1.3e-4 for each; Q3_K rounded again 3.5e-4).
     const KEPT: f32 = 2.5e-4;
     let x = ramp(&[5, 256]);
     for (prefix, w, ggml, held, bound) in [
@@ -486,20 +537,27 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
             "model.layers.0.mlp.gate_proj",
             &c,
             GgmlDType::Q5_0,
-            if packed { "q8_0" } else { "q5_0" },
+            "q5_0",
             KEPT,
         ),
         (
             "model.layers.0.mlp.up_proj",
             &d,
             GgmlDType::Q4_0,
-            if packed { "q8_0" } else { "q4_0" },
+            "q4_0",
             KEPT,
         ),
         (
             "model.layers.0.self_attn.q_a_proj",
             &e,
             GgmlDType::Q5_1,
+            "q5_1",
+            KEPT,
+        ),
+        (
+            "model.layers.0.self_attn.kv_a_proj_with_mqa",
+            &h,
+            GgmlDType::Q3K,
             "q8_0",
             0.02,
         ),

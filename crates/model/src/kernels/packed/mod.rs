@@ -1,5 +1,5 @@
 //! Quantized weights repacked for AVX-512-VNNI: on CPUs that have it, every
-//! Q8_0, Q4_K, Q5_K and Q6_K weight of the model (projections, MLA's absorbed per-head
+//! Q8_0, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0 and Q5_1 weight of the model (projections, MLA's absorbed per-head
 //! matrices, the experts, lm_head) is held this way, as its only copy, and
 //! these kernels run it at every input size.
 //!
@@ -7,7 +7,8 @@
 //! multiplies four inputs with sixteen rows at once: for Q8_0 block by
 //! block as `[8 k-quads][16 rows][4 bytes]`, with the 16 rows' f16 scales
 //! beside them (34 bytes per 32 weights, as Q8_0); Q4_K in [`PackedQ4K`],
-//! Q5_K in [`PackedQ5K`], Q6_K in [`PackedQ6K`].
+//! Q5_K in [`PackedQ5K`], Q6_K in [`PackedQ6K`], the 32-number formats of
+//! 4 and 5 bits in [`PackedLegacy`].
 //! The input rows are quantized to int8 per 32-number block, as Q8_0 does
 //! to weights; a block's integer dot is exact, and its scales are applied
 //! once per block and 16 rows. One call takes several weights, each with
@@ -30,6 +31,7 @@ use crate::kernels::parallel::{self, Disjoint};
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod input;
+pub(crate) mod legacy;
 pub(crate) mod q4k;
 pub(crate) mod q6k;
 mod q8_0;
@@ -39,6 +41,7 @@ mod tests;
 
 pub(crate) use input::Row;
 use input::{quantize_into, quantize_rows, Quantized, QuantizedView};
+pub use legacy::{Legacy, PackedLegacy};
 pub use q4k::{PackedQ4K, PackedQ5K};
 pub use q6k::PackedQ6K;
 pub use q8_0::PackedQ8;
@@ -113,6 +116,7 @@ pub enum Packed {
     Q4K(PackedQ4K),
     Q5K(PackedQ5K),
     Q6K(PackedQ6K),
+    Legacy(PackedLegacy),
 }
 
 impl Packed {
@@ -126,7 +130,8 @@ impl Packed {
     pub fn fits(ggml: candle_core::quantized::GgmlDType, n: usize, k: usize) -> bool {
         use candle_core::quantized::GgmlDType;
         let blocks = match ggml {
-            GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q5_0 => BLOCK,
+            GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 => BLOCK,
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 => BLOCK,
             GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 256,
             _ => return false,
         };
@@ -139,6 +144,7 @@ impl Packed {
             Packed::Q8_0(p) => (p.n, p.k),
             Packed::Q4K(p) => p.dims(),
             Packed::Q5K(p) => p.dims(),
+            Packed::Legacy(p) => p.dims(),
             Packed::Q6K(p) => p.dims(),
         }
     }
@@ -149,6 +155,7 @@ impl Packed {
             Packed::Q8_0(p) => p.bytes(),
             Packed::Q4K(p) => p.bytes(),
             Packed::Q5K(p) => p.bytes(),
+            Packed::Legacy(p) => p.bytes(),
             Packed::Q6K(p) => p.bytes(),
         }
     }
@@ -159,6 +166,7 @@ impl Packed {
             Packed::Q8_0(_) => "q8_0",
             Packed::Q4K(_) => "q4k",
             Packed::Q5K(_) => "q5k",
+            Packed::Legacy(p) => p.layout.name(),
             Packed::Q6K(_) => "q6k",
         }
     }
@@ -170,6 +178,7 @@ impl Packed {
             Packed::Q8_0(p) => p.dequantize(),
             Packed::Q4K(p) => p.dequantize(),
             Packed::Q5K(p) => p.dequantize(),
+            Packed::Legacy(p) => p.dequantize(),
             Packed::Q6K(p) => p.dequantize(),
         }
     }
@@ -180,6 +189,7 @@ impl Packed {
             (Packed::Q8_0(t), Packed::Q8_0(b)) => Packed::Q8_0(PackedQ8::stack(t, b)),
             (Packed::Q4K(t), Packed::Q4K(b)) => Packed::Q4K(PackedQ4K::stack(t, b)),
             (Packed::Q5K(t), Packed::Q5K(b)) => Packed::Q5K(PackedQ5K::stack(t, b)),
+            (Packed::Legacy(t), Packed::Legacy(b)) => Packed::Legacy(PackedLegacy::stack(t, b)),
             (Packed::Q6K(t), Packed::Q6K(b)) => Packed::Q6K(PackedQ6K::stack(t, b)),
             _ => panic!("stacked weights differ in format"),
         }
@@ -218,6 +228,15 @@ impl Packed {
             Packed::Q5K(p) => {
                 let (bits, d, scales) = p.tile(tile);
                 by_rows!(q4k::vnni::tile_q5k, rows, bits, d, scales, &mut dots)
+            }
+            Packed::Legacy(p) => {
+                let (bits, d, _) = p.tile(tile);
+                match p.layout {
+                    Legacy::Q4_0 => by_rows!(legacy::vnni::q4_0, rows, bits, d, &mut dots),
+                    Legacy::Q4_1 => by_rows!(legacy::vnni::q4_1, rows, bits, d, &mut dots),
+                    Legacy::Q5_0 => by_rows!(legacy::vnni::q5_0, rows, bits, d, &mut dots),
+                    Legacy::Q5_1 => by_rows!(legacy::vnni::q5_1, rows, bits, d, &mut dots),
+                }
             }
             Packed::Q6K(p) => {
                 let (bits, d, scales) = p.tile(tile);

@@ -38,7 +38,7 @@ pub(crate) const TILE_SCALES: usize = 2 * 8 * TILE;
 pub(crate) const TILE_FIFTHS: usize = TILE * SUPER / 8;
 
 /// Where sub-block `j`'s fifth bit sits in its byte of Q5_K's plane.
-pub(crate) fn fifth_shift(j: usize) -> usize {
+pub(crate) const fn fifth_shift(j: usize) -> usize {
     if j.is_multiple_of(2) {
         4 + j / 2
     } else {
@@ -52,7 +52,7 @@ pub(crate) fn fifth_shift(j: usize) -> usize {
 pub type PackedQ4K = SuperBlocks<Q4K>;
 
 /// The Q4_K layout.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Q4K;
 
 /// One `[n, k]` Q5_K weight (`n` a multiple of 16, `k` of 256), repacked:
@@ -61,7 +61,7 @@ pub struct Q4K;
 pub type PackedQ5K = SuperBlocks<Q5K>;
 
 /// The Q5_K layout.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Q5K;
 
 /// Row `r`'s 256 numbers in a Q4_K unit, or a Q5_K one with `fifths`.
@@ -83,23 +83,35 @@ fn numbers((quads, d, scales): Unit<'_, u8>, fifths: bool, r: usize, out: &mut [
 }
 
 impl Layout for Q4K {
-    const BITS: usize = TILE_QUADS;
-    const D: usize = TILE_D;
-    const SCALES: usize = TILE_SCALES;
     type Scale = u8;
 
-    fn numbers(unit: Unit<'_, u8>, r: usize, out: &mut [f32]) {
+    fn bits(self) -> usize {
+        TILE_QUADS
+    }
+    fn d(self) -> usize {
+        TILE_D
+    }
+    fn scales(self) -> usize {
+        TILE_SCALES
+    }
+    fn numbers(self, unit: Unit<'_, u8>, r: usize, out: &mut [f32]) {
         numbers(unit, false, r, out)
     }
 }
 
 impl Layout for Q5K {
-    const BITS: usize = TILE_QUADS + TILE_FIFTHS;
-    const D: usize = TILE_D;
-    const SCALES: usize = TILE_SCALES;
     type Scale = u8;
 
-    fn numbers(unit: Unit<'_, u8>, r: usize, out: &mut [f32]) {
+    fn bits(self) -> usize {
+        TILE_QUADS + TILE_FIFTHS
+    }
+    fn d(self) -> usize {
+        TILE_D
+    }
+    fn scales(self) -> usize {
+        TILE_SCALES
+    }
+    fn numbers(self, unit: Unit<'_, u8>, r: usize, out: &mut [f32]) {
         numbers(unit, true, r, out)
     }
 }
@@ -115,6 +127,33 @@ pub(super) mod vnni {
     /// How far ahead of the super-block in use the nibbles are prefetched,
     /// where it helps (`x86::tile_prefetches`; 4 KB, as for Q8_0).
     const PREFETCH_SUPERS: usize = 2;
+
+    /// The two `vpdpbusd` operands in 64 bytes `v` of nibble pairs: the low
+    /// nibbles, and the high ones. With `fifths`, 64 bytes of fifth bits
+    /// and a shift that brings the wanted pair of them to bits 4 (the low
+    /// nibble's) and 0 (the high one's) of each byte, each number is
+    /// joined with its fifth bit (`0x0F ? nibble : fifth`, one
+    /// `vpternlogd`), as Q5_K and the 5-bit legacy formats store them.
+    /// (Needs AVX-512F and AVX-512BW, as its callers do.)
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    pub(in crate::kernels::packed) fn operands(
+        v: __m512i,
+        fifths: Option<(__m512i, __m128i)>,
+    ) -> [__m512i; 2] {
+        let low = _mm512_set1_epi8(0x0F);
+        let high = _mm512_srli_epi16::<4>(v);
+        match fifths {
+            Some((bits, shift)) => {
+                let h = _mm512_and_si512(_mm512_srl_epi16(bits, shift), _mm512_set1_epi8(0x11));
+                [
+                    _mm512_ternarylogic_epi32::<0xE4>(v, h, low),
+                    _mm512_ternarylogic_epi32::<0xE4>(high, _mm512_slli_epi16::<4>(h), low),
+                ]
+            }
+            None => [_mm512_and_si512(v, low), _mm512_and_si512(high, low)],
+        }
+    }
 
     /// [`tiles`] on Q4_K units.
     ///
@@ -169,8 +208,6 @@ pub(super) mod vnni {
         for row in &rows[..R] {
             assert!(row.q.len() >= supers * SUPER && row.sums.len() >= supers * 8);
         }
-        let low = _mm512_set1_epi8(0x0F);
-        let pair_bits = _mm512_set1_epi8(0x11);
         let on = tile_prefetches(R);
         let mut total = [_mm512_setzero_ps(); R];
         for sb in 0..supers {
@@ -186,26 +223,9 @@ pub(super) mod vnni {
                 let mut acc = [[_mm512_setzero_si512(); 2]; R];
                 for quad in 0..8 {
                     let v = _mm512_loadu_si512(qp.add((pair * 8 + quad) * 64) as *const _);
-                    let w = if FIFTHS {
-                        // This pair's fifth bits alone, at bits 4 and 0.
-                        let h = _mm512_loadu_si512(hp.add(quad * 64) as *const _);
-                        let h = _mm512_and_si512(_mm512_srl_epi16(h, shift), pair_bits);
-                        // Bits 0-3 from the nibbles, 4-7 from the fifth
-                        // bits: `low ? a : b`.
-                        [
-                            _mm512_ternarylogic_epi32::<0xE4>(v, h, low),
-                            _mm512_ternarylogic_epi32::<0xE4>(
-                                _mm512_srli_epi16::<4>(v),
-                                _mm512_slli_epi16::<4>(h),
-                                low,
-                            ),
-                        ]
-                    } else {
-                        [
-                            _mm512_and_si512(v, low),
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
-                        ]
-                    };
+                    let fifths =
+                        FIFTHS.then(|| (_mm512_loadu_si512(hp.add(quad * 64) as *const _), shift));
+                    let w = operands(v, fifths);
                     for (a, row) in acc.iter_mut().zip(rows) {
                         for (half, w) in w.iter().enumerate() {
                             let at = (sb * 8 + 2 * pair + half) * BLOCK + quad * 4;

@@ -44,7 +44,7 @@ pub(crate) fn high_shift(j: usize) -> usize {
 pub type PackedQ6K = SuperBlocks<Q6K>;
 
 /// The Q6_K layout.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Q6K;
 
 /// Weight `i` (0..256) of row `r` in a unit's `bits`: its `u` (0..64).
@@ -57,12 +57,18 @@ pub(crate) fn level(bits: &[u8], r: usize, i: usize) -> u8 {
 }
 
 impl Layout for Q6K {
-    const BITS: usize = TILE_BITS;
-    const D: usize = TILE;
-    const SCALES: usize = TILE_SCALES;
     type Scale = i8;
 
-    fn numbers((bits, d, scales): Unit<'_, i8>, r: usize, out: &mut [f32]) {
+    fn bits(self) -> usize {
+        TILE_BITS
+    }
+    fn d(self) -> usize {
+        TILE
+    }
+    fn scales(self) -> usize {
+        TILE_SCALES
+    }
+    fn numbers(self, (bits, d, scales): Unit<'_, i8>, r: usize, out: &mut [f32]) {
         let d = d[r].to_f32();
         for (i, o) in out.iter_mut().enumerate() {
             let scale = scales[i / 16 * TILE + r];

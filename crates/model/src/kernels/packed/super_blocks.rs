@@ -1,10 +1,10 @@
-//! What the k-quant layouts ([`PackedQ4K`](super::PackedQ4K),
-//! [`PackedQ6K`](super::PackedQ6K)) share: a `[n, k]` weight held in
-//! units, a unit being one 16-row tile's 256-wide super-block, with a
-//! fixed count of number bytes, f16 factors and scales each; a tile's
-//! units follow one another in each of the three buffers.
-
-use std::marker::PhantomData;
+//! What the packed block layouts ([`PackedQ4K`](super::PackedQ4K),
+//! [`PackedQ5K`](super::PackedQ5K), [`PackedQ6K`](super::PackedQ6K),
+//! [`PackedLegacy`](super::PackedLegacy)) share: a `[n, k]` weight held in
+//! units, a unit being one 16-row tile's block (a k-quant's 256-wide
+//! super-block, a legacy format's 32-wide block), with a fixed count of
+//! number bytes, f16 factors and scales each; a tile's units follow one
+//! another in each of the three buffers.
 
 use super::{Lines, TILE};
 use crate::kernels::parallel::{for_ranges_if, Disjoint};
@@ -15,61 +15,71 @@ pub(crate) const SUPER: usize = 256;
 /// One unit's parts: its number bytes, f16 factors and scales.
 pub(crate) type Unit<'a, S> = (&'a [u8], &'a [half::f16], &'a [S]);
 
-/// A k-quant format's unit.
-pub trait Layout: Clone + std::fmt::Debug {
-    /// Number bytes per unit.
-    const BITS: usize;
-    /// f16 factors per unit.
-    const D: usize;
-    /// Scales per unit.
-    const SCALES: usize;
+/// A packed format's unit (a value: the legacy formats share one type).
+pub trait Layout: Clone + Copy + std::fmt::Debug + Send + Sync {
     type Scale: Copy + Default + Send + Sync + std::fmt::Debug;
 
-    /// Row `r`'s 256 numbers in `unit`, as the format dequantizes them.
-    fn numbers(unit: Unit<'_, Self::Scale>, r: usize, out: &mut [f32]);
+    /// Numbers of a row per unit.
+    fn width(self) -> usize {
+        SUPER
+    }
+    /// Number bytes per unit.
+    fn bits(self) -> usize;
+    /// f16 factors per unit.
+    fn d(self) -> usize;
+    /// Scales per unit.
+    fn scales(self) -> usize;
+
+    /// Row `r`'s [`Self::width`] numbers in `unit`, as the format
+    /// dequantizes them.
+    fn numbers(self, unit: Unit<'_, Self::Scale>, r: usize, out: &mut [f32]);
 }
 
-/// One `[n, k]` weight (`n` a multiple of 16, `k` of 256) in layout `L`.
+/// One `[n, k]` weight (`n` a multiple of 16, `k` of the layout's width)
+/// in layout `L`.
 #[derive(Debug, Clone)]
 pub struct SuperBlocks<L: Layout> {
     pub(crate) n: usize,
     pub(crate) k: usize,
-    /// `[n / 16][k / 256][L::BITS]`.
+    /// `[n / 16][k / width][bits]`.
     pub(crate) bits: Lines,
-    /// `[n / 16][k / 256][L::D]`.
+    /// `[n / 16][k / width][d]`.
     pub(crate) d: Vec<half::f16>,
-    /// `[n / 16][k / 256][L::SCALES]`.
+    /// `[n / 16][k / width][scales]`.
     pub(crate) scales: Vec<L::Scale>,
-    layout: PhantomData<L>,
+    pub(crate) layout: L,
 }
 
 impl<L: Layout> SuperBlocks<L> {
-    /// GGML's blocks (`data`, `block_bytes` each, row-major) of a `[n, k]`
-    /// weight, each placed by `put(block, r, unit)` in its unit as its
-    /// tile's row `r`. With `parallel`, tiles are repacked on the compute
-    /// pool (repacking one tile after another made most of a GGUF file's
-    /// load); callers that already split a weight over threads of their
-    /// own pass `false`. `None` when the shape does not tile.
+    /// GGML's blocks (`data`, `block_bytes` each, one per unit row,
+    /// row-major) of a `[n, k]` weight in `layout`, each placed by
+    /// `put(block, r, unit)` in its unit as its tile's row `r`. With
+    /// `parallel`, tiles are repacked on the compute pool (repacking one
+    /// tile after another made most of a GGUF file's load); callers that
+    /// already split a weight over threads of their own pass `false`.
+    /// `None` when the shape does not tile.
     pub(crate) fn repack(
+        layout: L,
         data: &[u8],
         (n, k): (usize, usize),
         block_bytes: usize,
         parallel: bool,
         put: impl Fn(&[u8], usize, (&mut [u8], &mut [half::f16], &mut [L::Scale])) + Sync,
     ) -> Option<SuperBlocks<L>> {
-        if !n.is_multiple_of(TILE) || !k.is_multiple_of(SUPER) {
+        if !n.is_multiple_of(TILE) || !k.is_multiple_of(layout.width()) {
             return None;
         }
-        let supers = k / SUPER;
+        let supers = k / layout.width();
+        let (unit_bits, unit_d, unit_scales) = (layout.bits(), layout.d(), layout.scales());
         assert_eq!(
             data.len(),
             n * supers * block_bytes,
             "not a [n, k] weight of these blocks"
         );
         let units = n / TILE * supers;
-        let mut bits = Lines::zeroed(units * L::BITS);
-        let mut d = vec![half::f16::ZERO; units * L::D];
-        let mut scales = vec![L::Scale::default(); units * L::SCALES];
+        let mut bits = Lines::zeroed(units * unit_bits);
+        let mut d = vec![half::f16::ZERO; units * unit_d];
+        let mut scales = vec![L::Scale::default(); units * unit_scales];
         let out = (
             Disjoint::new(&mut bits),
             Disjoint::new(&mut d),
@@ -84,9 +94,9 @@ impl<L: Layout> SuperBlocks<L> {
                     // call; a tile's units are this task's alone.
                     let (bits, d, scales) = unsafe {
                         (
-                            out.0.slice(u * L::BITS..(u + 1) * L::BITS),
-                            out.1.slice(u * L::D..(u + 1) * L::D),
-                            out.2.slice(u * L::SCALES..(u + 1) * L::SCALES),
+                            out.0.slice(u * unit_bits..(u + 1) * unit_bits),
+                            out.1.slice(u * unit_d..(u + 1) * unit_d),
+                            out.2.slice(u * unit_scales..(u + 1) * unit_scales),
                         )
                     };
                     for r in 0..TILE {
@@ -104,7 +114,7 @@ impl<L: Layout> SuperBlocks<L> {
             bits,
             d,
             scales,
-            layout: PhantomData,
+            layout,
         })
     }
 
@@ -122,6 +132,11 @@ impl<L: Layout> SuperBlocks<L> {
     /// their units simply follow on.
     pub fn stack(mut top: SuperBlocks<L>, bottom: SuperBlocks<L>) -> SuperBlocks<L> {
         assert_eq!(top.k, bottom.k, "stacked weights differ in width");
+        assert_eq!(
+            format!("{:?}", top.layout),
+            format!("{:?}", bottom.layout),
+            "stacked weights differ in format"
+        );
         top.n += bottom.n;
         top.bits.extend(bottom.bits);
         top.d.extend(bottom.d);
@@ -132,29 +147,31 @@ impl<L: Layout> SuperBlocks<L> {
     /// Units `units` of the three buffers.
     fn units(&self, units: std::ops::Range<usize>) -> Unit<'_, L::Scale> {
         let of = |per: usize| units.start * per..units.end * per;
+        let l = self.layout;
         (
-            &self.bits[of(L::BITS)],
-            &self.d[of(L::D)],
-            &self.scales[of(L::SCALES)],
+            &self.bits[of(l.bits())],
+            &self.d[of(l.d())],
+            &self.scales[of(l.scales())],
         )
     }
 
-    /// Tile `tile`'s parts, all its super-blocks.
+    /// Tile `tile`'s parts, all its blocks.
     pub(super) fn tile(&self, tile: usize) -> Unit<'_, L::Scale> {
-        let supers = self.k / SUPER;
+        let supers = self.k / self.layout.width();
         self.units(tile * supers..(tile + 1) * supers)
     }
 
     /// The weight's numbers, `[n, k]` row-major, as the format dequantizes
     /// them.
     pub fn dequantize(&self) -> Vec<f32> {
-        let supers = self.k / SUPER;
+        let width = self.layout.width();
+        let supers = self.k / width;
         let mut out = vec![0f32; self.n * self.k];
         for (row, out) in out.chunks_exact_mut(self.k).enumerate() {
             let (tile, r) = (row / TILE, row % TILE);
-            for (sb, out) in out.chunks_exact_mut(SUPER).enumerate() {
+            for (sb, out) in out.chunks_exact_mut(width).enumerate() {
                 let unit = tile * supers + sb;
-                L::numbers(self.units(unit..unit + 1), r, out);
+                self.layout.numbers(self.units(unit..unit + 1), r, out);
             }
         }
         out

@@ -3,7 +3,7 @@
 use super::input::quantize_block;
 use super::*;
 use crate::testing::unit::{
-    dequantized, packed_q4k, packed_q5k, packed_q6k, packed_q8_0, values as fill,
+    dequantized, packed_legacy, packed_q4k, packed_q5k, packed_q6k, packed_q8_0, values as fill,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -84,8 +84,10 @@ fn each_job_takes_its_own_rows() {
     let c = Packed::Q8_0(packed_q8_0(16, 32, 30).1);
     let d = Packed::Q6K(packed_q6k(16, 256, 35).1);
     let e = Packed::Q5K(packed_q5k(16, 512, 36).1);
+    let f = Packed::Legacy(packed_legacy(32, 96, 37, GgmlDType::Q5_1).1);
     let jobs = vec![
         (&e, vec![512, 0]),
+        (&f, vec![64, 1024, 0]),
         (&a, vec![0, 192, 64]),
         (&b, vec![512, 0, 1024, 32, 96, 1280, 160, 224, 288]),
         (&a, vec![]),
@@ -115,7 +117,8 @@ fn here_equals_the_pools_call() {
     let q4 = Packed::Q4K(packed_q4k(32, 256, 60).1);
     let q5 = Packed::Q5K(packed_q5k(16, 256, 62).1);
     let q6 = Packed::Q6K(packed_q6k(32, 512, 65).1);
-    for pack in [&q8, &q4, &q5, &q6] {
+    let q5_0 = Packed::Legacy(packed_legacy(32, 160, 66, GgmlDType::Q5_0).1);
+    for pack in [&q8, &q4, &q5, &q6, &q5_0] {
         let (n, k) = pack.dims();
         for m in [1, 3, 8, 11] {
             let x = fill(m * k, m);
@@ -126,13 +129,19 @@ fn here_equals_the_pools_call() {
     }
 }
 
-/// `p`, packed from candle's `q` (`[n, k]`, blocks of `bytes`), against
-/// `exact(block, inputs)`: one super-block's integer arithmetic done
-/// plainly on GGML's own block and 256 inputs (each block of 32 quantized
-/// as the kernels quantize it). Exact up to f32 rounding for 1 to 9 input
-/// rows (one below the tile's 8, some, 8, one past), and within activation
-/// quantization of the f32 product with candle's dequantized weights.
-fn check_super_blocks(q: &QTensor, p: &Packed, bytes: usize, exact: impl Fn(&[u8], &[f32]) -> f64) {
+/// `p`, packed from candle's `q` (`[n, k]`, GGML blocks of `bytes` for
+/// `width` numbers), against `exact(block, inputs)`: one block's integer
+/// arithmetic done plainly on GGML's own block and `width` inputs (each 32
+/// quantized as the kernels quantize them). Exact up to f32 rounding for 1
+/// to 9 input rows (one below the tile's 8, some, 8, one past), and within
+/// activation quantization of the f32 product with candle's dequantized
+/// weights.
+fn check_blocks(
+    q: &QTensor,
+    p: &Packed,
+    (bytes, width): (usize, usize),
+    exact: impl Fn(&[u8], &[f32]) -> f64,
+) {
     let (n, k) = p.dims();
     let data = q.data().unwrap();
     let deq = dequantized(q);
@@ -142,10 +151,10 @@ fn check_super_blocks(q: &QTensor, p: &Packed, bytes: usize, exact: impl Fn(&[u8
         for i in 0..m {
             let xs = &x[i * k..][..k];
             for j in 0..n {
-                let want: f64 = (0..k / 256)
+                let want: f64 = (0..k / width)
                     .map(|sb| {
-                        let block = &data[(j * k / 256 + sb) * bytes..][..bytes];
-                        exact(block, &xs[sb * 256..][..256])
+                        let block = &data[(j * k / width + sb) * bytes..][..bytes];
+                        exact(block, &xs[sb * width..][..width])
                     })
                     .sum();
                 let plain: f64 = (0..k).map(|c| deq[j * k + c] as f64 * xs[c] as f64).sum();
@@ -187,7 +196,7 @@ fn q4k_and_q5k_kernels_match_the_integer_arithmetic() {
         (q5, Packed::Q5K(p5), 176, Some(16)),
     ] {
         let nibbles = 16 + fifths.map_or(0, |_| 32);
-        check_super_blocks(&q, &p, bytes, |block, inputs| {
+        check_blocks(&q, &p, (bytes, 256), |block, inputs| {
             let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
             let dmin = half::f16::from_le_bytes([block[2], block[3]]).to_f32();
             (0..8)
@@ -228,7 +237,7 @@ fn q6k_kernel_matches_the_integer_arithmetic() {
         return;
     }
     let (q, p) = packed_q6k(32, 512, 42);
-    check_super_blocks(&q, &Packed::Q6K(p), 210, |block, inputs| {
+    check_blocks(&q, &Packed::Q6K(p), (210, 256), |block, inputs| {
         let d = half::f16::from_le_bytes([block[208], block[209]]).to_f32();
         let levels = crate::quant::q6k::levels(block);
         let mut exact = 0f64;
@@ -246,6 +255,46 @@ fn q6k_kernel_matches_the_integer_arithmetic() {
         }
         exact
     });
+}
+
+/// Each legacy format's repacked blocks hold candle's numbers to the bit,
+/// and its kernel equals the integer arithmetic done plainly on GGML's own
+/// blocks: per block `x_scale · (d · Σ (q - offset)·x + m · Σ x)`, `q` a
+/// nibble plus, in the 5-bit formats, 16 times its fifth bit (bit `j` of
+/// the block's word for weight `j`).
+#[test]
+fn legacy_formats_keep_candles_numbers_and_match_the_integer_arithmetic() {
+    use GgmlDType::{Q4_0, Q4_1, Q5_0, Q5_1};
+    for (ggml, seed) in [(Q4_0, 80), (Q4_1, 81), (Q5_0, 82), (Q5_1, 83)] {
+        let (q, p) = packed_legacy(48, 96, seed, ggml);
+        assert_eq!(p.dequantize(), dequantized(&q), "{ggml:?}");
+        if !Packed::available() {
+            continue;
+        }
+        let (q, p) = packed_legacy(32, 160, seed + 10, ggml);
+        let format = p.layout;
+        let bytes = ggml.type_size();
+        check_blocks(&q, &Packed::Legacy(p), (bytes, BLOCK), |block, inputs| {
+            let f16_at = |at: usize| half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
+            let (d, m) = (f16_at(0), if format.min() { f16_at(2) } else { 0.0 });
+            let mut at = if format.min() { 4 } else { 2 };
+            let word = if format.fifths() {
+                at += 4;
+                u32::from_le_bytes(block[at - 4..at].try_into().unwrap())
+            } else {
+                0
+            };
+            let (xq, dx) = quantized_inputs(inputs, 0);
+            let level = |j: usize| {
+                let nibble = block[at + j % 16] >> (4 * (j / 16)) & 0x0F;
+                let fifth = (word >> j & 1) as u8;
+                (nibble + 16 * fifth) as i32 - format.offset()
+            };
+            let dot: i32 = (0..BLOCK).map(|j| level(j) * xq[j] as i32).sum();
+            let sum: i32 = xq.iter().map(|&v| v as i32).sum();
+            dx as f64 * (d as f64 * dot as f64 + m as f64 * sum as f64)
+        });
+    }
 }
 
 /// The AMX kernel gives the VNNI kernel's numbers to the bit, for input

@@ -2,8 +2,9 @@
 //! the input, such as MLA's per-head pieces of `kv_b_proj`.
 
 use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
 
-use super::{with_f32, Linear, Weight, WeightFormat};
+use super::{in_place, stored_blocks, with_f32, Linear, Weight, WeightFormat};
 use crate::kernels::gemv::blocked_kernel;
 use crate::kernels::packed::{self, Packed};
 use crate::kernels::parallel::{self, Disjoint};
@@ -85,6 +86,50 @@ impl GroupedLinear {
             linears,
             stacked: None,
         }))
+    }
+
+    /// The `[groups, n, k]` weight `vb` names `weight`, held as [`Self::new`]
+    /// holds it, except where the checkpoint stores it as blocks of a
+    /// format the packed kernels run ([`super::STORED_BLOCKS`]; a GGUF's
+    /// `attn_k_b` and `attn_v_b`, MLA's per-head matrices) and the CPU runs
+    /// them: then each group's blocks are repacked as they are, not decoded
+    /// and rounded again.
+    pub fn load(
+        (groups, n, k): (usize, usize, usize),
+        vb: VarBuilder,
+        format: WeightFormat,
+    ) -> Result<Self> {
+        if format.quantize.ggml_for(k).is_some() {
+            if let Some((ggml, blocks)) = stored_blocks(&vb)? {
+                let row_bytes = k / ggml.block_size() * ggml.type_size();
+                if blocks.dims() != [groups * n, row_bytes] {
+                    candle_core::bail!(
+                        "{ggml:?} blocks of shape {:?}, expected [{}, {row_bytes}]",
+                        blocks.dims(),
+                        groups * n
+                    );
+                }
+                let group = n * row_bytes;
+                let packs = in_place(&blocks, |bytes: &[u8]| {
+                    bytes
+                        .chunks_exact(group)
+                        .map(|blocks| Packed::new(blocks, ggml, n, k))
+                        .collect::<Option<Vec<Packed>>>()
+                })?;
+                if let Some(packs) = packs {
+                    return Ok(GroupedLinear {
+                        held: Held::Packed(packs),
+                        groups,
+                        n,
+                        k,
+                    });
+                }
+            }
+        }
+        Self::new(
+            &vb.set_dtype(DType::F32).get((groups, n, k), "weight")?,
+            format,
+        )
     }
 
     /// The per-group weights, where every one is repacked for the VNNI

@@ -25,15 +25,16 @@ pub use grouped::GroupedLinear;
 /// The names, beside a linear layer's `weight`, under which a checkpoint
 /// that stores the weight as GGML blocks of a format the packed kernels
 /// run offers those bytes, `[out, row bytes]` (a GGUF file does;
-/// safetensors never). On the packed kernels Q4_0 and Q5_0 run as the
-/// Q8_0 that holds their numbers exactly.
-pub const STORED_BLOCKS: [(GgmlDType, &str); 6] = [
+/// safetensors never).
+pub const STORED_BLOCKS: [(GgmlDType, &str); 8] = [
     (GgmlDType::Q8_0, "weight.q8_0_blocks"),
     (GgmlDType::Q4K, "weight.q4_k_blocks"),
     (GgmlDType::Q5K, "weight.q5_k_blocks"),
     (GgmlDType::Q6K, "weight.q6_k_blocks"),
     (GgmlDType::Q5_0, "weight.q5_0_blocks"),
     (GgmlDType::Q4_0, "weight.q4_0_blocks"),
+    (GgmlDType::Q5_1, "weight.q5_1_blocks"),
+    (GgmlDType::Q4_1, "weight.q4_1_blocks"),
 ];
 
 /// The weight's stored blocks and their format, if the checkpoint offers
