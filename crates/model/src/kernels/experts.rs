@@ -5,13 +5,15 @@
 use super::packed::{self, Packed};
 use super::silu::silu_times;
 
-/// An MLP's quantized weights (Q8_0 or Q4_K, each in its own) repacked for
-/// the VNNI kernels, on CPUs that have them (the only copy), gate and up
-/// stacked as one `[2·inter, hidden]` weight: one pass over the input
-/// computes both.
+/// An MLP's quantized weights repacked for the VNNI kernels, on CPUs that
+/// have them (the only copy). The gate and up projections stay two
+/// weights, two jobs of the same kernel call on the same quantized input:
+/// stacking them into one cost a copy of one of them at load, for nothing
+/// at run time (each tile is read once per call either way).
 #[derive(Debug, Clone)]
 pub(crate) struct PackedMlp {
-    pub(crate) gate_up: Packed,
+    pub(crate) gate: Packed,
+    pub(crate) up: Packed,
     pub(crate) down: Packed,
 }
 
@@ -27,11 +29,12 @@ impl PackedMlp {
     ) -> Vec<f32> {
         let first: Vec<(&Packed, Vec<usize>)> = jobs
             .iter()
-            .map(|(mlp, rows)| {
-                let starts = rows.iter().map(|&r| r as usize * hidden).collect();
-                (&mlp.gate_up, starts)
+            .flat_map(|(mlp, rows)| {
+                let starts: Vec<usize> = rows.iter().map(|&r| r as usize * hidden).collect();
+                [(&mlp.gate, starts.clone()), (&mlp.up, starts)]
             })
             .collect();
+        // Per job: its rows' gate outputs, then their up outputs.
         let gate_up = packed::matmul_each(x, &first);
         let mut h = Vec::new();
         let mut second = Vec::with_capacity(jobs.len());
@@ -39,10 +42,10 @@ impl PackedMlp {
         for (mlp, rows) in jobs {
             let inter = mlp.down.dims().1;
             let start = h.len();
-            for _ in 0..rows.len() {
-                let (row, rest) = rows_in.split_at(2 * inter);
-                rows_in = rest;
-                let (gate, up) = row.split_at(inter);
+            let (gates, rest) = rows_in.split_at(2 * rows.len() * inter);
+            rows_in = rest;
+            let (gates, ups) = gates.split_at(rows.len() * inter);
+            for (gate, up) in gates.chunks_exact(inter).zip(ups.chunks_exact(inter)) {
                 silu_times(gate, up, &mut h);
             }
             second.push((
@@ -54,6 +57,6 @@ impl PackedMlp {
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        self.gate_up.bytes() + self.down.bytes()
+        self.gate.bytes() + self.up.bytes() + self.down.bytes()
     }
 }

@@ -19,7 +19,6 @@ use candle_nn::VarBuilder;
 use super::linear::{with_f32, Linear, WeightFormat};
 use crate::config::{Arch, MoeConfig, ScoringFunc, TopkMethod};
 use crate::kernels::experts::PackedMlp;
-use crate::kernels::packed::Packed;
 use crate::kernels::silu::silu_times_tensor;
 
 /// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
@@ -51,8 +50,9 @@ impl Mlp {
     }
 
     /// Quantized weights on a CPU with AVX-512-VNNI are repacked for the
-    /// packed kernels ([`Packed`]), which then run the MLP at every batch
-    /// size.
+    /// packed kernels ([`Packed`](crate::kernels::packed::Packed)), which
+    /// then run the MLP at every batch size, each projection in the format
+    /// it is held in.
     pub fn new(
         hidden: usize,
         intermediate: usize,
@@ -65,17 +65,10 @@ impl Mlp {
         let packed = [&gate_proj, &up_proj, &down_proj]
             .iter()
             .all(|l| l.is_packed());
-        // The gate and up projections run as one stacked weight when they
-        // share a shape and a format (a GGUF file may hold them in two).
-        let stackable =
-            gate_proj.dims()? == up_proj.dims()? && gate_proj.format() == up_proj.format();
-        let held = if packed && stackable {
+        let held = if packed {
             let [gate, up, down] =
                 [gate_proj, up_proj, down_proj].map(|l| l.into_packed().expect("packed"));
-            MlpWeights::Packed(PackedMlp {
-                gate_up: Packed::stack(gate, up),
-                down,
-            })
+            MlpWeights::Packed(PackedMlp { gate, up, down })
         } else {
             MlpWeights::Linears {
                 gate_proj,
@@ -86,7 +79,7 @@ impl Mlp {
         Ok(Mlp { held })
     }
 
-    fn packed(&self) -> Option<&PackedMlp> {
+    pub(crate) fn packed(&self) -> Option<&PackedMlp> {
         match &self.held {
             MlpWeights::Packed(packed) => Some(packed),
             MlpWeights::Linears { .. } => None,
@@ -445,6 +438,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+    use crate::kernels::packed::Packed;
     use crate::quant::Quantization;
     use crate::testing::unit::max_abs;
     use crate::testing::Xorshift;

@@ -573,10 +573,11 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
 }
 
 /// An MLP whose gate and up projections a file stores in two formats
-/// (Q8_0 and Q4_K, its down projection in Q6_K) runs each as stored, as
-/// linears rather than one stacked weight, and computes what the stored
-/// numbers say; beside a packed MLP (the same MoE layer's shared expert,
-/// say) the two kinds run together.
+/// (Q8_0 and Q4_K, its down projection in Q6_K) runs each as stored, on
+/// the packed kernels where the CPU has them (gate and up are two weights
+/// of one kernel call, so their formats need not agree), and computes
+/// what the stored numbers say; beside an MLP held as linears (dense here)
+/// the two kinds run together.
 #[test]
 fn an_mlp_in_mixed_formats_runs_each_as_stored() {
     use crate::layers::linear::{Linear, WeightFormat};
@@ -599,7 +600,7 @@ fn an_mlp_in_mixed_formats_runs_each_as_stored() {
         ("ffn_up", &up, GgmlDType::Q4K),
         ("ffn_down", &down, GgmlDType::Q6K),
     ];
-    // Block 1 keeps one format throughout: it is stacked.
+    // Block 1 keeps one format throughout.
     let format_of = |block: usize, ggml: GgmlDType| if block == 1 { GgmlDType::Q8_0 } else { ggml };
     let names: Vec<String> = (0..2)
         .flat_map(|block| stored.map(|(name, _, _)| format!("blk.{block}.{name}.weight")))
@@ -618,6 +619,17 @@ fn an_mlp_in_mixed_formats_runs_each_as_stored() {
     };
     let mixed = Mlp::new(256, 256, vb.pp("model.layers.0.mlp"), format).unwrap();
     let uniform = Mlp::new(256, 256, vb.pp("model.layers.1.mlp"), format).unwrap();
+    let available = crate::kernels::packed::Packed::available();
+    assert_eq!(mixed.packed().is_some(), available);
+    assert_eq!(uniform.packed().is_some(), available);
+    let dense_mlp = Mlp::new(
+        256,
+        256,
+        vb.pp("model.layers.1.mlp"),
+        WeightFormat::dense(DType::F32),
+    )
+    .unwrap();
+    assert!(dense_mlp.packed().is_none());
     let x = Tensor::from_vec(
         crate::testing::unit::values(3 * 256, 4),
         (3, 256),
@@ -658,8 +670,9 @@ fn an_mlp_in_mixed_formats_runs_each_as_stored() {
         let err = relative_error(&got, &dense(block));
         assert!(err < 0.04, "block {block}: relative error {err}");
     }
-    let both = Mlp::forward_shared(&[&mixed, &uniform, &mixed], &x).unwrap();
-    for (got, mlp) in both.iter().zip([&mixed, &uniform, &mixed]) {
+    let kinds = [&mixed, &dense_mlp, &uniform, &dense_mlp];
+    let together = Mlp::forward_shared(&kinds, &x).unwrap();
+    for (got, mlp) in together.iter().zip(kinds) {
         assert_eq!(apart(got, &mlp.forward(&x).unwrap()), 0.0);
     }
 }
