@@ -312,6 +312,14 @@ fn llama_quantize_k_quant_files_compute_with_their_own_numbers() {
             1,
         ),
     ] {
+        // Without the packed kernels the Q5_K_M file's Q5_K and Q5_1
+        // weights are rounded to Q8_0 (candle runs them slowly): it does
+        // not compute with its own numbers there. (The Q4_K_M file's Q5_0
+        // rounded again stayed within these bounds: median 0.052, max 0.35.)
+        if kind == "Q5_K_M" && !ferroseek_model::kernels::packed::Packed::available() {
+            eprintln!("{kind}: skipped, this CPU lacks the packed kernels");
+            continue;
+        }
         let path = fixture_dir("gguf").join(format!("k-quant-v3-{kind}.gguf"));
         let content = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
         for wanted in formats {

@@ -25,7 +25,8 @@ pub use grouped::GroupedLinear;
 /// The names, beside a linear layer's `weight`, under which a checkpoint
 /// that stores the weight as GGML blocks of a format the packed kernels
 /// run offers those bytes, `[out, row bytes]` (a GGUF file does;
-/// safetensors never).
+/// safetensors never). Where the CPU lacks the packed kernels, only some
+/// are taken ([`runs_as_stored`]).
 pub const STORED_BLOCKS: [(GgmlDType, &str); 8] = [
     (GgmlDType::Q8_0, "weight.q8_0_blocks"),
     (GgmlDType::Q4K, "weight.q4_k_blocks"),
@@ -38,14 +39,26 @@ pub const STORED_BLOCKS: [(GgmlDType, &str); 8] = [
 ];
 
 /// The weight's stored blocks and their format, if the checkpoint offers
-/// them.
+/// them in a format worth running as stored here ([`runs_as_stored`]).
 fn stored_blocks(vb: &VarBuilder) -> Result<Option<(GgmlDType, Tensor)>> {
     for (ggml, name) in STORED_BLOCKS {
-        if vb.contains_tensor(name) {
+        if runs_as_stored(ggml, Packed::available()) && vb.contains_tensor(name) {
             return Ok(Some((ggml, vb.get_unchecked_dtype(name, DType::U8)?)));
         }
     }
     Ok(None)
+}
+
+/// Whether a weight stored in `ggml` runs as stored, `packed` saying
+/// whether the CPU runs the packed kernels (which take every format of
+/// [`STORED_BLOCKS`]). Without them candle's quantized matmul would run
+/// the blocks: fast for Q8_0, Q4_K (repacked) and Q6_K, but 3-8 times
+/// slower than its Q8_0 for Q4_0 and 20-90 for Q5_0 and Q5_1 (no vector
+/// kernel), and 6 times at batch sizes for Q5_K (`--bench kernels --
+/// packed`, candle's columns); those are decoded and rounded as the model
+/// is quantized instead, as for a format no kernel takes.
+pub(crate) fn runs_as_stored(ggml: GgmlDType, packed: bool) -> bool {
+    packed || matches!(ggml, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
 }
 
 /// `f` of the numbers of `t`, a CPU tensor, read in place out of its
@@ -577,6 +590,17 @@ mod tests {
     use super::*;
     use crate::testing::unit::{max_abs_diff, values};
     use candle_core::Device;
+
+    /// With the packed kernels every stored format runs as stored; without
+    /// them only those candle runs about as fast as its Q8_0.
+    #[test]
+    fn formats_candle_runs_slowly_are_requantized_without_the_packed_kernels() {
+        for (ggml, _) in STORED_BLOCKS {
+            assert!(runs_as_stored(ggml, true), "{ggml:?}");
+            let fast = matches!(ggml, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K);
+            assert_eq!(runs_as_stored(ggml, false), fast, "{ggml:?}");
+        }
+    }
 
     /// Linears on their own inputs give what a call each gives, whether a
     /// run of equal shapes shares one kernel call or not.
