@@ -78,6 +78,7 @@ impl Packed {
             GgmlDType::Q4K => PackedQ4K::new(data, n, k).map(Packed::Q4K),
             GgmlDType::Q5K => PackedQ5K::new(data, n, k).map(Packed::Q5K),
             GgmlDType::Q6K => PackedQ6K::new(data, n, k).map(Packed::Q6K),
+            GgmlDType::Q3K => PackedQ6K::from_q3k(data, n, k).map(Packed::Q6K),
             _ => Legacy::of(ggml)
                 .and_then(|format| PackedLegacy::new(data, format, n, k))
                 .map(Packed::Legacy),

@@ -468,10 +468,11 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Under a Q8_0 model, a weight stored in a format the kernels run keeps
 /// its blocks (packed where the CPU has the kernels, candle's own blocks
-/// elsewhere): Q4_K, Q5_K, Q6_K, Q5_0, Q4_0 and Q5_1 here; a Q3_K weight,
-/// which no kernel of ours runs, is decoded and rounded to Q8_0. Each
-/// computes what its stored numbers say, up to the rounding of the
-/// activations (and for Q3_K of its numbers).
+/// elsewhere): Q4_K, Q5_K, Q6_K, Q5_0, Q4_0, Q5_1 and Q3_K (as the Q6_K
+/// of the same numbers) here; a Q2_K weight, which no kernel of ours runs,
+/// is decoded and rounded to Q8_0. Each computes what its stored numbers
+/// say, up to the rounding of the activations (and for Q2_K of its
+/// numbers).
 #[test]
 fn stored_blocks_are_kept_and_other_types_are_requantized() {
     use crate::kernels::packed::Packed;
@@ -489,6 +490,7 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
     let e = (ramp(&[32, 256]) * 0.5).unwrap();
     let f = (ramp(&[48, 256]) * 1.5).unwrap();
     let h = (ramp(&[32, 256]) * 0.8).unwrap();
+    let i = (ramp(&[16, 256]) * 0.6).unwrap();
     write(
         &path,
         &[],
@@ -499,6 +501,7 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
             ("blk.0.ffn_up.weight", q(&d, GgmlDType::Q4_0)),
             ("blk.0.attn_q_a.weight", q(&e, GgmlDType::Q5_1)),
             ("blk.0.attn_kv_a_mqa.weight", q(&h, GgmlDType::Q3K)),
+            ("blk.0.ffn_gate_shexp.weight", q(&i, GgmlDType::Q2K)),
             ("blk.0.attn_q_b.weight", q(&f, GgmlDType::Q5K)),
         ],
     );
@@ -509,7 +512,7 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
         quantize: Quantization::Q8_0,
     };
     // Relative error of the formats kept on the packed kernels: the
-    // activations' 8-bit rounding alone (measured 1.3e-4 for each; Q3_K
+    // activations' 8-bit rounding alone (measured 1.3e-4 for each; Q2_K
     // rounded again 3.5e-4). candle's K-quant kernels round the
     // activations per 256.
     const KEPT: f32 = 2.5e-4;
@@ -527,12 +530,18 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
             &h,
             GgmlDType::Q3K,
         ),
+        (
+            "model.layers.0.mlp.shared_experts.gate_proj",
+            &i,
+            GgmlDType::Q2K,
+        ),
     ] {
         // Held as stored where it runs so (every stored format on the
         // packed kernels), else rounded to Q8_0.
         let offered = STORED_BLOCKS.iter().any(|(g, _)| *g == ggml);
         let stored = offered && runs_as_stored(ggml, packed);
         let (held, bound) = match (stored, packed) {
+            (true, true) if ggml == GgmlDType::Q3K => ("q6k".to_string(), KEPT),
             (true, true) => (format!("{ggml:?}").to_lowercase(), KEPT),
             (true, false) => (format!("{ggml:?}").to_lowercase(), 0.01),
             (false, _) => ("q8_0".to_string(), 0.02),

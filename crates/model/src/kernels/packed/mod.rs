@@ -132,7 +132,7 @@ impl Packed {
         let blocks = match ggml {
             GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 => BLOCK,
             GgmlDType::Q5_0 | GgmlDType::Q5_1 => BLOCK,
-            GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 256,
+            GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 256,
             _ => return false,
         };
         Self::available() && n.is_multiple_of(TILE) && k.is_multiple_of(blocks)

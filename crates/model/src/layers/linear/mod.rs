@@ -27,7 +27,7 @@ pub use grouped::GroupedLinear;
 /// run offers those bytes, `[out, row bytes]` (a GGUF file does;
 /// safetensors never). Where the CPU lacks the packed kernels, only some
 /// are taken ([`runs_as_stored`]).
-pub const STORED_BLOCKS: [(GgmlDType, &str); 8] = [
+pub const STORED_BLOCKS: [(GgmlDType, &str); 9] = [
     (GgmlDType::Q8_0, "weight.q8_0_blocks"),
     (GgmlDType::Q4K, "weight.q4_k_blocks"),
     (GgmlDType::Q5K, "weight.q5_k_blocks"),
@@ -36,6 +36,7 @@ pub const STORED_BLOCKS: [(GgmlDType, &str); 8] = [
     (GgmlDType::Q4_0, "weight.q4_0_blocks"),
     (GgmlDType::Q5_1, "weight.q5_1_blocks"),
     (GgmlDType::Q4_1, "weight.q4_1_blocks"),
+    (GgmlDType::Q3K, "weight.q3_k_blocks"),
 ];
 
 /// The weight's stored blocks and their format, if the checkpoint offers
@@ -56,7 +57,8 @@ fn stored_blocks(vb: &VarBuilder) -> Result<Option<(GgmlDType, Tensor)>> {
 /// slower than its Q8_0 for Q4_0 and 20-90 for Q5_0 and Q5_1 (no vector
 /// kernel), and 6 times at batch sizes for Q5_K (`--bench kernels --
 /// packed`, candle's columns); those are decoded and rounded as the model
-/// is quantized instead, as for a format no kernel takes.
+/// is quantized instead, as for a format no kernel takes (and Q3_K, which
+/// the packed kernels run as the Q6_K of the same numbers).
 pub(crate) fn runs_as_stored(ggml: GgmlDType, packed: bool) -> bool {
     packed || matches!(ggml, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
 }
