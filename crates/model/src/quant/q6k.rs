@@ -1,8 +1,8 @@
 //! Q6_K weights as GGML stores them, into the packed layout of
 //! [`PackedQ6K`].
 
-use crate::kernels::packed::q6k::{high_shift, Q6K, SUPER, TILE_LOW};
-use crate::kernels::packed::{PackedQ6K, BLOCK, TILE};
+use crate::kernels::packed::q6k::{high_shift, Q3K, Q6K, SUPER, TILE_LOW, TILE_PAIRS};
+use crate::kernels::packed::{PackedQ3K, PackedQ6K, BLOCK, TILE};
 
 /// Bytes of one Q6_K block: 128 of low nibbles, 64 of high bit pairs, 16
 /// scales, `d`.
@@ -36,37 +36,16 @@ impl PackedQ6K {
     pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ6K> {
         PackedQ6K::repack(Q6K, data, (n, k), Q6K_BYTES, true, put)
     }
-
-    /// `data`: GGML's Q3_K blocks of a `[n, k]` weight, row-major, held as
-    /// the Q6_K blocks of exactly their numbers ([`q3k_as_q6k`]): 6.56
-    /// bits a weight where the file has 3.44 (rounding them to Q8_0 took
-    /// 8.5 and changed them), on the Q6_K kernel. `None` when the shape
-    /// does not tile.
-    pub fn from_q3k(data: &[u8], n: usize, k: usize) -> Option<PackedQ6K> {
-        let put = |block: &[u8], r: usize, unit: (&mut [u8], &mut [half::f16], &mut [i8])| {
-            put(&q3k_as_q6k(block), r, unit)
-        };
-        PackedQ6K::repack(Q6K, data, (n, k), Q3K_BYTES, true, put)
-    }
 }
 
-/// Bytes of one Q3_K block: 32 of high bits, 64 of low bit pairs, 12 of
+/// Bytes of one Q3_K block: 32 of third bits, 64 of low bit pairs, 12 of
 /// scales, `d`.
 const Q3K_BYTES: usize = 110;
 
-/// A GGML Q3_K block as the Q6_K block of the same numbers. A Q3_K weight
-/// is `d·(s - 32)·(u - 4)`: `s` its sub-block of 16's 6-bit scale, `u` in
-/// 0..8 its two low bits (bits `2j..2j + 2` of byte `l` of its half's 32,
-/// for weight `32j + l` of the half) and a high bit (bit `4·half + j` of
-/// byte `l` of the 32). That is Q6_K's `d·scale·(u' - 32)` with the same
-/// `d`, `scale = s - 32` and `u' = u + 28`.
-fn q3k_as_q6k(block: &[u8]) -> [u8; Q6K_BYTES] {
-    let (high, rest) = block.split_at(32);
-    let (low, rest) = rest.split_at(64);
-    let (packed_scales, d) = rest.split_at(12);
-    // The 16 scales, unpacked as GGML does: low nibbles from bytes 0..8,
-    // the top two bits from bytes 8..12.
-    let word = |i: usize| u32::from_le_bytes(packed_scales[4 * i..4 * i + 4].try_into().unwrap());
+/// A Q3_K block's 16 sub-block scales less 32, unpacked as GGML does: the
+/// low nibbles from bytes 0..8, the top two bits from bytes 8..12.
+fn q3k_scales(packed: &[u8]) -> [i8; 16] {
+    let word = |i: usize| u32::from_le_bytes(packed[4 * i..4 * i + 4].try_into().unwrap());
     let (a0, a1, tmp) = (word(0), word(1), word(2));
     let (m1, m2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
     let aux = [
@@ -75,31 +54,38 @@ fn q3k_as_q6k(block: &[u8]) -> [u8; Q6K_BYTES] {
         ((a0 >> 4) & m2) | (((tmp >> 4) & m1) << 4),
         ((a1 >> 4) & m2) | (((tmp >> 6) & m1) << 4),
     ];
-    let mut levels = [0u8; SUPER];
-    for (i, u) in levels.iter_mut().enumerate() {
-        let (half, j, l) = (i / 128, i % 128 / 32, i % 32);
-        let two = low[32 * half + l] >> (2 * j) & 3;
-        let top = high[l] >> (4 * half + j) & 1;
-        *u = two + 4 * top + 28;
+    std::array::from_fn(|s| (aux[s / 4] >> (8 * (s % 4))) as u8 as i8 - 32)
+}
+
+impl PackedQ3K {
+    /// `data`: GGML's (candle's) Q3_K blocks of a `[n, k]` weight,
+    /// row-major. `None` when the shape does not tile. Tiles are repacked
+    /// on the compute pool.
+    ///
+    /// A Q3_K weight `128h + 32j' + l` (half `h`) has its bit pair at bits
+    /// `2j'..2j' + 2` of byte `32h + l` of the 64, and its third bit at bit
+    /// `4h + j'` of byte `l` of the 32: for block `j = 4h + j'` of the
+    /// super-block, exactly where [`PackedQ3K`] reads them, so the bytes
+    /// move four at a time.
+    pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ3K> {
+        let put = |block: &[u8],
+                   r: usize,
+                   (bits, d, scales): (&mut [u8], &mut [half::f16], &mut [i8])| {
+            let (thirds, rest) = block.split_at(32);
+            let (pairs, rest) = rest.split_at(64);
+            d[r] = half::f16::from_le_bytes([rest[12], rest[13]]);
+            for (s, scale) in q3k_scales(&rest[..12]).into_iter().enumerate() {
+                scales[s * TILE + r] = scale;
+            }
+            for (c, four) in pairs.chunks_exact(4).enumerate() {
+                bits[(c * TILE + r) * 4..][..4].copy_from_slice(four);
+            }
+            for (quad, four) in thirds.chunks_exact(4).enumerate() {
+                bits[TILE_PAIRS + (quad * TILE + r) * 4..][..4].copy_from_slice(four);
+            }
+        };
+        PackedQ3K::repack(Q3K, data, (n, k), Q3K_BYTES, true, put)
     }
-    let mut out = [0u8; Q6K_BYTES];
-    let (nibbles, rest) = out.split_at_mut(SUPER / 2);
-    let (tops, rest) = rest.split_at_mut(SUPER / 4);
-    // Q6_K's order (see `levels`): in each half of 128, byte `l` of its 64
-    // nibble bytes holds weights `l` and `l + 64`, byte `l + 32` weights
-    // `l + 32` and `l + 96`, and byte `l` of its 32 high-bit bytes the top
-    // two bits of weights `l`, `l + 32`, `l + 64` and `l + 96`.
-    for (i, &u) in levels.iter().enumerate() {
-        let (half, quarter, l) = (i / 128, i % 128 / 32, i % 32);
-        nibbles[64 * half + l + 32 * (quarter % 2)] |= (u & 0x0F) << (4 * (quarter / 2));
-        tops[32 * half + l] |= (u >> 4) << (2 * quarter);
-    }
-    for (s, out) in rest[..16].iter_mut().enumerate() {
-        let scale = (aux[s / 4] >> (8 * (s % 4))) as u8;
-        *out = (scale as i8 - 32) as u8;
-    }
-    rest[16..].copy_from_slice(d);
-    out
 }
 
 /// One GGML Q6_K block placed as row `r` of its unit, a byte at a time

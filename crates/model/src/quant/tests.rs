@@ -101,18 +101,6 @@ fn q4k_packing_keeps_every_number() {
     assert!(PackedQ4K::new(&[0; 144 * 2], 16, 256 / 8).is_none());
 }
 
-/// Q3_K blocks held as the Q6_K blocks of the same numbers keep candle's
-/// numbers to the bit: every level, scale and `d`.
-#[test]
-fn q3k_held_as_q6k_keeps_candles_numbers() {
-    use crate::kernels::packed::PackedQ6K;
-    use crate::testing::unit::quantized;
-    let (n, k) = (48, 768);
-    let q = quantized(n, k, 92, GgmlDType::Q3K);
-    let held = PackedQ6K::from_q3k(&q.data().unwrap(), n, k).unwrap();
-    assert_eq!(held.dequantize(), dequantized(&q));
-}
-
 /// A stacked weight is the one packed from both weights' rows.
 #[test]
 fn stacking_appends_rows() {

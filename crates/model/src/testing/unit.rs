@@ -4,7 +4,9 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-use crate::kernels::packed::{Legacy, PackedLegacy, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8};
+use crate::kernels::packed::{
+    Legacy, PackedLegacy, PackedQ3K, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8,
+};
 
 /// A deterministic pseudo-random fill in [-1, 1).
 pub fn values(len: usize, seed: usize) -> Vec<f32> {
@@ -71,6 +73,13 @@ pub fn packed_legacy(n: usize, k: usize, seed: usize, ggml: GgmlDType) -> (QTens
     let q = quantized(n, k, seed, ggml);
     let format = Legacy::of(ggml).expect("a legacy format");
     let p = PackedLegacy::new(&q.data().unwrap(), format, n, k).unwrap();
+    (q, p)
+}
+
+/// A `[n, k]` fill in candle's Q3_K, and packed.
+pub fn packed_q3k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ3K) {
+    let q = quantized(n, k, seed, GgmlDType::Q3K);
+    let p = PackedQ3K::new(&q.data().unwrap(), n, k).unwrap();
     (q, p)
 }
 

@@ -10,8 +10,8 @@
 //! to f32. A quantized linear layer takes a Q8_0, Q4_K, Q5_K, Q6_K, Q4_0,
 //! Q4_1, Q5_0, Q5_1 or Q3_K weight's blocks as they are, asking for them
 //! by a name of [`STORED_BLOCKS`] beside its `weight`, and repacks them
-//! for the packed kernels without rounding again (Q3_K as the Q6_K of the
-//! same numbers); Q2_K weights are decoded and quantized as
+//! for the packed kernels without rounding again; Q2_K weights are
+//! decoded and quantized as
 //! the model is (a quantized file defaults to Q8_0). MLA's per-head
 //! matrices are offered as they are where the file splits `kv_b_proj`
 //! (`attn_k_b`, `attn_v_b`: [`names`]); where it does not, the model cuts

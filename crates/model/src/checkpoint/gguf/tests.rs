@@ -468,8 +468,8 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Under a Q8_0 model, a weight stored in a format the kernels run keeps
 /// its blocks (packed where the CPU has the kernels, candle's own blocks
-/// elsewhere): Q4_K, Q5_K, Q6_K, Q5_0, Q4_0, Q5_1 and Q3_K (as the Q6_K
-/// of the same numbers) here; a Q2_K weight, which no kernel of ours runs,
+/// elsewhere): Q4_K, Q5_K, Q6_K, Q5_0, Q4_0, Q5_1 and Q3_K here; a Q2_K
+/// weight, which no kernel of ours runs,
 /// is decoded and rounded to Q8_0. Each computes what its stored numbers
 /// say, up to the rounding of the activations (and for Q2_K of its
 /// numbers).
@@ -541,7 +541,6 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
         let offered = STORED_BLOCKS.iter().any(|(g, _)| *g == ggml);
         let stored = offered && runs_as_stored(ggml, packed);
         let (held, bound) = match (stored, packed) {
-            (true, true) if ggml == GgmlDType::Q3K => ("q6k".to_string(), KEPT),
             (true, true) => (format!("{ggml:?}").to_lowercase(), KEPT),
             (true, false) => (format!("{ggml:?}").to_lowercase(), 0.01),
             (false, _) => ("q8_0".to_string(), 0.02),

@@ -1,5 +1,5 @@
 //! Quantized weights repacked for AVX-512-VNNI: on CPUs that have it, every
-//! Q8_0, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0 and Q5_1 weight of the model (projections, MLA's absorbed per-head
+//! Q8_0, Q3_K to Q6_K, Q4_0, Q4_1, Q5_0 and Q5_1 weight of the model (projections, MLA's absorbed per-head
 //! matrices, the experts, lm_head) is held this way, as its only copy, and
 //! these kernels run it at every input size.
 //!
@@ -7,7 +7,8 @@
 //! multiplies four inputs with sixteen rows at once: for Q8_0 block by
 //! block as `[8 k-quads][16 rows][4 bytes]`, with the 16 rows' f16 scales
 //! beside them (34 bytes per 32 weights, as Q8_0); Q4_K in [`PackedQ4K`],
-//! Q5_K in [`PackedQ5K`], Q6_K in [`PackedQ6K`], the 32-number formats of
+//! Q5_K in [`PackedQ5K`], Q6_K in [`PackedQ6K`], Q3_K in [`PackedQ3K`] (on
+//! Q6_K's kernel), the 32-number formats of
 //! 4 and 5 bits in [`PackedLegacy`].
 //! The input rows are quantized to int8 per 32-number block, as Q8_0 does
 //! to weights; a block's integer dot is exact, and its scales are applied
@@ -43,7 +44,7 @@ pub(crate) use input::Row;
 use input::{quantize_into, quantize_rows, Quantized, QuantizedView};
 pub use legacy::{Legacy, PackedLegacy};
 pub use q4k::{PackedQ4K, PackedQ5K};
-pub use q6k::PackedQ6K;
+pub use q6k::{PackedQ3K, PackedQ6K};
 pub use q8_0::PackedQ8;
 
 /// A task's input rows in groups for the AMX kernel; none on other CPUs.
@@ -116,6 +117,7 @@ pub enum Packed {
     Q4K(PackedQ4K),
     Q5K(PackedQ5K),
     Q6K(PackedQ6K),
+    Q3K(PackedQ3K),
     Legacy(PackedLegacy),
 }
 
@@ -144,6 +146,7 @@ impl Packed {
             Packed::Q8_0(p) => (p.n, p.k),
             Packed::Q4K(p) => p.dims(),
             Packed::Q5K(p) => p.dims(),
+            Packed::Q3K(p) => p.dims(),
             Packed::Legacy(p) => p.dims(),
             Packed::Q6K(p) => p.dims(),
         }
@@ -155,6 +158,7 @@ impl Packed {
             Packed::Q8_0(p) => p.bytes(),
             Packed::Q4K(p) => p.bytes(),
             Packed::Q5K(p) => p.bytes(),
+            Packed::Q3K(p) => p.bytes(),
             Packed::Legacy(p) => p.bytes(),
             Packed::Q6K(p) => p.bytes(),
         }
@@ -166,6 +170,7 @@ impl Packed {
             Packed::Q8_0(_) => "q8_0",
             Packed::Q4K(_) => "q4k",
             Packed::Q5K(_) => "q5k",
+            Packed::Q3K(_) => "q3k",
             Packed::Legacy(p) => p.layout.name(),
             Packed::Q6K(_) => "q6k",
         }
@@ -178,6 +183,7 @@ impl Packed {
             Packed::Q8_0(p) => p.dequantize(),
             Packed::Q4K(p) => p.dequantize(),
             Packed::Q5K(p) => p.dequantize(),
+            Packed::Q3K(p) => p.dequantize(),
             Packed::Legacy(p) => p.dequantize(),
             Packed::Q6K(p) => p.dequantize(),
         }
@@ -189,6 +195,7 @@ impl Packed {
             (Packed::Q8_0(t), Packed::Q8_0(b)) => Packed::Q8_0(PackedQ8::stack(t, b)),
             (Packed::Q4K(t), Packed::Q4K(b)) => Packed::Q4K(PackedQ4K::stack(t, b)),
             (Packed::Q5K(t), Packed::Q5K(b)) => Packed::Q5K(PackedQ5K::stack(t, b)),
+            (Packed::Q3K(t), Packed::Q3K(b)) => Packed::Q3K(PackedQ3K::stack(t, b)),
             (Packed::Legacy(t), Packed::Legacy(b)) => Packed::Legacy(PackedLegacy::stack(t, b)),
             (Packed::Q6K(t), Packed::Q6K(b)) => Packed::Q6K(PackedQ6K::stack(t, b)),
             _ => panic!("stacked weights differ in format"),
@@ -228,6 +235,10 @@ impl Packed {
             Packed::Q5K(p) => {
                 let (bits, d, scales) = p.tile(tile);
                 by_rows!(q4k::vnni::tile_q5k, rows, bits, d, scales, &mut dots)
+            }
+            Packed::Q3K(p) => {
+                let (bits, d, scales) = p.tile(tile);
+                by_rows!(q6k::vnni::tile_q3k, rows, bits, d, scales, &mut dots)
             }
             Packed::Legacy(p) => {
                 let (bits, d, _) = p.tile(tile);

@@ -1,4 +1,4 @@
-//! Q6_K weights repacked for the VNNI kernel.
+//! Q6_K and Q3_K weights repacked for the VNNI kernel.
 //!
 //! A Q6_K super-block holds 256 weights of one row: sixteen sub-blocks of
 //! 16, each with a signed 8-bit scale, under the super-block's f16 `d`:
@@ -18,6 +18,10 @@
 //! weight. An input block of 32 meets two sub-blocks, so each dot is
 //! `x_scale · Σ_halves d·scale · (Σ u·x - 32 · Σ x)`, the integer sums
 //! exact (each half's sum starts at the input's `-32 · Σ x`).
+//!
+//! Q3_K is the same arithmetic with 3-bit levels, `w = d·scale·(u - 4)`
+//! ([`PackedQ3K`]): the same kernel, its operands made of a bit pair and a
+//! third bit, its sums starting at `-4 · Σ x`.
 
 use super::super_blocks::{Layout, SuperBlocks, Unit};
 use super::{BLOCK, TILE};
@@ -56,6 +60,68 @@ pub(crate) fn level(bits: &[u8], r: usize, i: usize) -> u8 {
     low | high << 4
 }
 
+/// Bytes of Q3_K's low bit pairs per tile and super-block.
+pub(crate) const TILE_PAIRS: usize = TILE * SUPER / 4;
+/// Bytes of both Q3_K parts per tile and super-block: the bit pairs, then
+/// the third bits.
+pub(crate) const TILE_BITS_Q3K: usize = TILE_PAIRS + TILE * SUPER / 8;
+
+/// One `[n, k]` Q3_K weight (`n` a multiple of 16, `k` of 256), repacked
+/// for the same kernel as Q6_K's: per unit, the low bit pairs of four
+/// blocks a byte (`[2][8][16][4]`, block `4g + t` at bits `2t..2t + 2`),
+/// then the third bits of all eight a byte (`[8][16][4]`, block `j` at bit
+/// `j`), both GGML's own bytes moved by four; each row's `d`; each
+/// sub-block's scale less 32, by row (`[16][16]`). A weight is
+/// `d·scale·(u - 4)`, `u` in 0..8: 1824 bytes per 16 x 256 weights, 3.56
+/// bits a weight against Q3_K's 3.44.
+pub type PackedQ3K = SuperBlocks<Q3K>;
+
+/// The Q3_K layout.
+#[derive(Debug, Clone, Copy)]
+pub struct Q3K;
+
+/// Weight `i` (0..256) of row `r` in a Q3_K unit's `bits`: its `u` (0..8).
+pub(crate) fn level_q3k(bits: &[u8], r: usize, i: usize) -> u8 {
+    let (j, within) = (i / BLOCK, i % BLOCK);
+    let (quad, b) = (within / 4, within % 4);
+    let pair = bits[((j / 4 * 8 + quad) * TILE + r) * 4 + b] >> (2 * (j % 4)) & 3;
+    let third = bits[TILE_PAIRS + (quad * TILE + r) * 4 + b] >> j & 1;
+    pair | third << 2
+}
+
+/// Row `r`'s numbers in a unit: `d·scale·(u - offset)` per sub-block of
+/// 16, `u` as `level(bits, r, i)` reads weight `i`'s.
+fn numbers(
+    (bits, d, scales): Unit<'_, i8>,
+    r: usize,
+    out: &mut [f32],
+    level: fn(&[u8], usize, usize) -> u8,
+    offset: i32,
+) {
+    let d = d[r].to_f32();
+    for (i, o) in out.iter_mut().enumerate() {
+        let scale = scales[i / 16 * TILE + r];
+        *o = d * scale as f32 * (level(bits, r, i) as i32 - offset) as f32;
+    }
+}
+
+impl Layout for Q3K {
+    type Scale = i8;
+
+    fn bits(self) -> usize {
+        TILE_BITS_Q3K
+    }
+    fn d(self) -> usize {
+        TILE
+    }
+    fn scales(self) -> usize {
+        TILE_SCALES
+    }
+    fn numbers(self, unit: Unit<'_, i8>, r: usize, out: &mut [f32]) {
+        numbers(unit, r, out, level_q3k, 4)
+    }
+}
+
 impl Layout for Q6K {
     type Scale = i8;
 
@@ -68,12 +134,8 @@ impl Layout for Q6K {
     fn scales(self) -> usize {
         TILE_SCALES
     }
-    fn numbers(self, (bits, d, scales): Unit<'_, i8>, r: usize, out: &mut [f32]) {
-        let d = d[r].to_f32();
-        for (i, o) in out.iter_mut().enumerate() {
-            let scale = scales[i / 16 * TILE + r];
-            *o = d * scale as f32 * (level(bits, r, i) as i32 - 32) as f32;
-        }
+    fn numbers(self, unit: Unit<'_, i8>, r: usize, out: &mut [f32]) {
+        numbers(unit, r, out, level, 32)
     }
 }
 
@@ -82,21 +144,17 @@ pub(super) mod vnni {
     use std::arch::x86_64::*;
 
     use super::super::{Row, ROWS};
-    use super::{BLOCK, SUPER, TILE, TILE_BITS, TILE_LOW, TILE_SCALES};
+    use super::{BLOCK, SUPER, TILE, TILE_BITS, TILE_BITS_Q3K, TILE_LOW, TILE_PAIRS, TILE_SCALES};
     use crate::kernels::x86::{prefetch, tile_prefetches};
 
     /// How far ahead of the super-block in use its bits are prefetched,
     /// where it helps (`x86::tile_prefetches`).
     const PREFETCH_SUPERS: usize = 2;
 
-    /// The 16 dots of one tile's rows with each of the first `R` of `rows`:
-    /// each load of bits serves every row, with two integer sums per row
-    /// (the pair's two blocks), each closed after 16 numbers (a
-    /// sub-block).
+    /// [`tiles`] on Q6_K units.
     ///
     /// # Safety
-    /// The CPU has AVX-512F, AVX-512BW and AVX-512VNNI; `R` is at most
-    /// [`ROWS`] (the lengths are checked).
+    /// As [`tiles`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn tile<const R: usize>(
         rows: &[Row],
@@ -105,8 +163,45 @@ pub(super) mod vnni {
         scales: &[i8],
         out: &mut [[f32; TILE]; ROWS],
     ) {
+        tiles::<R, false>(rows, bits, d, scales, out)
+    }
+
+    /// [`tiles`] on Q3_K units.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile_q3k<const R: usize>(
+        rows: &[Row],
+        bits: &[u8],
+        d: &[half::f16],
+        scales: &[i8],
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        tiles::<R, true>(rows, bits, d, scales, out)
+    }
+
+    /// The 16 dots of one tile's rows with each of the first `R` of `rows`,
+    /// its units Q6_K's, or with `Q3K` Q3_K's: each load of bits serves
+    /// every row, with two integer sums per row (the pair's two blocks),
+    /// each closed after 16 numbers (a sub-block). Q3_K's levels are
+    /// offset by 4 where Q6_K's are by 32: its sums start at an eighth of
+    /// the input's `-32 · Σ x`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX-512BW and AVX-512VNNI; `R` is at most
+    /// [`ROWS`] (the lengths are checked).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tiles<const R: usize, const Q3K: bool>(
+        rows: &[Row],
+        bits: &[u8],
+        d: &[half::f16],
+        scales: &[i8],
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let unit = if Q3K { TILE_BITS_Q3K } else { TILE_BITS };
         let supers = rows[0].scales.len() * BLOCK / SUPER;
-        assert!(bits.len() >= supers * TILE_BITS && d.len() >= supers * TILE);
+        assert!(bits.len() >= supers * unit && d.len() >= supers * TILE);
         assert!(scales.len() >= supers * TILE_SCALES);
         for row in &rows[..R] {
             assert!(row.q.len() >= supers * SUPER && row.half_offsets.len() >= supers * 16);
@@ -116,13 +211,9 @@ pub(super) mod vnni {
         let on = tile_prefetches(R);
         let mut total = [_mm512_setzero_ps(); R];
         for sb in 0..supers {
-            let lp = bits.as_ptr().add(sb * TILE_BITS);
-            let hp = lp.add(TILE_LOW);
-            prefetch(
-                on,
-                lp.wrapping_add(PREFETCH_SUPERS * TILE_BITS),
-                TILE_BITS / 64,
-            );
+            let lp = bits.as_ptr().add(sb * unit);
+            let hp = lp.add(if Q3K { TILE_PAIRS } else { TILE_LOW });
+            prefetch(on, lp.wrapping_add(PREFETCH_SUPERS * unit), unit / 64);
             let dv = _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().add(sb * TILE) as *const _));
             let sp = scales.as_ptr().add(sb * TILE_SCALES);
             for pair in 0..4 {
@@ -131,28 +222,19 @@ pub(super) mod vnni {
                     for (a, row) in acc.iter_mut().zip(rows) {
                         for (blk, a) in a.iter_mut().enumerate() {
                             let b = sb * 8 + 2 * pair + blk;
-                            *a = _mm512_set1_epi32(row.half_offsets[2 * b + half]);
+                            let offset = row.half_offsets[2 * b + half];
+                            *a = _mm512_set1_epi32(if Q3K { offset / 8 } else { offset });
                         }
                     }
                     for quad in 4 * half..4 * half + 4 {
-                        let v = _mm512_loadu_si512(lp.add((pair * 8 + quad) * 64) as *const _);
-                        let mut h =
-                            _mm512_loadu_si512(hp.add((pair / 2 * 8 + quad) * 64) as *const _);
-                        if pair % 2 == 1 {
-                            h = _mm512_srli_epi16::<2>(h);
-                        }
-                        // This pair's high bits alone, at bits 4-5 and 0-1.
-                        let h = _mm512_and_si512(h, pair_bits);
-                        // Bits 0-3 from the nibbles, 4-7 from the high
-                        // bits (6-7 clear): `nibble ? a : b`.
-                        let w = [
-                            _mm512_ternarylogic_epi32::<0xE4>(v, h, nibble),
-                            _mm512_ternarylogic_epi32::<0xE4>(
-                                _mm512_srli_epi16::<4>(v),
-                                _mm512_slli_epi16::<4>(h),
-                                nibble,
-                            ),
-                        ];
+                        let w = if Q3K {
+                            let l = lp.add((pair / 2 * 8 + quad) * 64);
+                            let l = _mm512_loadu_si512(l as *const _);
+                            let h = _mm512_loadu_si512(hp.add(quad * 64) as *const _);
+                            q3k_operands(l, h, pair)
+                        } else {
+                            q6k_operands(lp, hp, pair, quad, nibble, pair_bits)
+                        };
                         for (a, row) in acc.iter_mut().zip(rows) {
                             for (blk, w) in w.iter().enumerate() {
                                 let at = (sb * 8 + 2 * pair + blk) * BLOCK + quad * 4;
@@ -177,5 +259,82 @@ pub(super) mod vnni {
         for (o, t) in out.iter_mut().zip(&total) {
             _mm512_storeu_ps(o.as_mut_ptr(), *t);
         }
+    }
+
+    /// A Q6_K pair's two `vpdpbusd` operands for k-quad `quad`: its
+    /// nibbles at `lp`, its high bit pairs at `hp`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX-512BW; `lp` and `hp` point into one
+    /// unit's two parts.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn q6k_operands(
+        lp: *const u8,
+        hp: *const u8,
+        pair: usize,
+        quad: usize,
+        nibble: __m512i,
+        pair_bits: __m512i,
+    ) -> [__m512i; 2] {
+        let v = _mm512_loadu_si512(lp.add((pair * 8 + quad) * 64) as *const _);
+        let mut h = _mm512_loadu_si512(hp.add((pair / 2 * 8 + quad) * 64) as *const _);
+        if pair % 2 == 1 {
+            h = _mm512_srli_epi16::<2>(h);
+        }
+        // This pair's high bits alone, at bits 4-5 and 0-1.
+        let h = _mm512_and_si512(h, pair_bits);
+        // Bits 0-3 from the nibbles, 4-7 from the high bits (6-7 clear):
+        // `nibble ? a : b`.
+        [
+            _mm512_ternarylogic_epi32::<0xE4>(v, h, nibble),
+            _mm512_ternarylogic_epi32::<0xE4>(
+                _mm512_srli_epi16::<4>(v),
+                _mm512_slli_epi16::<4>(h),
+                nibble,
+            ),
+        ]
+    }
+
+    /// The `vpdpbusd` operands of a Q3_K pair's two blocks ([`q3k_operand`]).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn q3k_operands(l: __m512i, h: __m512i, pair: usize) -> [__m512i; 2] {
+        match pair {
+            0 => [q3k_operand::<0>(l, h), q3k_operand::<1>(l, h)],
+            1 => [q3k_operand::<2>(l, h), q3k_operand::<3>(l, h)],
+            2 => [q3k_operand::<4>(l, h), q3k_operand::<5>(l, h)],
+            _ => [q3k_operand::<6>(l, h), q3k_operand::<7>(l, h)],
+        }
+    }
+
+    /// Block `J`'s `vpdpbusd` operand in a Q3_K unit: its bit pair from
+    /// `l` (bits `2·(J % 4)`), its third bit from `h` (bit `J`), joined as
+    /// `pair | third << 2` by shifts of fixed counts and one bitwise
+    /// select. Shifts move bits across a 16-bit lane's two bytes only into
+    /// bits the masks drop.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn q3k_operand<const J: usize>(l: __m512i, h: __m512i) -> __m512i {
+        let j = J;
+        let pair = match j % 4 {
+            0 => l,
+            1 => _mm512_srli_epi16::<2>(l),
+            2 => _mm512_srli_epi16::<4>(l),
+            _ => _mm512_srli_epi16::<6>(l),
+        };
+        let third = match j {
+            0 => _mm512_slli_epi16::<2>(h),
+            1 => _mm512_slli_epi16::<1>(h),
+            2 => h,
+            3 => _mm512_srli_epi16::<1>(h),
+            4 => _mm512_srli_epi16::<2>(h),
+            5 => _mm512_srli_epi16::<3>(h),
+            6 => _mm512_srli_epi16::<4>(h),
+            _ => _mm512_srli_epi16::<5>(h),
+        };
+        let third = _mm512_and_si512(third, _mm512_set1_epi8(0x04));
+        // Bits 0-1 from the pair, the rest from the third bit: `0x03 ? a : b`.
+        _mm512_ternarylogic_epi32::<0xE4>(pair, third, _mm512_set1_epi8(0x03))
     }
 }

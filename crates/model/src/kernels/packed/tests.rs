@@ -3,7 +3,8 @@
 use super::input::quantize_block;
 use super::*;
 use crate::testing::unit::{
-    dequantized, packed_legacy, packed_q4k, packed_q5k, packed_q6k, packed_q8_0, values as fill,
+    dequantized, packed_legacy, packed_q3k, packed_q4k, packed_q5k, packed_q6k, packed_q8_0,
+    values as fill,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -85,7 +86,9 @@ fn each_job_takes_its_own_rows() {
     let d = Packed::Q6K(packed_q6k(16, 256, 35).1);
     let e = Packed::Q5K(packed_q5k(16, 512, 36).1);
     let f = Packed::Legacy(packed_legacy(32, 96, 37, GgmlDType::Q5_1).1);
+    let g = Packed::Q3K(packed_q3k(16, 256, 38).1);
     let jobs = vec![
+        (&g, vec![1024, 256]),
         (&e, vec![512, 0]),
         (&f, vec![64, 1024, 0]),
         (&a, vec![0, 192, 64]),
@@ -118,7 +121,8 @@ fn here_equals_the_pools_call() {
     let q5 = Packed::Q5K(packed_q5k(16, 256, 62).1);
     let q6 = Packed::Q6K(packed_q6k(32, 512, 65).1);
     let q5_0 = Packed::Legacy(packed_legacy(32, 160, 66, GgmlDType::Q5_0).1);
-    for pack in [&q8, &q4, &q5, &q6, &q5_0] {
+    let q3 = Packed::Q3K(packed_q3k(16, 512, 67).1);
+    for pack in [&q8, &q4, &q5, &q6, &q5_0, &q3] {
         let (n, k) = pack.dims();
         for m in [1, 3, 8, 11] {
             let x = fill(m * k, m);
@@ -219,10 +223,12 @@ fn q4k_and_q5k_kernels_match_the_integer_arithmetic() {
     }
 }
 
-/// Repacked Q5_K and Q6_K blocks hold candle's numbers to the bit: every
-/// level, scale, min and `d` lands where the kernel reads it.
+/// Repacked Q3_K, Q5_K and Q6_K blocks hold candle's numbers to the bit:
+/// every level, scale, min and `d` lands where the kernel reads it.
 #[test]
-fn q5k_and_q6k_packing_keep_candles_numbers() {
+fn q3k_q5k_and_q6k_packing_keep_candles_numbers() {
+    let (q, p) = packed_q3k(48, 768, 45);
+    assert_eq!(p.dequantize(), dequantized(&q));
     let (q, p) = packed_q5k(48, 768, 44);
     assert_eq!(p.dequantize(), dequantized(&q));
     let (q, p) = packed_q6k(48, 768, 41);
@@ -251,6 +257,49 @@ fn q6k_kernel_matches_the_integer_arithmetic() {
                     })
                     .sum();
                 exact += dx as f64 * (d * scale as f32) as f64 * dot as f64;
+            }
+        }
+        exact
+    });
+}
+
+/// The Q3_K kernel (Q6_K's, with 3-bit levels) equals the same integer
+/// arithmetic done plainly on GGML's own blocks: per sub-block of 16
+/// `x_scale · d·(s - 32) · Σ (u - 4)·x`, `u` weight `128h + 32j + l`'s bit
+/// pair (bits `2j..2j + 2` of byte `32h + l` of the 64) and third bit (bit
+/// `4h + j` of byte `l` of the 32), `s` its 6-bit scale.
+#[test]
+fn q3k_kernel_matches_the_integer_arithmetic() {
+    if !Packed::available() {
+        return;
+    }
+    let (q, p) = packed_q3k(32, 512, 46);
+    check_blocks(&q, &Packed::Q3K(p), (110, 256), |block, inputs| {
+        let (thirds, pairs, packed, d) =
+            (&block[..32], &block[32..96], &block[96..108], &block[108..]);
+        let d = half::f16::from_le_bytes([d[0], d[1]]).to_f32();
+        // GGML's scale layout: low nibbles in bytes 0..8 (sub-blocks 0..8
+        // then 8..16 in their high nibbles), top two bits in bytes 8..12.
+        let scale = |s: usize| {
+            let low = packed[s % 8] >> (4 * (s / 8)) & 0x0F;
+            let top = packed[8 + s % 4] >> (2 * (s / 4)) & 3;
+            (low | top << 4) as i32 - 32
+        };
+        let mut exact = 0f64;
+        for b in 0..8 {
+            let (xq, dx) = quantized_inputs(inputs, b);
+            let (h, j) = (b / 4, b % 4);
+            for half in 0..2 {
+                let dot: i32 = (0..16)
+                    .map(|c| {
+                        let l = half * 16 + c;
+                        let pair = pairs[32 * h + l] >> (2 * j) & 3;
+                        let third = thirds[l] >> (4 * h + j) & 1;
+                        ((pair | third << 2) as i32 - 4) * xq[l] as i32
+                    })
+                    .sum();
+                let s = scale(2 * b + half);
+                exact += dx as f64 * (d * s as f32) as f64 * dot as f64;
             }
         }
         exact

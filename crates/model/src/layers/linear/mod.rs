@@ -57,8 +57,8 @@ fn stored_blocks(vb: &VarBuilder) -> Result<Option<(GgmlDType, Tensor)>> {
 /// slower than its Q8_0 for Q4_0 and 20-90 for Q5_0 and Q5_1 (no vector
 /// kernel), and 6 times at batch sizes for Q5_K (`--bench kernels --
 /// packed`, candle's columns); those are decoded and rounded as the model
-/// is quantized instead, as for a format no kernel takes (and Q3_K, which
-/// the packed kernels run as the Q6_K of the same numbers).
+/// is quantized instead, as for a format no kernel takes (and Q3_K, whose
+/// candle kernel was not measured).
 pub(crate) fn runs_as_stored(ggml: GgmlDType, packed: bool) -> bool {
     packed || matches!(ggml, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
 }
