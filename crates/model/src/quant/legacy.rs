@@ -2,6 +2,7 @@
 //! [`PackedLegacy`].
 
 use crate::kernels::packed::legacy::{fifth_shifts, Legacy, TILE_NIBBLES};
+use crate::kernels::packed::super_blocks::place_quads;
 use crate::kernels::packed::{PackedLegacy, TILE};
 
 impl Legacy {
@@ -47,9 +48,7 @@ impl PackedLegacy {
             });
             // GGML's byte `j` holds weights `j` and `j + 16`: quad `q`'s
             // four bytes land at `[q][r]`.
-            for (quad, four) in block[at..at + 16].chunks_exact(4).enumerate() {
-                bits[(quad * TILE + r) * 4..][..4].copy_from_slice(four);
-            }
+            place_quads(&block[at..at + 16], r, bits);
             if let Some(word) = word {
                 for b in 0..4 {
                     bits[TILE_NIBBLES + r * 4 + b] = fifths_byte(word, b);

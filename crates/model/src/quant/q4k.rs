@@ -2,6 +2,7 @@
 //! packed layouts of [`PackedQ4K`] and [`PackedQ5K`].
 
 use crate::kernels::packed::q4k::{fifth_shift, Q4K, Q5K, SUPER, TILE_QUADS};
+use crate::kernels::packed::super_blocks::place_quads;
 use crate::kernels::packed::{PackedQ4K, PackedQ5K, BLOCK, TILE};
 
 /// Bytes of one Q4_K block: `d`, `dmin`, 12 bytes of scales, 128 of nibbles.
@@ -237,11 +238,8 @@ fn put_q4k(
         scales[j * TILE + r] = scale;
         scales[(8 + j) * TILE + r] = min;
     }
-    // Four bytes (one k-quad of a pair) at a time: quad `c` (`pair · 8 +
-    // quad`) of GGML's 32 lands at `[c][r]`.
-    for (c, four) in nibbles.chunks_exact(4).enumerate() {
-        quads[(c * TILE + r) * 4..][..4].copy_from_slice(four);
-    }
+    // Quad `c` (`pair · 8 + quad`) of GGML's 32 lands at `[c][r]`.
+    place_quads(nibbles, r, quads);
 }
 
 /// A byte of GGML's Q5_K fifth bits (sub-block `j`'s at bit `j`) with

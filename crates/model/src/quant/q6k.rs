@@ -1,7 +1,8 @@
-//! Q6_K weights as GGML stores them, into the packed layout of
-//! [`PackedQ6K`].
+//! Q6_K and Q3_K blocks as GGML stores them, into the packed layouts of
+//! [`PackedQ6K`] and [`PackedQ3K`].
 
 use crate::kernels::packed::q6k::{high_shift, Q3K, Q6K, SUPER, TILE_LOW, TILE_PAIRS};
+use crate::kernels::packed::super_blocks::place_quads;
 use crate::kernels::packed::{PackedQ3K, PackedQ6K, BLOCK, TILE};
 
 /// Bytes of one Q6_K block: 128 of low nibbles, 64 of high bit pairs, 16
@@ -35,56 +36,6 @@ impl PackedQ6K {
     /// on the compute pool.
     pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ6K> {
         PackedQ6K::repack(Q6K, data, (n, k), Q6K_BYTES, true, put)
-    }
-}
-
-/// Bytes of one Q3_K block: 32 of third bits, 64 of low bit pairs, 12 of
-/// scales, `d`.
-const Q3K_BYTES: usize = 110;
-
-/// A Q3_K block's 16 sub-block scales less 32, unpacked as GGML does: the
-/// low nibbles from bytes 0..8, the top two bits from bytes 8..12.
-fn q3k_scales(packed: &[u8]) -> [i8; 16] {
-    let word = |i: usize| u32::from_le_bytes(packed[4 * i..4 * i + 4].try_into().unwrap());
-    let (a0, a1, tmp) = (word(0), word(1), word(2));
-    let (m1, m2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
-    let aux = [
-        (a0 & m2) | ((tmp & m1) << 4),
-        (a1 & m2) | (((tmp >> 2) & m1) << 4),
-        ((a0 >> 4) & m2) | (((tmp >> 4) & m1) << 4),
-        ((a1 >> 4) & m2) | (((tmp >> 6) & m1) << 4),
-    ];
-    std::array::from_fn(|s| (aux[s / 4] >> (8 * (s % 4))) as u8 as i8 - 32)
-}
-
-impl PackedQ3K {
-    /// `data`: GGML's (candle's) Q3_K blocks of a `[n, k]` weight,
-    /// row-major. `None` when the shape does not tile. Tiles are repacked
-    /// on the compute pool.
-    ///
-    /// A Q3_K weight `128h + 32j' + l` (half `h`) has its bit pair at bits
-    /// `2j'..2j' + 2` of byte `32h + l` of the 64, and its third bit at bit
-    /// `4h + j'` of byte `l` of the 32: for block `j = 4h + j'` of the
-    /// super-block, exactly where [`PackedQ3K`] reads them, so the bytes
-    /// move four at a time.
-    pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ3K> {
-        let put = |block: &[u8],
-                   r: usize,
-                   (bits, d, scales): (&mut [u8], &mut [half::f16], &mut [i8])| {
-            let (thirds, rest) = block.split_at(32);
-            let (pairs, rest) = rest.split_at(64);
-            d[r] = half::f16::from_le_bytes([rest[12], rest[13]]);
-            for (s, scale) in q3k_scales(&rest[..12]).into_iter().enumerate() {
-                scales[s * TILE + r] = scale;
-            }
-            for (c, four) in pairs.chunks_exact(4).enumerate() {
-                bits[(c * TILE + r) * 4..][..4].copy_from_slice(four);
-            }
-            for (quad, four) in thirds.chunks_exact(4).enumerate() {
-                bits[TILE_PAIRS + (quad * TILE + r) * 4..][..4].copy_from_slice(four);
-            }
-        };
-        PackedQ3K::repack(Q3K, data, (n, k), Q3K_BYTES, true, put)
     }
 }
 
@@ -134,5 +85,52 @@ fn put(block: &[u8], r: usize, (bits, d, scales): (&mut [u8], &mut [half::f16], 
                     (x & 0x03) << 4 | (x & 0x0C) >> 2 | (x & 0x30) << 2 | (x & 0xC0) >> 4;
             }
         }
+    }
+}
+
+/// Bytes of one Q3_K block: 32 of third bits, 64 of low bit pairs, 12 of
+/// scales, `d`.
+const Q3K_BYTES: usize = 110;
+
+/// A Q3_K block's 16 sub-block scales less 32, unpacked as GGML does: the
+/// low nibbles from bytes 0..8, the top two bits from bytes 8..12.
+fn q3k_scales(packed: &[u8]) -> [i8; 16] {
+    let word = |i: usize| u32::from_le_bytes(packed[4 * i..4 * i + 4].try_into().unwrap());
+    let (a0, a1, tmp) = (word(0), word(1), word(2));
+    let (m1, m2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+    let aux = [
+        (a0 & m2) | ((tmp & m1) << 4),
+        (a1 & m2) | (((tmp >> 2) & m1) << 4),
+        ((a0 >> 4) & m2) | (((tmp >> 4) & m1) << 4),
+        ((a1 >> 4) & m2) | (((tmp >> 6) & m1) << 4),
+    ];
+    std::array::from_fn(|s| (aux[s / 4] >> (8 * (s % 4))) as u8 as i8 - 32)
+}
+
+impl PackedQ3K {
+    /// `data`: GGML's (candle's) Q3_K blocks of a `[n, k]` weight,
+    /// row-major. `None` when the shape does not tile. Tiles are repacked
+    /// on the compute pool.
+    ///
+    /// A Q3_K weight `128h + 32j' + l` (half `h`) has its bit pair at bits
+    /// `2j'..2j' + 2` of byte `32h + l` of the 64, and its third bit at bit
+    /// `4h + j'` of byte `l` of the 32: for block `j = 4h + j'` of the
+    /// super-block, exactly where [`PackedQ3K`] reads them, so the bytes
+    /// move four at a time.
+    pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ3K> {
+        let put = |block: &[u8],
+                   r: usize,
+                   (bits, d, scales): (&mut [u8], &mut [half::f16], &mut [i8])| {
+            let (thirds, rest) = block.split_at(32);
+            let (pairs, rest) = rest.split_at(64);
+            d[r] = half::f16::from_le_bytes([rest[12], rest[13]]);
+            for (s, scale) in q3k_scales(&rest[..12]).into_iter().enumerate() {
+                scales[s * TILE + r] = scale;
+            }
+            let (pairs_out, thirds_out) = bits.split_at_mut(TILE_PAIRS);
+            place_quads(pairs, r, pairs_out);
+            place_quads(thirds, r, thirds_out);
+        };
+        PackedQ3K::repack(Q3K, data, (n, k), Q3K_BYTES, true, put)
     }
 }

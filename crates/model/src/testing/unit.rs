@@ -46,46 +46,47 @@ pub fn quantized(n: usize, k: usize, seed: usize, ggml: GgmlDType) -> QTensor {
     QTensor::quantize(&w, ggml).unwrap()
 }
 
+/// A `[n, k]` fill in candle's `ggml`, and packed by `pack`.
+fn packed<P>(
+    (n, k, seed): (usize, usize, usize),
+    ggml: GgmlDType,
+    pack: impl FnOnce(&[u8], usize, usize) -> Option<P>,
+) -> (QTensor, P) {
+    let q = quantized(n, k, seed, ggml);
+    let p = pack(&q.data().unwrap(), n, k).expect("a shape that tiles");
+    (q, p)
+}
+
 /// A `[n, k]` fill in candle's Q8_0, and packed.
 pub fn packed_q8_0(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ8) {
-    let q = quantized(n, k, seed, GgmlDType::Q8_0);
-    let p = PackedQ8::new(&q.data().unwrap(), n, k).unwrap();
-    (q, p)
+    packed((n, k, seed), GgmlDType::Q8_0, PackedQ8::new)
 }
 
 /// A `[n, k]` fill in candle's Q4_K, and packed.
 pub fn packed_q4k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ4K) {
-    let q = quantized(n, k, seed, GgmlDType::Q4K);
-    let p = PackedQ4K::new(&q.data().unwrap(), n, k).unwrap();
-    (q, p)
+    packed((n, k, seed), GgmlDType::Q4K, PackedQ4K::new)
 }
 
 /// A `[n, k]` fill in candle's Q5_K, and packed.
 pub fn packed_q5k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ5K) {
-    let q = quantized(n, k, seed, GgmlDType::Q5K);
-    let p = PackedQ5K::new(&q.data().unwrap(), n, k).unwrap();
-    (q, p)
+    packed((n, k, seed), GgmlDType::Q5K, PackedQ5K::new)
+}
+
+/// A `[n, k]` fill in candle's Q6_K, and packed.
+pub fn packed_q6k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ6K) {
+    packed((n, k, seed), GgmlDType::Q6K, PackedQ6K::new)
+}
+
+/// A `[n, k]` fill in candle's Q3_K, and packed.
+pub fn packed_q3k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ3K) {
+    packed((n, k, seed), GgmlDType::Q3K, PackedQ3K::new)
 }
 
 /// A `[n, k]` fill in candle's `ggml` (Q4_0, Q4_1, Q5_0 or Q5_1), and
 /// packed.
 pub fn packed_legacy(n: usize, k: usize, seed: usize, ggml: GgmlDType) -> (QTensor, PackedLegacy) {
-    let q = quantized(n, k, seed, ggml);
     let format = Legacy::of(ggml).expect("a legacy format");
-    let p = PackedLegacy::new(&q.data().unwrap(), format, n, k).unwrap();
-    (q, p)
-}
-
-/// A `[n, k]` fill in candle's Q3_K, and packed.
-pub fn packed_q3k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ3K) {
-    let q = quantized(n, k, seed, GgmlDType::Q3K);
-    let p = PackedQ3K::new(&q.data().unwrap(), n, k).unwrap();
-    (q, p)
-}
-
-/// A `[n, k]` fill in candle's Q6_K, and packed.
-pub fn packed_q6k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ6K) {
-    let q = quantized(n, k, seed, GgmlDType::Q6K);
-    let p = PackedQ6K::new(&q.data().unwrap(), n, k).unwrap();
-    (q, p)
+    packed((n, k, seed), ggml, |data, n, k| {
+        PackedLegacy::new(data, format, n, k)
+    })
 }

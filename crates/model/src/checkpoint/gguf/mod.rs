@@ -10,15 +10,14 @@
 //! to f32. A quantized linear layer takes a Q8_0, Q4_K, Q5_K, Q6_K, Q4_0,
 //! Q4_1, Q5_0, Q5_1 or Q3_K weight's blocks as they are, asking for them
 //! by a name of [`STORED_BLOCKS`] beside its `weight`, and repacks them
-//! for the packed kernels without rounding again; Q2_K weights are
-//! decoded and quantized as
-//! the model is (a quantized file defaults to Q8_0). MLA's per-head
-//! matrices are offered as they are where the file splits `kv_b_proj`
-//! (`attn_k_b`, `attn_v_b`: [`names`]); where it does not, the model cuts
-//! them from the decoded `kv_b_proj` and rounds them again, which for Q8_0
-//! gives back the same blocks (Q8_0 rounding is idempotent: see
-//! `q8_0_file_blocks_survive_requantizing`). GGUF lists
-//! dims innermost first; candle's reader reverses them to PyTorch order.
+//! for the packed kernels without rounding again; Q2_K weights are decoded
+//! and quantized as the model is (a quantized file defaults to Q8_0).
+//! MLA's per-head matrices are offered as they are where the file splits
+//! `kv_b_proj` (`attn_k_b`, `attn_v_b`: [`names`]); where it does not, the
+//! model cuts them from the decoded `kv_b_proj` and rounds them again,
+//! which for Q8_0 gives back the same blocks (Q8_0 rounding is idempotent:
+//! see `q8_0_file_blocks_survive_requantizing`). GGUF lists dims innermost
+//! first; candle's reader reverses them to PyTorch order.
 //! Other tensor types (the IQ formats, ...) are refused by name.
 
 use std::borrow::Cow;

@@ -133,7 +133,7 @@ pub(super) mod vnni {
 
     use super::super::q4k::vnni::operands;
     use super::super::{Row, ROWS};
-    use super::{BLOCK, TILE, TILE_FIFTHS, TILE_NIBBLES};
+    use super::{Legacy, BLOCK, TILE, TILE_FIFTHS, TILE_NIBBLES};
     use crate::kernels::x86::{prefetch, tile_prefetches};
 
     /// How far ahead of the block in use its bits are prefetched, where it
@@ -151,7 +151,7 @@ pub(super) mod vnni {
         d: &[half::f16],
         out: &mut [[f32; TILE]; ROWS],
     ) {
-        tiles::<R, false, false>(rows, bits, d, 8, out)
+        tiles::<R, false, false>(rows, bits, d, Legacy::Q4_0.offset(), out)
     }
 
     /// [`tiles`] on Q4_1 units.
@@ -165,7 +165,7 @@ pub(super) mod vnni {
         d: &[half::f16],
         out: &mut [[f32; TILE]; ROWS],
     ) {
-        tiles::<R, false, true>(rows, bits, d, 0, out)
+        tiles::<R, false, true>(rows, bits, d, Legacy::Q4_1.offset(), out)
     }
 
     /// [`tiles`] on Q5_0 units.
@@ -179,7 +179,7 @@ pub(super) mod vnni {
         d: &[half::f16],
         out: &mut [[f32; TILE]; ROWS],
     ) {
-        tiles::<R, true, false>(rows, bits, d, 16, out)
+        tiles::<R, true, false>(rows, bits, d, Legacy::Q5_0.offset(), out)
     }
 
     /// [`tiles`] on Q5_1 units.
@@ -193,7 +193,7 @@ pub(super) mod vnni {
         d: &[half::f16],
         out: &mut [[f32; TILE]; ROWS],
     ) {
-        tiles::<R, true, true>(rows, bits, d, 0, out)
+        tiles::<R, true, true>(rows, bits, d, Legacy::Q5_1.offset(), out)
     }
 
     /// The 16 dots of one tile's rows with each of the first `R` of `rows`,

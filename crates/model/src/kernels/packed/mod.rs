@@ -1,15 +1,16 @@
 //! Quantized weights repacked for AVX-512-VNNI: on CPUs that have it, every
-//! Q8_0, Q3_K to Q6_K, Q4_0, Q4_1, Q5_0 and Q5_1 weight of the model (projections, MLA's absorbed per-head
-//! matrices, the experts, lm_head) is held this way, as its only copy, and
-//! these kernels run it at every input size.
+//! Q8_0, Q3_K to Q6_K, Q4_0, Q4_1, Q5_0 and Q5_1 weight of the model
+//! (projections, MLA's absorbed per-head matrices, the experts, lm_head) is
+//! held this way, as its only copy, and these kernels run it at every input
+//! size.
 //!
 //! Each group of 16 output rows is stored so that one VNNI instruction
 //! multiplies four inputs with sixteen rows at once: for Q8_0 block by
 //! block as `[8 k-quads][16 rows][4 bytes]`, with the 16 rows' f16 scales
 //! beside them (34 bytes per 32 weights, as Q8_0); Q4_K in [`PackedQ4K`],
 //! Q5_K in [`PackedQ5K`], Q6_K in [`PackedQ6K`], Q3_K in [`PackedQ3K`] (on
-//! Q6_K's kernel), the 32-number formats of
-//! 4 and 5 bits in [`PackedLegacy`].
+//! Q6_K's kernel), the 32-number formats of 4 and 5 bits in
+//! [`PackedLegacy`].
 //! The input rows are quantized to int8 per 32-number block, as Q8_0 does
 //! to weights; a block's integer dot is exact, and its scales are applied
 //! once per block and 16 rows. One call takes several weights, each with
@@ -36,7 +37,7 @@ pub(crate) mod legacy;
 pub(crate) mod q4k;
 pub(crate) mod q6k;
 mod q8_0;
-mod super_blocks;
+pub(crate) mod super_blocks;
 #[cfg(test)]
 mod tests;
 
@@ -110,6 +111,21 @@ impl std::ops::DerefMut for Lines {
     }
 }
 
+/// `$body` on whichever format `$packed` holds, bound as `$p`: each
+/// format's type has the same `dims`, `bytes` and `dequantize`.
+macro_rules! each_format {
+    ($packed:expr, $p:ident => $body:expr) => {
+        match $packed {
+            Packed::Q8_0($p) => $body,
+            Packed::Q4K($p) => $body,
+            Packed::Q5K($p) => $body,
+            Packed::Q6K($p) => $body,
+            Packed::Q3K($p) => $body,
+            Packed::Legacy($p) => $body,
+        }
+    };
+}
+
 /// A weight held for the packed kernels, in one of their formats.
 #[derive(Debug, Clone)]
 pub enum Packed {
@@ -142,26 +158,12 @@ impl Packed {
 
     /// `(n, k)`.
     pub fn dims(&self) -> (usize, usize) {
-        match self {
-            Packed::Q8_0(p) => (p.n, p.k),
-            Packed::Q4K(p) => p.dims(),
-            Packed::Q5K(p) => p.dims(),
-            Packed::Q3K(p) => p.dims(),
-            Packed::Legacy(p) => p.dims(),
-            Packed::Q6K(p) => p.dims(),
-        }
+        each_format!(self, p => p.dims())
     }
 
     /// Bytes a full read takes.
     pub fn bytes(&self) -> usize {
-        match self {
-            Packed::Q8_0(p) => p.bytes(),
-            Packed::Q4K(p) => p.bytes(),
-            Packed::Q5K(p) => p.bytes(),
-            Packed::Q3K(p) => p.bytes(),
-            Packed::Legacy(p) => p.bytes(),
-            Packed::Q6K(p) => p.bytes(),
-        }
+        each_format!(self, p => p.bytes())
     }
 
     /// The format's name, as candle's GGML types are named.
@@ -179,14 +181,7 @@ impl Packed {
     /// The weight's numbers, `[n, k]` row-major, as the format
     /// dequantizes them.
     pub fn dequantize(&self) -> Vec<f32> {
-        match self {
-            Packed::Q8_0(p) => p.dequantize(),
-            Packed::Q4K(p) => p.dequantize(),
-            Packed::Q5K(p) => p.dequantize(),
-            Packed::Q3K(p) => p.dequantize(),
-            Packed::Legacy(p) => p.dequantize(),
-            Packed::Q6K(p) => p.dequantize(),
-        }
+        each_format!(self, p => p.dequantize())
     }
 
     /// `top` above `bottom` (both `[_, k]`, in one format).

@@ -52,7 +52,7 @@ pub(crate) const fn fifth_shift(j: usize) -> usize {
 pub type PackedQ4K = SuperBlocks<Q4K>;
 
 /// The Q4_K layout.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Q4K;
 
 /// One `[n, k]` Q5_K weight (`n` a multiple of 16, `k` of 256), repacked:
@@ -61,7 +61,7 @@ pub struct Q4K;
 pub type PackedQ5K = SuperBlocks<Q5K>;
 
 /// The Q5_K layout.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Q5K;
 
 /// Row `r`'s 256 numbers in a Q4_K unit, or a Q5_K one with `fifths`.

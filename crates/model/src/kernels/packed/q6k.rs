@@ -48,7 +48,7 @@ pub(crate) fn high_shift(j: usize) -> usize {
 pub type PackedQ6K = SuperBlocks<Q6K>;
 
 /// The Q6_K layout.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Q6K;
 
 /// Weight `i` (0..256) of row `r` in a unit's `bits`: its `u` (0..64).
@@ -77,7 +77,7 @@ pub(crate) const TILE_BITS_Q3K: usize = TILE_PAIRS + TILE * SUPER / 8;
 pub type PackedQ3K = SuperBlocks<Q3K>;
 
 /// The Q3_K layout.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Q3K;
 
 /// Weight `i` (0..256) of row `r` in a Q3_K unit's `bits`: its `u` (0..8).
@@ -316,14 +316,13 @@ pub(super) mod vnni {
     #[target_feature(enable = "avx512f,avx512bw")]
     #[inline]
     fn q3k_operand<const J: usize>(l: __m512i, h: __m512i) -> __m512i {
-        let j = J;
-        let pair = match j % 4 {
+        let pair = match J % 4 {
             0 => l,
             1 => _mm512_srli_epi16::<2>(l),
             2 => _mm512_srli_epi16::<4>(l),
             _ => _mm512_srli_epi16::<6>(l),
         };
-        let third = match j {
+        let third = match J {
             0 => _mm512_slli_epi16::<2>(h),
             1 => _mm512_slli_epi16::<1>(h),
             2 => h,

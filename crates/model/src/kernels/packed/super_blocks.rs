@@ -12,11 +12,21 @@ use crate::kernels::parallel::{for_ranges_if, Disjoint};
 /// Weights per super-block.
 pub(crate) const SUPER: usize = 256;
 
+/// GGML's bytes `src` placed four at a time as row `r` of a unit's
+/// `[src.len() / 4][16 rows][4]` bytes `dst`: how every packed layout
+/// lays out a block's k-quads, GGML's own bytes where they already hold
+/// what the kernel reads.
+pub(crate) fn place_quads(src: &[u8], r: usize, dst: &mut [u8]) {
+    for (c, four) in src.chunks_exact(4).enumerate() {
+        dst[(c * TILE + r) * 4..][..4].copy_from_slice(four);
+    }
+}
+
 /// One unit's parts: its number bytes, f16 factors and scales.
 pub(crate) type Unit<'a, S> = (&'a [u8], &'a [half::f16], &'a [S]);
 
 /// A packed format's unit (a value: the legacy formats share one type).
-pub trait Layout: Clone + Copy + std::fmt::Debug + Send + Sync {
+pub trait Layout: Clone + Copy + PartialEq + std::fmt::Debug + Send + Sync {
     type Scale: Copy + Default + Send + Sync + std::fmt::Debug;
 
     /// Numbers of a row per unit.
@@ -133,8 +143,7 @@ impl<L: Layout> SuperBlocks<L> {
     pub fn stack(mut top: SuperBlocks<L>, bottom: SuperBlocks<L>) -> SuperBlocks<L> {
         assert_eq!(top.k, bottom.k, "stacked weights differ in width");
         assert_eq!(
-            format!("{:?}", top.layout),
-            format!("{:?}", bottom.layout),
+            top.layout, bottom.layout,
             "stacked weights differ in format"
         );
         top.n += bottom.n;
