@@ -158,6 +158,87 @@ impl Member<'_> {
     }
 }
 
+thread_local! {
+    /// Set on a thread inside a [`team`] call (its calling thread and the
+    /// pool's workers) and on [`map_on_threads`]' threads: pool calls
+    /// from there run inline.
+    static CALLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Threads a job may split its work over: the pool's size, or 1 on a
+/// thread that is already one of several working side by side (inside a
+/// [`team`] call or [`map_on_threads`]).
+pub(crate) fn spare_threads() -> usize {
+    if CALLING.get() {
+        1
+    } else {
+        threads()
+    }
+}
+
+/// `f(i)` for every `i` in `0..items`, on [`threads`] threads of their own
+/// (the calling thread one of them), each taking the next item as it
+/// finishes one; the results in item order, or the first item's error.
+/// For coarse, independent jobs made of many small parallel ones (a
+/// layer's experts at load: each weight's copy and repacking would
+/// otherwise be a pool call of its own, the other thread parked between
+/// them). Inside `f`, pool calls run inline ([`spare_threads`] is 1; a
+/// single item runs on the calling thread as any other call would), but
+/// candle's own parallel ops still go to candle's pool, one call at a
+/// time.
+pub(crate) fn map_on_threads<T: Send, E: Send>(
+    items: usize,
+    f: impl Fn(usize) -> std::result::Result<T, E> + Sync,
+) -> std::result::Result<Vec<T>, E> {
+    let workers = spare_threads().min(items);
+    if workers <= 1 {
+        return (0..items).map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        CALLING.set(true);
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= items {
+                break;
+            }
+            let result = f(i);
+            let failed = result.is_err();
+            done.push((i, result));
+            if failed {
+                // No more items for anyone: the load fails anyway.
+                next.store(items, Ordering::Relaxed);
+                break;
+            }
+        }
+        done
+    };
+    let mut done = std::thread::scope(|s| {
+        let others: Vec<_> = (1..workers).map(|_| s.spawn(work)).collect();
+        // The calling thread's mark is put back however its part ends.
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CALLING.set(self.0);
+            }
+        }
+        let _restore = Restore(CALLING.get());
+        let mut done = work();
+        for other in others {
+            done.extend(
+                other
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            );
+        }
+        done
+    });
+    done.sort_by_key(|(i, _)| *i);
+    // Items after a failure may be missing; the first error comes first.
+    done.into_iter().map(|(_, result)| result).collect()
+}
+
 /// Runs `f` once on every thread of the pool (the calling thread
 /// included), each with its [`Member`]: work split into phases, the
 /// threads sharing each phase's items ([`Member::share`]) and waiting for
@@ -171,9 +252,6 @@ impl Member<'_> {
 /// wait for that lock. (candle's own parallel ops, such as a quantized
 /// matmul, must still not be called from inside `f`.)
 pub(crate) fn team(f: impl Fn(&mut Member) + Sync) {
-    thread_local! {
-        static CALLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
     let new_team = |threads| Team {
         threads,
         arrived: AtomicUsize::new(0),
@@ -283,6 +361,37 @@ mod tests {
                 "{items} items"
             );
         }
+    }
+
+    /// Results come back in item order, every item once; inside, pool
+    /// calls run inline (unless there is one item); the first failing
+    /// item's error is the answer.
+    #[test]
+    fn map_on_threads_keeps_order_and_the_first_error() {
+        for items in [0, 1, 2, 3, 17, 200] {
+            let out = map_on_threads(items, |i| {
+                // Side by side, a job's own splits run inline; one job
+                // alone has the pool.
+                let alone = items == 1 || threads() == 1;
+                assert_eq!(spare_threads() == 1, !alone || threads() == 1);
+                let sum = AtomicUsize::new(0);
+                for_ranges(10, |r| {
+                    sum.fetch_add(r.len(), Ordering::Relaxed);
+                });
+                Ok::<_, String>(i * 10 + sum.load(Ordering::Relaxed))
+            })
+            .unwrap();
+            assert_eq!(out, (0..items).map(|i| i * 10 + 10).collect::<Vec<_>>());
+        }
+        let failed = map_on_threads(100, |i| {
+            if i % 30 == 29 {
+                Err(format!("item {i}"))
+            } else {
+                Ok(i)
+            }
+        });
+        assert_eq!(failed, Err("item 29".to_string()));
+        assert_eq!(spare_threads(), threads(), "the caller's mark is put back");
     }
 
     /// Every phase sees everything the phases before the barrier wrote:

@@ -19,6 +19,7 @@ use candle_nn::VarBuilder;
 use super::linear::{with_f32, Linear, WeightFormat};
 use crate::config::{Arch, MoeConfig, ScoringFunc, TopkMethod};
 use crate::kernels::experts::PackedMlp;
+use crate::kernels::parallel;
 use crate::kernels::silu::silu_times_tensor;
 
 /// `down_proj(silu(gate_proj(x)) * up_proj(x))`.
@@ -273,9 +274,11 @@ impl Moe {
         weights: WeightFormat,
     ) -> Result<Self> {
         let inter = cfg.moe_intermediate_size;
-        let experts = (0..cfg.n_routed_experts)
-            .map(|e| Mlp::new(hidden, inter, vb.pp("experts").pp(e), weights))
-            .collect::<Result<Vec<_>>>()?;
+        // Expert by expert on threads of their own: each expert's weights
+        // are many small copies and repackings, too small to split well.
+        let experts = parallel::map_on_threads(cfg.n_routed_experts, |e| {
+            Mlp::new(hidden, inter, vb.pp("experts").pp(e), weights)
+        })?;
         let shared_experts = match cfg.n_shared_experts {
             0 => None,
             n => Some(Mlp::new(

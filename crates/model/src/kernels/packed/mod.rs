@@ -77,37 +77,97 @@ pub(crate) const Q8_0_BYTES: usize = 34;
 /// Bytes held in whole 64-byte cache lines, aligned to them: the kernels'
 /// 64-byte loads of packed weights never straddle two lines (a `Vec<u8>`
 /// of this size starts 16 bytes past a page, so each of its loads did).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Lines(Vec<Line>);
+///
+/// The buffer is a zeroed byte vector one line longer than asked, the
+/// lines a window into it: zeroed bytes come from `calloc`, which for a
+/// large buffer maps fresh pages and writes nothing, where an allocation
+/// aligned to 64 bytes is written with zeros first (on one thread, each
+/// page faulted in before the repacking that fills it). A large buffer's
+/// whole 2 MiB spans are asked to be huge pages (one fault and one TLB
+/// entry each, not 512).
+pub(crate) struct Lines {
+    buffer: Vec<u8>,
+    /// Where the window starts in `buffer`, and its length.
+    start: usize,
+    len: usize,
+}
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
+/// Line size, and the window's alignment.
+const LINE: usize = 64;
 
 impl Lines {
     /// `bytes` zeros (a multiple of 64).
     pub(crate) fn zeroed(bytes: usize) -> Lines {
-        assert!(bytes.is_multiple_of(64), "not whole lines");
-        Lines(vec![Line([0; 64]); bytes / 64])
+        assert!(bytes.is_multiple_of(LINE), "not whole lines");
+        let buffer = vec![0u8; bytes + LINE];
+        let start = buffer.as_ptr().align_offset(LINE);
+        huge_pages(&buffer[start..start + bytes]);
+        Lines {
+            buffer,
+            start,
+            len: bytes,
+        }
     }
 
     pub(crate) fn extend(&mut self, other: Lines) {
-        self.0.extend(other.0);
+        let mut joined = Lines::zeroed(self.len + other.len);
+        joined[..self.len].copy_from_slice(self);
+        joined[self.len..].copy_from_slice(&other);
+        *self = joined;
+    }
+}
+
+/// Asks Linux to back `bytes`' whole 2 MiB spans with huge pages, before
+/// they are first written (advice: where none are free, small pages
+/// serve).
+fn huge_pages(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let begin = (bytes.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / HUGE * HUGE;
+        if end > begin {
+            // SAFETY: the span lies inside `bytes`' allocation, and the
+            // advice changes how its pages are backed, not its contents.
+            unsafe {
+                libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
+}
+
+impl Clone for Lines {
+    fn clone(&self) -> Lines {
+        let mut copy = Lines::zeroed(self.len);
+        copy.copy_from_slice(self);
+        copy
+    }
+}
+
+impl PartialEq for Lines {
+    fn eq(&self, other: &Lines) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "Lines({} bytes)", self.len)
     }
 }
 
 impl std::ops::Deref for Lines {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: `Line` is 64 plain bytes with no padding.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u8, self.0.len() * 64) }
+        &self.buffer[self.start..self.start + self.len]
     }
 }
 
 impl std::ops::DerefMut for Lines {
     fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as for `deref`; any byte is a valid `u8`.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u8, self.0.len() * 64) }
+        &mut self.buffer[self.start..self.start + self.len]
     }
 }
 

@@ -383,3 +383,29 @@ fn amx_tiles_give_the_vnni_numbers() {
     }
     eprintln!("skipped: this CPU has no AMX-INT8 (or Linux gave no tile state)");
 }
+
+/// Line buffers start on a 64-byte boundary, hold zeros, and keep their
+/// bytes through a clone and a join, small ones and ones of huge pages.
+#[test]
+fn lines_are_aligned_zeros_that_clone_and_join() {
+    for bytes in [0, 64, 4096 + 64, 5 << 20] {
+        let mut lines = Lines::zeroed(bytes);
+        assert_eq!(lines.len(), bytes);
+        assert!(
+            (lines.as_ptr() as usize).is_multiple_of(64),
+            "{bytes} bytes"
+        );
+        assert!(lines.iter().all(|&b| b == 0));
+        for (i, b) in lines.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let copy = lines.clone();
+        assert_eq!(copy, lines);
+        assert!((copy.as_ptr() as usize).is_multiple_of(64));
+        let mut joined = lines.clone();
+        joined.extend(copy);
+        assert_eq!(&joined[..bytes], &lines[..]);
+        assert_eq!(&joined[bytes..], &lines[..]);
+        assert!((joined.as_ptr() as usize).is_multiple_of(64));
+    }
+}

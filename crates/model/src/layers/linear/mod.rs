@@ -215,7 +215,7 @@ impl Linear {
                 weight.to_dtype(format.dtype)?.contiguous()?,
             ));
         };
-        let threads = crate::kernels::parallel::threads();
+        let threads = crate::kernels::parallel::spare_threads();
         let (dims, values) = (weight.dims2()?, weight.to_dtype(DType::F32)?);
         let q = if weight.device().is_cpu() {
             // The numbers read in place (once), by their layout's offset (a
