@@ -12,7 +12,8 @@
 //! (`FERROSEEK_AMX=off` measures its VNNI kernel there instead).
 //! The packed kernel in each of its formats (Q8_0, Q4_K, Q6_K) against
 //! candle's quantized matmul on the same blocks (`-- packed` runs only
-//! this part).
+//! this part), and the time to repack each format's stored blocks against
+//! copying them (`-- repack`).
 //! Last, the absorbed attention kernel at the benchmark model's geometry (16
 //! heads, latent 256 + rope 64, 16-row cache blocks) for one decode token:
 //! GFLOP/s at several context lengths (`-- attention` runs only this part).
@@ -54,6 +55,10 @@ fn main() {
     }
     if std::env::args().skip(1).any(|a| a == "packed") {
         formats();
+        return;
+    }
+    if std::env::args().skip(1).any(|a| a == "repack") {
+        repack();
         return;
     }
     let threads = rayon::current_num_threads();
@@ -130,6 +135,7 @@ fn main() {
     }
     grouped();
     formats();
+    repack();
     attention();
 }
 
@@ -177,6 +183,42 @@ fn formats() {
                 theirs / ours
             );
         }
+    }
+}
+
+/// Loading a stored weight: GGML's blocks of the `[8192, 4096]` weight
+/// repacked for the packed kernels (on the compute pool, into fresh
+/// memory, as a GGUF load does), beside copying the same bytes into a
+/// fresh buffer, the least a load that reads them could do.
+fn repack() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    if !Packed::available() {
+        println!("repack: skipped, the CPU lacks AVX-512-VNNI");
+        return;
+    }
+    let w = weight();
+    println!("| format | MB | repack ms | copy ms | repack / copy |");
+    println!("|---|---:|---:|---:|---:|");
+    use GgmlDType::{Q3K, Q4K, Q4_0, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+    for ggml in [Q8_0, Q4K, Q5K, Q6K, Q3K, Q4_0, Q5_0, Q5_1] {
+        let data = QTensor::quantize(&w, ggml)
+            .unwrap()
+            .data()
+            .unwrap()
+            .to_vec();
+        let repack = median_secs(|| {
+            std::hint::black_box(Packed::new(&data, ggml, N, K).unwrap());
+        });
+        let copy = median_secs(|| {
+            std::hint::black_box(data.to_vec());
+        });
+        println!(
+            "| {ggml:?} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            data.len() as f64 / 1e6,
+            repack * 1e3,
+            copy * 1e3,
+            repack / copy
+        );
     }
 }
 

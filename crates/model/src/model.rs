@@ -15,6 +15,7 @@ use crate::checkpoint::{Checkpoint, CheckpointFormat, GgufCheckpoint, ModelFiles
 use crate::config::DeepSeekConfig;
 use crate::error::{ModelError, Result};
 use crate::kernels::attention::SeqSpan;
+use crate::kernels::parallel;
 use crate::layers::linear::{Linear, WeightFormat};
 use crate::layers::mla::{Attention, AttentionDType, AttentionMode, BatchLayout};
 use crate::layers::moe::{Mlp, Moe};
@@ -245,9 +246,11 @@ impl DeepSeekModel {
             .pp("embed_tokens")
             .set_dtype(weights.dtype)
             .get((v, h), "weight")?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|l| DecoderLayer::new(&cfg, l, m.pp("layers").pp(l), weights))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Layer by layer on threads of their own: a layer's weights are many
+        // copies and repackings, each too small to split well on the pool.
+        let layers = parallel::map_on_threads(cfg.num_hidden_layers, |l| {
+            DecoderLayer::new(&cfg, l, m.pp("layers").pp(l), weights)
+        })?;
         let lm_head = if cfg.tie_word_embeddings {
             Linear::from_weight(embed_weight.clone())
         } else {

@@ -39,7 +39,7 @@ impl PackedQ6K {
     }
 }
 
-/// One GGML Q6_K block placed as row `r` of its unit, a byte at a time
+/// One GGML Q6_K block placed as row `r` of its unit, four bytes at a time
 /// (the same bits [`levels`] reads one weight at a time; a weight at a
 /// time made most of a Q4_K_M file's load). Pair `p` of blocks (weights
 /// `64p..64p + 64`) lies in half `p / 2` of GGML's nibbles: block `2p`'s
@@ -61,29 +61,34 @@ fn put(block: &[u8], r: usize, (bits, d, scales): (&mut [u8], &mut [half::f16], 
         [high_shift(0), high_shift(1), high_shift(2), high_shift(3)],
         [4, 0, 6, 2]
     );
+    // Four bytes (a k-quad) at a time, as one word: every mask and shift
+    // keeps its bits inside their byte.
+    let word =
+        |bytes: &[u8], quad: usize| u32::from_le_bytes(bytes[4 * quad..][..4].try_into().unwrap());
+    let (bits_low, bits_high) = bits.split_at_mut(TILE_LOW);
+    let (low_out, _) = bits_low.as_chunks_mut::<4>();
     for pair in 0..4 {
         let half = &low[64 * (pair / 2)..][..64];
         let (first, second) = half.split_at(BLOCK);
         for quad in 0..8 {
-            let at = ((pair * 8 + quad) * TILE + r) * 4;
-            for b in 0..4 {
-                let (x, y) = (first[quad * 4 + b], second[quad * 4 + b]);
-                bits[at + b] = if pair % 2 == 0 {
-                    (x & 0x0F) | (y << 4)
-                } else {
-                    (x >> 4) | (y & 0xF0)
-                };
-            }
+            let (x, y) = (word(first, quad), word(second, quad));
+            let v = if pair % 2 == 0 {
+                (x & 0x0F0F_0F0F) | (y << 4 & 0xF0F0_F0F0)
+            } else {
+                (x >> 4 & 0x0F0F_0F0F) | (y & 0xF0F0_F0F0)
+            };
+            low_out[(pair * 8 + quad) * TILE + r] = v.to_le_bytes();
         }
     }
+    let (high_out, _) = bits_high.as_chunks_mut::<4>();
     for group in 0..2 {
         for quad in 0..8 {
-            let at = TILE_LOW + ((group * 8 + quad) * TILE + r) * 4;
-            for b in 0..4 {
-                let x = high[32 * group + quad * 4 + b];
-                bits[at + b] =
-                    (x & 0x03) << 4 | (x & 0x0C) >> 2 | (x & 0x30) << 2 | (x & 0xC0) >> 4;
-            }
+            let x = word(&high[32 * group..], quad);
+            let v = (x & 0x0303_0303) << 4
+                | (x & 0x0C0C_0C0C) >> 2
+                | (x & 0x3030_3030) << 2
+                | (x & 0xC0C0_C0C0) >> 4;
+            high_out[(group * 8 + quad) * TILE + r] = v.to_le_bytes();
         }
     }
 }

@@ -17,8 +17,12 @@ pub(crate) const SUPER: usize = 256;
 /// lays out a block's k-quads, GGML's own bytes where they already hold
 /// what the kernel reads.
 pub(crate) fn place_quads(src: &[u8], r: usize, dst: &mut [u8]) {
-    for (c, four) in src.chunks_exact(4).enumerate() {
-        dst[(c * TILE + r) * 4..][..4].copy_from_slice(four);
+    let (src, _) = src.as_chunks::<4>();
+    let (dst, _) = dst.as_chunks_mut::<4>();
+    // One check for all the quads, none per quad.
+    assert!(r < TILE && dst.len() >= src.len() * TILE);
+    for (c, four) in src.iter().enumerate() {
+        dst[c * TILE + r] = *four;
     }
 }
 
