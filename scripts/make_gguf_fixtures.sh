@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Converts the test model (models/tiny-deepseek-v3) to GGUF with
 # llama.cpp's own converter, as bf16 (the checkpoint's own dtype, so the
-# same numbers) and q8_0, and quantizes the bf16 file to Q4_K_M and Q5_K_M with
+# same numbers) and q8_0, and quantizes the bf16 file to Q4_K_M, Q5_K_M and Q2_K with
 # llama.cpp's llama-quantize, into crates/model/tests/fixtures/gguf/. Run
 # from the repository root; needs network access to PyPI and a C++
 # compiler (never run in CI: the outputs are committed).
@@ -77,6 +77,9 @@ convert "$dir" "$OUT/k-quant-v3-bf16.gguf" bf16
 "$WORK/build/bin/llama-quantize" "$OUT/k-quant-v3-bf16.gguf" "$OUT/k-quant-v3-Q4_K_M.gguf" Q4_K_M
 # And Q5_K_M: Q5_K and Q6_K, with Q5_1 and Q8_0 as their fallbacks.
 "$WORK/build/bin/llama-quantize" "$OUT/k-quant-v3-bf16.gguf" "$OUT/k-quant-v3-Q5_K_M.gguf" Q5_K_M
+# And Q2_K: Q2_K with Q3_K and Q6_K, Q4_0 where rows are not whole
+# super-blocks.
+"$WORK/build/bin/llama-quantize" "$OUT/k-quant-v3-bf16.gguf" "$OUT/k-quant-v3-Q2_K.gguf" Q2_K
 
 # The parity fixtures (crates/model/tests/fixtures/NAME: V2 and V3
 # variants and the relatives Moonlight, Kimi-K2 and GLM-4.7-Flash, with

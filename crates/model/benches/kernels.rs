@@ -160,8 +160,8 @@ fn formats() {
     let w = weight();
     println!("| format | m | packed ms | packed GB/s | candle ms | candle / packed time |");
     println!("|---|---:|---:|---:|---:|---:|");
-    use GgmlDType::{Q3K, Q4K, Q4_0, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
-    for ggml in [Q8_0, Q4K, Q5K, Q6K, Q3K, Q4_0, Q5_0, Q5_1] {
+    use GgmlDType::{Q2K, Q3K, Q4K, Q4_0, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+    for ggml in [Q8_0, Q4K, Q5K, Q6K, Q3K, Q2K, Q4_0, Q5_0, Q5_1] {
         let q = QTensor::quantize(&w, ggml).unwrap();
         let pack = Packed::new(&q.data().unwrap(), ggml, N, K).unwrap();
         let mm = QMatMul::from_qtensor(q).unwrap();
@@ -199,8 +199,8 @@ fn repack() {
     let w = weight();
     println!("| format | MB | repack ms | copy ms | repack / copy |");
     println!("|---|---:|---:|---:|---:|");
-    use GgmlDType::{Q3K, Q4K, Q4_0, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
-    for ggml in [Q8_0, Q4K, Q5K, Q6K, Q3K, Q4_0, Q5_0, Q5_1] {
+    use GgmlDType::{Q2K, Q3K, Q4K, Q4_0, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+    for ggml in [Q8_0, Q4K, Q5K, Q6K, Q3K, Q2K, Q4_0, Q5_0, Q5_1] {
         let data = QTensor::quantize(&w, ggml)
             .unwrap()
             .data()

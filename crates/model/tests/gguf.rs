@@ -272,10 +272,11 @@ fn llama_quantize_q4_k_m_file_serves_within_its_bound() {
     );
 }
 
-/// `llama-quantize`'s `Q4_K_M` and `Q5_K_M` files of the same bf16 model
-/// compute with their own numbers: every weight runs as stored (Q4_K,
-/// Q5_K, Q6_K, and the Q5_0 and Q5_1 where rows are not whole 256-wide
-/// super-blocks, MLA's per-head matrices `attn_k_b` and `attn_v_b`), so
+/// `llama-quantize`'s `Q4_K_M`, `Q5_K_M` and `Q2_K` files of the same bf16
+/// model compute with their own numbers: every weight runs as stored
+/// (Q2_K to Q6_K, and the Q4_0, Q5_0 and Q5_1 where rows are not whole
+/// 256-wide super-blocks, MLA's per-head matrices `attn_k_b` and
+/// `attn_v_b`), so
 /// against a dense f32 model of the file's dequantized weights what is
 /// left is the activations' 8-bit rounding in every product. Measured over
 /// the 48-token prompt, whole vocabulary, the largest |Δ log-prob| at each
@@ -291,7 +292,11 @@ fn llama_quantize_q4_k_m_file_serves_within_its_bound() {
 ///   scale). With the per-head matrices rounded to Q8_0, candle's own Q5_K
 ///   kernels, which round the activations per 256, tip the same position
 ///   (6.4; median 0.062), and with Q5_K rounded again to Q8_0 too none
-///   tips (median 0.059, max 0.44).
+///   tips (median 0.059, max 0.44);
+/// - `Q2_K` (Q2_K, Q3_K, Q4_0 and Q6_K): median 0.050, every position
+///   within 0.4 but one, 5.4, where the top token differs, and one more
+///   top token differs. Held as candle's own Q2_K blocks on its kernels,
+///   the same position tips (5.3; median 0.056).
 ///
 /// Against the bf16 source the files' own rounding is several times that:
 /// see the test above.
@@ -311,12 +316,14 @@ fn llama_quantize_k_quant_files_compute_with_their_own_numbers() {
             [GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::Q5_1],
             1,
         ),
+        ("Q2_K", [GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q4_0], 1),
     ] {
-        // Without the packed kernels the Q5_K_M file's Q5_K and Q5_1
-        // weights are rounded to Q8_0 (candle runs them slowly): it does
-        // not compute with its own numbers there. (The Q4_K_M file's Q5_0
-        // rounded again stayed within these bounds: median 0.052, max 0.35.)
-        if kind == "Q5_K_M" && !ferroseek_model::kernels::packed::Packed::available() {
+        // Without the packed kernels the Q5_K_M and Q2_K files' Q5_K,
+        // Q5_1, Q2_K, Q3_K and Q4_0 weights are rounded to Q8_0 (candle
+        // runs them slowly): those files do not compute with their own
+        // numbers there. (The Q4_K_M file's Q5_0 rounded again stayed
+        // within these bounds: median 0.052, max 0.35.)
+        if kind != "Q4_K_M" && !ferroseek_model::kernels::packed::Packed::available() {
             eprintln!("{kind}: skipped, this CPU lacks the packed kernels");
             continue;
         }

@@ -9,7 +9,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Result, Tensor};
 
 use crate::kernels::packed::{
-    Legacy, Packed, PackedLegacy, PackedQ3K, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8,
+    Legacy, Packed, PackedLegacy, PackedQ2K, PackedQ3K, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8,
 };
 
 mod legacy;
@@ -79,6 +79,7 @@ impl Packed {
             GgmlDType::Q5K => PackedQ5K::new(data, n, k).map(Packed::Q5K),
             GgmlDType::Q6K => PackedQ6K::new(data, n, k).map(Packed::Q6K),
             GgmlDType::Q3K => PackedQ3K::new(data, n, k).map(Packed::Q3K),
+            GgmlDType::Q2K => PackedQ2K::new(data, n, k).map(Packed::Q2K),
             _ => Legacy::of(ggml)
                 .and_then(|format| PackedLegacy::new(data, format, n, k))
                 .map(Packed::Legacy),

@@ -1,9 +1,11 @@
-//! Q6_K and Q3_K blocks as GGML stores them, into the packed layouts of
-//! [`PackedQ6K`] and [`PackedQ3K`].
+//! Q6_K, Q3_K and Q2_K blocks as GGML stores them, into the packed
+//! layouts of [`PackedQ6K`], [`PackedQ3K`] and [`PackedQ2K`].
 
-use crate::kernels::packed::q6k::{high_shift, Q3K, Q6K, SUPER, TILE_LOW, TILE_PAIRS};
+use crate::kernels::packed::q6k::{
+    high_shift, Q2K, Q3K, Q6K, SUPER, TILE_LOW, TILE_PAIRS, TILE_SCALES,
+};
 use crate::kernels::packed::super_blocks::place_quads;
-use crate::kernels::packed::{PackedQ3K, PackedQ6K, BLOCK, TILE};
+use crate::kernels::packed::{PackedQ2K, PackedQ3K, PackedQ6K, BLOCK, TILE};
 
 /// Bytes of one Q6_K block: 128 of low nibbles, 64 of high bit pairs, 16
 /// scales, `d`.
@@ -137,5 +139,36 @@ impl PackedQ3K {
             place_quads(thirds, r, thirds_out);
         };
         PackedQ3K::repack(Q3K, data, (n, k), Q3K_BYTES, true, put)
+    }
+}
+
+/// Bytes of one Q2_K block: 16 of scales and mins (a nibble each), 64 of
+/// bit pairs, `d`, `dmin`.
+const Q2K_BYTES: usize = 84;
+
+impl PackedQ2K {
+    /// `data`: GGML's (candle's) Q2_K blocks of a `[n, k]` weight,
+    /// row-major. `None` when the shape does not tile. Tiles are repacked
+    /// on the compute pool.
+    ///
+    /// Q2_K's bit pairs lie as Q3_K's (weight `128h + 32j + l` at bits
+    /// `2j..2j + 2` of byte `32h + l`), so its bytes move four at a time;
+    /// sub-block `s`'s scale is the low nibble of byte `s`, its min the
+    /// high one.
+    pub fn new(data: &[u8], n: usize, k: usize) -> Option<PackedQ2K> {
+        let put = |block: &[u8],
+                   r: usize,
+                   (bits, d, scales): (&mut [u8], &mut [half::f16], &mut [i8])| {
+            let (packed, rest) = block.split_at(16);
+            let (pairs, rest) = rest.split_at(64);
+            d[r] = half::f16::from_le_bytes([rest[0], rest[1]]);
+            d[TILE + r] = half::f16::from_le_bytes([rest[2], rest[3]]);
+            for (s, &byte) in packed.iter().enumerate() {
+                scales[s * TILE + r] = (byte & 0x0F) as i8;
+                scales[TILE_SCALES + s * TILE + r] = (byte >> 4) as i8;
+            }
+            place_quads(pairs, r, bits);
+        };
+        PackedQ2K::repack(Q2K, data, (n, k), Q2K_BYTES, true, put)
     }
 }

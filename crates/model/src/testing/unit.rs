@@ -5,7 +5,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use crate::kernels::packed::{
-    Legacy, PackedLegacy, PackedQ3K, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8,
+    Legacy, PackedLegacy, PackedQ2K, PackedQ3K, PackedQ4K, PackedQ5K, PackedQ6K, PackedQ8,
 };
 
 /// A deterministic pseudo-random fill in [-1, 1).
@@ -80,6 +80,11 @@ pub fn packed_q6k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ6K) {
 /// A `[n, k]` fill in candle's Q3_K, and packed.
 pub fn packed_q3k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ3K) {
     packed((n, k, seed), GgmlDType::Q3K, PackedQ3K::new)
+}
+
+/// A `[n, k]` fill in candle's Q2_K, and packed.
+pub fn packed_q2k(n: usize, k: usize, seed: usize) -> (QTensor, PackedQ2K) {
+    packed((n, k, seed), GgmlDType::Q2K, PackedQ2K::new)
 }
 
 /// A `[n, k]` fill in candle's `ggml` (Q4_0, Q4_1, Q5_0 or Q5_1), and

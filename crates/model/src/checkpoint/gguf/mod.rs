@@ -7,11 +7,12 @@
 //! candle's `gguf_file::Content` reads each file's header; the tensors are
 //! read from the mapping on demand, F32, F16 and BF16 as they are and the
 //! quantized types candle decodes (Q4_0 to Q8_0, Q2_K to Q6_K) dequantized
-//! to f32. A quantized linear layer takes a Q8_0, Q4_K, Q5_K, Q6_K, Q4_0,
-//! Q4_1, Q5_0, Q5_1 or Q3_K weight's blocks as they are, asking for them
-//! by a name of [`STORED_BLOCKS`] beside its `weight`, and repacks them
-//! for the packed kernels without rounding again; Q2_K weights are decoded
-//! and quantized as the model is (a quantized file defaults to Q8_0).
+//! to f32. A quantized linear layer takes a Q8_0, Q2_K to Q6_K, Q4_0,
+//! Q4_1, Q5_0 or Q5_1 weight's blocks as they are, asking for them by a
+//! name of [`STORED_BLOCKS`] beside its `weight`, and repacks them for the
+//! packed kernels without rounding again (without those kernels, formats
+//! candle runs slowly are decoded and quantized as the model is: a
+//! quantized file defaults to Q8_0).
 //! MLA's per-head matrices are offered as they are where the file splits
 //! `kv_b_proj` (`attn_k_b`, `attn_v_b`: [`names`]); where it does not, the
 //! model cuts them from the decoded `kv_b_proj` and rounds them again,

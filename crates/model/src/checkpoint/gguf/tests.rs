@@ -468,11 +468,10 @@ fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Under a Q8_0 model, a weight stored in a format the kernels run keeps
 /// its blocks (packed where the CPU has the kernels, candle's own blocks
-/// elsewhere): Q4_K, Q5_K, Q6_K, Q5_0, Q4_0, Q5_1 and Q3_K here; a Q2_K
-/// weight, which no kernel of ours runs,
-/// is decoded and rounded to Q8_0. Each computes what its stored numbers
-/// say, up to the rounding of the activations (and for Q2_K of its
-/// numbers).
+/// elsewhere for the formats candle runs fast): Q4_K, Q5_K, Q6_K, Q5_0,
+/// Q4_0, Q5_1, Q3_K and Q2_K here; the others are decoded and rounded to
+/// Q8_0. Each computes what its stored numbers say, up to the rounding of
+/// the activations (and, rounded to Q8_0, of its numbers).
 #[test]
 fn stored_blocks_are_kept_and_other_types_are_requantized() {
     use crate::kernels::packed::Packed;
@@ -512,9 +511,8 @@ fn stored_blocks_are_kept_and_other_types_are_requantized() {
         quantize: Quantization::Q8_0,
     };
     // Relative error of the formats kept on the packed kernels: the
-    // activations' 8-bit rounding alone (measured 1.3e-4 for each; Q2_K
-    // rounded again 3.5e-4). candle's K-quant kernels round the
-    // activations per 256.
+    // activations' 8-bit rounding alone (measured 1.3e-4 for each). candle's
+    // K-quant kernels round the activations per 256.
     const KEPT: f32 = 2.5e-4;
     let packed = Packed::available();
     let x = ramp(&[5, 256]);

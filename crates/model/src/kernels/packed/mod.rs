@@ -1,5 +1,5 @@
 //! Quantized weights repacked for AVX-512-VNNI: on CPUs that have it, every
-//! Q8_0, Q3_K to Q6_K, Q4_0, Q4_1, Q5_0 and Q5_1 weight of the model
+//! Q8_0, Q2_K to Q6_K, Q4_0, Q4_1, Q5_0 and Q5_1 weight of the model
 //! (projections, MLA's absorbed per-head matrices, the experts, lm_head) is
 //! held this way, as its only copy, and these kernels run it at every input
 //! size.
@@ -8,9 +8,9 @@
 //! multiplies four inputs with sixteen rows at once: for Q8_0 block by
 //! block as `[8 k-quads][16 rows][4 bytes]`, with the 16 rows' f16 scales
 //! beside them (34 bytes per 32 weights, as Q8_0); Q4_K in [`PackedQ4K`],
-//! Q5_K in [`PackedQ5K`], Q6_K in [`PackedQ6K`], Q3_K in [`PackedQ3K`] (on
-//! Q6_K's kernel), the 32-number formats of 4 and 5 bits in
-//! [`PackedLegacy`].
+//! Q5_K in [`PackedQ5K`], Q6_K in [`PackedQ6K`], Q3_K in [`PackedQ3K`] and
+//! Q2_K in [`PackedQ2K`] (both on Q6_K's kernel), the 32-number formats of
+//! 4 and 5 bits in [`PackedLegacy`].
 //! The input rows are quantized to int8 per 32-number block, as Q8_0 does
 //! to weights; a block's integer dot is exact, and its scales are applied
 //! once per block and 16 rows. One call takes several weights, each with
@@ -45,7 +45,7 @@ pub(crate) use input::Row;
 use input::{quantize_into, quantize_rows, Quantized, QuantizedView};
 pub use legacy::{Legacy, PackedLegacy};
 pub use q4k::{PackedQ4K, PackedQ5K};
-pub use q6k::{PackedQ3K, PackedQ6K};
+pub use q6k::{PackedQ2K, PackedQ3K, PackedQ6K};
 pub use q8_0::PackedQ8;
 
 /// A task's input rows in groups for the AMX kernel; none on other CPUs.
@@ -181,6 +181,7 @@ macro_rules! each_format {
             Packed::Q5K($p) => $body,
             Packed::Q6K($p) => $body,
             Packed::Q3K($p) => $body,
+            Packed::Q2K($p) => $body,
             Packed::Legacy($p) => $body,
         }
     };
@@ -194,6 +195,7 @@ pub enum Packed {
     Q5K(PackedQ5K),
     Q6K(PackedQ6K),
     Q3K(PackedQ3K),
+    Q2K(PackedQ2K),
     Legacy(PackedLegacy),
 }
 
@@ -210,7 +212,8 @@ impl Packed {
         let blocks = match ggml {
             GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 => BLOCK,
             GgmlDType::Q5_0 | GgmlDType::Q5_1 => BLOCK,
-            GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 256,
+            GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K => 256,
+            GgmlDType::Q5K | GgmlDType::Q6K => 256,
             _ => return false,
         };
         Self::available() && n.is_multiple_of(TILE) && k.is_multiple_of(blocks)
@@ -233,6 +236,7 @@ impl Packed {
             Packed::Q4K(_) => "q4k",
             Packed::Q5K(_) => "q5k",
             Packed::Q3K(_) => "q3k",
+            Packed::Q2K(_) => "q2k",
             Packed::Legacy(p) => p.layout.name(),
             Packed::Q6K(_) => "q6k",
         }
@@ -251,6 +255,7 @@ impl Packed {
             (Packed::Q4K(t), Packed::Q4K(b)) => Packed::Q4K(PackedQ4K::stack(t, b)),
             (Packed::Q5K(t), Packed::Q5K(b)) => Packed::Q5K(PackedQ5K::stack(t, b)),
             (Packed::Q3K(t), Packed::Q3K(b)) => Packed::Q3K(PackedQ3K::stack(t, b)),
+            (Packed::Q2K(t), Packed::Q2K(b)) => Packed::Q2K(PackedQ2K::stack(t, b)),
             (Packed::Legacy(t), Packed::Legacy(b)) => Packed::Legacy(PackedLegacy::stack(t, b)),
             (Packed::Q6K(t), Packed::Q6K(b)) => Packed::Q6K(PackedQ6K::stack(t, b)),
             _ => panic!("stacked weights differ in format"),
@@ -294,6 +299,10 @@ impl Packed {
             Packed::Q3K(p) => {
                 let (bits, d, scales) = p.tile(tile);
                 by_rows!(q6k::vnni::tile_q3k, rows, bits, d, scales, &mut dots)
+            }
+            Packed::Q2K(p) => {
+                let (bits, d, scales) = p.tile(tile);
+                by_rows!(q6k::vnni::tile_q2k, rows, bits, d, scales, &mut dots)
             }
             Packed::Legacy(p) => {
                 let (bits, d, _) = p.tile(tile);

@@ -1,4 +1,4 @@
-//! Q6_K and Q3_K weights repacked for the VNNI kernel.
+//! Q6_K, Q3_K and Q2_K weights repacked for the VNNI kernel.
 //!
 //! A Q6_K super-block holds 256 weights of one row: sixteen sub-blocks of
 //! 16, each with a signed 8-bit scale, under the super-block's f16 `d`:
@@ -21,7 +21,10 @@
 //!
 //! Q3_K is the same arithmetic with 3-bit levels, `w = d·scale·(u - 4)`
 //! ([`PackedQ3K`]): the same kernel, its operands made of a bit pair and a
-//! third bit, its sums starting at `-4 · Σ x`.
+//! third bit, its sums starting at `-4 · Σ x`. Q2_K ([`PackedQ2K`]) has
+//! 2-bit levels and a min per sub-block, `w = d·scale·u - dmin·min`: its
+//! operands are Q3_K's bit pairs alone, its sums start at zero, and each
+//! sub-block's min meets the input half's sum, `Σ x`, in floats.
 
 use super::super_blocks::{Layout, SuperBlocks, Unit};
 use super::{BLOCK, TILE};
@@ -84,9 +87,53 @@ pub struct Q3K;
 pub(crate) fn level_q3k(bits: &[u8], r: usize, i: usize) -> u8 {
     let (j, within) = (i / BLOCK, i % BLOCK);
     let (quad, b) = (within / 4, within % 4);
-    let pair = bits[((j / 4 * 8 + quad) * TILE + r) * 4 + b] >> (2 * (j % 4)) & 3;
+    // The bit pairs lie as Q2_K's.
     let third = bits[TILE_PAIRS + (quad * TILE + r) * 4 + b] >> j & 1;
-    pair | third << 2
+    level_q2k(bits, r, i) | third << 2
+}
+
+/// One `[n, k]` Q2_K weight (`n` a multiple of 16, `k` of 256), repacked
+/// for the same kernel as Q6_K's: per unit, the bit pairs of four blocks a
+/// byte (`[2][8][16][4]`, block `4g + t` at bits `2t..2t + 2`, GGML's own
+/// bytes moved by four, as Q3_K's); each row's `d`, then each row's
+/// `dmin`; each sub-block's scale (0..16), by row (`[16][16]`), then each
+/// sub-block's min, by row. A weight is `d·scale·u - dmin·min`, `u` in
+/// 0..4: 1600 bytes per 16 x 256 weights, 3.13 bits a weight against
+/// Q2_K's 2.63 (scales and mins a byte each, not a nibble).
+pub type PackedQ2K = SuperBlocks<Q2K>;
+
+/// The Q2_K layout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Q2K;
+
+/// Weight `i` (0..256) of row `r` in a Q2_K unit's `bits`: its `u` (0..4).
+pub(crate) fn level_q2k(bits: &[u8], r: usize, i: usize) -> u8 {
+    let (j, within) = (i / BLOCK, i % BLOCK);
+    let (quad, b) = (within / 4, within % 4);
+    bits[((j / 4 * 8 + quad) * TILE + r) * 4 + b] >> (2 * (j % 4)) & 3
+}
+
+impl Layout for Q2K {
+    type Scale = i8;
+
+    fn bits(self) -> usize {
+        TILE_PAIRS
+    }
+    fn d(self) -> usize {
+        2 * TILE
+    }
+    fn scales(self) -> usize {
+        2 * TILE_SCALES
+    }
+    /// As candle dequantizes Q2_K: `(d·scale)·u - dmin·min`.
+    fn numbers(self, (bits, d, scales): Unit<'_, i8>, r: usize, out: &mut [f32]) {
+        let (d, dmin) = (d[r].to_f32(), d[TILE + r].to_f32());
+        for (i, o) in out.iter_mut().enumerate() {
+            let s = i / 16 * TILE + r;
+            let (scale, min) = (scales[s] as f32, scales[TILE_SCALES + s] as f32);
+            *o = d * scale * level_q2k(bits, r, i) as f32 - dmin * min;
+        }
+    }
 }
 
 /// Row `r`'s numbers in a unit: `d·scale·(u - offset)` per sub-block of
@@ -261,6 +308,82 @@ pub(super) mod vnni {
         }
     }
 
+    /// The 16 dots of one tile's rows with each of the first `R` of `rows`,
+    /// its units Q2_K's: [`tiles`]' loop on 2-bit levels, not offset (the
+    /// sums start at zero), with each sub-block's `dmin·min · x_scale ·
+    /// Σ x` taken off. A function of its own: folded into [`tiles`] as a
+    /// third format, it made Q6_K's kernel a fifth slower at every batch
+    /// size.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile_q2k<const R: usize>(
+        rows: &[Row],
+        bits: &[u8],
+        d: &[half::f16],
+        scales: &[i8],
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
+        let supers = rows[0].scales.len() * BLOCK / SUPER;
+        assert!(bits.len() >= supers * TILE_PAIRS && d.len() >= supers * 2 * TILE);
+        assert!(scales.len() >= supers * 2 * TILE_SCALES);
+        for row in &rows[..R] {
+            assert!(row.q.len() >= supers * SUPER && row.half_offsets.len() >= supers * 16);
+        }
+        let on = tile_prefetches(R);
+        let mut total = [_mm512_setzero_ps(); R];
+        for sb in 0..supers {
+            let lp = bits.as_ptr().add(sb * TILE_PAIRS);
+            prefetch(
+                on,
+                lp.wrapping_add(PREFETCH_SUPERS * TILE_PAIRS),
+                TILE_PAIRS / 64,
+            );
+            let dp = d.as_ptr().add(sb * 2 * TILE);
+            let dv = _mm512_cvtph_ps(_mm256_loadu_si256(dp as *const _));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(dp.add(TILE) as *const _));
+            let sp = scales.as_ptr().add(sb * 2 * TILE_SCALES);
+            for pair in 0..4 {
+                for half in 0..2 {
+                    let mut acc = [[_mm512_setzero_si512(); 2]; R];
+                    for quad in 4 * half..4 * half + 4 {
+                        let l = _mm512_loadu_si512(lp.add((pair / 2 * 8 + quad) * 64) as *const _);
+                        let w = q2k_operands(l, pair);
+                        for (a, row) in acc.iter_mut().zip(rows) {
+                            for (blk, w) in w.iter().enumerate() {
+                                let at = (sb * 8 + 2 * pair + blk) * BLOCK + quad * 4;
+                                let x = (row.q.as_ptr().add(at) as *const i32).read_unaligned();
+                                a[blk] = _mm512_dpbusd_epi32(a[blk], *w, _mm512_set1_epi32(x));
+                            }
+                        }
+                    }
+                    for blk in 0..2 {
+                        let s = 2 * (2 * pair + blk) + half;
+                        let byte_row = |at: usize| {
+                            let v = _mm_loadu_si128(sp.add(at) as *const _);
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v))
+                        };
+                        let scale = _mm512_mul_ps(dv, byte_row(s * TILE));
+                        let min = _mm512_mul_ps(dmin, byte_row(TILE_SCALES + s * TILE));
+                        let b = sb * 8 + 2 * pair + blk;
+                        for ((t, a), row) in total.iter_mut().zip(&acc).zip(rows) {
+                            let x_scale = _mm512_set1_ps(row.scales[b]);
+                            let dot = _mm512_cvtepi32_ps(a[blk]);
+                            *t = _mm512_fmadd_ps(dot, _mm512_mul_ps(scale, x_scale), *t);
+                            // The half's `Σ x`: its offset is `-32 · Σ x`.
+                            let sum = (-row.half_offsets[2 * b + half] / 32) as f32;
+                            *t = _mm512_fnmadd_ps(min, _mm512_set1_ps(row.scales[b] * sum), *t);
+                        }
+                    }
+                }
+            }
+        }
+        for (o, t) in out.iter_mut().zip(&total) {
+            _mm512_storeu_ps(o.as_mut_ptr(), *t);
+        }
+    }
+
     /// A Q6_K pair's two `vpdpbusd` operands for k-quad `quad`: its
     /// nibbles at `lp`, its high bit pairs at `hp`.
     ///
@@ -335,5 +458,20 @@ pub(super) mod vnni {
         let third = _mm512_and_si512(third, _mm512_set1_epi8(0x04));
         // Bits 0-1 from the pair, the rest from the third bit: `0x03 ? a : b`.
         _mm512_ternarylogic_epi32::<0xE4>(pair, third, _mm512_set1_epi8(0x03))
+    }
+
+    /// The `vpdpbusd` operands of a Q2_K pair's two blocks: blocks
+    /// `2·pair` and `2·pair + 1`'s bit pairs from `l` (block `J`'s at bits
+    /// `2·(J % 4)`), each masked alone by shifts of fixed counts.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn q2k_operands(l: __m512i, pair: usize) -> [__m512i; 2] {
+        let low = _mm512_set1_epi8(0x03);
+        let (a, b) = if pair.is_multiple_of(2) {
+            (l, _mm512_srli_epi16::<2>(l))
+        } else {
+            (_mm512_srli_epi16::<4>(l), _mm512_srli_epi16::<6>(l))
+        };
+        [_mm512_and_si512(a, low), _mm512_and_si512(b, low)]
     }
 }

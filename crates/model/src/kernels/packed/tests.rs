@@ -3,8 +3,8 @@
 use super::input::quantize_block;
 use super::*;
 use crate::testing::unit::{
-    dequantized, packed_legacy, packed_q3k, packed_q4k, packed_q5k, packed_q6k, packed_q8_0,
-    values as fill,
+    dequantized, packed_legacy, packed_q2k, packed_q3k, packed_q4k, packed_q5k, packed_q6k,
+    packed_q8_0, values as fill,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -87,8 +87,10 @@ fn each_job_takes_its_own_rows() {
     let e = Packed::Q5K(packed_q5k(16, 512, 36).1);
     let f = Packed::Legacy(packed_legacy(32, 96, 37, GgmlDType::Q5_1).1);
     let g = Packed::Q3K(packed_q3k(16, 256, 38).1);
+    let h = Packed::Q2K(packed_q2k(32, 256, 39).1);
     let jobs = vec![
         (&g, vec![1024, 256]),
+        (&h, vec![0, 768]),
         (&e, vec![512, 0]),
         (&f, vec![64, 1024, 0]),
         (&a, vec![0, 192, 64]),
@@ -122,7 +124,8 @@ fn here_equals_the_pools_call() {
     let q6 = Packed::Q6K(packed_q6k(32, 512, 65).1);
     let q5_0 = Packed::Legacy(packed_legacy(32, 160, 66, GgmlDType::Q5_0).1);
     let q3 = Packed::Q3K(packed_q3k(16, 512, 67).1);
-    for pack in [&q8, &q4, &q5, &q6, &q5_0, &q3] {
+    let q2 = Packed::Q2K(packed_q2k(16, 512, 68).1);
+    for pack in [&q8, &q4, &q5, &q6, &q5_0, &q3, &q2] {
         let (n, k) = pack.dims();
         for m in [1, 3, 8, 11] {
             let x = fill(m * k, m);
@@ -223,10 +226,12 @@ fn q4k_and_q5k_kernels_match_the_integer_arithmetic() {
     }
 }
 
-/// Repacked Q3_K, Q5_K and Q6_K blocks hold candle's numbers to the bit:
-/// every level, scale, min and `d` lands where the kernel reads it.
+/// Repacked Q2_K, Q3_K, Q5_K and Q6_K blocks hold candle's numbers to the
+/// bit: every level, scale, min and `d` lands where the kernel reads it.
 #[test]
-fn q3k_q5k_and_q6k_packing_keep_candles_numbers() {
+fn q2k_q3k_q5k_and_q6k_packing_keep_candles_numbers() {
+    let (q, p) = packed_q2k(48, 768, 47);
+    assert_eq!(p.dequantize(), dequantized(&q));
     let (q, p) = packed_q3k(48, 768, 45);
     assert_eq!(p.dequantize(), dequantized(&q));
     let (q, p) = packed_q5k(48, 768, 44);
@@ -257,6 +262,43 @@ fn q6k_kernel_matches_the_integer_arithmetic() {
                     })
                     .sum();
                 exact += dx as f64 * (d * scale as f32) as f64 * dot as f64;
+            }
+        }
+        exact
+    });
+}
+
+/// The Q2_K kernel (Q6_K's, with 2-bit levels and mins) equals the same
+/// integer arithmetic done plainly on GGML's own blocks: per sub-block of
+/// 16 `x_scale · (d·s · Σ u·x - dmin·m · Σ x)`, `u` weight `128h + 32j +
+/// l`'s bit pair (bits `2j..2j + 2` of byte `32h + l` of the 64), `s` and
+/// `m` the low and high nibbles of the sub-block's byte.
+#[test]
+fn q2k_kernel_matches_the_integer_arithmetic() {
+    if !Packed::available() {
+        return;
+    }
+    let (q, p) = packed_q2k(32, 512, 48);
+    check_blocks(&q, &Packed::Q2K(p), (84, 256), |block, inputs| {
+        let (packed, pairs, d) = (&block[..16], &block[16..80], &block[80..]);
+        let d_ = |at: usize| half::f16::from_le_bytes([d[at], d[at + 1]]).to_f32();
+        let (d, dmin) = (d_(0), d_(2));
+        let mut exact = 0f64;
+        for b in 0..8 {
+            let (xq, dx) = quantized_inputs(inputs, b);
+            let (h, j) = (b / 4, b % 4);
+            for half in 0..2 {
+                let byte = packed[2 * b + half];
+                let (scale, min) = ((byte & 0x0F) as f32, (byte >> 4) as f32);
+                let (mut dot, mut sum) = (0i32, 0i32);
+                for c in 0..16 {
+                    let l = half * 16 + c;
+                    let u = pairs[32 * h + l] >> (2 * j) & 3;
+                    dot += u as i32 * xq[l] as i32;
+                    sum += xq[l] as i32;
+                }
+                exact += dx as f64
+                    * ((d * scale) as f64 * dot as f64 - (dmin * min) as f64 * sum as f64);
             }
         }
         exact

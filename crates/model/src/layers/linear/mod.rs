@@ -27,7 +27,7 @@ pub use grouped::GroupedLinear;
 /// run offers those bytes, `[out, row bytes]` (a GGUF file does;
 /// safetensors never). Where the CPU lacks the packed kernels, only some
 /// are taken ([`runs_as_stored`]).
-pub const STORED_BLOCKS: [(GgmlDType, &str); 9] = [
+pub const STORED_BLOCKS: [(GgmlDType, &str); 10] = [
     (GgmlDType::Q8_0, "weight.q8_0_blocks"),
     (GgmlDType::Q4K, "weight.q4_k_blocks"),
     (GgmlDType::Q5K, "weight.q5_k_blocks"),
@@ -37,6 +37,7 @@ pub const STORED_BLOCKS: [(GgmlDType, &str); 9] = [
     (GgmlDType::Q5_1, "weight.q5_1_blocks"),
     (GgmlDType::Q4_1, "weight.q4_1_blocks"),
     (GgmlDType::Q3K, "weight.q3_k_blocks"),
+    (GgmlDType::Q2K, "weight.q2_k_blocks"),
 ];
 
 /// The weight's stored blocks and their format, if the checkpoint offers
