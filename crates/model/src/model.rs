@@ -246,9 +246,11 @@ impl DeepSeekModel {
             .pp("embed_tokens")
             .set_dtype(weights.dtype)
             .get((v, h), "weight")?;
-        // Layer by layer on threads of their own: a layer's weights are many
-        // copies and repackings, each too small to split well on the pool.
-        let layers = parallel::map_on_threads(cfg.num_hidden_layers, |l| {
+        // Layer by layer on threads of their own (on the CPU): a layer's
+        // weights are many copies and repackings, each too small to split
+        // well on the pool.
+        let on_cpu = vb.device().is_cpu();
+        let layers = parallel::map_on_threads(on_cpu, cfg.num_hidden_layers, |l| {
             DecoderLayer::new(&cfg, l, m.pp("layers").pp(l), weights)
         })?;
         let lm_head = if cfg.tie_word_embeddings {

@@ -180,17 +180,25 @@ pub(crate) fn spare_threads() -> usize {
 /// (the calling thread one of them), each taking the next item as it
 /// finishes one; the results in item order, or the first item's error.
 /// For coarse, independent jobs made of many small parallel ones (a
-/// layer's experts at load: each weight's copy and repacking would
-/// otherwise be a pool call of its own, the other thread parked between
-/// them). Inside `f`, pool calls run inline ([`spare_threads`] is 1; a
+/// model's layers, or a layer's experts, at load: each weight's copy and
+/// repacking would otherwise be a pool call of its own, the other thread
+/// parked between them). Inside `f`, pool calls run inline ([`spare_threads`] is 1; a
 /// single item runs on the calling thread as any other call would), but
 /// candle's own parallel ops still go to candle's pool, one call at a
 /// time.
+///
+/// Without `parallel`, the items run one after another on the calling
+/// thread (a model loaded onto a GPU is built in order).
 pub(crate) fn map_on_threads<T: Send, E: Send>(
+    parallel: bool,
     items: usize,
     f: impl Fn(usize) -> std::result::Result<T, E> + Sync,
 ) -> std::result::Result<Vec<T>, E> {
-    let workers = spare_threads().min(items);
+    let workers = if parallel {
+        spare_threads().min(items)
+    } else {
+        1
+    };
     if workers <= 1 {
         return (0..items).map(f).collect();
     }
@@ -369,7 +377,7 @@ mod tests {
     #[test]
     fn map_on_threads_keeps_order_and_the_first_error() {
         for items in [0, 1, 2, 3, 17, 200] {
-            let out = map_on_threads(items, |i| {
+            let out = map_on_threads(true, items, |i| {
                 // Side by side, a job's own splits run inline; one job
                 // alone has the pool.
                 let alone = items == 1 || threads() == 1;
@@ -383,7 +391,7 @@ mod tests {
             .unwrap();
             assert_eq!(out, (0..items).map(|i| i * 10 + 10).collect::<Vec<_>>());
         }
-        let failed = map_on_threads(100, |i| {
+        let failed = map_on_threads(true, 100, |i| {
             if i % 30 == 29 {
                 Err(format!("item {i}"))
             } else {

@@ -274,9 +274,11 @@ impl Moe {
         weights: WeightFormat,
     ) -> Result<Self> {
         let inter = cfg.moe_intermediate_size;
-        // Expert by expert on threads of their own: each expert's weights
-        // are many small copies and repackings, too small to split well.
-        let experts = parallel::map_on_threads(cfg.n_routed_experts, |e| {
+        // Expert by expert on threads of their own (on the CPU): each
+        // expert's weights are many small copies and repackings, too small
+        // to split well.
+        let on_cpu = vb.device().is_cpu();
+        let experts = parallel::map_on_threads(on_cpu, cfg.n_routed_experts, |e| {
             Mlp::new(hidden, inter, vb.pp("experts").pp(e), weights)
         })?;
         let shared_experts = match cfg.n_shared_experts {
