@@ -53,15 +53,24 @@ fn stored_blocks(vb: &VarBuilder) -> Result<Option<(GgmlDType, Tensor)>> {
 
 /// Whether a weight stored in `ggml` runs as stored, `packed` saying
 /// whether the CPU runs the packed kernels (which take every format of
-/// [`STORED_BLOCKS`]). Without them candle's quantized matmul would run
-/// the blocks: fast for Q8_0, Q4_K (repacked) and Q6_K, but 3-8 times
-/// slower than its Q8_0 for Q4_0 and 20-90 for Q5_0 and Q5_1 (no vector
-/// kernel), and 6 times at batch sizes for Q5_K (`--bench kernels --
-/// packed`, candle's columns); those are decoded and rounded as the model
-/// is quantized instead, as for a format no kernel takes (and Q3_K, whose
-/// candle kernel was not measured).
+/// [`STORED_BLOCKS`]). Without them candle's quantized matmul runs the
+/// blocks (`--bench kernels -- packed`, candle's columns, against its
+/// Q8_0):
+/// - Q8_0, Q4_K (repacked) and Q6_K: fast; kept.
+/// - Q3_K and Q2_K: as fast for one row (0.74-1.0 ms against 0.78), 2.6-4
+///   times slower for batches; kept all the same, since rounding them to
+///   Q8_0 would take 2.4-2.7 times the memory, and these are the formats
+///   chosen to fit a model in memory.
+/// - Q4_0 3-8 times slower, Q5_0 and Q5_1 20-90 (no vector kernel), Q5_K
+///   6 times at batch sizes, for 1.5-1.9 times less memory than Q8_0:
+///   decoded and rounded as the model is quantized instead, as a format
+///   no kernel takes is.
 pub(crate) fn runs_as_stored(ggml: GgmlDType, packed: bool) -> bool {
-    packed || matches!(ggml, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
+    packed
+        || matches!(
+            ggml,
+            GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q3K | GgmlDType::Q2K
+        )
 }
 
 /// `f` of the numbers of `t`, a CPU tensor, read in place out of its
@@ -595,13 +604,15 @@ mod tests {
     use candle_core::Device;
 
     /// With the packed kernels every stored format runs as stored; without
-    /// them only those candle runs about as fast as its Q8_0.
+    /// them, those candle runs about as fast as its Q8_0 for one row, and
+    /// none whose rounding to Q8_0 would cost much memory is rounded.
     #[test]
     fn formats_candle_runs_slowly_are_requantized_without_the_packed_kernels() {
+        use GgmlDType::{Q2K, Q3K, Q4K, Q6K, Q8_0};
         for (ggml, _) in STORED_BLOCKS {
             assert!(runs_as_stored(ggml, true), "{ggml:?}");
-            let fast = matches!(ggml, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K);
-            assert_eq!(runs_as_stored(ggml, false), fast, "{ggml:?}");
+            let kept = matches!(ggml, Q8_0 | Q4K | Q6K | Q3K | Q2K);
+            assert_eq!(runs_as_stored(ggml, false), kept, "{ggml:?}");
         }
     }
 
