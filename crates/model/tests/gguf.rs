@@ -359,7 +359,16 @@ fn llama_quantize_k_quant_files_compute_with_their_own_numbers() {
         let per_position: Vec<f32> = (&got - &want)
             .and_then(|d| d.abs()?.max(candle_core::D::Minus1)?.to_vec1())
             .unwrap();
-        let beyond = per_position.iter().filter(|&&d| d >= 0.4).count();
+        // Without the packed kernels, candle's K-quant kernels round the
+        // activations per 256 (Q8_K), not per 32: the Q4_K_M file measured
+        // median 0.069, max 0.46 that way (the packed kernels turned off on
+        // a CPU that has them).
+        let (median_bound, jump) = if ferroseek_model::kernels::packed::Packed::available() {
+            (0.06, 0.4)
+        } else {
+            (0.08, 0.5)
+        };
+        let beyond = per_position.iter().filter(|&&d| d >= jump).count();
         let top = |t: &Tensor| {
             t.argmax(candle_core::D::Minus1)
                 .unwrap()
@@ -373,11 +382,11 @@ fn llama_quantize_k_quant_files_compute_with_their_own_numbers() {
             .count();
         eprintln!(
             "{kind} vs its own numbers in f32: median {median} max {max}, {beyond} positions \
-             beyond 0.4, top-1 {agree} of 48"
+             beyond {jump}, top-1 {agree} of 48"
         );
         assert!(
-            median < 0.06 && beyond <= tipped && agree >= 48 - tipped - 1,
-            "{kind}: median {median}, {beyond} positions beyond 0.4 {per_position:?}, top-1 {agree}"
+            median < median_bound && beyond <= tipped && agree >= 48 - tipped - 1,
+            "{kind}: median {median}, {beyond} positions beyond {jump} {per_position:?}, top-1 {agree}"
         );
     }
 }
