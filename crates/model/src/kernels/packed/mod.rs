@@ -86,10 +86,10 @@ pub(crate) const Q8_0_BYTES: usize = 34;
 /// whole 2 MiB spans are asked to be huge pages (one fault and one TLB
 /// entry each, not 512).
 pub(crate) struct Lines {
+    /// The window's bytes and one line more.
     buffer: Vec<u8>,
-    /// Where the window starts in `buffer`, and its length.
+    /// Where the window starts in `buffer`.
     start: usize,
-    len: usize,
 }
 
 /// Line size, and the window's alignment.
@@ -102,17 +102,19 @@ impl Lines {
         let buffer = vec![0u8; bytes + LINE];
         let start = buffer.as_ptr().align_offset(LINE);
         huge_pages(&buffer[start..start + bytes]);
-        Lines {
-            buffer,
-            start,
-            len: bytes,
-        }
+        Lines { buffer, start }
+    }
+
+    /// The window's length.
+    fn bytes(&self) -> usize {
+        self.buffer.len() - LINE
     }
 
     pub(crate) fn extend(&mut self, other: Lines) {
-        let mut joined = Lines::zeroed(self.len + other.len);
-        joined[..self.len].copy_from_slice(self);
-        joined[self.len..].copy_from_slice(&other);
+        let len = self.bytes();
+        let mut joined = Lines::zeroed(len + other.bytes());
+        joined[..len].copy_from_slice(self);
+        joined[len..].copy_from_slice(&other);
         *self = joined;
     }
 }
@@ -140,7 +142,7 @@ fn huge_pages(bytes: &[u8]) {
 
 impl Clone for Lines {
     fn clone(&self) -> Lines {
-        let mut copy = Lines::zeroed(self.len);
+        let mut copy = Lines::zeroed(self.bytes());
         copy.copy_from_slice(self);
         copy
     }
@@ -154,20 +156,21 @@ impl PartialEq for Lines {
 
 impl std::fmt::Debug for Lines {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "Lines({} bytes)", self.len)
+        write!(f, "Lines({} bytes)", self.bytes())
     }
 }
 
 impl std::ops::Deref for Lines {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buffer[self.start..self.start + self.len]
+        &self.buffer[self.start..self.start + self.bytes()]
     }
 }
 
 impl std::ops::DerefMut for Lines {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer[self.start..self.start + self.len]
+        let end = self.start + self.bytes();
+        &mut self.buffer[self.start..end]
     }
 }
 
@@ -209,14 +212,12 @@ impl Packed {
     /// kernels take, in whole tiles, on a CPU that runs them.
     pub fn fits(ggml: candle_core::quantized::GgmlDType, n: usize, k: usize) -> bool {
         use candle_core::quantized::GgmlDType;
-        let blocks = match ggml {
-            GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 => BLOCK,
-            GgmlDType::Q5_0 | GgmlDType::Q5_1 => BLOCK,
-            GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K => 256,
-            GgmlDType::Q5K | GgmlDType::Q6K => 256,
-            _ => return false,
-        };
-        Self::available() && n.is_multiple_of(TILE) && k.is_multiple_of(blocks)
+        use GgmlDType::{Q2K, Q3K, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+        let runs = matches!(
+            ggml,
+            Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2K | Q3K | Q4K | Q5K | Q6K
+        );
+        runs && Self::available() && n.is_multiple_of(TILE) && k.is_multiple_of(ggml.block_size())
     }
 
     /// `(n, k)`.
