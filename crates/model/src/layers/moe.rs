@@ -517,6 +517,15 @@ mod tests {
     /// holding the same rounded numbers, up to the quantization of
     /// activations, whether every token shares the experts (one token) or
     /// each expert takes its own tokens.
+    ///
+    /// That quantization is coarser on candle's kernels: for Q4_K weights
+    /// everywhere, and on x86 with AVX-VNNI for Q8_0 weights too (its
+    /// repacked kernels), candle rounds activations to Q8_K, one scale per
+    /// 256 numbers, where the packed kernels take one per 32. The experts'
+    /// inner activations (`silu(gate) · up`) have heavy tails, so a
+    /// 256-number block's scale is set by its largest outlier. Measured
+    /// largest errors: 0.9-1.5% of the largest output on the packed
+    /// kernels, 1.6-2.4% on candle's.
     #[test]
     fn quantized_experts_equal_their_rounded_weights() {
         for (quantize, ggml) in [
@@ -531,11 +540,14 @@ mod tests {
             let packed = quantized.experts.iter().all(|e| e.packed().is_some());
             assert_eq!(packed, Packed::available());
             let dense = moe(Some(ggml), WeightFormat::dense(DType::F32));
-            agree(&quantized, &dense, ggml);
+            let bound = if packed { 0.02 } else { 0.03 };
+            agree(&quantized, &dense, ggml, bound);
         }
     }
 
-    fn agree(quantized: &Moe, dense: &Moe, ggml: GgmlDType) {
+    /// The largest difference of the outputs within `bound` times the
+    /// largest output, for 1, 5 and 40 tokens.
+    fn agree(quantized: &Moe, dense: &Moe, ggml: GgmlDType, bound: f32) {
         for tokens in [1, 5, 40] {
             let x = uniform(tokens * HIDDEN, 1000 + tokens as u64, 1.0);
             let x = Tensor::from_vec(x, (tokens, HIDDEN), &Device::Cpu).unwrap();
@@ -544,7 +556,7 @@ mod tests {
             let scale = max_abs(&want);
             let diff = max_abs(&(&got - &want).unwrap());
             assert!(
-                diff <= 0.02 * scale,
+                diff <= bound * scale,
                 "{ggml:?}, {tokens} tokens: {diff} against outputs up to {scale}"
             );
         }
