@@ -267,7 +267,7 @@ fn attention_in_passes<E: Latent>(
                             span.block_table[t / block_size] as usize * block_size + t % block_size;
                         // SAFETY: row `r` is this task's alone.
                         let dst = unsafe { lat_dst.slice(r * width..(r + 1) * width) };
-                        E::widen(&cache[slot * width..(slot + 1) * width], dst);
+                        path.widen(&cache[slot * width..(slot + 1) * width], dst);
                     }
                     if let Some(packed) = &packed {
                         let block = b * KEY_TILE..((b + 1) * KEY_TILE).min(rows);

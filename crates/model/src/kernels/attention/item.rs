@@ -32,6 +32,39 @@ impl Path {
         }
         Path::Plain
     }
+
+    /// `dst[..src.len()]` := `src`, widened with this path's vector loads
+    /// (an fp8 number's plain widening is a function call).
+    pub(super) fn widen<E: Latent>(self, src: &[E], dst: &mut [f32]) {
+        match self {
+            Path::Plain => E::widen(src, dst),
+            // SAFETY: `Path::detect` found the features each path needs.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => unsafe { widen_avx2(src, dst) },
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => unsafe { widen_avx512(src, dst) },
+        }
+    }
+}
+
+/// [`avx2::widen`] where the features are on.
+///
+/// # Safety
+/// The CPU has AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn widen_avx2<E: Latent>(src: &[E], dst: &mut [f32]) {
+    avx2::widen(src, dst)
+}
+
+/// [`avx512::widen`] where the features are on.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn widen_avx512<E: Latent>(src: &[E], dst: &mut [f32]) {
+    avx512::widen(src, dst)
 }
 
 /// One work item: `group` heads of one token against the cache rows it sees.

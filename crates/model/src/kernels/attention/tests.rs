@@ -345,6 +345,25 @@ fn narrow_rows_give_their_values<E: Latent>() {
     }
 }
 
+/// Every path widens a row of each storage type to the numbers the plain
+/// loop gives, tails included.
+#[test]
+fn every_path_widens_rows_as_the_plain_loop() {
+    fn check<E: Latent>() {
+        for len in [576, 37, 8, 3] {
+            let (narrow, want) = narrowed_and_widened::<E>(&fill(len, 40 + len as u32));
+            for path in simd_paths() {
+                let mut got = vec![f32::NAN; len];
+                path.widen(&narrow, &mut got);
+                assert_eq!(got, want, "{path:?}, {len} numbers");
+            }
+        }
+    }
+    check::<f32>();
+    check::<half::bf16>();
+    check::<float8::F8E4M3>();
+}
+
 /// The vector loads widen every fp8 e4m3 number (subnormals, zeros,
 /// ±448) exactly as `float8` does; only its NaNs are left out, which the
 /// cache never holds (larger numbers saturate).
