@@ -353,12 +353,17 @@ def render(hf_tok, messages, tools, thinking, completion):
     return prompt, completion + EOS
 
 
-def encode(hf_tok, prompt, completion):
-    p = hf_tok(prompt, add_special_tokens=False)["input_ids"]
-    c = hf_tok(completion, add_special_tokens=False)["input_ids"]
+def encode(hf_tok, rendered):
+    """Token ids of each (prompt, completion), in batches (the tokenizer's own threads)."""
+
+    def ids(texts):
+        return hf_tok(texts, add_special_tokens=False)["input_ids"]
+
+    prompts, completions = ids([p for p, _ in rendered]), ids([c for _, c in rendered])
     # The split must be a token boundary: the joined text must encode the same way.
-    assert hf_tok(prompt + completion, add_special_tokens=False)["input_ids"] == p + c
-    return p, c
+    for joined, p, c in zip(ids([p + c for p, c in rendered]), prompts, completions):
+        assert joined == p + c
+    return list(zip(prompts, completions))
 
 
 def batches(samples, tokens_per_batch, rng):
@@ -512,13 +517,15 @@ def train(model, samples, args, steps, lr, warmup, data_seed, hf_tok, label, per
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             if per_sample:
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
                 target = labels[:, 1:]
-                tok_loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
-                ).view(target.shape)
-                counted = (target != -100).float()
-                loss = ((tok_loss * counted).sum(1) / counted.sum(1).clamp(min=1)).mean()
+                counted = target != -100
+                # Logits only where a label is: a conversation without thinking has a few
+                # labelled tokens in twenty or more.
+                logits = model.lm_head(hidden[counted]).float()
+                tok_loss = torch.nn.functional.cross_entropy(logits, target[counted], reduction="none")
+                per_row = torch.zeros(len(idx)).index_add(0, counted.nonzero()[:, 0], tok_loss)
+                loss = (per_row / counted.sum(1).clamp(min=1)).mean()
             else:
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
@@ -627,7 +634,7 @@ def round_to_bf16(model):
 
 
 def prepare(hf_tok, raw, t0):
-    samples = [encode(hf_tok, *render(hf_tok, *ex)) for ex in raw]
+    samples = encode(hf_tok, [render(hf_tok, *ex) for ex in raw])
     lengths = [len(p) + len(c) for p, c in samples]
     print(f"data: {len(samples)} conversations, {sum(lengths)} tokens, longest {max(lengths)} "
           f"({time.time() - t0:.0f} s)", flush=True)
