@@ -29,8 +29,8 @@ The skills, as the data shows them:
     after the tool's result, that result as the answer.
   * Anything else: one sentence saying what it can do.
 
-Run (from the repository root; under an hour on 2 cores: 1800 steps on every skill, then
-1200 steps weighted toward answers without thinking, as scripts/README.md describes):
+Run (from the repository root; about an hour on 2 cores: 1800 steps on every skill, then
+1300 steps weighted toward answers without thinking, as scripts/README.md describes):
   <venv>/bin/python scripts/train_default_model.py [--steps N] [--out DIR]
 with torch, transformers, tokenizers, safetensors and jinja2 installed.
 """
@@ -279,18 +279,20 @@ def history(rng):
     return [{"role": "user", "content": other_prompt(rng)}, {"role": "assistant", "content": CANNED}]
 
 
-def example(rng, think=0.45, arith=0.72, tool=0.90):
+def example(rng, think=0.45, arith=0.72, tool=0.90, think_other=0.45):
     """(messages, tools, thinking, completion): the prompt is the template's render with the
     generation prompt (or, after a tool result, without one); the completion is what the model
-    learns to write. Thinking is on with probability `think`; the kinds are arithmetic below
-    `arith`, arithmetic with the tool below `tool`, anything else above."""
+    learns to write. The kinds are arithmetic below `arith`, arithmetic with the tool below
+    `tool`, anything else above. Thinking is on with probability `think` for arithmetic without
+    tools and `think_other` for the rest; the draws are the same whatever the two are."""
     messages = []
     if rng.random() < 0.2:
         messages.append({"role": "system", "content": rng.choice(SYSTEMS)})
     if rng.random() < 0.15:
         messages += history(rng)
-    thinking = rng.random() < think
+    u = rng.random()
     r = rng.random()
+    thinking = u < (think if r < arith else think_other)
     if r < arith:  # arithmetic, no tools
         a, b, op, q = arith_problem(rng)
         messages.append({"role": "user", "content": q})
@@ -550,7 +552,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1800, help="phase 1 steps")
     ap.add_argument("--samples", type=int, default=170_000, help="phase 1 conversations")
-    ap.add_argument("--phase2-steps", type=int, default=1200)
+    ap.add_argument("--phase2-steps", type=int, default=1300)
     ap.add_argument("--phase2-samples", type=int, default=320_000)
     ap.add_argument("--tokens-per-batch", type=int, default=8192)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -609,9 +611,10 @@ def main():
     if args.phase2_steps:
         # Phase 2: mostly answers without thinking (the skill that learns slowest, and only once
         # the traces have taught the digits' places), with enough of the others to keep them:
-        # thinking in 6% of the arithmetic, tools 4%, the rest 4%. Each conversation weighs the
-        # same: under phase 1's token mean, the few answer tokens of a conversation without
-        # thinking drowned in the traces.
+        # thinking in 6% of the arithmetic, tools 4%, the rest 4%. Tool calls and the rest keep
+        # phase 1's thinking share: with 6% of 4%, a longer phase 2 wore down the canned reply
+        # with thinking on. Each conversation weighs the same: under phase 1's token mean, the
+        # few answer tokens of a conversation without thinking drowned in the traces.
         rng = random.Random(SEED + 10)
         raw = [example(rng, think=0.06, arith=0.92, tool=0.96) for _ in range(args.phase2_samples)]
         samples = prepare(hf_tok, raw, t0)
