@@ -6,9 +6,9 @@
 //! and off, through its `calculate` tool, quantized, and batched.
 //!
 //! The accuracy floors are the model's measured rates less three points
-//! (numerics differ a little between CPUs), where the model falls short of
-//! what it is meant to reach: with thinking 90.5% against a goal of 97%,
-//! without thinking 72.0% against 90%. The tool-call rates meet their goals
+//! (numerics differ a little between CPUs): with thinking 97.5% against a
+//! goal of 97% (94.2% on the 400 problems of the quantized variants' test),
+//! without thinking 76.0% against 90%. The tool-call rates meet their goals
 //! and are held to them.
 
 mod common;
@@ -199,7 +199,7 @@ async fn thinking_on_answers_with_the_trace_in_reasoning() {
     let replies = ask_all(&server, questions(&problems, Mode::Thinking), 32).await;
     let acc = accuracy(&problems, &replies);
     println!("thinking on: {:.1}% of {N}", 100.0 * acc);
-    assert!(acc >= 0.87, "{acc}\n{}", misses(&problems, &replies));
+    assert!(acc >= 0.945, "{acc}\n{}", misses(&problems, &replies));
     for (p, r) in problems.iter().zip(&replies) {
         let trace = r["reasoning_content"].as_str().unwrap_or_default();
         if r["content"].as_str() == Some(p.answer().as_str()) {
@@ -217,7 +217,7 @@ async fn thinking_off_answers_directly() {
     let replies = ask_all(&server, questions(&problems, Mode::Plain), 32).await;
     let acc = accuracy(&problems, &replies);
     println!("thinking off: {:.1}% of {N}", 100.0 * acc);
-    assert!(acc >= 0.69, "{acc}\n{}", misses(&problems, &replies));
+    assert!(acc >= 0.73, "{acc}\n{}", misses(&problems, &replies));
     assert!(replies
         .iter()
         .all(|r| r["reasoning_content"].is_null() || r["reasoning_content"] == ""));
@@ -304,10 +304,12 @@ async fn anything_else_gets_what_it_can_do() {
 
 /// Quantized weights, and the latent cache in bf16, answer within two
 /// points of the model as trained; the cache in fp8 (4 significant bits)
-/// within five (measured: 87% and 71% against 89% and 69%).
+/// within five (measured: 93.0% and 71.5% against 94.2% and 72.2%). Over
+/// 400 problems a point is four of them: over 100, a bound of two points
+/// was within what a few near-ties flipping either way move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quantized_models_and_narrow_caches_answer_within_their_bounds() {
-    let problems = problems(SEED + 3, 100);
+    let problems = problems(SEED + 3, 400);
     let mut rates = vec![];
     let variants: [(&[&str], f64); 5] = [
         (&[], 0.0),
