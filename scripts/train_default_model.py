@@ -561,7 +561,10 @@ def main():
     ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps")
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--resume", metavar="DIR",
-                    help="skip phase 1: continue from DIR, the folder phase 1 wrote (--phase2-steps 0)")
+                    help="skip phase 1: continue from DIR, the folder phase 1 wrote (--phase2-steps 0 "
+                    "or --save-phase1)")
+    ap.add_argument("--save-phase1", metavar="DIR",
+                    help="also write phase 1's model to DIR, for trying phase 2 variants with --resume")
     ap.add_argument("--template-only", action="store_true",
                     help="only write the chat template into the existing tokenizer_config.json")
     args = ap.parse_args()
@@ -607,6 +610,11 @@ def main():
         train(model, samples, args, args.steps, args.lr, 200, SEED + 1, hf_tok, "phase 1")
         # What phase 1 writes is bf16; phase 2 starts from exactly that, as --resume does.
         round_to_bf16(model)
+        if args.save_phase1:
+            os.makedirs(args.save_phase1, exist_ok=True)
+            shutil.copy(os.path.join(args.out, "tokenizer.json"), args.save_phase1)
+            write_tokenizer_config(args.save_phase1, template)
+            write_model(model, args.save_phase1)
 
     if args.phase2_steps:
         # Phase 2: mostly answers without thinking (the skill that learns slowest, and only once
