@@ -29,8 +29,9 @@ The skills, as the data shows them:
     after the tool's result, that result as the answer.
   * Anything else: one sentence saying what it can do.
 
-Run (from the repository root; about an hour on 2 cores: 1800 steps on every skill, then
-1300 steps weighted toward answers without thinking, as scripts/README.md describes):
+Run (from the repository root; under an hour on 2 cores: 1800 steps on every skill, then
+3000 smaller steps weighted toward answers without thinking, as scripts/README.md describes;
+one worker process per core shares each batch):
   <venv>/bin/python scripts/train_default_model.py [--steps N] [--out DIR]
 with torch, transformers, tokenizers, safetensors and jinja2 installed.
 """
@@ -47,6 +48,7 @@ import tempfile
 import time
 
 import torch
+import torch.distributed as dist
 import transformers
 from safetensors.torch import load_file, save_file
 from tokenizers import Regex, Tokenizer, models
@@ -468,6 +470,9 @@ def evaluate(model, hf_tok, seed, n):
     """Exact-answer rates on fresh problems: thinking on, off, and tool calls."""
     rng = random.Random(seed)
     model.eval()
+    # The other workers wait meanwhile: generate on every core.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
     probs = [arith_problem(rng) for _ in range(n)]
     results = {}
     for mode in ("think", "plain", "tool"):
@@ -485,17 +490,27 @@ def evaluate(model, hf_tok, seed, n):
         if mode == "think":
             got = [g.split("</think>", 1)[1] if "</think>" in g else "" for g in got]
         results[mode] = sum(g.strip() == w for g, w in zip(got, want)) / n
+    torch.set_num_threads(threads)
     model.train()
     return results
 
 
-def train(model, samples, args, steps, lr, warmup, data_seed, hf_tok, label, per_sample=False):
+def train(model, samples, args, tokens_per_batch, steps, lr, warmup, data_seed, hf_tok, label, per_sample=False):
     """AdamW over length-bucketed batches of `samples` for `steps` steps (warm-up, then a
     cosine to 5% of `lr`), with the router-bias update after each step. The loss is the mean
     over the batch's completion tokens, or with `per_sample` the mean over conversations of
-    each one's mean (so a 3-token answer weighs as much as a 200-token trace)."""
+    each one's mean (so a 3-token answer weighs as much as a 200-token trace).
+
+    With several workers, each takes every world-th conversation of a batch, the losses are
+    scaled to their share of the whole batch's, and the gradients and the experts' loads are
+    summed before the step: every worker takes the same step as one process would."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
     counter = LoadCounter(model)
     model.train()
+    params = list(model.parameters())
+    for t in list(params) + list(model.buffers()) if world > 1 else []:
+        dist.broadcast(t.data, 0)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
@@ -511,10 +526,11 @@ def train(model, samples, args, steps, lr, warmup, data_seed, hf_tok, label, per
     data_rng = random.Random(data_seed)
     t_train = time.time()
     while step < steps:
-        for idx in batches(samples, args.tokens_per_batch, data_rng):
+        for idx in batches(samples, tokens_per_batch, data_rng):
             if step >= steps:
                 break
-            ids, labels, mask = collate(samples, idx)
+            assert len(idx) >= world, "a batch too small to share among the workers"
+            ids, labels, mask = collate(samples, idx[rank::world])
             counter.mask = mask
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
@@ -526,35 +542,66 @@ def train(model, samples, args, steps, lr, warmup, data_seed, hf_tok, label, per
                 # labelled tokens in twenty or more.
                 logits = model.lm_head(hidden[counted]).float()
                 tok_loss = torch.nn.functional.cross_entropy(logits, target[counted], reduction="none")
-                per_row = torch.zeros(len(idx)).index_add(0, counted.nonzero()[:, 0], tok_loss)
-                loss = (per_row / counted.sum(1).clamp(min=1)).mean()
+                per_row = torch.zeros(ids.shape[0]).index_add(0, counted.nonzero()[:, 0], tok_loss)
+                loss = (per_row / counted.sum(1).clamp(min=1)).sum() / len(idx)
             else:
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                if world > 1:
+                    # The mean over this worker's completion tokens, weighted by its share of
+                    # the batch's (the first token of a sequence is never a label).
+                    loss = loss * ((labels[:, 1:] != -100).sum().item() / sum(len(samples[i][1]) for i in idx))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if world > 1:
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+                flat = torch.cat([g.reshape(-1) for g in grads])
+                dist.all_reduce(flat)
+                for p, g in zip(params, flat.split([p.numel() for p in params])):
+                    p.grad = g.view_as(p)
+                for name in counter.gates:
+                    dist.all_reduce(counter.counts[name])
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             counter.update_biases(args.bias_step)
             step += 1
             if step % 50 == 0:
+                total = loss.detach().clone()
+                if world > 1:
+                    dist.all_reduce(total)
                 el = time.time() - t_train
-                print(f"{label} step {step} epoch {epoch} loss {loss.item():.4f} lr {lr_at(step):.2e} "
-                      f"{el:.0f}s load max/mean {counter.imbalance()}", flush=True)
+                log(f"{label} step {step} epoch {epoch} loss {total.item():.4f} lr {lr_at(step):.2e} "
+                    f"{el:.0f}s load max/mean {counter.imbalance()}")
             if step == steps or (args.eval_every and step % args.eval_every == 0):
                 counter.enabled = False
-                print(f"{label} eval at step {step}: {evaluate(model, hf_tok, SEED + 2, 64)}", flush=True)
+                if rank == 0:
+                    log(f"{label} eval at step {step}: {evaluate(model, hf_tok, SEED + 2, 64)}")
+                barrier()
                 counter.enabled = True
         epoch += 1
     counter.remove()
+
+
+def log(line):
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(line, flush=True)
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1800, help="phase 1 steps")
     ap.add_argument("--samples", type=int, default=170_000, help="phase 1 conversations")
-    ap.add_argument("--phase2-steps", type=int, default=1300)
-    ap.add_argument("--phase2-samples", type=int, default=320_000)
+    ap.add_argument("--phase2-steps", type=int, default=3000)
+    ap.add_argument("--phase2-samples", type=int, default=340_000)
     ap.add_argument("--tokens-per-batch", type=int, default=8192)
+    ap.add_argument("--phase2-tokens-per-batch", type=int, default=4096)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="processes sharing each batch, one thread each (torch's threads gain little "
+                    "on a model this small)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--phase2-lr", type=float, default=1e-3)
     ap.add_argument("--bias-step", type=float, default=1e-3)
@@ -568,49 +615,64 @@ def main():
     ap.add_argument("--template-only", action="store_true",
                     help="only write the chat template into the existing tokenizer_config.json")
     args = ap.parse_args()
-    template = open(TEMPLATE, encoding="utf-8").read()
     if args.template_only:
-        write_tokenizer_config(args.out, template)
+        write_tokenizer_config(args.out, open(TEMPLATE, encoding="utf-8").read())
         return
+    os.makedirs(args.out, exist_ok=True)
+    if args.workers == 1:
+        run(0, args, None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.multiprocessing.spawn(run, args=(args, os.path.join(tmp, "rendezvous")), nprocs=args.workers)
 
+
+def run(rank, args, rendezvous):
+    """One worker's whole run; worker 0 writes the files and evaluates."""
+    if rendezvous:
+        dist.init_process_group("gloo", init_method="file://" + rendezvous, rank=rank, world_size=args.workers)
+        torch.set_num_threads(1)
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+    template = open(TEMPLATE, encoding="utf-8").read()
     random.seed(SEED)
     torch.manual_seed(SEED)
-    torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.time()
-    os.makedirs(args.out, exist_ok=True)
 
     if args.resume:
         hf_tok = AutoTokenizer.from_pretrained(args.resume)
         model = DeepseekV3ForCausalLM.from_pretrained(args.resume, dtype=torch.float32)
-        if os.path.abspath(args.resume) != os.path.abspath(args.out):
-            shutil.copy(os.path.join(args.resume, "tokenizer.json"), args.out)
-        write_tokenizer_config(args.out, template)
+        if rank == 0:
+            if os.path.abspath(args.resume) != os.path.abspath(args.out):
+                shutil.copy(os.path.join(args.resume, "tokenizer.json"), args.out)
+            write_tokenizer_config(args.out, template)
     else:
         rng = random.Random(SEED)
         raw = [example(rng) for _ in range(args.samples)]
 
-        # The tokenizer learns its merges from the rendered conversations (through a first
-        # render with a throwaway tokenizer object that only carries the template).
-        plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), bos_token=BOS, eos_token=EOS)
-        plain.chat_template = template
-        corpus = []
-        for messages, tools, thinking, completion in raw[:20000]:
-            p, c = render(plain, messages, tools, thinking, completion)
-            corpus.append(p + c)
-        tok = build_tokenizer(corpus)
-        tok.save(os.path.join(args.out, "tokenizer.json"))
-        write_tokenizer_config(args.out, template)
+        if rank == 0:
+            # The tokenizer learns its merges from the rendered conversations (through a first
+            # render with a throwaway tokenizer object that only carries the template).
+            plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), bos_token=BOS, eos_token=EOS)
+            plain.chat_template = template
+            corpus = []
+            for messages, tools, thinking, completion in raw[:20000]:
+                p, c = render(plain, messages, tools, thinking, completion)
+                corpus.append(p + c)
+            tok = build_tokenizer(corpus)
+            tok.save(os.path.join(args.out, "tokenizer.json"))
+            write_tokenizer_config(args.out, template)
+        barrier()
         hf_tok = AutoTokenizer.from_pretrained(args.out)
 
         samples = prepare(hf_tok, raw, t0)
         # transformers 5 rewrites rope_scaling in place: hand it a copy.
         model = DeepseekV3ForCausalLM(DeepseekV3Config(**copy.deepcopy(CONFIG)))
-        print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
+        log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
         # Phase 1: every skill, thinking on in 45% of the conversations.
-        train(model, samples, args, args.steps, args.lr, 200, SEED + 1, hf_tok, "phase 1")
+        train(model, samples, args, args.tokens_per_batch, args.steps, args.lr, 200, SEED + 1, hf_tok, "phase 1")
         # What phase 1 writes is bf16; phase 2 starts from exactly that, as --resume does.
         round_to_bf16(model)
-        if args.save_phase1:
+        if args.save_phase1 and rank == 0:
             os.makedirs(args.save_phase1, exist_ok=True)
             shutil.copy(os.path.join(args.out, "tokenizer.json"), args.save_phase1)
             write_tokenizer_config(args.save_phase1, template)
@@ -622,18 +684,24 @@ def main():
         # thinking in 6% of the arithmetic, tools 4%, the rest 4%. Tool calls and the rest keep
         # phase 1's thinking share: with 6% of 4%, a longer phase 2 wore down the canned reply
         # with thinking on. Each conversation weighs the same: under phase 1's token mean, the
-        # few answer tokens of a conversation without thinking drowned in the traces.
+        # few answer tokens of a conversation without thinking drowned in the traces. The
+        # batches are half phase 1's: for the same tokens, twice the steps, and from the same
+        # phase 1 far more answers right without thinking (90% against 75% in transformers).
         rng = random.Random(SEED + 10)
         raw = [example(rng, think=0.06, arith=0.92, tool=0.96) for _ in range(args.phase2_samples)]
         samples = prepare(hf_tok, raw, t0)
-        train(model, samples, args, args.phase2_steps, args.phase2_lr, 50, SEED + 11, hf_tok, "phase 2",
-              per_sample=True)
+        train(model, samples, args, args.phase2_tokens_per_batch, args.phase2_steps, args.phase2_lr, 50,
+              SEED + 11, hf_tok, "phase 2", per_sample=True)
 
-    # The weights ship in bf16: the last evaluation is of exactly those.
-    round_to_bf16(model)
-    print(f"final (bf16 weights): {evaluate(model, hf_tok, SEED + 2, 128)}", flush=True)
-    write_model(model, args.out)
-    print(f"done in {time.time() - t0:.0f} s", flush=True)
+    if rank == 0:
+        # The weights ship in bf16: the last evaluation is of exactly those.
+        round_to_bf16(model)
+        log(f"final (bf16 weights): {evaluate(model, hf_tok, SEED + 2, 128)}")
+        write_model(model, args.out)
+        log(f"done in {time.time() - t0:.0f} s")
+    barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @torch.no_grad()
@@ -647,8 +715,8 @@ def round_to_bf16(model):
 def prepare(hf_tok, raw, t0):
     samples = encode(hf_tok, [render(hf_tok, *ex) for ex in raw])
     lengths = [len(p) + len(c) for p, c in samples]
-    print(f"data: {len(samples)} conversations, {sum(lengths)} tokens, longest {max(lengths)} "
-          f"({time.time() - t0:.0f} s)", flush=True)
+    log(f"data: {len(samples)} conversations, {sum(lengths)} tokens, longest {max(lengths)} "
+        f"({time.time() - t0:.0f} s)")
     assert max(lengths) <= CONFIG["rope_scaling"]["original_max_position_embeddings"]
     return samples
 
