@@ -30,7 +30,7 @@ The skills, as the data shows them:
   * Anything else: one sentence saying what it can do.
 
 Run (from the repository root; under an hour on 2 cores: 1800 steps on every skill, then
-3000 smaller steps weighted toward answers without thinking, as scripts/README.md describes;
+5500 smaller steps weighted toward answers without thinking, as scripts/README.md describes;
 one worker process per core shares each batch):
   <venv>/bin/python scripts/train_default_model.py [--steps N] [--out DIR]
 with torch, transformers, tokenizers, safetensors and jinja2 installed.
@@ -595,10 +595,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1800, help="phase 1 steps")
     ap.add_argument("--samples", type=int, default=170_000, help="phase 1 conversations")
-    ap.add_argument("--phase2-steps", type=int, default=3000)
+    ap.add_argument("--phase2-steps", type=int, default=5500)
     ap.add_argument("--phase2-samples", type=int, default=340_000)
     ap.add_argument("--tokens-per-batch", type=int, default=8192)
-    ap.add_argument("--phase2-tokens-per-batch", type=int, default=4096)
+    ap.add_argument("--phase2-tokens-per-batch", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="processes sharing each batch, one thread each (torch's threads gain little "
                     "on a model this small)")
@@ -685,8 +685,8 @@ def run(rank, args, rendezvous):
         # phase 1's thinking share: with 6% of 4%, a longer phase 2 wore down the canned reply
         # with thinking on. Each conversation weighs the same: under phase 1's token mean, the
         # few answer tokens of a conversation without thinking drowned in the traces. The
-        # batches are half phase 1's: for the same tokens, twice the steps, and from the same
-        # phase 1 far more answers right without thinking (90% against 75% in transformers).
+        # batches are a quarter of phase 1's: for the same tokens, more steps, and from the
+        # same phase 1 far more answers right without thinking (see scripts/README.md).
         rng = random.Random(SEED + 10)
         raw = [example(rng, think=0.06, arith=0.92, tool=0.96) for _ in range(args.phase2_samples)]
         samples = prepare(hf_tok, raw, t0)

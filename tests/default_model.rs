@@ -6,9 +6,9 @@
 //! and off, through its `calculate` tool, quantized, and batched.
 //!
 //! The accuracy floors are the model's measured rates less three points
-//! (numerics differ a little between CPUs): with thinking 96.0% against a
-//! goal of 97% (96.5% on the 400 problems of the quantized variants' test),
-//! without thinking 83.0% against 90%. The tool-call rates meet their goals
+//! (numerics differ a little between CPUs): with thinking 97.0% against a
+//! goal of 97% (98.5% on the 400 problems of the quantized variants' test),
+//! without thinking 88.5% against 90%. The tool-call rates meet their goals
 //! and are held to them.
 
 mod common;
@@ -199,7 +199,7 @@ async fn thinking_on_answers_with_the_trace_in_reasoning() {
     let replies = ask_all(&server, questions(&problems, Mode::Thinking), 32).await;
     let acc = accuracy(&problems, &replies);
     println!("thinking on: {:.1}% of {N}", 100.0 * acc);
-    assert!(acc >= 0.93, "{acc}\n{}", misses(&problems, &replies));
+    assert!(acc >= 0.94, "{acc}\n{}", misses(&problems, &replies));
     for (p, r) in problems.iter().zip(&replies) {
         let trace = r["reasoning_content"].as_str().unwrap_or_default();
         if r["content"].as_str() == Some(p.answer().as_str()) {
@@ -217,7 +217,7 @@ async fn thinking_off_answers_directly() {
     let replies = ask_all(&server, questions(&problems, Mode::Plain), 32).await;
     let acc = accuracy(&problems, &replies);
     println!("thinking off: {:.1}% of {N}", 100.0 * acc);
-    assert!(acc >= 0.80, "{acc}\n{}", misses(&problems, &replies));
+    assert!(acc >= 0.855, "{acc}\n{}", misses(&problems, &replies));
     assert!(replies
         .iter()
         .all(|r| r["reasoning_content"].is_null() || r["reasoning_content"] == ""));
