@@ -509,8 +509,9 @@ def train(model, samples, args, tokens_per_batch, steps, lr, warmup, data_seed, 
     counter = LoadCounter(model)
     model.train()
     params = list(model.parameters())
-    for t in list(params) + list(model.buffers()) if world > 1 else []:
-        dist.broadcast(t.data, 0)
+    if world > 1:  # every worker starts from worker 0's weights and router biases
+        for t in params + list(model.buffers()):
+            dist.broadcast(t.data, 0)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
