@@ -6,9 +6,9 @@
 //! and off, through its `calculate` tool, quantized, and batched.
 //!
 //! The accuracy floors are the model's measured rates less three points
-//! (numerics differ a little between CPUs): with thinking 97.0% against a
-//! goal of 97% (98.5% on the 400 problems of the quantized variants' test),
-//! without thinking 88.5% against 90%. The tool-call rates meet their goals
+//! (numerics differ a little between CPUs): with thinking 97.5% against a
+//! goal of 97% (99.2% on the 400 problems of the quantized variants' test),
+//! without thinking 92.0% against 90%. The tool-call rates meet their goals
 //! and are held to them.
 
 mod common;
@@ -199,7 +199,7 @@ async fn thinking_on_answers_with_the_trace_in_reasoning() {
     let replies = ask_all(&server, questions(&problems, Mode::Thinking), 32).await;
     let acc = accuracy(&problems, &replies);
     println!("thinking on: {:.1}% of {N}", 100.0 * acc);
-    assert!(acc >= 0.94, "{acc}\n{}", misses(&problems, &replies));
+    assert!(acc >= 0.945, "{acc}\n{}", misses(&problems, &replies));
     for (p, r) in problems.iter().zip(&replies) {
         let trace = r["reasoning_content"].as_str().unwrap_or_default();
         if r["content"].as_str() == Some(p.answer().as_str()) {
@@ -217,7 +217,7 @@ async fn thinking_off_answers_directly() {
     let replies = ask_all(&server, questions(&problems, Mode::Plain), 32).await;
     let acc = accuracy(&problems, &replies);
     println!("thinking off: {:.1}% of {N}", 100.0 * acc);
-    assert!(acc >= 0.855, "{acc}\n{}", misses(&problems, &replies));
+    assert!(acc >= 0.89, "{acc}\n{}", misses(&problems, &replies));
     assert!(replies
         .iter()
         .all(|r| r["reasoning_content"].is_null() || r["reasoning_content"] == ""));
@@ -304,7 +304,7 @@ async fn anything_else_gets_what_it_can_do() {
 
 /// Quantized weights, and the latent cache in bf16, answer within two
 /// points of the model as trained; the cache in fp8 (4 significant bits)
-/// within five (measured: 96.8% and 87.8% against 98.5% and 89.2%). Over
+/// within five (measured: 98.8% and 92.0% against 99.2% and 92.5%). Over
 /// 400 problems a point is four of them: over 100, a bound of two points
 /// was within what a few near-ties flipping either way move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
