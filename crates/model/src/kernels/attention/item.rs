@@ -170,6 +170,9 @@ impl Item<'_> {
         out: &mut [f32],
     ) -> Vec<RowStats> {
         let (context, group, width, rank) = (rows.len(), self.group, self.width, self.rank);
+        if group >= HEAD_MAJOR {
+            return self.attend_by_head(rows, out);
+        }
         let mut scores = vec![0f32; group * context];
         let Some(mut scratch) = widening::<E>(group, width) else {
             self.scores_avx512(rows, 0, &mut scores);
@@ -179,6 +182,70 @@ impl Item<'_> {
             });
         };
         self.attend_widened::<E, true>(rows, &mut scratch, scores, out)
+    }
+
+    /// [`Self::attend_avx512`] for items of [`HEAD_MAJOR`] heads or more,
+    /// the scores head-major (`[context, group]`): each key number is
+    /// broadcast once against a vector of sixteen heads' query numbers
+    /// ([`avx512::scores_by_head`]), where the row-major kernel loaded each
+    /// key once per four heads and reduced every sum across its lanes.
+    /// Rows of a cache in another type than f32 are widened
+    /// [`WIDE_ROWS`] at a time first; those of [`Latent::WIDEN_FIRST`]
+    /// types again for the weighted sums.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, AVX-512BW, AVX-512VL, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    unsafe fn attend_by_head<E: Latent>(&self, rows: &[&[E]], out: &mut [f32]) -> Vec<RowStats> {
+        let (context, group, width, rank) = (rows.len(), self.group, self.width, self.rank);
+        // The queries by column, `[width, group]`, the scale folded in.
+        let mut qt = vec![0f32; width * group];
+        for (h, q) in self.q.chunks_exact(width).take(group).enumerate() {
+            for (c, &v) in q.iter().enumerate() {
+                qt[c * group + h] = v * self.scale;
+            }
+        }
+        let mut scores = vec![0f32; context * group];
+        let mut scratch = vec![];
+        let tiles = (0..context).step_by(WIDE_ROWS);
+        let tile = |t: usize| &rows[t..(t + WIDE_ROWS).min(context)];
+        match E::as_f32(rows) {
+            Some(keys) => avx512::scores_by_head(&qt, group, width, keys, 0, &mut scores),
+            None => {
+                scratch.resize(WIDE_ROWS * width, 0.0);
+                for t in tiles.clone() {
+                    let rows = tile(t);
+                    let keys = &widened::<E, true>(rows, width, &mut scratch)[..rows.len()];
+                    avx512::scores_by_head(&qt, group, width, keys, t, &mut scores);
+                }
+            }
+        }
+        let stats = avx512::softmax_columns(&mut scores, group);
+        // Per head `h`, its weights `scores[t·group + h]`.
+        let strides = (1, group);
+        let mut h = 0;
+        while h < group {
+            // Sixteen heads a pass read each row's numbers once.
+            let n = match group - h {
+                left if left >= 16 => 16,
+                left if left >= 8 => 8,
+                left => left.min(4),
+            };
+            let o = &mut out[h * rank..];
+            if E::WIDEN_FIRST {
+                for t in tiles.clone() {
+                    let rows = tile(t);
+                    let values = &widened::<E, true>(rows, rank, &mut scratch)[..rows.len()];
+                    let p = &scores[t * group + h..];
+                    head_sums(n, p, strides, values, rank, o);
+                }
+            } else {
+                head_sums(n, &scores[h..], strides, rows, rank, o);
+            }
+            h += n;
+        }
+        stats
     }
 
     /// [`Self::attend_avx512`] (`AVX512`) or [`Self::attend_avx2`] on a
@@ -296,6 +363,11 @@ impl Item<'_> {
     }
 }
 
+/// Items of this many heads or more take [`Item::attend_by_head`] on
+/// AVX-512: a vector of sixteen heads.
+#[cfg(target_arch = "x86_64")]
+const HEAD_MAJOR: usize = 16;
+
 /// Rows of an fp8 cache an item widens at a time, into an f32
 /// scratch that stays in L1 while every head reads it: a row is widened
 /// twice (for the scores, then the sums) instead of once per four heads in
@@ -356,15 +428,40 @@ unsafe fn sums<E: Latent, const AVX512: bool>(
     rank: usize,
     o: &mut [f32],
 ) {
+    let strides = (stride, 1);
     match (AVX512, n) {
-        (true, 4) => avx512::weighted_sums::<E, 4>(p, stride, rows, rank, o),
-        (true, 3) => avx512::weighted_sums::<E, 3>(p, stride, rows, rank, o),
-        (true, 2) => avx512::weighted_sums::<E, 2>(p, stride, rows, rank, o),
-        (true, _) => avx512::weighted_sums::<E, 1>(p, stride, rows, rank, o),
+        (true, 4) => avx512::weighted_sums::<E, 4>(p, strides, rows, rank, o),
+        (true, 3) => avx512::weighted_sums::<E, 3>(p, strides, rows, rank, o),
+        (true, 2) => avx512::weighted_sums::<E, 2>(p, strides, rows, rank, o),
+        (true, _) => avx512::weighted_sums::<E, 1>(p, strides, rows, rank, o),
         (false, 4) => avx2::weighted_sums::<E, 4>(p, stride, rows, rank, o),
         (false, 3) => avx2::weighted_sums::<E, 3>(p, stride, rows, rank, o),
         (false, 2) => avx2::weighted_sums::<E, 2>(p, stride, rows, rank, o),
         (false, _) => avx2::weighted_sums::<E, 1>(p, stride, rows, rank, o),
+    }
+}
+
+/// [`avx512::weighted_sums`] of `n` heads: 16, 8, or at most 4.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn head_sums<E: Latent>(
+    n: usize,
+    p: &[f32],
+    strides: (usize, usize),
+    rows: &[&[E]],
+    rank: usize,
+    o: &mut [f32],
+) {
+    match n {
+        16 => avx512::weighted_sums::<E, 16>(p, strides, rows, rank, o),
+        8 => avx512::weighted_sums::<E, 8>(p, strides, rows, rank, o),
+        4 => avx512::weighted_sums::<E, 4>(p, strides, rows, rank, o),
+        3 => avx512::weighted_sums::<E, 3>(p, strides, rows, rank, o),
+        2 => avx512::weighted_sums::<E, 2>(p, strides, rows, rank, o),
+        _ => avx512::weighted_sums::<E, 1>(p, strides, rows, rank, o),
     }
 }
 

@@ -84,6 +84,11 @@ pub trait Latent: Copy + Default + Send + Sync + 'static {
     /// once into a scratch for all heads rather than as each reads them.
     const WIDEN_FIRST: bool = false;
 
+    /// `rows` as f32 rows, where `Self` is f32.
+    fn as_f32<'r, 'c>(_rows: &'r [&'c [Self]]) -> Option<&'r [&'c [f32]]> {
+        None
+    }
+
     /// `dst` := `src`, widened.
     #[inline(always)]
     fn widen(src: &[Self], dst: &mut [f32]) {
@@ -123,6 +128,10 @@ impl Latent for f32 {
     #[inline(always)]
     fn widen(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+
+    fn as_f32<'r, 'c>(rows: &'r [&'c [f32]]) -> Option<&'r [&'c [f32]]> {
+        Some(rows)
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -58,7 +58,10 @@ fn product(w: &[f32], head: usize, rows: usize, x: &[f32], out: &mut [f32]) {
 
 /// The SIMD loops equal the plain ones for odd head counts, widths and
 /// ranks with tails, and contexts that cross cache blocks and leave a
-/// partial block of key rows.
+/// partial block of key rows; items of sixteen heads or more (the
+/// head-major scores on AVX-512) with partly masked vectors of heads, more
+/// than one block of them, and head counts that leave groups of eight and
+/// fewer for the weighted sums.
 #[test]
 fn simd_paths_match_plain_loops() {
     let paths = simd_paths();
@@ -69,6 +72,12 @@ fn simd_paths_match_plain_loops() {
         (7, 24, 5, 33),
         (5, 72, 9, 6),
         (2, 8, 3, 2),
+        (16, 256, 64, 300),
+        (20, 40, 12, 33),
+        (27, 24, 5, 17),
+        (37, 16, 3, 9),
+        (64, 8, 8, 20),
+        (83, 24, 4, 5),
     ] {
         let width = rank + rope;
         let q = fill(group * width, 1);
@@ -185,11 +194,22 @@ fn split_contexts_match_a_direct_softmax() {
 /// per-head matrices here plain f32 products): sequences mid-decode,
 /// one with a context long enough to be split into chunks, one a
 /// prompt longer than an item's chunk of tokens, blocks in a scrambled
-/// order, a head count no power of two. And every one of them on the
-/// cache in bf16 gives what it gives on those values widened to f32.
+/// order, head counts no power of two: 12, and 40, whose unfused items
+/// hold all forty heads (the head-major scores on AVX-512) while the fused
+/// ones hold ten. Within 1e-6 where both run one scores kernel, 1e-5 (as
+/// between paths, [`simd_paths_match_plain_loops`]) where they may not.
+/// And every one of them on the cache in bf16 gives what it gives on those
+/// values widened to f32.
 #[test]
 fn fused_equals_the_steps_one_after_another() {
-    let (heads, nope, rank, rope, v_dim, block_size) = (12, 24, 40, 8, 20, 16);
+    fused_equals_the_steps_with(12, 1e-6);
+    fused_equals_the_steps_with(40, 1e-5);
+}
+
+/// [`fused_equals_the_steps_one_after_another`] with `heads` heads, the
+/// fused kernels within `bound` (relative) of the steps.
+fn fused_equals_the_steps_with(heads: usize, bound: f32) {
+    let (nope, rank, rope, v_dim, block_size) = (24, 40, 8, 20, 16);
     let width = rank + rope;
     let blocks = 60;
     let (narrow, cache) = bf16_and_widened(&fill(blocks * block_size * width, 5));
@@ -232,17 +252,17 @@ fn fused_equals_the_steps_one_after_another() {
         q[rank..].copy_from_slice(&q_pe[i * rope..][..rope]);
     }
     let latents = absorbed_attention(&queries, &cache, &seqs, shape, 0.3);
-    let close = |got: &[f32], want: &[f32], what: &str| {
+    let close = |got: &[f32], want: &[f32], what: &str, bound: f32| {
         assert_eq!(got.len(), want.len());
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
             assert!(
-                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
-                "{what}, number {i}: {a} against {b}"
+                (a - b).abs() <= bound * (1.0 + b.abs()),
+                "{heads} heads, {what}, number {i}: {a} against {b}"
             );
         }
     };
     let on_bf16 = absorbed_attention(&queries, &narrow, &seqs, shape, 0.3);
-    close(&on_bf16, &latents, "unfused on bf16");
+    close(&on_bf16, &latents, "unfused on bf16", 1e-6);
     let mut want = vec![0f32; tokens * heads * v_dim];
     for (i, out) in want.chunks_exact_mut(v_dim).enumerate() {
         (matrices.uv)(i % heads, &latents[i * rank..][..rank], out);
@@ -259,8 +279,8 @@ fn fused_equals_the_steps_one_after_another() {
         ),
     ];
     for (got, on_bf16) in runs {
-        close(&got, &want, "fused against the steps");
-        close(&on_bf16, &got, "fused on bf16");
+        close(&got, &want, "fused against the steps", bound);
+        close(&on_bf16, &got, "fused on bf16", 1e-6);
     }
 }
 
@@ -298,7 +318,8 @@ fn narrowed_and_widened<E: Latent>(values: &[f32]) -> (Vec<E>, Vec<f32>) {
 /// A bf16 or fp8 cache gives, on every path, the numbers an f32 cache
 /// holding the same (rounded) values gives: only the storage is narrower.
 /// Widths with tails exercise the masked narrow loads; eight heads over 37
-/// rows, an fp8 cache's widening in tiles with a short last one.
+/// rows, an fp8 cache's widening in tiles with a short last one; sixteen
+/// heads and more, the head-major scores of widened rows.
 #[test]
 fn narrow_rows_give_the_numbers_of_their_f32_values() {
     narrow_rows_give_their_values::<half::bf16>();
@@ -313,6 +334,8 @@ fn narrow_rows_give_their_values<E: Latent>() {
         (3, 40, 12, 17),
         (5, 72, 9, 6),
         (8, 40, 9, 37),
+        (16, 256, 64, 40),
+        (27, 40, 9, 37),
     ] {
         let width = rank + rope;
         let q = fill(group * width, 11);
