@@ -111,10 +111,14 @@ impl Item<'_> {
         out: &mut [f32],
     ) -> Vec<RowStats> {
         let (context, group, width, rank) = (rows.len(), self.group, self.width, self.rank);
+        if group >= HEAD_MAJOR {
+            return self.attend_by_head_on::<E, false>(rows, out);
+        }
         let mut scores = vec![0f32; group * context];
         let Some(mut scratch) = widening::<E>(group, width) else {
             self.scores_avx2(rows, 0, &mut scores);
-            return weigh(&mut scores, group, rank, out, softmax_rows, |n, p, o| {
+            let softmax = |s: &mut [f32], context| avx2::softmax_rows(s, context);
+            return weigh(&mut scores, group, rank, out, softmax, |n, p, o| {
                 sums::<E, false>(n, p, context, rows, rank, o)
             });
         };
@@ -171,7 +175,7 @@ impl Item<'_> {
     ) -> Vec<RowStats> {
         let (context, group, width, rank) = (rows.len(), self.group, self.width, self.rank);
         if group >= HEAD_MAJOR {
-            return self.attend_by_head(rows, out);
+            return self.attend_by_head_on::<E, true>(rows, out);
         }
         let mut scores = vec![0f32; group * context];
         let Some(mut scratch) = widening::<E>(group, width) else {
@@ -184,64 +188,96 @@ impl Item<'_> {
         self.attend_widened::<E, true>(rows, &mut scratch, scores, out)
     }
 
-    /// [`Self::attend_avx512`] for items of [`HEAD_MAJOR`] heads or more,
-    /// the scores head-major (`[context, group]`): each key number is
-    /// broadcast once against a vector of sixteen heads' query numbers
-    /// ([`avx512::scores_by_head`]), where the row-major kernel loaded each
-    /// key once per four heads and reduced every sum across its lanes.
-    /// Rows of a cache in another type than f32 are widened
+    /// [`Self::attend_avx512`] (`AVX512`) or [`Self::attend_avx2`] for
+    /// items of [`HEAD_MAJOR`] heads or more, the scores head-major
+    /// (`[context, heads]`, on AVX2 the heads padded to a multiple of
+    /// eight): each key number is broadcast once against a vector of
+    /// sixteen (eight) heads' query numbers ([`avx512::scores_by_head`],
+    /// [`avx2::scores_by_head`]), where the row-major kernels load each
+    /// key once per four heads and reduce every sum across a vector's
+    /// lanes. Rows of a cache in another type than f32 are widened
     /// [`WIDE_ROWS`] at a time first; those of [`Latent::WIDEN_FIRST`]
     /// types again for the weighted sums.
     ///
     /// # Safety
-    /// The CPU has AVX-512F, AVX-512BW, AVX-512VL, AVX2 and FMA.
+    /// The CPU has what the path `AVX512` names needs.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    unsafe fn attend_by_head<E: Latent>(&self, rows: &[&[E]], out: &mut [f32]) -> Vec<RowStats> {
+    #[inline(always)]
+    unsafe fn attend_by_head_on<E: Latent, const AVX512: bool>(
+        &self,
+        rows: &[&[E]],
+        out: &mut [f32],
+    ) -> Vec<RowStats> {
         let (context, group, width, rank) = (rows.len(), self.group, self.width, self.rank);
-        // The queries by column, `[width, group]`, the scale folded in.
-        let mut qt = vec![0f32; width * group];
+        // Scores a row: AVX-512 masks its last vector of heads, AVX2 pads.
+        let stride = if AVX512 {
+            group
+        } else {
+            group.next_multiple_of(8)
+        };
+        // The queries by column, `[width, stride]`, the scale folded in.
+        let mut qt = vec![0f32; width * stride];
         for (h, q) in self.q.chunks_exact(width).take(group).enumerate() {
             for (c, &v) in q.iter().enumerate() {
-                qt[c * group + h] = v * self.scale;
+                qt[c * stride + h] = v * self.scale;
             }
         }
-        let mut scores = vec![0f32; context * group];
+        let mut scores = vec![0f32; context * stride];
+        // A function, not a closure: a closure's body would lack the
+        // caller's target features.
+        #[inline(always)]
+        unsafe fn score<const AVX512: bool>(
+            (qt, group, stride, width): (&[f32], usize, usize, usize),
+            keys: &[&[f32]],
+            first: usize,
+            scores: &mut [f32],
+        ) {
+            if AVX512 {
+                avx512::scores_by_head(qt, group, width, keys, first, scores)
+            } else {
+                avx2::scores_by_head(qt, stride, width, keys, first, scores)
+            }
+        }
+        let shape = (&qt[..], group, stride, width);
         let mut scratch = vec![];
         let tiles = (0..context).step_by(WIDE_ROWS);
         let tile = |t: usize| &rows[t..(t + WIDE_ROWS).min(context)];
         match E::as_f32(rows) {
-            Some(keys) => avx512::scores_by_head(&qt, group, width, keys, 0, &mut scores),
+            Some(keys) => score::<AVX512>(shape, keys, 0, &mut scores),
             None => {
                 scratch.resize(WIDE_ROWS * width, 0.0);
                 for t in tiles.clone() {
                     let rows = tile(t);
-                    let keys = &widened::<E, true>(rows, width, &mut scratch)[..rows.len()];
-                    avx512::scores_by_head(&qt, group, width, keys, t, &mut scores);
+                    let keys = &widened::<E, AVX512>(rows, width, &mut scratch)[..rows.len()];
+                    score::<AVX512>(shape, keys, t, &mut scores);
                 }
             }
         }
-        let stats = avx512::softmax_columns(&mut scores, group);
-        // Per head `h`, its weights `scores[t·group + h]`.
-        let strides = (1, group);
+        let stats = if AVX512 {
+            avx512::softmax_columns(&mut scores, group)
+        } else {
+            avx2::softmax_columns(&mut scores, stride, group)
+        };
+        // Per head `h`, its weights `scores[t·stride + h]`.
+        let strides = (1, stride);
         let mut h = 0;
         while h < group {
-            // Sixteen heads a pass read each row's numbers once.
+            // Sixteen heads a pass read each row's numbers once (AVX-512).
             let n = match group - h {
-                left if left >= 16 => 16,
-                left if left >= 8 => 8,
+                left if AVX512 && left >= 16 => 16,
+                left if AVX512 && left >= 8 => 8,
                 left => left.min(4),
             };
             let o = &mut out[h * rank..];
             if E::WIDEN_FIRST {
                 for t in tiles.clone() {
                     let rows = tile(t);
-                    let values = &widened::<E, true>(rows, rank, &mut scratch)[..rows.len()];
-                    let p = &scores[t * group + h..];
-                    head_sums(n, p, strides, values, rank, o);
+                    let values = &widened::<E, AVX512>(rows, rank, &mut scratch)[..rows.len()];
+                    let p = &scores[t * stride + h..];
+                    head_sums::<f32, AVX512>(n, p, strides, values, rank, o);
                 }
             } else {
-                head_sums(n, &scores[h..], strides, rows, rank, o);
+                head_sums::<E, AVX512>(n, &scores[h..], strides, rows, rank, o);
             }
             h += n;
         }
@@ -278,7 +314,7 @@ impl Item<'_> {
         let stats = if AVX512 {
             avx512::softmax_rows(&mut scores, context)
         } else {
-            softmax_rows(&mut scores, context)
+            avx2::softmax_rows(&mut scores, context)
         };
         for t in tiles {
             let rows = tile(t);
@@ -363,8 +399,8 @@ impl Item<'_> {
     }
 }
 
-/// Items of this many heads or more take [`Item::attend_by_head`] on
-/// AVX-512: a vector of sixteen heads.
+/// Items of this many heads or more take [`Item::attend_by_head_on`] on
+/// AVX-512 and AVX2: a vector of sixteen heads, or two of eight.
 #[cfg(target_arch = "x86_64")]
 const HEAD_MAJOR: usize = 16;
 
@@ -428,26 +464,17 @@ unsafe fn sums<E: Latent, const AVX512: bool>(
     rank: usize,
     o: &mut [f32],
 ) {
-    let strides = (stride, 1);
-    match (AVX512, n) {
-        (true, 4) => avx512::weighted_sums::<E, 4>(p, strides, rows, rank, o),
-        (true, 3) => avx512::weighted_sums::<E, 3>(p, strides, rows, rank, o),
-        (true, 2) => avx512::weighted_sums::<E, 2>(p, strides, rows, rank, o),
-        (true, _) => avx512::weighted_sums::<E, 1>(p, strides, rows, rank, o),
-        (false, 4) => avx2::weighted_sums::<E, 4>(p, stride, rows, rank, o),
-        (false, 3) => avx2::weighted_sums::<E, 3>(p, stride, rows, rank, o),
-        (false, 2) => avx2::weighted_sums::<E, 2>(p, stride, rows, rank, o),
-        (false, _) => avx2::weighted_sums::<E, 1>(p, stride, rows, rank, o),
-    }
+    head_sums::<E, AVX512>(n, p, (stride, 1), rows, rank, o)
 }
 
-/// [`avx512::weighted_sums`] of `n` heads: 16, 8, or at most 4.
+/// [`avx512::weighted_sums`] (`AVX512`) or [`avx2::weighted_sums`] of `n`
+/// heads: 16, 8, or at most 4 (AVX2: at most 4).
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX-512BW.
+/// The CPU has AVX-512F and AVX-512BW (`AVX512`), or AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn head_sums<E: Latent>(
+unsafe fn head_sums<E: Latent, const AVX512: bool>(
     n: usize,
     p: &[f32],
     strides: (usize, usize),
@@ -455,13 +482,17 @@ unsafe fn head_sums<E: Latent>(
     rank: usize,
     o: &mut [f32],
 ) {
-    match n {
-        16 => avx512::weighted_sums::<E, 16>(p, strides, rows, rank, o),
-        8 => avx512::weighted_sums::<E, 8>(p, strides, rows, rank, o),
-        4 => avx512::weighted_sums::<E, 4>(p, strides, rows, rank, o),
-        3 => avx512::weighted_sums::<E, 3>(p, strides, rows, rank, o),
-        2 => avx512::weighted_sums::<E, 2>(p, strides, rows, rank, o),
-        _ => avx512::weighted_sums::<E, 1>(p, strides, rows, rank, o),
+    match (AVX512, n) {
+        (true, 16) => avx512::weighted_sums::<E, 16>(p, strides, rows, rank, o),
+        (true, 8) => avx512::weighted_sums::<E, 8>(p, strides, rows, rank, o),
+        (true, 4) => avx512::weighted_sums::<E, 4>(p, strides, rows, rank, o),
+        (true, 3) => avx512::weighted_sums::<E, 3>(p, strides, rows, rank, o),
+        (true, 2) => avx512::weighted_sums::<E, 2>(p, strides, rows, rank, o),
+        (true, _) => avx512::weighted_sums::<E, 1>(p, strides, rows, rank, o),
+        (false, 4) => avx2::weighted_sums::<E, 4>(p, strides, rows, rank, o),
+        (false, 3) => avx2::weighted_sums::<E, 3>(p, strides, rows, rank, o),
+        (false, 2) => avx2::weighted_sums::<E, 2>(p, strides, rows, rank, o),
+        (false, _) => avx2::weighted_sums::<E, 1>(p, strides, rows, rank, o),
     }
 }
 
