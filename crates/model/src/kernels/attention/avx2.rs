@@ -148,8 +148,8 @@ pub unsafe fn scores_by_head(
     }
 }
 
-/// [`head_scores`] over `keys`, `R` at a time (the last block repeats its
-/// final key), asking for the next block's rows meanwhile where `ahead`.
+/// [`head_scores`] over `keys`, `R` at a time ([`super::key_block`]),
+/// asking for the next block's rows meanwhile where `ahead`.
 ///
 /// # Safety
 /// As [`head_scores`], for every block of `keys`.
@@ -162,15 +162,10 @@ unsafe fn key_blocks<const V: usize, const R: usize>(
     out: *mut f32,
     ahead: bool,
 ) {
-    let mut t = 0;
-    while t < keys.len() {
-        let take = (keys.len() - t).min(R);
-        let block: [&[f32]; R] = std::array::from_fn(|r| keys[t + r.min(take - 1)]);
-        let next: [*const f32; R] =
-            std::array::from_fn(|r| keys[(t + R + r).min(keys.len() - 1)].as_ptr());
+    for t in (0..keys.len()).step_by(R) {
+        let (block, take, next) = super::key_block::<R>(keys, t);
         let out = out.add(t * stride);
         head_scores::<V, R>(qt, stride, width, (block, take), out, (next, ahead));
-        t += take;
     }
 }
 

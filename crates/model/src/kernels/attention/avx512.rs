@@ -89,8 +89,7 @@ pub unsafe fn scores_by_head(
     }
 }
 
-/// [`head_scores`] over `keys`, `R` at a time (the last block repeats its
-/// final key).
+/// [`head_scores`] over `keys`, `R` at a time ([`super::key_block`]).
 ///
 /// # Safety
 /// As [`head_scores`], for every block of `keys`.
@@ -104,17 +103,10 @@ unsafe fn key_blocks<const V: usize, const R: usize>(
     out: *mut f32,
     ahead: bool,
 ) {
-    let mut t = 0;
-    while t < keys.len() {
-        let take = (keys.len() - t).min(R);
-        let block: [&[f32]; R] = std::array::from_fn(|r| keys[t + r.min(take - 1)]);
-        // The next block's rows, asked for while this one is computed (the
-        // last block asks for its own again, which costs nothing).
-        let next: [*const f32; R] =
-            std::array::from_fn(|r| keys[(t + R + r).min(keys.len() - 1)].as_ptr());
+    for t in (0..keys.len()).step_by(R) {
+        let (block, take, next) = super::key_block::<R>(keys, t);
         let out = out.add(t * stride);
         head_scores::<V, R>(qt, stride, width, last, (block, take), out, (next, ahead));
-        t += take;
     }
 }
 

@@ -119,7 +119,7 @@ impl Item<'_> {
             self.scores_avx2(rows, 0, &mut scores);
             let softmax = |s: &mut [f32], context| avx2::softmax_rows(s, context);
             return weigh(&mut scores, group, rank, out, softmax, |n, p, o| {
-                sums::<E, false>(n, p, context, rows, rank, o)
+                sums::<E, false>(n, p, (context, 1), rows, rank, o)
             });
         };
         self.attend_widened::<E, false>(rows, &mut scratch, scores, out)
@@ -182,7 +182,7 @@ impl Item<'_> {
             self.scores_avx512(rows, 0, &mut scores);
             let softmax = |s: &mut [f32], context| avx512::softmax_rows(s, context);
             return weigh(&mut scores, group, rank, out, softmax, |n, p, o| {
-                sums::<E, true>(n, p, context, rows, rank, o)
+                sums::<E, true>(n, p, (context, 1), rows, rank, o)
             });
         };
         self.attend_widened::<E, true>(rows, &mut scratch, scores, out)
@@ -274,10 +274,10 @@ impl Item<'_> {
                     let rows = tile(t);
                     let values = &widened::<E, AVX512>(rows, rank, &mut scratch)[..rows.len()];
                     let p = &scores[t * stride + h..];
-                    head_sums::<f32, AVX512>(n, p, strides, values, rank, o);
+                    sums::<f32, AVX512>(n, p, strides, values, rank, o);
                 }
             } else {
-                head_sums::<E, AVX512>(n, &scores[h..], strides, rows, rank, o);
+                sums::<E, AVX512>(n, &scores[h..], strides, rows, rank, o);
             }
             h += n;
         }
@@ -323,7 +323,7 @@ impl Item<'_> {
             while h < group {
                 let n = (group - h).min(4);
                 let (p, o) = (&scores[h * context + t..], &mut out[h * rank..]);
-                sums::<f32, AVX512>(n, p, context, values, rank, o);
+                sums::<f32, AVX512>(n, p, (context, 1), values, rank, o);
                 h += n;
             }
         }
@@ -448,33 +448,16 @@ unsafe fn widened<'s, E: Latent, const AVX512: bool>(
     std::array::from_fn(|r| &scratch[r * cols..][..cols])
 }
 
-/// The weighted sums of `n` ≤ 4 heads (numerators `p`, `stride` apart)
-/// over `rows` into their output rows `o`, with AVX-512 (`AVX512`) or
-/// AVX2.
+/// The weighted sums of `n` heads (16, 8, or at most 4; AVX2: at most 4)
+/// into their output rows `o`: head `h`'s numerators at `p[h·stride +
+/// t·step]` for `(stride, step)` = `strides`, with AVX-512 (`AVX512`,
+/// [`avx512::weighted_sums`]) or AVX2 ([`avx2::weighted_sums`]).
 ///
 /// # Safety
 /// The CPU has AVX-512F and AVX-512BW (`AVX512`), or AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn sums<E: Latent, const AVX512: bool>(
-    n: usize,
-    p: &[f32],
-    stride: usize,
-    rows: &[&[E]],
-    rank: usize,
-    o: &mut [f32],
-) {
-    head_sums::<E, AVX512>(n, p, (stride, 1), rows, rank, o)
-}
-
-/// [`avx512::weighted_sums`] (`AVX512`) or [`avx2::weighted_sums`] of `n`
-/// heads: 16, 8, or at most 4 (AVX2: at most 4).
-///
-/// # Safety
-/// The CPU has AVX-512F and AVX-512BW (`AVX512`), or AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn head_sums<E: Latent, const AVX512: bool>(
     n: usize,
     p: &[f32],
     strides: (usize, usize),

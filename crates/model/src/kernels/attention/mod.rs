@@ -260,6 +260,22 @@ pub(super) struct RowStats {
     pub(super) sum: f32,
 }
 
+/// The head-major scores' block of `R` keys from `keys[t]` on: the keys
+/// (the last block repeats its final one to fill), how many are real, and
+/// the next block's rows, to be asked for while this one is computed (the
+/// last block asks for its own again, which costs nothing).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn key_block<'k, const R: usize>(
+    keys: &[&'k [f32]],
+    t: usize,
+) -> ([&'k [f32]; R], usize, [*const f32; R]) {
+    let take = (keys.len() - t).min(R);
+    let block = std::array::from_fn(|r| keys[t + r.min(take - 1)]);
+    let next = std::array::from_fn(|r| keys[(t + R + r).min(keys.len() - 1)].as_ptr());
+    (block, take, next)
+}
+
 /// `rows` := the cache rows at positions `positions` of `span`'s context,
 /// read in place through its block table.
 pub(super) fn context_rows<'c, E: Latent>(
