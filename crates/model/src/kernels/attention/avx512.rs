@@ -213,18 +213,19 @@ pub unsafe fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<super::Row
     // be calls (a tenth of the decode attention's time, by perf).
     let mut stats = Vec::with_capacity(scores.len() / context);
     for s in scores.chunks_exact_mut(context) {
-        stats.push(softmax_row(s));
+        stats.push(softmax_row(s, f32::NEG_INFINITY));
     }
     stats
 }
 
-/// [`softmax_rows`] of one row.
+/// [`softmax_rows`] of one row, its maximum taken no lower than `floor`
+/// (an online softmax's running maximum).
 ///
 /// # Safety
 /// The CPU has AVX-512F.
 #[inline(always)]
-pub unsafe fn softmax_row(s: &mut [f32]) -> super::RowStats {
-    let mut maxima = _mm512_set1_ps(f32::NEG_INFINITY);
+pub unsafe fn softmax_row(s: &mut [f32], floor: f32) -> super::RowStats {
+    let mut maxima = _mm512_set1_ps(floor);
     for chunk in s.chunks(16) {
         let m = lanes(chunk.len());
         maxima = _mm512_mask_max_ps(maxima, m, maxima, _mm512_maskz_loadu_ps(m, chunk.as_ptr()));

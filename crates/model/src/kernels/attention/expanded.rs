@@ -230,12 +230,12 @@ fn attention_in_passes<E: Latent>(
         F32_QUERY_TILE
     };
     let tiles = new.div_ceil(query_tile);
-    let latents = filled(latents, pass_rows * width, 0.0);
+    let latents = reused(latents, pass_rows * width);
     // Per head, the pass's keys `[rows, dq]` and values `[rows, v_dim]` (on
     // tiles, packed in the operands instead).
     let f32_rows = if operands.is_some() { 0 } else { pass_rows };
-    let keys = filled(keys, heads * f32_rows * dq, 0.0);
-    let values = filled(values, heads * f32_rows * v_dim, 0.0);
+    let keys = reused(keys, heads * f32_rows * dq);
+    let values = reused(values, heads * f32_rows * v_dim);
     let path = Path::detect();
     for first in (0..context).step_by(pass_rows) {
         let rows = pass_rows.min(context - first);
@@ -444,6 +444,17 @@ fn filled<T: Copy>(buffer: &mut Vec<T>, n: usize, value: T) -> &mut [T] {
     buffer
 }
 
+/// `n` numbers of `buffer`, whatever an earlier call left in them: for
+/// buffers every pass writes before it reads them (the latents, keys and
+/// values: 31 MB a layer at 16 heads, which [`filled`] would zero on every
+/// call). Grown, with zeros, only where it is shorter.
+fn reused(buffer: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buffer.len() < n {
+        buffer.resize(n, 0.0);
+    }
+    &mut buffer[..n]
+}
+
 /// One head's tile of query rows.
 pub(super) struct TileRows<'a> {
     /// `[rows, dq]`.
@@ -542,10 +553,11 @@ pub(super) struct Softmax {
 
 impl Softmax {
     /// Per row of `scores` (`[rows, kt]`): the keys it sees (positions up
-    /// to its own) turned into `exp(score - max)`, the others into 0; its
-    /// running maximum, sum and output `acc` moved onto the new maximum,
-    /// and the row's weights scaled to it, ready to be added as weights of
-    /// the values. `softmax` as [`softmax_row`].
+    /// to its own) turned into `exp(score - max)`, the others into 0, `max`
+    /// being the row's new running maximum (its old one or its largest
+    /// score), so that the weights are ready to be added as weights of the
+    /// values in one pass; its running sum and output `acc` moved onto
+    /// that maximum. `softmax` as [`softmax_row`].
     #[inline(always)]
     fn update(
         &self,
@@ -553,7 +565,7 @@ impl Softmax {
         acc: &mut [f32],
         maxima: &mut [f32],
         sums: &mut [f32],
-        softmax: impl Fn(&mut [f32]) -> RowStats,
+        softmax: impl Fn(&mut [f32], f32) -> RowStats,
     ) {
         let (kt, v_dim) = (self.kt, self.v_dim);
         for (r, row) in scores.chunks_exact_mut(kt).enumerate() {
@@ -562,19 +574,15 @@ impl Softmax {
                 row.fill(0.0);
                 continue;
             }
-            let stats = softmax(&mut row[..seen]);
+            let stats = softmax(&mut row[..seen], maxima[r]);
             row[seen..].fill(0.0);
-            let max = maxima[r].max(stats.max);
-            let (old, new) = ((maxima[r] - max).exp(), (stats.max - max).exp());
-            maxima[r] = max;
-            sums[r] = sums[r] * old + stats.sum * new;
+            let old = (maxima[r] - stats.max).exp();
+            maxima[r] = stats.max;
+            sums[r] = sums[r] * old + stats.sum;
             if old != 1.0 {
                 acc[r * v_dim..(r + 1) * v_dim]
                     .iter_mut()
                     .for_each(|v| *v *= old);
-            }
-            if new != 1.0 {
-                row[..seen].iter_mut().for_each(|p| *p *= new);
             }
         }
     }
@@ -592,8 +600,8 @@ impl Softmax {
         maxima: &mut [f32],
         sums: &mut [f32],
     ) {
-        self.update(scores, acc, maxima, sums, |s| unsafe {
-            super::avx512::softmax_row(s)
+        self.update(scores, acc, maxima, sums, |s, floor| unsafe {
+            super::avx512::softmax_row(s, floor)
         });
     }
 }

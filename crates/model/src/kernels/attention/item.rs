@@ -507,13 +507,17 @@ pub(super) fn weigh(
 /// returns the rows' max and sum.
 #[inline(always)]
 pub(super) fn softmax_rows(scores: &mut [f32], context: usize) -> Vec<RowStats> {
-    scores.chunks_exact_mut(context).map(softmax_row).collect()
+    scores
+        .chunks_exact_mut(context)
+        .map(|s| softmax_row(s, f32::NEG_INFINITY))
+        .collect()
 }
 
-/// [`softmax_rows`] of one row.
+/// [`softmax_rows`] of one row, its maximum taken no lower than `floor`
+/// (an online softmax's running maximum).
 #[inline(always)]
-pub(super) fn softmax_row(s: &mut [f32]) -> RowStats {
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+pub(super) fn softmax_row(s: &mut [f32], floor: f32) -> RowStats {
+    let max = s.iter().copied().fold(floor, f32::max);
     let mut sum = 0f32;
     for v in s.iter_mut() {
         *v = (*v - max).exp();
