@@ -27,12 +27,29 @@ use crate::kernels::parallel::{self, Disjoint};
 
 /// Query rows of one work item on AMX tiles.
 pub(super) const QUERY_TILE: usize = 64;
-/// Query rows of one work item in f32. Each of its products packs its key
-/// (or value) tile: `gemm`'s packing took a sixth of the time of 512 prompt
-/// rows after 7680 cached ones at 64 rows (perf). At 128, 512 prompt rows
-/// after 7680 cached ones took 8% less time, 2048 after 6144 8% less and
-/// 2048 alone 4% (in process, q8_0, the benchmark model); 256 gained less.
-const F32_QUERY_TILE: usize = 128;
+/// Most query rows of one work item in f32. Each of its products packs its
+/// key (or value) tile, so the fewer tiles the less packing: `gemm`'s
+/// packing took a sixth of the time of 512 prompt rows after 7680 cached
+/// ones at 64 rows (perf), and 128 rows took 8% less time than 64. On the
+/// 2-vCPU Xeon without AMX, 256 rows took 3-6% less time than 128 for an
+/// 8192-token prompt in chunks of 2048 and 2-7% less for 512 prompt rows
+/// after 7680 cached ones (five alternated rounds each, in process, q8_0,
+/// the benchmark model); 384 and 512 were no faster than 256.
+const F32_QUERY_TILE: usize = 256;
+/// Fewest query rows of one work item in f32.
+const F32_QUERY_TILE_MIN: usize = 64;
+
+/// Query rows of one f32 work item for `new` prompt rows of `heads` heads:
+/// [`F32_QUERY_TILE`], halved (down to [`F32_QUERY_TILE_MIN`]) while the
+/// items would number fewer than four per thread, so that a short prompt
+/// still keeps a large pool busy.
+fn f32_query_tile(heads: usize, new: usize, threads: usize) -> usize {
+    let mut tile = F32_QUERY_TILE;
+    while tile > F32_QUERY_TILE_MIN && heads * new.div_ceil(tile) < 4 * threads {
+        tile /= 2;
+    }
+    tile
+}
 /// Key rows one score product takes.
 pub(super) const KEY_TILE: usize = 256;
 /// Most numbers one pass's per-head keys and values may take (32 MB).
@@ -147,13 +164,24 @@ pub fn expanded_attention<E: Latent>(
     let per_row = shape.heads * (up.nope + shape.width - shape.rank + up.v_dim);
     let rows = (PASS_BUDGET / per_row).max(KEY_TILE) / KEY_TILE * KEY_TILE;
     let tiles = bf16_products && super::tiles::available();
+    let query_tile = f32_query_tile(shape.heads, span.num_new, parallel::threads());
     attention_in_passes(
-        q_nope, q_pe, cache, span, shape, scale, up, rows, tiles, out,
+        q_nope,
+        q_pe,
+        cache,
+        span,
+        shape,
+        scale,
+        up,
+        (rows, query_tile),
+        tiles,
+        out,
     )
 }
 
-/// [`expanded_attention`] with passes of `pass_rows` context rows, its
-/// two products on AMX bf16 tiles when `tiles` ([`TileOperands`]).
+/// [`expanded_attention`] with passes of `pass_rows` context rows and work
+/// items of `f32_tile` query rows, its two products on AMX bf16 tiles
+/// (items of [`QUERY_TILE`] rows) when `tiles` ([`TileOperands`]).
 #[allow(clippy::too_many_arguments)]
 fn attention_in_passes<E: Latent>(
     q_nope: &[f32],
@@ -163,7 +191,7 @@ fn attention_in_passes<E: Latent>(
     shape: LatentShape,
     scale: f32,
     up: &UpProjection,
-    pass_rows: usize,
+    (pass_rows, f32_tile): (usize, usize),
     tiles: bool,
     out: &mut [f32],
 ) {
@@ -227,7 +255,7 @@ fn attention_in_passes<E: Latent>(
     let query_tile = if operands.is_some() {
         QUERY_TILE
     } else {
-        F32_QUERY_TILE
+        f32_tile
     };
     let tiles = new.div_ceil(query_tile);
     let latents = reused(latents, pass_rows * width);
@@ -615,8 +643,9 @@ mod tests {
     /// The expanded form gives the absorbed form's outputs (its attended
     /// latents through `W_UV`), for prompts with and without a cached
     /// prefix that cross query tiles, key tiles, passes and cache blocks
-    /// (in a scrambled order), with one query tile, and one row alone; on
-    /// the cache in bf16, what it gives on those values widened to f32; and
+    /// (in a scrambled order), with one query tile, and one row alone; in
+    /// f32 items of the most and the fewest query rows alike; on the cache
+    /// in bf16, what it gives on those values widened to f32; and
     /// with its products on AMX bf16 tiles (where the CPU has them), that
     /// within bf16's rounding.
     #[test]
@@ -662,17 +691,31 @@ mod tests {
                 cache(&mut out, tiles);
                 out
             };
+            let passes = (pass_rows, F32_QUERY_TILE);
             let on_f32 = |out: &mut [f32], tiles: bool| {
                 attention_in_passes(
-                    &q_nope, &q_pe, &cache, &span, shape, scale, &up, pass_rows, tiles, out,
+                    &q_nope, &q_pe, &cache, &span, shape, scale, &up, passes, tiles, out,
                 )
             };
             let on_narrow = |out: &mut [f32], tiles: bool| {
                 attention_in_passes(
-                    &q_nope, &q_pe, &narrow, &span, shape, scale, &up, pass_rows, tiles, out,
+                    &q_nope, &q_pe, &narrow, &span, shape, scale, &up, passes, tiles, out,
                 )
             };
             let got = run(&on_f32, false);
+            // The smallest f32 items: the same numbers, to rounding.
+            let mut small = vec![0f32; new * heads * v_dim];
+            let passes = (pass_rows, F32_QUERY_TILE_MIN);
+            attention_in_passes(
+                &q_nope, &q_pe, &cache, &span, shape, scale, &up, passes, false, &mut small,
+            );
+            for (i, (a, b)) in small.iter().zip(&got).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "{new} after {cached}, number {i}: items of {F32_QUERY_TILE_MIN} rows {a}, \
+                     of {F32_QUERY_TILE} {b}"
+                );
+            }
             let on_bf16 = run(&on_narrow, false);
             for (i, (a, b)) in on_bf16.iter().zip(&got).enumerate() {
                 assert!(
@@ -724,6 +767,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// f32 query tiles are as large as four items a thread allow.
+    #[test]
+    fn query_tiles_keep_every_thread_busy() {
+        // 2048 rows of 16 heads: 128 items of 256 rows, plenty for 2 or 32
+        // threads; 64 threads get 256 items of 128 rows.
+        assert_eq!(f32_query_tile(16, 2048, 2), 256);
+        assert_eq!(f32_query_tile(16, 2048, 32), 256);
+        assert_eq!(f32_query_tile(16, 2048, 64), 128);
+        // 512 rows: 32 items of 256 rows on 2 threads; 16 threads need 64.
+        assert_eq!(f32_query_tile(16, 512, 2), 256);
+        assert_eq!(f32_query_tile(16, 512, 16), 128);
+        // Never below the floor, however many threads.
+        assert_eq!(f32_query_tile(16, 100, 64), F32_QUERY_TILE_MIN);
+        assert_eq!(f32_query_tile(128, 512, 8), 256);
     }
 
     /// One decoding token never pays for the up-projection; a long prompt
