@@ -401,8 +401,7 @@ impl Item<'_> {
 
 /// Items of this many heads or more take [`Item::attend_by_head_on`] on
 /// AVX-512 and AVX2: a vector of sixteen heads, or two of eight.
-#[cfg(target_arch = "x86_64")]
-const HEAD_MAJOR: usize = 16;
+pub(super) const HEAD_MAJOR: usize = 16;
 
 /// Rows of an fp8 cache an item widens at a time, into an f32
 /// scratch that stays in L1 while every head reads it: a row is widened

@@ -2,7 +2,7 @@
 //! and the fused kernels against the steps one after another.
 
 use super::item::{Item, Path};
-use super::plan::{chunks_for, CHUNK_ROWS, PARTIAL_BUDGET};
+use super::plan::{chunks_for, CHUNK_ROWS, MIN_CHUNK_ROWS, PARTIAL_BUDGET};
 use super::*;
 
 /// A deterministic pseudo-random fill in [-1, 1).
@@ -285,22 +285,35 @@ fn fused_equals_the_steps_with(heads: usize, bound: f32) {
 }
 
 /// Long contexts split into 512-row chunks, unless the partial outputs
-/// of that many tokens would pass the budget.
+/// of that many tokens would pass the budget; shorter chunks, of at least
+/// 64 rows, where the tokens' chunks would be fewer than the spans asked.
 #[test]
 fn split_contexts_stay_within_the_partial_budget() {
     // One decode token of DeepSeek-V3's attention (128 heads, rank 512).
     let per_chunk = 128 * 512;
-    assert_eq!(chunks_for(100, 1, per_chunk), 1);
-    assert_eq!(chunks_for(2048, 1, per_chunk), 4);
-    assert_eq!(chunks_for(2049, 1, per_chunk), 5);
+    assert_eq!(chunks_for(100, 1, per_chunk, 0), 1);
+    assert_eq!(chunks_for(2048, 1, per_chunk, 0), 4);
+    assert_eq!(chunks_for(2049, 1, per_chunk, 0), 5);
     // A 128K-token context: as many chunks as the budget allows.
     assert_eq!(
-        chunks_for(131_072, 1, per_chunk),
+        chunks_for(131_072, 1, per_chunk, 4),
         PARTIAL_BUDGET / per_chunk
     );
     // A long prompt's prefill: no split.
-    assert_eq!(chunks_for(8192, 4096, per_chunk), 1);
-    assert!(16 * chunks_for(65_536, 16, per_chunk) * per_chunk <= PARTIAL_BUDGET);
+    assert_eq!(chunks_for(8192, 4096, per_chunk, 4), 1);
+    assert!(16 * chunks_for(65_536, 16, per_chunk, 4) * per_chunk <= PARTIAL_BUDGET);
+
+    // Spans for 2 threads (4) or 8 (16): one token's context is split
+    // into that many chunks, none under 64 rows.
+    assert_eq!(chunks_for(1024, 1, per_chunk, 4), 4);
+    assert_eq!(chunks_for(1024, 1, per_chunk, 16), 16);
+    assert_eq!(chunks_for(200, 1, per_chunk, 16), 200 / MIN_CHUNK_ROWS);
+    assert_eq!(chunks_for(40, 1, per_chunk, 16), 1);
+    // Two tokens share the spans; four already make them.
+    assert_eq!(chunks_for(1024, 2, per_chunk, 4), 2);
+    assert_eq!(chunks_for(1024, 4, per_chunk, 4), 2);
+    // Long contexts keep their 512-row chunks.
+    assert_eq!(chunks_for(8192, 1, per_chunk, 4), 16);
 }
 
 /// `values` rounded to bf16, and those roundings widened back to f32.
