@@ -13,13 +13,19 @@
 //! Then, at q8_0, the two forms of our attention side by side
 //! ([`attention_forms`]): where the expanded form starts to pay for prompts.
 //! `FERROSEEK_BENCH_ONLY=forms` runs that part alone.
+//!
+//! `FERROSEEK_BENCH_ONLY=prompts` runs only [`long_prompts`]: in process,
+//! the long-context bench's cold and cached-prefix prompts and decode
+//! steps after contexts of several lengths, without the server around
+//! them (what the kernels' changes were measured with, build against
+//! build).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::deepseek2::{DeepSeekV2, DeepSeekV2Config};
-use ferroseek_model::testing::bench_checkpoint;
+use ferroseek_model::testing::{bench_checkpoint, bench_checkpoint_q_lora};
 use ferroseek_model::{
     resolve_model, AttentionMode, Batch, DTypeChoice, DeepSeekModel, HubOptions, LatentCache,
     LoadOptions, LogitsRows, ModelFiles, Quantization, SeqInput,
@@ -117,8 +123,10 @@ fn main() {
         &HubOptions::from_env(None),
     )
     .expect("the bench checkpoint resolves");
-    if std::env::var("FERROSEEK_BENCH_ONLY").as_deref() == Ok("forms") {
-        return attention_forms(&files);
+    match std::env::var("FERROSEEK_BENCH_ONLY").as_deref() {
+        Ok("forms") => return attention_forms(&files),
+        Ok("prompts") => return long_prompts(&cache),
+        _ => {}
     }
     let cfg: DeepSeekV2Config =
         serde_json::from_str(&std::fs::read_to_string(&files.config).unwrap()).unwrap();
@@ -260,5 +268,84 @@ fn attention_forms(files: &ModelFiles) {
         }
         let (a, e) = (median(absorbed), median(expanded));
         println!("| {new} | {cached} | {a:.1} | {e:.1} | {:.2} |", a / e);
+    }
+}
+
+/// On the benchmark model with low-rank queries (as `benches/long_context.rs`
+/// serves it) at q8_0, f32 cache, in process: an 8192-token prompt in
+/// chunks of 2048 (as the server's scheduler takes it), then its last 512
+/// tokens again after its first 7680 (the cached-prefix prompt), three
+/// rounds; then decode steps after 512 to 8192 tokens, the mean of 32 a
+/// round, the best of three rounds.
+fn long_prompts(cache_dir: &std::path::Path) {
+    let dir = bench_checkpoint_q_lora(cache_dir, DType::BF16).expect("writing the checkpoint");
+    let files = resolve_model(
+        dir.to_str().expect("utf-8 path"),
+        &HubOptions::from_env(None),
+    )
+    .expect("the bench checkpoint resolves");
+    let model = DeepSeekModel::load(
+        &files,
+        &LoadOptions {
+            dtype: DTypeChoice::F32,
+            quantize: Quantization::Q8_0,
+            max_positions: Some(16384),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    const PROMPT: usize = 8192;
+    const CHUNK: usize = 2048;
+    const CACHED: usize = 7680;
+    const STEPS: usize = 32;
+    let (block, blocks) = (16, (PROMPT + STEPS).div_ceil(16));
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let mut cache = LatentCache::new(model.config(), blocks, block).unwrap();
+    let tokens: Vec<u32> = (0..(PROMPT + STEPS) as u32)
+        .map(|t| (t * 7919) % 7900 + 2)
+        .collect();
+    let mut run = |from: usize, to: usize| {
+        let batch = Batch {
+            seqs: vec![SeqInput {
+                tokens: tokens[from..to].to_vec(),
+                num_cached: from,
+                block_table: table.clone(),
+                logits: LogitsRows::Last,
+            }],
+        };
+        let t = Instant::now();
+        model.forward(&batch, &mut cache).unwrap();
+        t.elapsed().as_secs_f64()
+    };
+    println!(
+        "q8_0, f32 cache, in process; threads: {}",
+        candle_core::utils::get_num_threads()
+    );
+    println!("| round | {PROMPT} tokens cold, s | chunks of {CHUNK}, s | {CACHED} cached, s | cached / cold |");
+    println!("|---:|---:|---|---:|---:|");
+    for round in 0..3 {
+        let chunks: Vec<f64> = (0..PROMPT / CHUNK)
+            .map(|c| run(c * CHUNK, (c + 1) * CHUNK))
+            .collect();
+        let cold: f64 = chunks.iter().sum();
+        let warm = run(CACHED, PROMPT);
+        let parts: Vec<String> = chunks.iter().map(|c| format!("{c:.2}")).collect();
+        println!(
+            "| {round} | {cold:.2} | {} | {warm:.3} | {:.1}% |",
+            parts.join(", "),
+            warm / cold * 100.0
+        );
+    }
+    println!();
+    println!("| context | ms a decode step (best of 3 rounds of {STEPS}) |");
+    println!("|---:|---:|");
+    for context in [512, 768, 1024, 2048, 8192] {
+        let best = (0..3)
+            .map(|_| {
+                let total: f64 = (0..STEPS).map(|i| run(context + i, context + i + 1)).sum();
+                total / STEPS as f64 * 1e3
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!("| {context} | {best:.2} |");
     }
 }
