@@ -12,12 +12,17 @@ use crate::kernels::parallel::{self, Disjoint};
 /// thread busy, as few as possible so that each cache row is shared by many
 /// heads.
 pub(super) fn heads_per_item(heads: usize, spans: usize) -> usize {
-    let threads = parallel::threads();
+    let wanted = busy_items();
     let mut groups = 1;
-    while spans * groups < 2 * threads && groups * 2 <= heads && heads.is_multiple_of(groups * 2) {
+    while spans * groups < wanted && groups * 2 <= heads && heads.is_multiple_of(groups * 2) {
         groups *= 2;
     }
     heads / groups
+}
+
+/// Work items that keep every thread busy: two a thread.
+fn busy_items() -> usize {
+    2 * parallel::threads()
 }
 
 /// Most cache rows one work item reads. A longer context is split into
@@ -43,7 +48,7 @@ pub(super) const PARTIAL_BUDGET: usize = 16 << 20;
 /// where the call's tokens would otherwise make fewer than `spans` chunks
 /// in all.
 ///
-/// [`Plan::new`] asks for two chunks a thread where items keep
+/// [`Plan::new`] asks for [`busy_items`] chunks where items keep
 /// [`HEAD_MAJOR`] heads or more: it then splits the heads only when the
 /// chunks cannot keep the threads busy, so that a decoding token's items
 /// keep all their heads and run the head-major kernel. On the 2-vCPU Xeon
@@ -100,11 +105,7 @@ impl<'s> Plan<'s> {
         let LatentShape { heads, rank, .. } = shape;
         let owner = owners(seqs);
         // Items of many heads: split contexts before heads (`chunks_for`).
-        let spans = if heads >= HEAD_MAJOR {
-            2 * parallel::threads()
-        } else {
-            0
-        };
+        let spans = if heads >= HEAD_MAJOR { busy_items() } else { 0 };
         let chunks: Vec<usize> = owner
             .iter()
             .map(|&(_, context)| chunks_for(context, owner.len(), heads * rank, spans))
